@@ -1,0 +1,195 @@
+//! Human-readable output: one line per finished gate (plain mode, or above the live
+//! display on a TTY), then a summary table and the merge order.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use gatehouse_common::exec::ExitStatus;
+use gatehouse_common::plan::{Plan, PlanForm};
+use gatehouse_common::units::format_duration;
+use gatehouse_coordinator::core::{GateEvent, GateStatus, PlanSummary, Terminal};
+
+use super::tail_str;
+
+/// Lines of stderr shown under a failed gate.
+const STDERR_LINES: usize = 20;
+/// Rows of the summary table before it is cut.
+const TABLE_ROWS: usize = 50;
+
+/// The line for `ev`, or `None` for events plain output does not show.
+pub fn gate_line(plan: &Plan, ev: &GateEvent, live: bool) -> Option<String> {
+    let id = plan.gate(ev.gate).id.as_str();
+    let mut line = match &ev.status {
+        GateStatus::Finished(t) => format!("{:<9} {id}", t.as_str()),
+        GateStatus::Retrying { backoff } => {
+            format!(
+                "{:<9} {id} (attempt {} failed; next in {})",
+                "retrying",
+                ev.attempt,
+                format_duration(*backoff)
+            )
+        }
+        GateStatus::Waiting { reason } => format!("{:<9} {id}: {reason}", "waiting"),
+        GateStatus::Running | GateStatus::Dispatched => return None,
+    };
+    if let Some(r) = &ev.result {
+        let detail = match &r.status {
+            ExitStatus::Exited(0) => String::new(),
+            ExitStatus::Exited(code) => format!("exit {code}, "),
+            ExitStatus::Signaled(sig) => format!("signal {sig}, "),
+            ExitStatus::TimedOut => "timed out, ".into(),
+            ExitStatus::MemoryExceeded { peak, limit } => format!(
+                "memory {} over limit {}, ",
+                gatehouse_common::units::format_size(*peak),
+                gatehouse_common::units::format_size(*limit)
+            ),
+            ExitStatus::Cancelled => "cancelled, ".into(),
+            ExitStatus::SpawnFailed(msg) => format!("could not start: {msg}, "),
+        };
+        let _ = write!(line, "  ({detail}{}", format_duration(r.duration));
+        if ev.attempt > 1 {
+            let _ = write!(line, ", attempt {}", ev.attempt);
+        }
+        if ev.cached {
+            line.push_str(", cached");
+        }
+        if ev.flaky {
+            line.push_str(", flaky");
+        }
+        line.push(')');
+    }
+    if let Some(cause) = ev.cause {
+        let _ = write!(line, "  (needs {}, which failed)", plan.gate(cause).id);
+    } else if let Some(reason) = ev.reason.filter(|_| ev.result.is_none()) {
+        let _ = write!(line, "  ({reason})");
+    }
+    let failed = matches!(
+        ev.status,
+        GateStatus::Finished(Terminal::Failed | Terminal::TimedOut)
+    );
+    if failed
+        && !live
+        && let Some(r) = &ev.result
+    {
+        let tail = tail_str(&r.stderr.bytes, 64 * 1024);
+        let lines: Vec<&str> = tail.lines().collect();
+        for l in &lines[lines.len().saturating_sub(STDERR_LINES)..] {
+            let _ = write!(line, "\n    | {l}");
+        }
+    }
+    Some(line)
+}
+
+pub fn summary(plan: &Plan, states: &[Option<Terminal>], s: &PlanSummary) {
+    let mut out = std::io::stdout().lock();
+    let _ = write_summary(&mut out, plan, states, s);
+    let _ = out.flush();
+}
+
+fn write_summary(
+    out: &mut impl Write,
+    plan: &Plan,
+    states: &[Option<Terminal>],
+    s: &PlanSummary,
+) -> std::io::Result<()> {
+    let state = |g: usize| states[g].map_or("?", Terminal::as_str);
+    writeln!(out)?;
+    if plan.form() == PlanForm::Items {
+        let w = plan
+            .items
+            .iter()
+            .map(|i| i.id.as_str().len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            out,
+            "{:<w$}  {:>5}  {:>7}  RESULT",
+            "ITEM", "LEVEL", "PASSED"
+        )?;
+        for item in plan.items.iter().take(TABLE_ROWS) {
+            let passed = item
+                .gates
+                .iter()
+                .filter(|g| states[g.ix()] == Some(Terminal::Passed))
+                .count();
+            let worst = item
+                .gates
+                .iter()
+                .filter_map(|g| states[g.ix()])
+                .max_by_key(|t| severity(*t))
+                .map_or("?", Terminal::as_str);
+            let counted = format!("{passed}/{}", item.gates.len());
+            writeln!(
+                out,
+                "{:<w$}  {:>5}  {:>7}  {worst}",
+                item.id.as_str(),
+                item.level,
+                counted
+            )?;
+        }
+        if plan.items.len() > TABLE_ROWS {
+            writeln!(out, "... {} more items", plan.items.len() - TABLE_ROWS)?;
+        }
+    } else {
+        let not_passed: Vec<usize> = (0..plan.gates.len())
+            .filter(|&g| states[g] != Some(Terminal::Passed))
+            .collect();
+        if !not_passed.is_empty() {
+            writeln!(out, "{:<40}  RESULT", "GATE")?;
+            for &g in not_passed.iter().take(TABLE_ROWS) {
+                writeln!(out, "{:<40}  {}", plan.gates[g].id.as_str(), state(g))?;
+            }
+            if not_passed.len() > TABLE_ROWS {
+                writeln!(out, "... {} more gates", not_passed.len() - TABLE_ROWS)?;
+            }
+        }
+    }
+    let c = s.counts;
+    let mut counts = format!("{} passed", c.passed);
+    if c.cached > 0 {
+        let _ = write!(counts, " ({} cached)", c.cached);
+    }
+    for (n, what) in [
+        (c.failed, "failed"),
+        (c.timed_out, "timed out"),
+        (c.skipped, "skipped"),
+        (c.cancelled, "cancelled"),
+        (c.flaky, "flaky"),
+    ] {
+        if n > 0 {
+            let _ = write!(counts, ", {n} {what}");
+        }
+    }
+    writeln!(out, "gates: {} total, {counts}", c.total)?;
+    if plan.form() == PlanForm::Items {
+        let order: Vec<&str> = s
+            .merge_order
+            .iter()
+            .map(|i| plan.item(*i).id.as_str())
+            .collect();
+        let shown = if order.is_empty() {
+            "(nothing can merge)".to_string()
+        } else {
+            order.join(" -> ")
+        };
+        writeln!(out, "merge order: {shown}")?;
+    }
+    writeln!(
+        out,
+        "{} in {}",
+        s.outcome.as_str(),
+        format_duration(s.duration)
+    )
+}
+
+/// Orders states so an item shows its worst gate.
+fn severity(t: Terminal) -> u8 {
+    match t {
+        Terminal::Passed => 0,
+        Terminal::Skipped => 1,
+        Terminal::Cancelled => 2,
+        Terminal::TimedOut => 3,
+        Terminal::Failed => 4,
+    }
+}

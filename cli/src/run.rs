@@ -1,0 +1,208 @@
+//! `gatehouse run`: the scheduler actor, one local executor and a renderer in one
+//! process. Startup order: cache, executor, scheduler, worker registration, plan
+//! submission. Shutdown order after the summary (or on a signal, after the plan
+//! reports cancelled): scheduler (flushes cache writes), then executor.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use gatehouse_common::cache::{DiskCache, ResultCache};
+use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::plan::{Plan, load_file};
+use gatehouse_common::units::{parse_duration, parse_size};
+use gatehouse_coordinator::core::{CoreConfig, PlanEvent, PlanOutcome, RunOptions, WorkerInfo};
+use gatehouse_coordinator::scheduler::{self, LocalTransport, SchedulerConfig};
+use gatehouse_worker::{ExecConfig, LocalWorker};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::render::{self, Renderer};
+use crate::validate::report_invalid;
+use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASSED};
+
+/// Id of the one executor inside `gatehouse run`.
+pub const LOCAL_WORKER: &str = "local-0";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Plan file (.yaml, .yml or .json), or - for YAML on stdin.
+    plan: PathBuf,
+    /// Executor slots: gates run at once (default: number of CPUs).
+    #[arg(long, short = 'j', env = "GATEHOUSE_WORKERS")]
+    workers: Option<u32>,
+    /// Print NDJSON events on stdout (one terminal line per gate, then a summary).
+    #[arg(long)]
+    json: bool,
+    /// Neither read nor write the result cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Result cache directory (default: <plan dir>/.gatehouse/cache).
+    #[arg(long, env = "GATEHOUSE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print only the summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Memory available for admitting gates, e.g. 8Gi (default: what the OS reports available).
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Grace between SIGTERM and SIGKILL when gates are cancelled or time out.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
+}
+
+pub fn main(args: RunArgs) -> u8 {
+    let plan = match load_file(&args.plan) {
+        Ok(plan) => Arc::new(plan),
+        Err(errors) => {
+            report_invalid(&errors, args.json);
+            return EXIT_INVALID;
+        }
+    };
+    if args.workers == Some(0) {
+        eprintln!("error: --workers must be at least 1");
+        return EXIT_INVALID;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match runtime.block_on(run(args, plan)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
+    let slots = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let (memory_total, memory_available) = system_memory()?;
+    let memory_available = args.memory.unwrap_or(memory_available);
+
+    let cache: Option<Arc<dyn ResultCache>> = if args.no_cache {
+        None
+    } else {
+        let dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("cache"));
+        let cache = DiskCache::open(&dir)
+            .with_context(|| format!("cannot open the result cache at {}", dir.display()))?;
+        Some(Arc::new(cache))
+    };
+
+    let shutdown = CancellationToken::new();
+    let (to_worker, inbox) = mpsc::unbounded_channel();
+    let (reports_tx, reports) = mpsc::channel(1024);
+    let exec_config = ExecConfig {
+        kill_grace: args.kill_grace,
+        ..ExecConfig::default()
+    };
+    let worker_shutdown = shutdown.child_token();
+    let worker_task = LocalWorker::spawn(exec_config, inbox, reports_tx, worker_shutdown.clone());
+    let sched_shutdown = shutdown.child_token();
+    let config = SchedulerConfig {
+        core: CoreConfig {
+            kill_grace: args.kill_grace,
+            fail_unschedulable: true,
+            ..CoreConfig::default()
+        },
+        ..SchedulerConfig::default()
+    };
+    let (sched, sched_task) = scheduler::spawn(
+        config,
+        Box::new(LocalTransport::new(to_worker)),
+        reports,
+        cache,
+        sched_shutdown.clone(),
+    );
+    sched
+        .worker_joined(WorkerInfo {
+            id: WorkerId::new(LOCAL_WORKER),
+            slots,
+            memory_total,
+            memory_available,
+        })
+        .await?;
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let plan_id = PlanId::new(format!("run-{}", std::process::id()));
+    let options = RunOptions {
+        use_cache: !args.no_cache,
+    };
+    sched
+        .submit(plan_id.clone(), plan.clone(), options, events_tx)
+        .await?;
+
+    let mode = if args.json {
+        render::Mode::Json
+    } else if args.quiet {
+        render::Mode::Quiet
+    } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
+        render::Mode::Tty
+    } else {
+        render::Mode::Plain
+    };
+    let mut renderer = Renderer::new(mode, plan.clone(), slots);
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupts = 0u32;
+    let outcome = loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(PlanEvent::Gate(ev)) => renderer.gate(&ev),
+                Some(PlanEvent::Finished(summary)) => {
+                    renderer.summary(&summary);
+                    break Some(summary.outcome);
+                }
+                None => break None,
+            },
+            _ = sigint.recv() => {
+                interrupts += 1;
+                renderer.interrupted(interrupts);
+                sched.cancel(plan_id.clone(), interrupts > 1).await?;
+            }
+            _ = sigterm.recv() => {
+                interrupts += 1;
+                renderer.interrupted(interrupts);
+                sched.cancel(plan_id.clone(), interrupts > 1).await?;
+            }
+        }
+    };
+    renderer.finish();
+
+    sched_shutdown.cancel();
+    sched_task.await.context("scheduler task failed")?;
+    worker_shutdown.cancel();
+    worker_task.await.context("executor task failed")?;
+
+    Ok(match (interrupts, outcome) {
+        (n, _) if n > 0 => EXIT_INTERRUPTED,
+        (_, Some(PlanOutcome::Passed)) => EXIT_PASSED,
+        (_, Some(PlanOutcome::Cancelled)) => EXIT_INTERRUPTED,
+        _ => EXIT_FAILED,
+    })
+}
+
+/// (total, available) memory of this machine in bytes.
+fn system_memory() -> anyhow::Result<(u64, u64)> {
+    let mut sys = sysinfo::System::new().context("cannot read system memory")?;
+    sys.refresh_memory();
+    Ok((sys.total_memory(), sys.available_memory()))
+}

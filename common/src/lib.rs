@@ -1,0 +1,13 @@
+//! Plain types shared by every Gatehouse role: the validated plan model, ids, units,
+//! the messages exchanged with executors, the cache key and the result cache.
+//!
+//! This crate owns no long-lived state and spawns no tasks of its own; the only
+//! task-related item is [`spawn::spawn_named`], the helper every crate uses to
+//! spawn so that each task carries its tracing span.
+
+pub mod cache;
+pub mod exec;
+pub mod ids;
+pub mod plan;
+pub mod spawn;
+pub mod units;

@@ -1,0 +1,171 @@
+//! The plan model: what `gatehouse run`, `gatehouse validate` and the coordinator accept.
+//!
+//! A plan file (YAML or JSON, see `docs/plan-format.md`) is parsed into the raw serde
+//! structs of [`raw`], then [`validate`] turns it into a [`Plan`]: every id resolved to a
+//! dense index, every duration and size typed, every limit checked, cycles rejected and
+//! the merge-pyramid levels computed. A [`Plan`] is immutable and shared as `Arc<Plan>`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ids::{GateId, GateIdx, ItemId, ItemIdx};
+
+pub mod error;
+pub mod raw;
+pub mod validate;
+
+pub use error::{PlanError, PlanErrors};
+pub use validate::{PlanFormat, load_file, load_reader, parse_plan};
+
+/// Maximum number of gates in one plan.
+pub const MAX_GATES: usize = 100_000;
+/// Maximum length of a gate's `run` in bytes.
+pub const MAX_RUN_BYTES: usize = 64 * 1024;
+/// Maximum number of `env` entries of one gate.
+pub const MAX_ENV_VARS: usize = 256;
+/// Default memory request of a gate.
+pub const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
+/// Default per-attempt timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default first retry backoff.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Upper bound of the (doubling) retry backoff.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A validated plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The plan's `name`.
+    pub name: String,
+    /// Directory that relative `workdir`s resolve against (the plan file's directory,
+    /// or the current directory for stdin).
+    pub base_dir: PathBuf,
+    /// Plan-wide policy with defaults applied.
+    pub policy: Policy,
+    /// Items in plan order (empty in the flat form).
+    pub items: Vec<Item>,
+    /// All gates in plan order; `GateIdx(i)` is `gates[i]`.
+    pub gates: Vec<Gate>,
+    /// Merge-pyramid levels: item indices per level in the item form, gate indices per
+    /// level in the flat form (each level in plan order).
+    pub levels: Vec<Vec<u32>>,
+}
+
+/// Whether the plan uses `items:` or top-level `gates:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanForm {
+    /// `items:` with gates grouped per item.
+    Items,
+    /// Top-level `gates:` with global ids.
+    Flat,
+}
+
+/// Plan-wide policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Running gates of this plan at once; `None`: the number of executor slots.
+    pub max_parallel: Option<u32>,
+    /// First failure cancels running gates and skips the rest.
+    pub fail_fast: bool,
+    /// Default extra attempts for a failed or timed-out gate.
+    pub retries: u32,
+    /// First retry backoff, doubled per attempt, capped at [`MAX_RETRY_BACKOFF`].
+    pub retry_backoff: Duration,
+    /// Default per-attempt timeout.
+    pub timeout: Duration,
+    /// Default for gates' `cache`.
+    pub cache: bool,
+    /// Mixed into every cache key.
+    pub cache_salt: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_parallel: None,
+            fail_fast: false,
+            retries: 0,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            timeout: DEFAULT_TIMEOUT,
+            cache: true,
+            cache_salt: String::new(),
+        }
+    }
+}
+
+/// An item (for example a pull request) of the item form.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// The item's id.
+    pub id: ItemId,
+    /// Items whose gates must all pass before any gate of this one starts (plan order).
+    pub deps: Vec<ItemIdx>,
+    /// This item's gates, in plan order.
+    pub gates: Vec<GateIdx>,
+    /// Merge-pyramid level: 0 without deps, else 1 + the deepest dep's level.
+    pub level: u32,
+}
+
+/// A validated gate with every default applied.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// Full id (`item/gate`, or `gate` in the flat form).
+    pub id: GateId,
+    /// The item this gate belongs to (item form only).
+    pub item: Option<ItemIdx>,
+    /// Shell command, run as `sh -c <run>`.
+    pub run: String,
+    /// Gates that must pass before this one starts (deduplicated, plan order).
+    pub needs: Vec<GateIdx>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Extra attempts after a failure or timeout.
+    pub retries: u32,
+    /// Added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// `workdir` as written, relative to the plan directory (`.` by default); this
+    /// form, not the absolute path, goes into the cache key.
+    pub workdir_rel: String,
+    /// Absolute working directory.
+    pub workdir: PathBuf,
+    /// Globs relative to `workdir` whose files' contents go into the cache key.
+    pub inputs: Vec<String>,
+    /// Memory request in bytes, used for admission.
+    pub memory: u64,
+    /// Whether the result cache is used for this gate.
+    pub cache: bool,
+}
+
+impl Plan {
+    /// Whether the plan uses the item form.
+    pub fn form(&self) -> PlanForm {
+        if self.items.is_empty() {
+            PlanForm::Flat
+        } else {
+            PlanForm::Items
+        }
+    }
+
+    /// The gate at `idx`.
+    pub fn gate(&self, idx: GateIdx) -> &Gate {
+        &self.gates[idx.ix()]
+    }
+
+    /// The item at `idx`.
+    pub fn item(&self, idx: ItemIdx) -> &Item {
+        &self.items[idx.ix()]
+    }
+
+    /// Levels as ids: item ids per level (item form) or gate ids (flat form).
+    pub fn level_ids(&self) -> Vec<Vec<String>> {
+        let name = |i: &u32| match self.form() {
+            PlanForm::Items => self.items[*i as usize].id.to_string(),
+            PlanForm::Flat => self.gates[*i as usize].id.to_string(),
+        };
+        self.levels
+            .iter()
+            .map(|level| level.iter().map(name).collect())
+            .collect()
+    }
+}

@@ -1,0 +1,516 @@
+//! The scheduler core: a deterministic, synchronous state machine.
+//!
+//! [`Scheduler::handle`] takes the current time and one [`Event`] and returns the
+//! [`Command`]s the driver must carry out. There is no tokio, no clock, no channel and
+//! no I/O in here: time, worker capacity, cache answers and gate outcomes are inputs;
+//! dispatches, cancellations, cache requests, timers and published events are outputs.
+//! The same core drives `gatehouse run` (in-process executors) and the coordinator
+//! (gRPC workers), and property tests drive it directly.
+//!
+//! State it owns: every live plan ([`plan_run::PlanRun`]: per-gate lifecycle, remaining
+//! prerequisites, a ready heap ordered by critical-path height), every worker's free
+//! slots and reserved memory, and the attempt -> worker map. A plan is dropped from the
+//! core once its summary is emitted.
+//!
+//! Costs: a gate becomes ready by in-degree counting when its last prerequisite passes
+//! (never by rescanning), so a plan schedules in O((gates + edges) log gates); choosing
+//! a worker is O(workers). Admission: a gate is dispatched only to a worker with a free
+//! slot whose available memory minus what is reserved for its running gates covers the
+//! gate's `memory`; when none fits, the plan's queue waits (no overcommit).
+
+mod graph;
+mod plan_run;
+pub mod summary;
+mod transitions;
+mod types;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::exec::{Assignment, AttemptRef, ExitStatus, GateResult};
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+
+use plan_run::{GateState, PlanRun, Stopping};
+pub use transitions::retry_backoff;
+use transitions::{Done, finish_gate, gate_event, gate_spec, make_ready, stop_plan};
+pub use types::*;
+
+/// Tunables of the core (config, never test-only branches).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Grace between TERM and KILL when the core stops a running attempt.
+    pub kill_grace: Duration,
+    /// A gate that no worker could ever admit fails (`unschedulable`) instead of waiting.
+    /// True for `gatehouse run`, whose single executor's capacity is fixed.
+    pub fail_unschedulable: bool,
+    /// Attempts of one gate lost with their worker before it fails with `worker_lost`.
+    pub max_worker_losses: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            kill_grace: Duration::from_secs(5),
+            fail_unschedulable: false,
+            max_worker_losses: 3,
+        }
+    }
+}
+
+/// A worker as the core sees it.
+#[derive(Debug)]
+struct WorkerSlots {
+    info: WorkerInfo,
+    free_slots: u32,
+    /// Sum of the memory requests of attempts assigned to it and not finished.
+    reserved: u64,
+}
+
+impl WorkerSlots {
+    fn headroom(&self) -> u64 {
+        self.info.memory_available.saturating_sub(self.reserved)
+    }
+}
+
+/// Commands produced while handling one event, plus plans that may have ended.
+#[derive(Default)]
+struct Sink {
+    cmds: Vec<Command>,
+    finished: Vec<PlanId>,
+}
+
+/// The scheduler state machine. See the module docs.
+pub struct Scheduler {
+    config: CoreConfig,
+    plans: BTreeMap<PlanId, PlanRun>,
+    workers: BTreeMap<WorkerId, WorkerSlots>,
+    /// Dispatched attempts not yet finished: who runs them and what they reserve.
+    attempts: HashMap<AttemptRef, (WorkerId, u64)>,
+    sink: Sink,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            config,
+            plans: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            attempts: HashMap::new(),
+            sink: Sink::default(),
+        }
+    }
+
+    /// Number of live (unfinished) plans.
+    pub fn live_plans(&self) -> usize {
+        self.plans.len()
+    }
+
+    /// Attempts currently dispatched and not finished.
+    pub fn running_attempts(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// The plan of a live plan run.
+    pub fn plan(&self, id: &PlanId) -> Option<&Arc<Plan>> {
+        self.plans.get(id).map(|r| &r.plan)
+    }
+
+    /// Handles one event at time `now` and returns the commands to carry out, in order.
+    pub fn handle(&mut self, now: Now, event: Event) -> Vec<Command> {
+        match event {
+            Event::PlanSubmitted { id, plan, options } => self.on_submit(now, id, plan, options),
+            Event::WorkerJoined(info) => self.on_worker_joined(now, info),
+            Event::WorkerCapacity {
+                worker,
+                memory_available,
+            } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.info.memory_available = memory_available;
+                }
+            }
+            Event::WorkerLost { worker } => self.on_worker_lost(now, &worker),
+            Event::CacheChecked { plan, gate, hit } => self.on_cache_checked(now, &plan, gate, hit),
+            Event::GateStarted { attempt } => self.on_started(&attempt),
+            Event::GateFinished { attempt, result } => self.on_finished(now, attempt, result),
+            Event::TimerFired(Timer::Retry {
+                plan,
+                gate,
+                attempt,
+            }) => {
+                if let Some(run) = self.plans.get_mut(&plan)
+                    && run.gate(gate).state == (GateState::Backoff { attempt })
+                    && run.stopping == Stopping::No
+                {
+                    run.push_ready(gate);
+                }
+            }
+            Event::Cancel { plan, force } => self.on_cancel(&plan, force),
+        }
+        self.pump();
+        self.finish_plans(now);
+        std::mem::take(&mut self.sink.cmds)
+    }
+
+    fn on_submit(&mut self, now: Now, id: PlanId, plan: Arc<Plan>, options: RunOptions) {
+        if self.plans.contains_key(&id) {
+            tracing::warn!(plan_id = %id, "plan id already live; submission ignored");
+            return;
+        }
+        let mut run = PlanRun::new(id.clone(), plan, options, now);
+        for g in 0..run.gates.len() {
+            if run.gates[g].pending == 0 {
+                make_ready(&mut run, &mut self.sink, GateIdx(g as u32));
+            }
+        }
+        if run.is_finished() {
+            self.sink.finished.push(id.clone());
+        }
+        self.plans.insert(id, run);
+    }
+
+    fn on_worker_joined(&mut self, now: Now, info: WorkerInfo) {
+        if self.workers.contains_key(&info.id) {
+            // A worker that comes back is a fresh worker: forget its old attempts.
+            self.on_worker_lost(now, &info.id.clone());
+        }
+        for run in self.plans.values_mut() {
+            for g in &mut run.gates {
+                g.waiting_reported = false;
+            }
+        }
+        let slots = WorkerSlots {
+            free_slots: info.slots,
+            reserved: 0,
+            info,
+        };
+        self.workers.insert(slots.info.id.clone(), slots);
+    }
+
+    fn on_worker_lost(&mut self, _now: Now, worker: &WorkerId) {
+        if self.workers.remove(worker).is_none() {
+            return;
+        }
+        let lost: Vec<AttemptRef> = self
+            .attempts
+            .iter()
+            .filter(|(_, (w, _))| w == worker)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for attempt in lost {
+            self.attempts.remove(&attempt);
+            let Some(run) = self.plans.get_mut(&attempt.plan) else {
+                continue;
+            };
+            let g = attempt.gate;
+            match run.gate(g).state.clone() {
+                GateState::Running { attempt: a, .. } if a == attempt.attempt => {
+                    run.running -= 1;
+                    let gr = run.gate_mut(g);
+                    gr.losses += 1;
+                    if gr.losses >= self.config.max_worker_losses {
+                        let done = Done::new(Terminal::Failed, a).reason("worker_lost");
+                        finish_gate(run, &mut self.sink, &self.config, g, done);
+                    } else {
+                        run.push_ready(g);
+                    }
+                }
+                GateState::Stopping {
+                    attempt: a, then, ..
+                } if a == attempt.attempt => {
+                    run.running -= 1;
+                    let done = Done::new(then, a).reason("worker_lost");
+                    finish_gate(run, &mut self.sink, &self.config, g, done);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_cache_checked(
+        &mut self,
+        _now: Now,
+        plan: &PlanId,
+        gate: GateIdx,
+        hit: Option<Box<gatehouse_common::cache::CacheEntry>>,
+    ) {
+        let Some(run) = self.plans.get_mut(plan) else {
+            return;
+        };
+        if run.gate(gate).state != GateState::CheckingCache {
+            return;
+        }
+        match hit {
+            Some(entry) => {
+                let mut done = Done::new(Terminal::Passed, 0);
+                done.cached = true;
+                done.result = Some(entry.result);
+                finish_gate(run, &mut self.sink, &self.config, gate, done);
+            }
+            None => run.push_ready(gate),
+        }
+    }
+
+    fn on_started(&mut self, attempt: &AttemptRef) {
+        let Some(run) = self.plans.get_mut(&attempt.plan) else {
+            return;
+        };
+        if let GateState::Running { worker, attempt: a } = &run.gate(attempt.gate).state
+            && *a == attempt.attempt
+        {
+            let ev = gate_event(
+                run,
+                attempt.gate,
+                GateStatus::Running,
+                *a,
+                Some(worker.clone()),
+            );
+            self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        }
+    }
+
+    fn on_finished(&mut self, now: Now, attempt: AttemptRef, result: GateResult) {
+        match self.attempts.remove(&attempt) {
+            Some((worker, mem)) => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.free_slots += 1;
+                    w.reserved = w.reserved.saturating_sub(mem);
+                }
+            }
+            None => {
+                tracing::debug!(plan_id = %attempt.plan, gate = attempt.gate.0, attempt = attempt.attempt,
+                    "ignoring result of a stale attempt");
+                return;
+            }
+        }
+        let Some(run) = self.plans.get_mut(&attempt.plan) else {
+            return;
+        };
+        let g = attempt.gate;
+        let (worker, then) = match run.gate(g).state.clone() {
+            GateState::Running { worker, attempt: a } if a == attempt.attempt => (worker, None),
+            GateState::Stopping {
+                worker,
+                attempt: a,
+                then,
+            } if a == attempt.attempt => (worker, Some(then)),
+            _ => return,
+        };
+        run.running -= 1;
+        let a = attempt.attempt;
+        let gate = run.plan.gate(g);
+        if result.status.passed() {
+            let store = run.options.use_cache && gate.cache;
+            let mut done = Done::new(Terminal::Passed, a);
+            done.worker = Some(worker);
+            done.flaky = run.gate(g).failures > 0;
+            if store {
+                self.sink.cmds.push(Command::StoreResult {
+                    plan: attempt.plan.clone(),
+                    gate: g,
+                    result: result.clone(),
+                });
+            }
+            done.result = Some(result);
+            finish_gate(run, &mut self.sink, &self.config, g, done);
+            return;
+        }
+        if let Some(then) = then {
+            let mut done = Done::new(then, a).reason(result.status.reason());
+            done.worker = Some(worker);
+            done.result = Some(result);
+            finish_gate(run, &mut self.sink, &self.config, g, done);
+            return;
+        }
+        let retries = gate.retries;
+        let timeout = matches!(result.status, ExitStatus::TimedOut);
+        let cancelled = matches!(result.status, ExitStatus::Cancelled);
+        let gr = run.gate_mut(g);
+        gr.failures += 1;
+        let failures = gr.failures;
+        if !cancelled && failures <= retries && run.stopping == Stopping::No {
+            let backoff = retry_backoff(run.plan.policy.retry_backoff, failures);
+            run.gate_mut(g).state = GateState::Backoff { attempt: a + 1 };
+            let mut ev = gate_event(run, g, GateStatus::Retrying { backoff }, a, Some(worker));
+            ev.reason = Some(result.status.reason());
+            ev.result = Some(result);
+            self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+            self.sink.cmds.push(Command::SetTimer {
+                at: now + backoff,
+                timer: Timer::Retry {
+                    plan: attempt.plan,
+                    gate: g,
+                    attempt: a + 1,
+                },
+            });
+            return;
+        }
+        let terminal = if cancelled {
+            Terminal::Cancelled
+        } else if timeout {
+            Terminal::TimedOut
+        } else {
+            Terminal::Failed
+        };
+        let mut done = Done::new(terminal, a).reason(result.status.reason());
+        done.worker = Some(worker);
+        done.result = Some(result);
+        finish_gate(run, &mut self.sink, &self.config, g, done);
+    }
+
+    fn on_cancel(&mut self, plan: &PlanId, force: bool) {
+        let Some(run) = self.plans.get_mut(plan) else {
+            return;
+        };
+        let grace = if force {
+            Duration::ZERO
+        } else {
+            self.config.kill_grace
+        };
+        if run.stopping == Stopping::Cancelled && !force {
+            return;
+        }
+        stop_plan(run, &mut self.sink, Stopping::Cancelled, grace, force);
+    }
+
+    /// Dispatches ready gates while some plan has one that fits some worker: plans are
+    /// served round-robin, one gate per plan per round.
+    fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            let ids: Vec<PlanId> = self
+                .plans
+                .iter()
+                .filter(|(_, r)| !r.ready.is_empty() && r.may_dispatch())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                progressed |= self.dispatch_one(&id);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Tries to dispatch the best ready gate of plan `id`; true if the plan changed.
+    fn dispatch_one(&mut self, id: &PlanId) -> bool {
+        let Some(run) = self.plans.get_mut(id) else {
+            return false;
+        };
+        if !run.may_dispatch() {
+            return false;
+        }
+        let Some(g) = run.peek_ready() else {
+            return false;
+        };
+        let memory = run.plan.gate(g).memory;
+        let best = self
+            .workers
+            .values_mut()
+            .filter(|w| w.free_slots > 0 && w.headroom() >= memory)
+            .max_by(|a, b| {
+                a.headroom()
+                    .cmp(&b.headroom())
+                    .then(b.info.id.cmp(&a.info.id))
+            });
+        let Some(worker) = best else {
+            return self.cannot_place(id, g, memory);
+        };
+        worker.free_slots -= 1;
+        worker.reserved += memory;
+        let worker_id = worker.info.id.clone();
+        run.ready.pop();
+        let gr = run.gate_mut(g);
+        gr.attempt += 1;
+        gr.waiting_reported = false;
+        let attempt = gr.attempt;
+        gr.state = GateState::Running {
+            worker: worker_id.clone(),
+            attempt,
+        };
+        run.running += 1;
+        let aref = AttemptRef {
+            plan: id.clone(),
+            gate: g,
+            attempt,
+        };
+        self.attempts
+            .insert(aref.clone(), (worker_id.clone(), memory));
+        let spec = gate_spec(&run.plan, g);
+        let ev = gate_event(
+            run,
+            g,
+            GateStatus::Dispatched,
+            attempt,
+            Some(worker_id.clone()),
+        );
+        self.sink.cmds.push(Command::Dispatch {
+            worker: worker_id,
+            assignment: Assignment {
+                attempt: aref,
+                spec: Arc::new(spec),
+            },
+        });
+        self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        true
+    }
+
+    /// No worker can take gate `g` now. If none ever could, fail it (fixed-capacity
+    /// executors) or publish once why it waits; otherwise it simply waits for capacity.
+    fn cannot_place(&mut self, id: &PlanId, g: GateIdx, memory: u64) -> bool {
+        let largest = self.workers.values().map(|w| w.info.memory_available).max();
+        if largest.is_some_and(|m| m >= memory) {
+            return false; // throttled: capacity frees up when a running gate ends
+        }
+        let Some(run) = self.plans.get_mut(id) else {
+            return false;
+        };
+        if self.config.fail_unschedulable && largest.is_some() {
+            run.ready.pop();
+            let done = Done::new(Terminal::Failed, 0).reason("unschedulable");
+            finish_gate(run, &mut self.sink, &self.config, g, done);
+            return true;
+        }
+        if !run.gate(g).waiting_reported {
+            run.gate_mut(g).waiting_reported = true;
+            let reason = match largest {
+                None => "no live worker".to_string(),
+                Some(m) => format!(
+                    "needs {} of memory but the largest worker has {} available",
+                    gatehouse_common::units::format_size(memory),
+                    gatehouse_common::units::format_size(m)
+                ),
+            };
+            let ev = gate_event(run, g, GateStatus::Waiting { reason }, 0, None);
+            self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        }
+        false
+    }
+
+    fn finish_plans(&mut self, now: Now) {
+        for id in std::mem::take(&mut self.sink.finished) {
+            let Some(run) = self.plans.get(&id) else {
+                continue;
+            };
+            if !run.is_finished() {
+                continue;
+            }
+            if let Some(run) = self.plans.remove(&id) {
+                let summary = summary::summarize(&run, now);
+                self.sink
+                    .cmds
+                    .push(Command::Emit(PlanEvent::Finished(summary)));
+            }
+        }
+    }
+}

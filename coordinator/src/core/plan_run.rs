@@ -1,0 +1,177 @@
+//! Mutable state of one plan inside the core: per-gate lifecycle, remaining
+//! prerequisites, the ready queue and the counters the summary is built from.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+
+use super::graph::PlanGraph;
+use super::types::{Counts, Now, RunOptions, Terminal};
+
+/// Lifecycle of one gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum GateState {
+    /// Some prerequisite has not passed yet.
+    Blocked,
+    /// Prerequisites passed; the driver is looking the gate up in the cache.
+    CheckingCache,
+    /// In the ready queue, waiting for a slot (and memory).
+    Ready,
+    /// Dispatched to `worker` as `attempt` (started or not yet).
+    Running { worker: WorkerId, attempt: u32 },
+    /// Failed attempt; `attempt` starts when the retry timer fires.
+    Backoff { attempt: u32 },
+    /// A cancel was sent for the running attempt; ends as `then`.
+    Stopping {
+        worker: WorkerId,
+        attempt: u32,
+        then: Terminal,
+    },
+    /// Ended.
+    Done(Terminal),
+}
+
+/// Per-gate bookkeeping.
+#[derive(Clone, Debug)]
+pub(crate) struct GateRun {
+    pub(crate) state: GateState,
+    /// Prerequisites (needs + dep items) not yet passed.
+    pub(crate) pending: u32,
+    /// Last attempt number handed out (0: never dispatched).
+    pub(crate) attempt: u32,
+    /// Failed attempts so far (counted against `retries`).
+    pub(crate) failures: u32,
+    /// Attempts lost with their worker (not counted against `retries`).
+    pub(crate) losses: u32,
+    /// Whether a "waiting" event was already published for the current wait.
+    pub(crate) waiting_reported: bool,
+}
+
+/// Why a plan stops early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stopping {
+    /// Still running normally.
+    No,
+    /// A gate failed under `fail_fast`.
+    FailFast,
+    /// The submitter cancelled the plan.
+    Cancelled,
+}
+
+/// One submitted plan.
+pub(crate) struct PlanRun {
+    pub(crate) id: PlanId,
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) options: RunOptions,
+    pub(crate) graph: PlanGraph,
+    pub(crate) gates: Vec<GateRun>,
+    /// Per item: gates of the item not yet passed.
+    pub(crate) item_remaining: Vec<u32>,
+    /// Ready gates by (height desc, plan order asc): O(log n) push and pop.
+    pub(crate) ready: BinaryHeap<(u32, Reverse<u32>)>,
+    /// Attempts dispatched and not yet finished.
+    pub(crate) running: u32,
+    /// Gates in a terminal state.
+    pub(crate) done: u32,
+    pub(crate) counts: Counts,
+    pub(crate) stopping: Stopping,
+    pub(crate) submitted_at: Now,
+}
+
+impl PlanRun {
+    pub(crate) fn new(id: PlanId, plan: Arc<Plan>, options: RunOptions, now: Now) -> Self {
+        let graph = PlanGraph::new(&plan);
+        let gates = graph
+            .indegree
+            .iter()
+            .map(|&pending| GateRun {
+                state: GateState::Blocked,
+                pending,
+                attempt: 0,
+                failures: 0,
+                losses: 0,
+                waiting_reported: false,
+            })
+            .collect();
+        let item_remaining = plan.items.iter().map(|i| i.gates.len() as u32).collect();
+        let counts = Counts {
+            total: plan.gates.len() as u32,
+            ..Counts::default()
+        };
+        Self {
+            id,
+            plan,
+            options,
+            graph,
+            gates,
+            item_remaining,
+            ready: BinaryHeap::new(),
+            running: 0,
+            done: 0,
+            counts,
+            stopping: Stopping::No,
+            submitted_at: now,
+        }
+    }
+
+    pub(crate) fn gate(&self, g: GateIdx) -> &GateRun {
+        &self.gates[g.ix()]
+    }
+
+    pub(crate) fn gate_mut(&mut self, g: GateIdx) -> &mut GateRun {
+        &mut self.gates[g.ix()]
+    }
+
+    pub(crate) fn push_ready(&mut self, g: GateIdx) {
+        self.gates[g.ix()].state = GateState::Ready;
+        self.ready.push((self.graph.height[g.ix()], Reverse(g.0)));
+    }
+
+    /// The highest-priority ready gate, dropping stale heap entries (a gate that left
+    /// `Ready` while queued, e.g. skipped by fail-fast).
+    pub(crate) fn peek_ready(&mut self) -> Option<GateIdx> {
+        while let Some(&(_, Reverse(g))) = self.ready.peek() {
+            if self.gates[g as usize].state == GateState::Ready {
+                return Some(GateIdx(g));
+            }
+            self.ready.pop();
+        }
+        None
+    }
+
+    /// Whether the plan may start another attempt now (`max_parallel`, not stopping).
+    pub(crate) fn may_dispatch(&self) -> bool {
+        self.stopping == Stopping::No
+            && self
+                .plan
+                .policy
+                .max_parallel
+                .is_none_or(|max| self.running < max)
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.done as usize == self.gates.len()
+    }
+
+    /// Records a terminal state in the counters.
+    pub(crate) fn count(&mut self, t: Terminal, cached: bool, flaky: bool) {
+        self.done += 1;
+        let c = &mut self.counts;
+        match t {
+            Terminal::Passed => c.passed += 1,
+            Terminal::Failed => c.failed += 1,
+            Terminal::TimedOut => c.timed_out += 1,
+            Terminal::Skipped => c.skipped += 1,
+            Terminal::Cancelled => c.cancelled += 1,
+        }
+        if cached {
+            c.cached += 1;
+        }
+        if flaky {
+            c.flaky += 1;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Test support: plan builders and a simulated driver for the core.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, OutputTail};
+use gatehouse_common::ids::{GateId, GateIdx, ItemId, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::plan::{DEFAULT_MEMORY, Gate, Item, Plan, Policy};
+
+use super::*;
+
+pub(crate) const MI: u64 = 1024 * 1024;
+
+/// A gate for [`flat`] / [`items`]: (name, needs by index, retries, memory).
+#[derive(Clone, Debug)]
+pub(crate) struct G {
+    pub name: String,
+    pub needs: Vec<u32>,
+    pub retries: u32,
+    pub memory: u64,
+}
+
+pub(crate) fn g(name: &str, needs: &[u32]) -> G {
+    G {
+        name: name.into(),
+        needs: needs.to_vec(),
+        retries: 0,
+        memory: DEFAULT_MEMORY,
+    }
+}
+
+fn gate(id: String, item: Option<ItemIdx>, spec: &G) -> Gate {
+    Gate {
+        id: GateId::new(id),
+        item,
+        run: format!("run {}", spec.name),
+        needs: spec.needs.iter().map(|&n| GateIdx(n)).collect(),
+        timeout: Duration::from_secs(60),
+        retries: spec.retries,
+        env: BTreeMap::new(),
+        workdir_rel: ".".into(),
+        workdir: PathBuf::from("/tmp"),
+        inputs: vec![],
+        memory: spec.memory,
+        cache: true,
+    }
+}
+
+/// A flat plan; `needs` are global gate indices.
+pub(crate) fn flat(policy: Policy, gates: &[G]) -> Arc<Plan> {
+    Arc::new(Plan {
+        name: "test".into(),
+        base_dir: PathBuf::from("/tmp"),
+        policy,
+        items: vec![],
+        gates: gates
+            .iter()
+            .map(|s| gate(s.name.clone(), None, s))
+            .collect(),
+        levels: vec![],
+    })
+}
+
+/// An item plan: items given as (id, deps, gates); gate `needs` are global indices.
+pub(crate) fn items(policy: Policy, spec: &[(&str, &[u32], Vec<G>)]) -> Arc<Plan> {
+    let mut items = Vec::new();
+    let mut gates = Vec::new();
+    for (i, (id, deps, gs)) in spec.iter().enumerate() {
+        let mut members = Vec::new();
+        for s in gs {
+            members.push(GateIdx(gates.len() as u32));
+            gates.push(gate(format!("{id}/{}", s.name), Some(ItemIdx(i as u32)), s));
+        }
+        items.push(Item {
+            id: ItemId::new(*id),
+            deps: deps.iter().map(|&d| ItemIdx(d)).collect(),
+            gates: members,
+            level: 0,
+        });
+    }
+    Arc::new(Plan {
+        name: "test".into(),
+        base_dir: PathBuf::from("/tmp"),
+        policy,
+        items,
+        gates,
+        levels: vec![],
+    })
+}
+
+pub(crate) fn result(status: ExitStatus) -> GateResult {
+    GateResult {
+        status,
+        duration: Duration::from_millis(5),
+        peak_memory: None,
+        stdout: OutputTail::default(),
+        stderr: OutputTail::default(),
+    }
+}
+
+pub(crate) fn worker(id: &str, slots: u32, mem: u64) -> WorkerInfo {
+    WorkerInfo {
+        id: WorkerId::new(id),
+        slots,
+        memory_total: mem,
+        memory_available: mem,
+    }
+}
+
+/// A simulated driver: records every command and tracks what is "running".
+pub(crate) struct Sim {
+    pub core: Scheduler,
+    pub now: Duration,
+    pub plan: PlanId,
+    pub log: Vec<Command>,
+    pub running: Vec<(WorkerId, AttemptRef)>,
+    pub timers: Vec<(Duration, Timer)>,
+    pub cache_checks: Vec<GateIdx>,
+    pub events: Vec<GateEvent>,
+    pub summary: Option<PlanSummary>,
+    pub cancels: HashSet<AttemptRef>,
+}
+
+impl Sim {
+    pub fn new(config: CoreConfig, workers: &[WorkerInfo]) -> Self {
+        let mut sim = Self {
+            core: Scheduler::new(config),
+            now: Duration::ZERO,
+            plan: PlanId::new("p1"),
+            log: vec![],
+            running: vec![],
+            timers: vec![],
+            cache_checks: vec![],
+            events: vec![],
+            summary: None,
+            cancels: HashSet::new(),
+        };
+        for w in workers {
+            sim.feed(Event::WorkerJoined(w.clone()));
+        }
+        sim
+    }
+
+    pub fn submit(&mut self, plan: Arc<Plan>, use_cache: bool) {
+        self.feed(Event::PlanSubmitted {
+            id: self.plan.clone(),
+            plan,
+            options: RunOptions { use_cache },
+        });
+    }
+
+    pub fn feed(&mut self, event: Event) -> Vec<Command> {
+        let cmds = self.core.handle(self.now, event);
+        for c in &cmds {
+            match c {
+                Command::Dispatch { worker, assignment } => self
+                    .running
+                    .push((worker.clone(), assignment.attempt.clone())),
+                Command::SetTimer { at, timer } => self.timers.push((*at, timer.clone())),
+                Command::CheckCache { gate, .. } => self.cache_checks.push(*gate),
+                Command::CancelAttempt { attempt, .. } => {
+                    self.cancels.insert(attempt.clone());
+                }
+                Command::Emit(PlanEvent::Gate(ev)) => self.events.push(ev.clone()),
+                Command::Emit(PlanEvent::Finished(s)) => self.summary = Some(s.clone()),
+                Command::StoreResult { .. } => {}
+            }
+        }
+        self.log.extend(cmds.iter().cloned());
+        cmds
+    }
+
+    /// Gate indices currently running, in dispatch order.
+    pub fn running_gates(&self) -> Vec<u32> {
+        self.running.iter().map(|(_, a)| a.gate.0).collect()
+    }
+
+    /// Finishes the running attempt of gate `g` with `status`.
+    pub fn finish(&mut self, g: u32, status: ExitStatus) -> Vec<Command> {
+        let pos = self
+            .running
+            .iter()
+            .position(|(_, a)| a.gate.0 == g)
+            .unwrap_or_else(|| panic!("gate {g} is not running: {:?}", self.running_gates()));
+        let (_, attempt) = self.running.remove(pos);
+        self.feed(Event::GateFinished {
+            attempt,
+            result: result(status),
+        })
+    }
+
+    pub fn pass(&mut self, g: u32) -> Vec<Command> {
+        self.finish(g, ExitStatus::Exited(0))
+    }
+
+    pub fn fail(&mut self, g: u32) -> Vec<Command> {
+        self.finish(g, ExitStatus::Exited(1))
+    }
+
+    /// Fires the earliest timer, advancing time to it.
+    pub fn fire_timer(&mut self) -> Vec<Command> {
+        self.timers.sort_by_key(|(at, _)| *at);
+        let (at, timer) = self.timers.remove(0);
+        self.now = self.now.max(at);
+        self.feed(Event::TimerFired(timer))
+    }
+
+    /// Terminal event of gate `g` (panics unless exactly one).
+    pub fn terminal(&self, g: u32) -> &GateEvent {
+        let evs: Vec<&GateEvent> = self
+            .events
+            .iter()
+            .filter(|e| e.gate.0 == g && matches!(e.status, GateStatus::Finished(_)))
+            .collect();
+        assert_eq!(evs.len(), 1, "gate {g} terminal events: {evs:?}");
+        evs[0]
+    }
+
+    pub fn state(&self, g: u32) -> Terminal {
+        match self.terminal(g).status {
+            GateStatus::Finished(t) => t,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Attempts sent to each worker that were not finished yet, per worker.
+    pub fn per_worker(&self) -> HashMap<WorkerId, usize> {
+        let mut m = HashMap::new();
+        for (w, _) in &self.running {
+            *m.entry(w.clone()).or_default() += 1;
+        }
+        m
+    }
+}

@@ -1,0 +1,424 @@
+//! Unit tests of the scheduler core, one per rule.
+
+use std::time::Duration;
+
+use gatehouse_common::cache::CacheEntry;
+use gatehouse_common::exec::ExitStatus;
+use gatehouse_common::ids::{GateId, GateIdx, WorkerId};
+use gatehouse_common::plan::Policy;
+
+use super::testkit::*;
+use super::*;
+
+fn local() -> Vec<WorkerInfo> {
+    vec![worker("local-0", 4, 64 * 1024 * MI)]
+}
+
+fn fixed() -> CoreConfig {
+    CoreConfig {
+        fail_unschedulable: true,
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn chain_runs_in_dependency_order_and_passes() {
+    let plan = flat(
+        Policy::default(),
+        &[g("a", &[]), g("b", &[0]), g("c", &[1])],
+    );
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    assert_eq!(sim.running_gates(), vec![0]);
+    sim.pass(0);
+    assert_eq!(sim.running_gates(), vec![1]);
+    sim.pass(1);
+    sim.pass(2);
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!(s.outcome, PlanOutcome::Passed);
+    assert_eq!(s.counts.passed, 3);
+    assert_eq!(sim.core.live_plans(), 0);
+}
+
+#[test]
+fn failure_skips_transitive_dependents_only() {
+    // a -> b -> c, d independent
+    let plan = flat(
+        Policy::default(),
+        &[g("a", &[]), g("b", &[0]), g("c", &[1]), g("d", &[])],
+    );
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.fail(0);
+    assert_eq!(sim.state(0), Terminal::Failed);
+    assert_eq!(sim.state(1), Terminal::Skipped);
+    assert_eq!(sim.state(2), Terminal::Skipped);
+    assert_eq!(sim.terminal(2).cause, Some(GateIdx(0)));
+    assert_eq!(sim.terminal(2).reason, Some("dependency_failed"));
+    assert!(sim.summary.is_none(), "d still runs");
+    sim.pass(3);
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!(s.outcome, PlanOutcome::Failed);
+    assert_eq!(
+        (s.counts.failed, s.counts.skipped, s.counts.passed),
+        (1, 2, 1)
+    );
+}
+
+#[test]
+fn item_deps_gate_the_next_item_and_failure_skips_it() {
+    // pr-101 {lint, test(needs lint)}, pr-102 deps pr-101 {test}, pr-103 {test}
+    let plan = items(
+        Policy::default(),
+        &[
+            ("pr-101", &[], vec![g("lint", &[]), g("test", &[0])]),
+            ("pr-102", &[0], vec![g("test", &[])]),
+            ("pr-103", &[], vec![g("test", &[])]),
+        ],
+    );
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan.clone(), false);
+    assert_eq!(sim.running_gates(), vec![0, 3]);
+    sim.pass(0);
+    assert_eq!(sim.running_gates(), vec![3, 1]);
+    sim.pass(1);
+    assert!(
+        sim.running_gates().contains(&2),
+        "pr-102 starts once pr-101 passed"
+    );
+    sim.pass(2);
+    sim.pass(3);
+    let s = sim.summary.clone().expect("summary");
+    let order: Vec<&str> = s
+        .merge_order
+        .iter()
+        .map(|i| plan.item(*i).id.as_str())
+        .collect();
+    assert_eq!(order, ["pr-101", "pr-102", "pr-103"]);
+
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan.clone(), false);
+    sim.pass(0);
+    sim.fail(1);
+    assert_eq!(sim.state(2), Terminal::Skipped);
+    sim.pass(3);
+    let s = sim.summary.clone().expect("summary");
+    let order: Vec<&str> = s
+        .merge_order
+        .iter()
+        .map(|i| plan.item(*i).id.as_str())
+        .collect();
+    assert_eq!(order, ["pr-103"]);
+}
+
+#[test]
+fn merge_order_breaks_ties_by_plan_order() {
+    // c (no deps) listed first, a, b deps a.
+    let plan = items(
+        Policy::default(),
+        &[
+            ("c", &[], vec![g("t", &[])]),
+            ("b", &[2], vec![g("t", &[])]),
+            ("a", &[], vec![g("t", &[])]),
+        ],
+    );
+    let order = summary::merge_order(&plan, |_| true);
+    let ids: Vec<&str> = order.iter().map(|i| plan.item(*i).id.as_str()).collect();
+    assert_eq!(ids, ["c", "a", "b"]);
+}
+
+#[test]
+fn fail_fast_cancels_running_and_skips_the_rest() {
+    let policy = Policy {
+        fail_fast: true,
+        ..Policy::default()
+    };
+    let plan = flat(
+        policy,
+        &[g("a", &[]), g("b", &[]), g("c", &[0]), g("d", &[])],
+    );
+    let mut sim = Sim::new(fixed(), &[worker("w", 2, 64 * 1024 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.running_gates(), vec![0, 1]);
+    let cmds = sim.fail(0);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::CancelAttempt { attempt, .. } if attempt.gate.0 == 1))
+    );
+    assert_eq!(sim.state(2), Terminal::Skipped);
+    assert_eq!(sim.state(3), Terminal::Skipped);
+    assert!(
+        sim.running.iter().all(|(_, a)| a.gate.0 == 1),
+        "nothing new dispatched"
+    );
+    sim.finish(1, ExitStatus::Cancelled);
+    assert_eq!(sim.state(1), Terminal::Cancelled);
+    assert_eq!(
+        sim.summary.clone().expect("summary").outcome,
+        PlanOutcome::Failed
+    );
+}
+
+#[test]
+fn retry_then_pass_is_flaky_with_doubling_backoff() {
+    let policy = Policy {
+        retry_backoff: Duration::from_millis(100),
+        ..Policy::default()
+    };
+    let mut a = g("a", &[]);
+    a.retries = 2;
+    let plan = flat(policy, &[a]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.fail(0);
+    assert_eq!(
+        sim.timers.last().map(|t| t.0),
+        Some(Duration::from_millis(100))
+    );
+    assert!(sim.running.is_empty(), "no dispatch before the backoff");
+    sim.fire_timer();
+    assert_eq!(sim.running[0].1.attempt, 2);
+    sim.finish(0, ExitStatus::TimedOut);
+    assert_eq!(
+        sim.timers.last().map(|t| t.0),
+        Some(Duration::from_millis(300))
+    );
+    sim.fire_timer();
+    sim.pass(0);
+    let ev = sim.terminal(0);
+    assert_eq!(
+        (ev.status.clone(), ev.flaky, ev.attempt),
+        (GateStatus::Finished(Terminal::Passed), true, 3)
+    );
+    assert_eq!(sim.summary.clone().expect("summary").counts.flaky, 1);
+}
+
+#[test]
+fn retries_exhausted_timeout_is_timed_out() {
+    let mut a = g("a", &[]);
+    a.retries = 1;
+    let plan = flat(Policy::default(), &[a]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.finish(0, ExitStatus::TimedOut);
+    sim.fire_timer();
+    sim.finish(0, ExitStatus::TimedOut);
+    assert_eq!(sim.state(0), Terminal::TimedOut);
+    assert_eq!(sim.terminal(0).reason, Some("timeout"));
+}
+
+#[test]
+fn backoff_is_capped() {
+    let first = Duration::from_millis(200);
+    assert_eq!(retry_backoff(first, 1), first);
+    assert_eq!(retry_backoff(first, 2), Duration::from_millis(400));
+    assert_eq!(retry_backoff(first, 20), Duration::from_secs(30));
+    assert_eq!(retry_backoff(first, 400), Duration::from_secs(30));
+}
+
+#[test]
+fn max_parallel_bounds_running_gates() {
+    let policy = Policy {
+        max_parallel: Some(2),
+        ..Policy::default()
+    };
+    let plan = flat(
+        policy,
+        &(0..5).map(|i| g(&format!("g{i}"), &[])).collect::<Vec<_>>(),
+    );
+    let mut sim = Sim::new(fixed(), &[worker("w", 10, 64 * 1024 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.running.len(), 2);
+    sim.pass(0);
+    assert_eq!(sim.running.len(), 2);
+}
+
+#[test]
+fn memory_admission_throttles_instead_of_overcommitting() {
+    let mut gates: Vec<G> = (0..4).map(|i| g(&format!("g{i}"), &[])).collect();
+    for x in &mut gates {
+        x.memory = 512 * MI;
+    }
+    let plan = flat(Policy::default(), &gates);
+    let mut sim = Sim::new(fixed(), &[worker("w", 4, 1100 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.running.len(), 2, "only two 512Mi gates fit in 1100Mi");
+    sim.pass(0);
+    assert_eq!(sim.running.len(), 2);
+    sim.feed(Event::WorkerCapacity {
+        worker: WorkerId::new("w"),
+        memory_available: 2000 * MI,
+    });
+    assert_eq!(sim.running.len(), 3, "more memory admits the next gate");
+}
+
+#[test]
+fn placement_prefers_most_headroom() {
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[])]);
+    let mut sim = Sim::new(
+        CoreConfig::default(),
+        &[worker("small", 4, 1024 * MI), worker("big", 4, 4096 * MI)],
+    );
+    sim.submit(plan, false);
+    let workers: Vec<&str> = sim.running.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(workers, ["big", "big"]);
+}
+
+#[test]
+fn gate_too_big_for_any_worker_fails_or_waits() {
+    let mut big = g("big", &[]);
+    big.memory = 10 * 1024 * MI;
+    let plan = flat(Policy::default(), &[big, g("after", &[0])]);
+    let mut sim = Sim::new(fixed(), &[worker("w", 4, 1024 * MI)]);
+    sim.submit(plan.clone(), false);
+    assert_eq!(sim.state(0), Terminal::Failed);
+    assert_eq!(sim.terminal(0).reason, Some("unschedulable"));
+    assert_eq!(sim.state(1), Terminal::Skipped);
+
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 4, 1024 * MI)]);
+    sim.submit(plan, false);
+    let waiting: Vec<_> = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e.status, GateStatus::Waiting { .. }))
+        .collect();
+    assert_eq!(waiting.len(), 1);
+    sim.feed(Event::WorkerJoined(worker("huge", 1, 16 * 1024 * MI)));
+    assert_eq!(
+        sim.running_gates(),
+        vec![0],
+        "a worker that fits picks it up"
+    );
+}
+
+#[test]
+fn stale_attempt_results_are_ignored() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    let (_, attempt) = sim.running[0].clone();
+    let mut stale = attempt.clone();
+    stale.attempt = 7;
+    let cmds = sim.feed(Event::GateFinished {
+        attempt: stale,
+        result: result(ExitStatus::Exited(0)),
+    });
+    assert!(cmds.is_empty());
+    assert_eq!(sim.core.running_attempts(), 1);
+    sim.pass(0);
+    assert_eq!(sim.state(0), Terminal::Passed);
+}
+
+#[test]
+fn cancel_stops_running_and_cancels_pending() {
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    let cmds = sim.feed(Event::Cancel {
+        plan: sim.plan.clone(),
+        force: false,
+    });
+    assert!(
+        matches!(&cmds[..], [Command::CancelAttempt { grace, .. }, ..] if *grace == Duration::from_secs(5))
+    );
+    assert_eq!(sim.state(1), Terminal::Cancelled);
+    let forced = sim.feed(Event::Cancel {
+        plan: sim.plan.clone(),
+        force: true,
+    });
+    assert!(matches!(&forced[..], [Command::CancelAttempt { grace, .. }] if grace.is_zero()));
+    sim.finish(0, ExitStatus::Cancelled);
+    assert_eq!(sim.state(0), Terminal::Cancelled);
+    assert_eq!(
+        sim.summary.clone().expect("summary").outcome,
+        PlanOutcome::Cancelled
+    );
+}
+
+#[test]
+fn cache_hit_passes_without_dispatch_and_unblocks_dependents() {
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, true);
+    assert!(sim.running.is_empty());
+    assert_eq!(sim.cache_checks, vec![GateIdx(0)]);
+    let entry = CacheEntry {
+        result: result(ExitStatus::Exited(0)),
+        producer: GateId::new("a"),
+        created_unix_ms: 0,
+    };
+    sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(0),
+        hit: Some(Box::new(entry)),
+    });
+    assert!(sim.terminal(0).cached);
+    assert_eq!(sim.cache_checks, vec![GateIdx(0), GateIdx(1)]);
+    let cmds = sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(1),
+        hit: None,
+    });
+    assert!(matches!(cmds[0], Command::Dispatch { .. }));
+    let cmds = sim.pass(1);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::StoreResult { gate, .. } if gate.0 == 1)),
+        "a passed, executed gate is stored"
+    );
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!((s.counts.passed, s.counts.cached), (2, 1));
+}
+
+#[test]
+fn failed_gates_are_not_stored() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, true);
+    sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(0),
+        hit: None,
+    });
+    let cmds = sim.fail(0);
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::StoreResult { .. }))
+    );
+}
+
+#[test]
+fn lost_worker_requeues_then_fails_after_three_losses() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w1", 1, 4096 * MI)]);
+    sim.submit(plan, false);
+    for loss in 1..=3u32 {
+        assert_eq!(sim.running[0].1.attempt, loss);
+        sim.running.clear();
+        sim.feed(Event::WorkerLost {
+            worker: WorkerId::new("w1"),
+        });
+        if loss < 3 {
+            sim.feed(Event::WorkerJoined(worker("w1", 1, 4096 * MI)));
+        }
+    }
+    assert_eq!(sim.state(0), Terminal::Failed);
+    assert_eq!(sim.terminal(0).reason, Some("worker_lost"));
+}
+
+#[test]
+fn critical_path_runs_first() {
+    // a (alone) listed first; b -> c -> d is the long chain.
+    let plan = flat(
+        Policy::default(),
+        &[g("a", &[]), g("b", &[]), g("c", &[1]), g("d", &[2])],
+    );
+    let mut sim = Sim::new(fixed(), &[worker("w", 1, 64 * 1024 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(
+        sim.running_gates(),
+        vec![1],
+        "head of the longest chain first"
+    );
+}

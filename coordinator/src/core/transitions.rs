@@ -1,0 +1,258 @@
+//! Gate transitions shared by the core's event handlers: finishing a gate and
+//! propagating the result (readiness of dependents, skips, fail-fast), and stopping a
+//! plan early.
+
+use std::time::Duration;
+
+use gatehouse_common::exec::{AttemptRef, GateResult, GateSpec};
+use gatehouse_common::ids::{GateIdx, WorkerId};
+use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
+
+use super::plan_run::{GateState, PlanRun, Stopping};
+use super::types::*;
+use super::{CoreConfig, Sink};
+
+/// Backoff before the attempt after the `failures`-th failure: `first * 2^(failures-1)`,
+/// capped at [`MAX_RETRY_BACKOFF`].
+pub fn retry_backoff(first: Duration, failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    first.saturating_mul(factor).min(MAX_RETRY_BACKOFF)
+}
+
+/// How a gate ends.
+pub(super) struct Done {
+    pub(super) terminal: Terminal,
+    pub(super) attempt: u32,
+    pub(super) worker: Option<WorkerId>,
+    pub(super) cached: bool,
+    pub(super) flaky: bool,
+    pub(super) result: Option<GateResult>,
+    pub(super) reason: Option<&'static str>,
+    pub(super) cause: Option<GateIdx>,
+}
+
+impl Done {
+    pub(super) fn new(terminal: Terminal, attempt: u32) -> Self {
+        Self {
+            terminal,
+            attempt,
+            worker: None,
+            cached: false,
+            flaky: false,
+            result: None,
+            reason: None,
+            cause: None,
+        }
+    }
+
+    pub(super) fn reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+pub(super) fn gate_event(
+    run: &PlanRun,
+    g: GateIdx,
+    status: GateStatus,
+    attempt: u32,
+    worker: Option<WorkerId>,
+) -> GateEvent {
+    GateEvent {
+        plan: run.id.clone(),
+        gate: g,
+        status,
+        attempt,
+        worker,
+        cached: false,
+        flaky: false,
+        result: None,
+        reason: None,
+        cause: None,
+    }
+}
+
+pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
+    let gate = plan.gate(g);
+    GateSpec {
+        plan_name: plan.name.clone(),
+        gate: gate.id.clone(),
+        item: gate.item.map(|i| plan.item(i).id.clone()),
+        run: gate.run.clone(),
+        env: gate.env.clone(),
+        workdir: gate.workdir.clone(),
+        timeout: gate.timeout,
+        memory: gate.memory,
+    }
+}
+
+/// A gate whose prerequisites all passed: through the cache check when caching is on.
+pub(super) fn make_ready(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
+    if run.options.use_cache {
+        run.gate_mut(g).state = GateState::CheckingCache;
+        sink.cmds.push(Command::CheckCache {
+            plan: run.id.clone(),
+            gate: g,
+        });
+    } else {
+        run.push_ready(g);
+    }
+}
+
+/// Records a terminal state, publishes it and propagates it to dependents.
+pub(super) fn finish_gate(
+    run: &mut PlanRun,
+    sink: &mut Sink,
+    config: &CoreConfig,
+    g: GateIdx,
+    done: Done,
+) {
+    run.gate_mut(g).state = GateState::Done(done.terminal);
+    run.count(done.terminal, done.cached, done.flaky);
+    let mut ev = gate_event(
+        run,
+        g,
+        GateStatus::Finished(done.terminal),
+        done.attempt,
+        done.worker,
+    );
+    ev.cached = done.cached;
+    ev.flaky = done.flaky;
+    ev.result = done.result;
+    ev.reason = done.reason;
+    ev.cause = done.cause;
+    sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+    match done.terminal {
+        Terminal::Passed => propagate_pass(run, sink, g),
+        Terminal::Failed | Terminal::TimedOut => {
+            if run.plan.policy.fail_fast && run.stopping == Stopping::No {
+                stop_plan(run, sink, Stopping::FailFast, config.kill_grace, false);
+            } else {
+                skip_dependents(run, sink, g);
+            }
+        }
+        Terminal::Skipped | Terminal::Cancelled => skip_dependents(run, sink, g),
+    }
+    if run.is_finished() {
+        sink.finished.push(run.id.clone());
+    }
+}
+
+fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
+    let mut newly_ready = Vec::new();
+    for d in run.graph.needed_by(g) {
+        newly_ready.push(d);
+    }
+    if let Some(item) = run.plan.gate(g).item {
+        let left = &mut run.item_remaining[item.ix()];
+        *left -= 1;
+        if *left == 0 {
+            for dep_item in run.graph.dependent_items(item) {
+                newly_ready.extend(run.plan.item(dep_item).gates.iter().copied());
+            }
+        }
+    }
+    for d in newly_ready {
+        let gr = run.gate_mut(d);
+        gr.pending -= 1;
+        if gr.pending == 0 && gr.state == GateState::Blocked && run.stopping == Stopping::No {
+            make_ready(run, sink, d);
+        }
+    }
+}
+
+/// Skips every blocked gate that transitively waits for `failed` (through `needs`, and
+/// through item `deps` once the failed gate's item can no longer pass).
+fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {
+    let mut stack: Vec<GateIdx> = Vec::new();
+    let push_dependents = |run: &PlanRun, g: GateIdx, stack: &mut Vec<GateIdx>| {
+        stack.extend(run.graph.needed_by(g));
+        if let Some(item) = run.plan.gate(g).item {
+            for dep_item in run.graph.dependent_items(item) {
+                stack.extend(run.plan.item(dep_item).gates.iter().copied());
+            }
+        }
+    };
+    push_dependents(run, failed, &mut stack);
+    while let Some(g) = stack.pop() {
+        if run.gate(g).state != GateState::Blocked {
+            continue;
+        }
+        let mut done = Done::new(Terminal::Skipped, 0).reason("dependency_failed");
+        done.cause = Some(failed);
+        run.gate_mut(g).state = GateState::Done(Terminal::Skipped);
+        run.count(Terminal::Skipped, false, false);
+        let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Skipped), 0, None);
+        ev.reason = done.reason;
+        ev.cause = done.cause;
+        sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        push_dependents(run, g, &mut stack);
+    }
+}
+
+/// Stops a plan early: running attempts get a cancel; every gate not started ends as
+/// skipped (fail-fast) or cancelled (cancel). O(gates), once per plan.
+pub(super) fn stop_plan(
+    run: &mut PlanRun,
+    sink: &mut Sink,
+    why: Stopping,
+    grace: Duration,
+    force: bool,
+) {
+    run.stopping = why;
+    let (terminal, reason) = match why {
+        Stopping::FailFast => (Terminal::Skipped, "fail_fast"),
+        _ => (Terminal::Cancelled, "cancelled"),
+    };
+    for i in 0..run.gates.len() {
+        let g = GateIdx(i as u32);
+        match run.gate(g).state.clone() {
+            GateState::Blocked
+            | GateState::CheckingCache
+            | GateState::Ready
+            | GateState::Backoff { .. } => {
+                run.gate_mut(g).state = GateState::Done(terminal);
+                run.count(terminal, false, false);
+                let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);
+                ev.reason = Some(reason);
+                sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+            }
+            GateState::Running { worker, attempt } => {
+                run.gate_mut(g).state = GateState::Stopping {
+                    worker: worker.clone(),
+                    attempt,
+                    then: Terminal::Cancelled,
+                };
+                sink.cmds.push(Command::CancelAttempt {
+                    worker,
+                    attempt: AttemptRef {
+                        plan: run.id.clone(),
+                        gate: g,
+                        attempt,
+                    },
+                    grace,
+                });
+            }
+            GateState::Stopping {
+                worker, attempt, ..
+            } if force => {
+                sink.cmds.push(Command::CancelAttempt {
+                    worker,
+                    attempt: AttemptRef {
+                        plan: run.id.clone(),
+                        gate: g,
+                        attempt,
+                    },
+                    grace: Duration::ZERO,
+                });
+            }
+            GateState::Stopping { .. } | GateState::Done(_) => {}
+        }
+    }
+    run.ready.clear();
+    if run.is_finished() {
+        sink.finished.push(run.id.clone());
+    }
+}

@@ -1,0 +1,296 @@
+//! Inputs, outputs and published records of the scheduler core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::cache::CacheEntry;
+use gatehouse_common::exec::{Assignment, AttemptRef, GateResult};
+use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+
+/// Core time: the driver's monotonic clock, as a duration since an epoch it chooses.
+pub type Now = Duration;
+
+/// Per-run options the submitter chooses (not part of the plan file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Whether the result cache is consulted and written (`--no-cache` turns it off).
+    pub use_cache: bool,
+}
+
+/// What a worker (executor) declares when it joins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's id.
+    pub id: WorkerId,
+    /// Gates it runs at once.
+    pub slots: u32,
+    /// Its machine's total memory in bytes (bounds what it could ever admit).
+    pub memory_total: u64,
+    /// Memory it reports available now, in bytes.
+    pub memory_available: u64,
+}
+
+/// Events into the core.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A validated plan was accepted; it starts now.
+    PlanSubmitted {
+        /// Id chosen by the driver (unique among live plans).
+        id: PlanId,
+        /// The plan.
+        plan: Arc<Plan>,
+        /// Submitter options.
+        options: RunOptions,
+    },
+    /// An executor joined (or rejoined as a fresh worker).
+    WorkerJoined(WorkerInfo),
+    /// An executor reported its available memory (heartbeat).
+    WorkerCapacity {
+        /// Which worker.
+        worker: WorkerId,
+        /// Memory available now, in bytes.
+        memory_available: u64,
+    },
+    /// An executor is gone; its running attempts are re-queued.
+    WorkerLost {
+        /// Which worker.
+        worker: WorkerId,
+    },
+    /// The driver finished a cache lookup requested by [`Command::CheckCache`].
+    CacheChecked {
+        /// The plan.
+        plan: PlanId,
+        /// The gate.
+        gate: GateIdx,
+        /// The entry on a hit.
+        hit: Option<Box<CacheEntry>>,
+    },
+    /// An executor spawned the attempt.
+    GateStarted {
+        /// The attempt.
+        attempt: AttemptRef,
+    },
+    /// An executor finished the attempt.
+    GateFinished {
+        /// The attempt.
+        attempt: AttemptRef,
+        /// Its result.
+        result: GateResult,
+    },
+    /// A timer set with [`Command::SetTimer`] is due.
+    TimerFired(Timer),
+    /// Cancel a plan: running gates are stopped, the rest cancelled. `force` stops them
+    /// without a grace period (a second Ctrl-C).
+    Cancel {
+        /// The plan.
+        plan: PlanId,
+        /// Kill at once instead of TERM-then-KILL.
+        force: bool,
+    },
+}
+
+/// Timers the core asks the driver for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// The backoff before `attempt` of `gate` is over.
+    Retry {
+        /// The plan.
+        plan: PlanId,
+        /// The gate.
+        gate: GateIdx,
+        /// The attempt that waits.
+        attempt: u32,
+    },
+}
+
+/// Commands out of the core, carried out by the driver in order.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Send this assignment to `worker` (its slot and memory are reserved).
+    Dispatch {
+        /// The worker.
+        worker: WorkerId,
+        /// The assignment.
+        assignment: Assignment,
+    },
+    /// Stop a running attempt (TERM, then KILL after `grace`).
+    CancelAttempt {
+        /// The worker running it.
+        worker: WorkerId,
+        /// The attempt.
+        attempt: AttemptRef,
+        /// Grace between TERM and KILL.
+        grace: Duration,
+    },
+    /// Compute the gate's cache key and look it up; answer with [`Event::CacheChecked`].
+    /// When the gate has `cache: false` the driver computes the key (dependents need
+    /// it) but answers with a miss without looking up.
+    CheckCache {
+        /// The plan.
+        plan: PlanId,
+        /// The gate.
+        gate: GateIdx,
+    },
+    /// Store a passed gate's result under its key.
+    StoreResult {
+        /// The plan.
+        plan: PlanId,
+        /// The gate.
+        gate: GateIdx,
+        /// The passing result.
+        result: GateResult,
+    },
+    /// Deliver [`Event::TimerFired`] at `at` (core time). Timers are not cancelled;
+    /// a timer that no longer matches the gate's state is ignored.
+    SetTimer {
+        /// When.
+        at: Now,
+        /// What.
+        timer: Timer,
+    },
+    /// Publish a plan event (to `--json`, the progress display, `WatchPlan`).
+    Emit(PlanEvent),
+}
+
+/// Terminal states of a gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Terminal {
+    /// Exit code 0 (or a cache hit).
+    Passed,
+    /// Non-zero exit, signal, memory limit, spawn failure, lost workers, unschedulable.
+    Failed,
+    /// Exceeded its timeout on the last attempt.
+    TimedOut,
+    /// Never ran because a dependency failed (or fail-fast stopped the plan).
+    Skipped,
+    /// Stopped or never started because the plan was cancelled.
+    Cancelled,
+}
+
+impl Terminal {
+    /// The lowercase name used in `--json` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Terminal::Passed => "passed",
+            Terminal::Failed => "failed",
+            Terminal::TimedOut => "timed_out",
+            Terminal::Skipped => "skipped",
+            Terminal::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a published gate event says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GateStatus {
+    /// The attempt was dispatched to a worker.
+    Dispatched,
+    /// The worker spawned the attempt.
+    Running,
+    /// The attempt failed; the next one starts after `backoff`.
+    Retrying {
+        /// Delay before the next attempt.
+        backoff: Duration,
+    },
+    /// The gate is ready but no worker can run it; `reason` says why.
+    Waiting {
+        /// Why it waits.
+        reason: String,
+    },
+    /// The gate ended.
+    Finished(Terminal),
+}
+
+/// A published change of one gate.
+#[derive(Clone, Debug)]
+pub struct GateEvent {
+    /// The plan.
+    pub plan: PlanId,
+    /// The gate.
+    pub gate: GateIdx,
+    /// What happened.
+    pub status: GateStatus,
+    /// Attempt number (0 if the gate never ran).
+    pub attempt: u32,
+    /// The worker involved, if any.
+    pub worker: Option<WorkerId>,
+    /// Whether the result came from the cache.
+    pub cached: bool,
+    /// Passed after at least one failed attempt.
+    pub flaky: bool,
+    /// Result of the attempt (finished and retrying events of executed or cached gates).
+    pub result: Option<GateResult>,
+    /// Machine-readable reason for failed/skipped/cancelled/waiting (`exit_code`,
+    /// `timeout`, `memory`, `worker_lost`, `unschedulable`, `dependency_failed`, ...).
+    pub reason: Option<&'static str>,
+    /// For a skipped gate: the failed gate that caused it.
+    pub cause: Option<GateIdx>,
+}
+
+/// Plan outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanOutcome {
+    /// Every gate passed.
+    Passed,
+    /// At least one gate failed or timed out.
+    Failed,
+    /// The plan was cancelled.
+    Cancelled,
+}
+
+impl PlanOutcome {
+    /// The lowercase name used in `--json` and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlanOutcome::Passed => "passed",
+            PlanOutcome::Failed => "failed",
+            PlanOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Gate counts of a plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Gates in the plan.
+    pub total: u32,
+    /// Passed (including cached).
+    pub passed: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Timed out.
+    pub timed_out: u32,
+    /// Skipped.
+    pub skipped: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Passed from the cache.
+    pub cached: u32,
+    /// Passed after a failed attempt.
+    pub flaky: u32,
+}
+
+/// The last event of a plan.
+#[derive(Clone, Debug)]
+pub struct PlanSummary {
+    /// The plan.
+    pub plan: PlanId,
+    /// How it ended.
+    pub outcome: PlanOutcome,
+    /// Gate counts.
+    pub counts: Counts,
+    /// Items that may merge, in merge order (flat form: empty).
+    pub merge_order: Vec<ItemIdx>,
+    /// Core time from submission to the last gate's end.
+    pub duration: Duration,
+}
+
+/// A published plan event.
+#[derive(Clone, Debug)]
+pub enum PlanEvent {
+    /// A gate changed.
+    Gate(GateEvent),
+    /// The plan ended; no further events for it follow.
+    Finished(PlanSummary),
+}

@@ -1,0 +1,523 @@
+//! The scheduler actor: the driver around the sans-IO [`crate::core::Scheduler`].
+//!
+//! It owns the core, the timers the core asked for, the per-plan driver state (event
+//! subscriber, cache keys) and the in-flight cache lookups and writes. Inputs: its
+//! mailbox ([`SchedulerMsg`], bounded at [`MAILBOX_CAPACITY`]) and the executors'
+//! reports (`mpsc::Receiver<FromWorker>`). Outputs: [`ToWorker`] messages through a
+//! [`WorkerTransport`], and [`PlanEvent`]s to each plan's subscriber.
+//!
+//! Concurrency contract: handlers never block. Cache key computation (file hashing)
+//! runs in `spawn_blocking`, lookups and writes in child tasks owned by `JoinSet`s,
+//! at most [`SchedulerConfig::max_cache_lookups`] lookups at once; their answers come
+//! back through the run loop. The actor never awaits another actor: transports and
+//! subscribers take messages without waiting (see [`WorkerTransport`], and subscribers
+//! are unbounded because one plan publishes at most gates × (attempts + 3) events).
+//!
+//! Shutdown: when the token fires or every handle is dropped the loop ends, queued
+//! submissions are answered with [`SchedulerError::ShuttingDown`], and pending cache
+//! writes get [`SchedulerConfig::drain_timeout`] to finish.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::cache::CacheEntry;
+use gatehouse_common::cache::{
+    CacheError, CacheKey, FileHashes, ResultCache, compute_key, unix_ms_now,
+};
+use gatehouse_common::exec::{FromWorker, GateResult, ToWorker};
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+use gatehouse_common::spawn::{spawn_in, spawn_named};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use crate::core::{
+    Command, CoreConfig, Event, PlanEvent, RunOptions, Scheduler, Timer, WorkerInfo,
+};
+
+/// Capacity of the scheduler's mailbox.
+pub const MAILBOX_CAPACITY: usize = 1024;
+
+/// Driver configuration.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Core tunables.
+    pub core: CoreConfig,
+    /// Cache lookups (key computation + get) in flight at once.
+    pub max_cache_lookups: usize,
+    /// How long shutdown waits for pending cache writes.
+    pub drain_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            core: CoreConfig::default(),
+            max_cache_lookups: 32,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors of the scheduler actor.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The actor has stopped (shutdown) and takes no more requests.
+    #[error("scheduler is shutting down")]
+    ShuttingDown,
+    /// A plan with this id is already live.
+    #[error("plan {0} is already running")]
+    DuplicatePlan(PlanId),
+}
+
+/// A transport could not deliver to a worker; the core treats the worker as lost.
+#[derive(Debug, thiserror::Error)]
+#[error("worker {worker} is unreachable")]
+pub struct TransportError {
+    /// The unreachable worker.
+    pub worker: WorkerId,
+}
+
+/// Carries [`ToWorker`] messages to executors. `send` must not block or await: an
+/// implementation queues the message (in-process channel, a gRPC stream's outbox).
+pub trait WorkerTransport: Send + 'static {
+    /// Queues `msg` for `worker`.
+    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError>;
+}
+
+/// In-process transport to one local executor (used by `gatehouse run`). The channel is
+/// unbounded because the scheduler must never wait on it; it holds at most one message
+/// per slot plus cancellations, which the core bounds.
+pub struct LocalTransport {
+    tx: mpsc::UnboundedSender<ToWorker>,
+}
+
+impl LocalTransport {
+    /// Wraps the local executor's inbox.
+    pub fn new(tx: mpsc::UnboundedSender<ToWorker>) -> Self {
+        Self { tx }
+    }
+}
+
+impl WorkerTransport for LocalTransport {
+    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
+        self.tx.send(msg).map_err(|_| TransportError {
+            worker: worker.clone(),
+        })
+    }
+}
+
+/// Messages to the scheduler actor.
+pub(crate) enum SchedulerMsg {
+    Submit {
+        id: PlanId,
+        plan: Arc<Plan>,
+        options: RunOptions,
+        events: mpsc::UnboundedSender<PlanEvent>,
+        reply: oneshot::Sender<Result<PlanId, SchedulerError>>,
+    },
+    Cancel {
+        plan: PlanId,
+        force: bool,
+    },
+    WorkerJoined(WorkerInfo),
+    WorkerLost(WorkerId),
+    WorkerCapacity {
+        worker: WorkerId,
+        memory_available: u64,
+    },
+}
+
+/// Handle to the scheduler actor.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<SchedulerMsg>,
+}
+
+impl SchedulerHandle {
+    /// Submits a validated plan under `id`; its events go to `events`, ending with
+    /// [`PlanEvent::Finished`].
+    pub async fn submit(
+        &self,
+        id: PlanId,
+        plan: Arc<Plan>,
+        options: RunOptions,
+        events: mpsc::UnboundedSender<PlanEvent>,
+    ) -> Result<PlanId, SchedulerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(SchedulerMsg::Submit {
+            id,
+            plan,
+            options,
+            events,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| SchedulerError::ShuttingDown)?
+    }
+
+    /// Cancels a plan (`force`: kill running gates without a grace period).
+    pub async fn cancel(&self, plan: PlanId, force: bool) -> Result<(), SchedulerError> {
+        self.send(SchedulerMsg::Cancel { plan, force }).await
+    }
+
+    /// Registers an executor.
+    pub async fn worker_joined(&self, info: WorkerInfo) -> Result<(), SchedulerError> {
+        self.send(SchedulerMsg::WorkerJoined(info)).await
+    }
+
+    /// Declares an executor lost.
+    pub async fn worker_lost(&self, worker: WorkerId) -> Result<(), SchedulerError> {
+        self.send(SchedulerMsg::WorkerLost(worker)).await
+    }
+
+    /// Updates an executor's available memory.
+    pub async fn worker_capacity(
+        &self,
+        worker: WorkerId,
+        memory_available: u64,
+    ) -> Result<(), SchedulerError> {
+        self.send(SchedulerMsg::WorkerCapacity {
+            worker,
+            memory_available,
+        })
+        .await
+    }
+
+    async fn send(&self, msg: SchedulerMsg) -> Result<(), SchedulerError> {
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| SchedulerError::ShuttingDown)
+    }
+}
+
+/// Starts the scheduler actor.
+pub fn spawn(
+    config: SchedulerConfig,
+    transport: Box<dyn WorkerTransport>,
+    reports: mpsc::Receiver<FromWorker>,
+    cache: Option<Arc<dyn ResultCache>>,
+    shutdown: CancellationToken,
+) -> (SchedulerHandle, JoinHandle<()>) {
+    let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
+    let actor = SchedulerActor {
+        core: Scheduler::new(config.core.clone()),
+        config,
+        epoch: Instant::now(),
+        transport,
+        cache,
+        mailbox,
+        reports: Some(reports),
+        timers: DelayQueue::new(),
+        plans: HashMap::new(),
+        lookup_queue: VecDeque::new(),
+        lookups: JoinSet::new(),
+        stores: JoinSet::new(),
+        shutdown,
+    };
+    let task = spawn_named("scheduler", actor.run());
+    (SchedulerHandle { tx }, task)
+}
+
+/// Driver-side state of one live plan.
+struct PlanDriver {
+    plan: Arc<Plan>,
+    events: mpsc::UnboundedSender<PlanEvent>,
+    /// Cache keys of gates that went through a cache check (`None`: not computed, or
+    /// an input could not be read).
+    keys: Vec<Option<CacheKey>>,
+    /// Input file hashes memoised for this run.
+    files: Arc<FileHashes>,
+}
+
+/// Outcome of one lookup task.
+struct Lookup {
+    plan: PlanId,
+    gate: GateIdx,
+    key: Option<CacheKey>,
+    hit: Option<Box<CacheEntry>>,
+}
+
+struct SchedulerActor {
+    core: Scheduler,
+    config: SchedulerConfig,
+    /// Core time is `Instant::now() - epoch`.
+    epoch: Instant,
+    transport: Box<dyn WorkerTransport>,
+    cache: Option<Arc<dyn ResultCache>>,
+    mailbox: mpsc::Receiver<SchedulerMsg>,
+    /// `None` once every executor report sender is gone.
+    reports: Option<mpsc::Receiver<FromWorker>>,
+    timers: DelayQueue<Timer>,
+    plans: HashMap<PlanId, PlanDriver>,
+    /// Cache checks waiting for a lookup slot.
+    lookup_queue: VecDeque<(PlanId, GateIdx)>,
+    lookups: JoinSet<Lookup>,
+    stores: JoinSet<Result<(), CacheError>>,
+    shutdown: CancellationToken,
+}
+
+impl SchedulerActor {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                msg = self.mailbox.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => break,
+                },
+                report = recv_opt(&mut self.reports) => match report {
+                    Some(FromWorker::Started { attempt }) => self.feed(Event::GateStarted { attempt }),
+                    Some(FromWorker::Finished { attempt, result }) => {
+                        self.feed(Event::GateFinished { attempt, result })
+                    }
+                    None => self.reports = None,
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if !self.timers.is_empty() => self.feed(Event::TimerFired(expired.into_inner())),
+                Some(done) = self.lookups.join_next(), if !self.lookups.is_empty() => {
+                    match done {
+                        Ok(lookup) => self.on_lookup(lookup),
+                        Err(e) => tracing::error!(error = %e, "cache lookup task failed"),
+                    }
+                    self.start_lookups();
+                }
+                Some(stored) = self.stores.join_next(), if !self.stores.is_empty() => log_store(stored),
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&mut self) {
+        self.mailbox.close();
+        while let Ok(msg) = self.mailbox.try_recv() {
+            if let SchedulerMsg::Submit { reply, .. } = msg {
+                let _ = reply.send(Err(SchedulerError::ShuttingDown));
+            }
+        }
+        self.lookups.abort_all();
+        let deadline = tokio::time::sleep(self.config.drain_timeout);
+        tokio::pin!(deadline);
+        while !self.stores.is_empty() {
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::warn!(pending = self.stores.len(), "cache writes did not finish before shutdown");
+                    self.stores.abort_all();
+                    break;
+                }
+                Some(stored) = self.stores.join_next() => log_store(stored),
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: SchedulerMsg) {
+        match msg {
+            SchedulerMsg::Submit {
+                id,
+                plan,
+                options,
+                events,
+                reply,
+            } => {
+                if self.plans.contains_key(&id) {
+                    let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
+                    return;
+                }
+                let options = RunOptions {
+                    use_cache: options.use_cache && self.cache.is_some(),
+                };
+                self.plans.insert(
+                    id.clone(),
+                    PlanDriver {
+                        keys: vec![None; plan.gates.len()],
+                        plan: plan.clone(),
+                        events,
+                        files: Arc::new(FileHashes::default()),
+                    },
+                );
+                let _ = reply.send(Ok(id.clone()));
+                self.feed(Event::PlanSubmitted { id, plan, options });
+            }
+            SchedulerMsg::Cancel { plan, force } => self.feed(Event::Cancel { plan, force }),
+            SchedulerMsg::WorkerJoined(info) => self.feed(Event::WorkerJoined(info)),
+            SchedulerMsg::WorkerLost(worker) => self.feed(Event::WorkerLost { worker }),
+            SchedulerMsg::WorkerCapacity {
+                worker,
+                memory_available,
+            } => self.feed(Event::WorkerCapacity {
+                worker,
+                memory_available,
+            }),
+        }
+    }
+
+    /// Runs one event through the core and carries out the commands (which may feed
+    /// further events, e.g. a worker found unreachable).
+    fn feed(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let now = self.epoch.elapsed();
+            for cmd in self.core.handle(now, event) {
+                self.execute(cmd, &mut queue);
+            }
+        }
+        self.start_lookups();
+    }
+
+    fn execute(&mut self, cmd: Command, queue: &mut VecDeque<Event>) {
+        match cmd {
+            Command::Dispatch { worker, assignment } => {
+                if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
+                    tracing::warn!(worker_id = %e.worker, "dispatch failed; declaring the worker lost");
+                    queue.push_back(Event::WorkerLost { worker: e.worker });
+                }
+            }
+            Command::CancelAttempt {
+                worker,
+                attempt,
+                grace,
+            } => {
+                if let Err(e) = self
+                    .transport
+                    .send(&worker, ToWorker::Cancel { attempt, grace })
+                {
+                    queue.push_back(Event::WorkerLost { worker: e.worker });
+                }
+            }
+            Command::CheckCache { plan, gate } => self.lookup_queue.push_back((plan, gate)),
+            Command::StoreResult { plan, gate, result } => self.store(&plan, gate, result),
+            Command::SetTimer { at, timer } => {
+                self.timers.insert_at(timer, self.epoch + at);
+            }
+            Command::Emit(event) => {
+                let (plan, last) = match &event {
+                    PlanEvent::Gate(g) => (g.plan.clone(), false),
+                    PlanEvent::Finished(s) => (s.plan.clone(), true),
+                };
+                if let Some(driver) = self.plans.get(&plan) {
+                    // A subscriber that went away just stops receiving.
+                    let _ = driver.events.send(event);
+                }
+                if last {
+                    self.plans.remove(&plan);
+                }
+            }
+        }
+    }
+
+    /// Starts queued cache lookups while below the concurrency limit.
+    fn start_lookups(&mut self) {
+        while self.lookups.len() < self.config.max_cache_lookups {
+            let Some((plan_id, gate)) = self.lookup_queue.pop_front() else {
+                return;
+            };
+            let Some(driver) = self.plans.get(&plan_id) else {
+                continue;
+            };
+            let plan = driver.plan.clone();
+            let deps = dependency_keys(&plan, gate, &driver.keys);
+            let files = driver.files.clone();
+            let cache = self.cache.clone();
+            spawn_in(&mut self.lookups, "cache-lookup", async move {
+                let key = match deps {
+                    Some(deps) => {
+                        let p = plan.clone();
+                        tokio::task::spawn_blocking(move || compute_key(&p, gate, &deps, &files))
+                            .await
+                            .map_err(|e| tracing::error!(error = %e, "cache key task failed"))
+                            .ok()
+                            .and_then(|r| {
+                                r.map_err(|e| tracing::warn!(error = %e, "cannot compute cache key; gate runs uncached"))
+                                    .ok()
+                            })
+                    }
+                    None => None,
+                };
+                let mut hit = None;
+                if let (Some(key), Some(cache), true) = (key, cache, plan.gate(gate).cache) {
+                    match cache.get(&key).await {
+                        Ok(entry) => hit = entry.map(Box::new),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cache lookup failed; treating as a miss")
+                        }
+                    }
+                }
+                Lookup {
+                    plan: plan_id,
+                    gate,
+                    key,
+                    hit,
+                }
+            });
+        }
+    }
+
+    fn on_lookup(&mut self, lookup: Lookup) {
+        if let Some(driver) = self.plans.get_mut(&lookup.plan) {
+            driver.keys[lookup.gate.ix()] = lookup.key;
+        }
+        self.feed(Event::CacheChecked {
+            plan: lookup.plan,
+            gate: lookup.gate,
+            hit: lookup.hit,
+        });
+    }
+
+    fn store(&mut self, plan: &PlanId, gate: GateIdx, result: GateResult) {
+        let (Some(driver), Some(cache)) = (self.plans.get(plan), self.cache.clone()) else {
+            return;
+        };
+        let Some(key) = driver.keys[gate.ix()] else {
+            return;
+        };
+        let entry = CacheEntry {
+            result,
+            producer: driver.plan.gate(gate).id.clone(),
+            created_unix_ms: unix_ms_now(),
+        };
+        spawn_in(&mut self.stores, "cache-store", async move {
+            cache.put(&key, &entry).await
+        });
+    }
+}
+
+/// Keys of the gates `gate` directly depends on (needs + every gate of its item's deps);
+/// `None` if one is unknown (then the gate cannot be keyed and runs uncached).
+fn dependency_keys(plan: &Plan, gate: GateIdx, keys: &[Option<CacheKey>]) -> Option<Vec<CacheKey>> {
+    let g = plan.gate(gate);
+    let item_deps = g
+        .item
+        .map(|i| plan.item(i).deps.as_slice())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(g.needs.len());
+    for need in &g.needs {
+        out.push(keys[need.ix()]?);
+    }
+    for dep in item_deps {
+        for dg in &plan.item(*dep).gates {
+            out.push(keys[dg.ix()]?);
+        }
+    }
+    Some(out)
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_store(stored: Result<Result<(), CacheError>, tokio::task::JoinError>) {
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
+        Err(e) => tracing::warn!(error = %e, "cache write task failed"),
+    }
+}

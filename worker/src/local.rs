@@ -1,0 +1,252 @@
+//! [`LocalWorker`]: the in-process executor `gatehouse run` drives.
+//!
+//! State it owns: one [`CancelHandle`] per running attempt, the [`JoinSet`] of attempt
+//! tasks, and its own memory monitor (started with it, stopped after the last attempt).
+//!
+//! Accepts [`ToWorker`] on an inbox and answers with [`FromWorker`]:
+//! - `Assign`: runs the attempt in a task of the `JoinSet`; that task reports
+//!   `Started` once the shell is spawned (not if the spawn failed), then exactly one
+//!   `Finished`. A second `Assign` for an attempt still running is ignored with a warning.
+//! - `Cancel`: cancels that attempt with the given grace; an unknown (or already
+//!   finished) attempt is ignored with a debug log.
+//!
+//! Concurrency: the inbox is unbounded because the scheduler that sends on it must never
+//! block on an executor; it is bounded in practice, since the scheduler only assigns into
+//! free slots, so at most `slots` assignments plus one cancel per running attempt are
+//! outstanding. Reports are sent by the attempt tasks, never by the loop, so a slow
+//! reader of `reports` delays reports but never the handling of cancels.
+//!
+//! Shutdown: when the token fires, every running attempt is cancelled with
+//! `cfg.kill_grace`; assignments still queued in the inbox are answered `Finished` with
+//! `Cancelled` without being started; then the worker waits for every attempt to end and
+//! report (bounded by the grace plus `cfg.pipe_drain`, since SIGKILL always follows), stops
+//! its monitor and returns. If the inbox closes, the worker lets running attempts finish
+//! and then returns the same way. The receiver of `reports` must be drained (or dropped)
+//! until the returned task ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::exec::{
+    Assignment, AttemptRef, ExitStatus, FromWorker, GateResult, OutputTail, ToWorker,
+};
+use gatehouse_common::spawn::{spawn_in, spawn_named};
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::ExecConfig;
+use crate::cancel::{CancelHandle, CancelSignal, cancel_channel};
+use crate::execute::RunningGate;
+use crate::monitor::{self, MemoryMonitorHandle};
+
+/// The in-process executor. Construct it with [`LocalWorker::spawn`].
+pub struct LocalWorker {
+    cfg: Arc<ExecConfig>,
+    inbox: mpsc::UnboundedReceiver<ToWorker>,
+    reports: mpsc::Sender<FromWorker>,
+    shutdown: CancellationToken,
+    monitor: MemoryMonitorHandle,
+    /// Stops the monitor once no attempt can run any more.
+    monitor_cancel: CancellationToken,
+    monitor_task: JoinHandle<()>,
+    /// Cancel handles of the attempts whose task has not been joined yet.
+    running: HashMap<AttemptRef, CancelHandle>,
+    /// One task per attempt; each returns its attempt once it has reported `Finished`.
+    tasks: JoinSet<AttemptRef>,
+}
+
+impl LocalWorker {
+    /// Starts the worker; the returned task ends after shutdown (see the module docs).
+    pub fn spawn(
+        cfg: ExecConfig,
+        inbox: mpsc::UnboundedReceiver<ToWorker>,
+        reports: mpsc::Sender<FromWorker>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let monitor_cancel = CancellationToken::new();
+        let (monitor, monitor_task) = monitor::spawn(cfg.monitor_interval, monitor_cancel.clone());
+        let worker = Self {
+            cfg: Arc::new(cfg),
+            inbox,
+            reports,
+            shutdown,
+            monitor,
+            monitor_cancel,
+            monitor_task,
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        };
+        spawn_named("local-worker", worker.run())
+    }
+
+    async fn run(mut self) {
+        let mut inbox_open = true;
+        while inbox_open || !self.tasks.is_empty() {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.joined(joined);
+                }
+                msg = self.inbox.recv(), if inbox_open => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => inbox_open = false,
+                },
+            }
+        }
+        self.shut_down().await;
+    }
+
+    fn handle(&mut self, msg: ToWorker) {
+        match msg {
+            ToWorker::Assign(assignment) => self.start(assignment),
+            ToWorker::Cancel { attempt, grace } => match self.running.get(&attempt) {
+                Some(handle) => handle.cancel(grace),
+                None => tracing::debug!(?attempt, "cancel for an attempt not running; ignored"),
+            },
+        }
+    }
+
+    fn start(&mut self, assignment: Assignment) {
+        let attempt = assignment.attempt.clone();
+        if self.running.contains_key(&attempt) {
+            tracing::warn!(
+                ?attempt,
+                "attempt assigned twice; ignoring the second assignment"
+            );
+            return;
+        }
+        let (handle, signal) = cancel_channel();
+        self.running.insert(attempt.clone(), handle);
+        let fut = run_attempt(
+            assignment,
+            Arc::clone(&self.cfg),
+            self.monitor.clone(),
+            signal,
+            self.reports.clone(),
+        );
+        spawn_in(&mut self.tasks, "gate-attempt", fut);
+    }
+
+    fn joined(&mut self, joined: Result<AttemptRef, JoinError>) {
+        match joined {
+            Ok(attempt) => {
+                self.running.remove(&attempt);
+            }
+            Err(error) => {
+                // The task's `FinishGuard` reported for it; drop the handles whose task is gone.
+                tracing::error!(%error, "gate attempt task failed");
+                self.running.retain(|_, handle| !handle.is_closed());
+            }
+        }
+    }
+
+    async fn shut_down(mut self) {
+        if self.shutdown.is_cancelled() {
+            tracing::info!(running = self.running.len(), "local worker shutting down");
+            for handle in self.running.values() {
+                handle.cancel(self.cfg.kill_grace);
+            }
+            self.inbox.close();
+            while let Ok(msg) = self.inbox.try_recv() {
+                if let ToWorker::Assign(assignment) = msg {
+                    let result = cancelled_before_start();
+                    let attempt = assignment.attempt;
+                    report(&self.reports, FromWorker::Finished { attempt, result }).await;
+                }
+            }
+        }
+        while let Some(joined) = self.tasks.join_next().await {
+            self.joined(joined);
+        }
+        self.monitor_cancel.cancel();
+        if let Err(error) = self.monitor_task.await {
+            tracing::error!(%error, "memory monitor task failed");
+        }
+        tracing::debug!("local worker stopped");
+    }
+}
+
+/// One attempt, start to report.
+async fn run_attempt(
+    assignment: Assignment,
+    cfg: Arc<ExecConfig>,
+    monitor: MemoryMonitorHandle,
+    cancel: CancelSignal,
+    reports: mpsc::Sender<FromWorker>,
+) -> AttemptRef {
+    let Assignment { attempt, spec } = assignment;
+    let mut guard = FinishGuard {
+        attempt: Some(attempt.clone()),
+        reports: reports.clone(),
+    };
+    let result = match RunningGate::start(&spec, &attempt, &cfg, &monitor).await {
+        Ok(running) => {
+            let started = FromWorker::Started {
+                attempt: attempt.clone(),
+            };
+            report(&reports, started).await;
+            running.wait(cancel).await
+        }
+        Err(error) => {
+            tracing::info!(?attempt, %error, "gate failed to start");
+            error.into_result()
+        }
+    };
+    guard.attempt = None;
+    let finished = FromWorker::Finished {
+        attempt: attempt.clone(),
+        result,
+    };
+    report(&reports, finished).await;
+    attempt
+}
+
+/// Keeps "exactly one `Finished` per assignment" if an attempt task panics or is
+/// aborted before producing its result: it then reports a `SpawnFailed` from `Drop`
+/// (with `try_send`, as `Drop` cannot wait; a full channel loses it, logged).
+struct FinishGuard {
+    /// `Some` until the task has its result.
+    attempt: Option<AttemptRef>,
+    reports: mpsc::Sender<FromWorker>,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.attempt.take() {
+            let result = not_run("executor task ended without a result".to_owned());
+            let msg = FromWorker::Finished {
+                attempt: attempt.clone(),
+                result,
+            };
+            if let Err(error) = self.reports.try_send(msg) {
+                tracing::error!(?attempt, %error, "failed to report an attempt whose task failed");
+            }
+        }
+    }
+}
+
+async fn report(reports: &mpsc::Sender<FromWorker>, msg: FromWorker) {
+    if reports.send(msg).await.is_err() {
+        tracing::debug!("report receiver dropped; report discarded");
+    }
+}
+
+fn not_run(reason: String) -> GateResult {
+    GateResult {
+        status: ExitStatus::SpawnFailed(reason),
+        duration: Duration::ZERO,
+        peak_memory: None,
+        stdout: OutputTail::default(),
+        stderr: OutputTail::default(),
+    }
+}
+
+fn cancelled_before_start() -> GateResult {
+    GateResult {
+        status: ExitStatus::Cancelled,
+        ..not_run(String::new())
+    }
+}
