@@ -104,7 +104,7 @@ impl Renderer {
         match self.mode {
             Mode::Json => json::gate(&self.plan, ev),
             Mode::Plain => {
-                if let Some(line) = text::gate_line(&self.plan, ev, false) {
+                if let Some(line) = text::gate_line(&self.plan, ev) {
                     println!("{line}");
                 }
             }
@@ -118,7 +118,7 @@ impl Renderer {
         if !matches!(
             ev.status,
             GateStatus::Finished(Terminal::Passed | Terminal::Skipped)
-        ) && let Some(line) = text::gate_line(&self.plan, ev, true)
+        ) && let Some(line) = text::gate_line(&self.plan, ev)
         {
             live.bar.println(line);
         }

@@ -16,8 +16,9 @@ const STDERR_LINES: usize = 20;
 /// Rows of the summary table before it is cut.
 const TABLE_ROWS: usize = 50;
 
-/// The line for `ev`, or `None` for events plain output does not show.
-pub fn gate_line(plan: &Plan, ev: &GateEvent, live: bool) -> Option<String> {
+/// The line for `ev` (with the stderr tail under a failed gate), or `None` for events
+/// that are not shown as lines.
+pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
     let id = plan.gate(ev.gate).id.as_str();
     let mut line = match &ev.status {
         GateStatus::Finished(t) => format!("{:<9} {id}", t.as_str()),
@@ -67,10 +68,7 @@ pub fn gate_line(plan: &Plan, ev: &GateEvent, live: bool) -> Option<String> {
         ev.status,
         GateStatus::Finished(Terminal::Failed | Terminal::TimedOut)
     );
-    if failed
-        && !live
-        && let Some(r) = &ev.result
-    {
+    if failed && let Some(r) = &ev.result {
         let tail = tail_str(&r.stderr.bytes, 64 * 1024);
         let lines: Vec<&str> = tail.lines().collect();
         for l in &lines[lines.len().saturating_sub(STDERR_LINES)..] {
