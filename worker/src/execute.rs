@@ -37,6 +37,10 @@ use crate::monitor::{MemoryExceeded, MemoryMonitorHandle, TreeWatch, sleep_until
 use crate::pgroup::{ExitWatch, ProcessGroup};
 use crate::tail::{TailBuf, pump};
 
+/// The shell gates run under, by absolute path as POSIX specifies it (no `PATH` search,
+/// which would cost a failed `execve` per `PATH` entry on every gate).
+pub const SHELL: &str = "/bin/sh";
+
 /// Errors starting an attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -114,7 +118,7 @@ impl RunningGate {
         cfg: &ExecConfig,
         monitor: &MemoryMonitorHandle,
     ) -> Result<Self, ExecError> {
-        let mut cmd = Command::new("sh");
+        let mut cmd = Command::new(SHELL);
         cmd.arg("-c")
             .arg(&spec.run)
             .envs(&spec.env)

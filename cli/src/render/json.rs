@@ -65,6 +65,13 @@ pub fn gate(plan: &Plan, ev: &GateEvent) {
         if failed {
             v["stderr_tail"] = json!(tail_str(&r.stderr.bytes, STDERR_TAIL_BYTES));
         }
+        // Output beyond the executor's tail limit is dropped from the start; say so.
+        if r.stdout.dropped > 0 {
+            v["stdout_dropped_bytes"] = json!(r.stdout.dropped);
+        }
+        if r.stderr.dropped > 0 {
+            v["stderr_dropped_bytes"] = json!(r.stderr.dropped);
+        }
     }
     if let Some(reason) = ev.reason {
         v["reason"] = json!(reason);

@@ -71,6 +71,14 @@ pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
     if failed && let Some(r) = &ev.result {
         let tail = tail_str(&r.stderr.bytes, 64 * 1024);
         let lines: Vec<&str> = tail.lines().collect();
+        let hidden = lines.len().saturating_sub(STDERR_LINES);
+        if hidden > 0 || r.stderr.dropped > 0 {
+            let _ = write!(
+                line,
+                "\n    | ... (last {} lines of stderr)",
+                lines.len() - hidden
+            );
+        }
         for l in &lines[lines.len().saturating_sub(STDERR_LINES)..] {
             let _ = write!(line, "\n    | {l}");
         }
