@@ -180,13 +180,11 @@ fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {
         if run.gate(g).state != GateState::Blocked {
             continue;
         }
-        let mut done = Done::new(Terminal::Skipped, 0).reason("dependency_failed");
-        done.cause = Some(failed);
         run.gate_mut(g).state = GateState::Done(Terminal::Skipped);
         run.count(Terminal::Skipped, false, false);
         let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Skipped), 0, None);
-        ev.reason = done.reason;
-        ev.cause = done.cause;
+        ev.reason = Some("dependency_failed");
+        ev.cause = Some(failed);
         sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
         push_dependents(run, g, &mut stack);
     }
@@ -225,28 +223,14 @@ pub(super) fn stop_plan(
                     attempt,
                     then: Terminal::Cancelled,
                 };
-                sink.cmds.push(Command::CancelAttempt {
-                    worker,
-                    attempt: AttemptRef {
-                        plan: run.id.clone(),
-                        gate: g,
-                        attempt,
-                    },
-                    grace,
-                });
+                sink.cmds
+                    .push(cancel_attempt(run, g, worker, attempt, grace));
             }
             GateState::Stopping {
                 worker, attempt, ..
             } if force => {
-                sink.cmds.push(Command::CancelAttempt {
-                    worker,
-                    attempt: AttemptRef {
-                        plan: run.id.clone(),
-                        gate: g,
-                        attempt,
-                    },
-                    grace: Duration::ZERO,
-                });
+                sink.cmds
+                    .push(cancel_attempt(run, g, worker, attempt, Duration::ZERO));
             }
             GateState::Stopping { .. } | GateState::Done(_) => {}
         }
@@ -254,5 +238,23 @@ pub(super) fn stop_plan(
     run.ready.clear();
     if run.is_finished() {
         sink.finished.push(run.id.clone());
+    }
+}
+
+fn cancel_attempt(
+    run: &PlanRun,
+    g: GateIdx,
+    worker: WorkerId,
+    attempt: u32,
+    grace: Duration,
+) -> Command {
+    Command::CancelAttempt {
+        worker,
+        attempt: AttemptRef {
+            plan: run.id.clone(),
+            gate: g,
+            attempt,
+        },
+        grace,
     }
 }
