@@ -389,3 +389,29 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn closed_stdout_does_not_crash_the_run() {
+    let ws = Workspace::new();
+    let mut plan = String::from("version: 1\nname: many\ngates:\n");
+    for i in 0..200 {
+        plan.push_str(&format!("  - {{ id: g{i}, run: 'true' }}\n"));
+    }
+    ws.write("plan.yaml", &plan);
+    let mut child = ws
+        .cmd(&["run", "--no-cache", "plan.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Like `| head -1`: read one line, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    assert!(first.starts_with("passed"), "{first:?}");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "no panic on EPIPE: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

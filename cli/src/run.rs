@@ -90,8 +90,19 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
     let slots = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
-    let (memory_total, memory_available) = system_memory()?;
-    let memory_available = args.memory.unwrap_or(memory_available);
+    // The local executor's capacity is fixed: what it admits against is all it will
+    // ever have, so it is both its total and its available memory.
+    let capacity = match args.memory {
+        Some(memory) => memory,
+        None => available_memory()?,
+    };
+    // Signal handlers go in before any gate can start, so a signal at any point is a
+    // cancellation and never leaves gate process groups behind.
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
     let cache: Option<Arc<dyn ResultCache>> = if args.no_cache {
         None
@@ -134,8 +145,8 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
         .worker_joined(WorkerInfo {
             id: WorkerId::new(LOCAL_WORKER),
             slots,
-            memory_total,
-            memory_available,
+            memory_total: capacity,
+            memory_available: capacity,
         })
         .await?;
 
@@ -158,10 +169,6 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
         render::Mode::Plain
     };
     let mut renderer = Renderer::new(mode, plan.clone(), slots);
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupts = 0u32;
     let outcome = loop {
         tokio::select! {
@@ -183,6 +190,11 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
                 renderer.interrupted(interrupts);
                 sched.cancel(plan_id.clone(), interrupts > 1).await?;
             }
+            _ = sighup.recv() => {
+                interrupts += 1;
+                renderer.interrupted(interrupts);
+                sched.cancel(plan_id.clone(), interrupts > 1).await?;
+            }
         }
     };
     renderer.finish();
@@ -200,9 +212,9 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
     })
 }
 
-/// (total, available) memory of this machine in bytes.
-fn system_memory() -> anyhow::Result<(u64, u64)> {
+/// Memory this machine reports available, in bytes.
+fn available_memory() -> anyhow::Result<u64> {
     let mut sys = sysinfo::System::new().context("cannot read system memory")?;
     sys.refresh_memory();
-    Ok((sys.total_memory(), sys.available_memory()))
+    Ok(sys.available_memory())
 }

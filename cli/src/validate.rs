@@ -34,10 +34,9 @@ pub fn report_invalid(errors: &PlanErrors, json: bool) {
             .iter()
             .map(|e| serde_json::json!({"file": e.file, "line": e.line, "message": e.kind.to_string()}))
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({"event": "invalid", "valid": false, "errors": list})
-        );
+        let v = serde_json::json!({"event": "invalid", "valid": false, "errors": list});
+        // A closed stdout must not turn an invalid plan into a panic.
+        let _ = writeln!(std::io::stdout().lock(), "{v}");
     } else {
         for e in &errors.0 {
             eprintln!("error: {e}");

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{GateId, GateIdx, ItemId, PlanId};
 
 /// Identifies one attempt of one gate of one plan run.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttemptRef {
     /// The plan run the gate belongs to.
     pub plan: PlanId,

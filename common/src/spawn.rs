@@ -19,11 +19,15 @@ where
 }
 
 /// Spawns `fut` into `set` inside a span named after `task`.
-pub fn spawn_in<F, T>(set: &mut tokio::task::JoinSet<T>, task: &'static str, fut: F)
+pub fn spawn_in<F, T>(
+    set: &mut tokio::task::JoinSet<T>,
+    task: &'static str,
+    fut: F,
+) -> tokio::task::AbortHandle
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
     let span = tracing::info_span!("task", task);
-    set.spawn(fut.instrument(span));
+    set.spawn(fut.instrument(span))
 }

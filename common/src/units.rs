@@ -101,7 +101,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         let digits = &frac_part[..frac_part.len().min(18)];
         let scale = 10_u128.pow(digits.len() as u32);
         let frac: u128 = digits.parse().map_err(|_| overflow())?;
-        total += (frac * u128::from(mult)).div_ceil(scale);
+        total = total
+            .checked_add((frac * u128::from(mult)).div_ceil(scale))
+            .ok_or_else(overflow)?;
     }
     u64::try_from(total).map_err(|_| overflow())
 }

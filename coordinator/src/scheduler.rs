@@ -217,6 +217,7 @@ pub fn spawn(
         plans: HashMap::new(),
         lookup_queue: VecDeque::new(),
         lookups: JoinSet::new(),
+        lookup_ids: HashMap::new(),
         stores: JoinSet::new(),
         shutdown,
     };
@@ -258,6 +259,8 @@ struct SchedulerActor {
     /// Cache checks waiting for a lookup slot.
     lookup_queue: VecDeque<(PlanId, GateIdx)>,
     lookups: JoinSet<Lookup>,
+    /// Which gate each lookup task serves, so a task that fails still answers.
+    lookup_ids: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
     stores: JoinSet<Result<(), CacheError>>,
     shutdown: CancellationToken,
 }
@@ -277,14 +280,28 @@ impl SchedulerActor {
                     Some(FromWorker::Finished { attempt, result }) => {
                         self.feed(Event::GateFinished { attempt, result })
                     }
-                    None => self.reports = None,
+                    None => {
+                        // Every executor is gone: nothing it ran will report back.
+                        self.reports = None;
+                        for worker in self.core.worker_ids() {
+                            self.feed(Event::WorkerLost { worker });
+                        }
+                    }
                 },
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
                     if !self.timers.is_empty() => self.feed(Event::TimerFired(expired.into_inner())),
-                Some(done) = self.lookups.join_next(), if !self.lookups.is_empty() => {
+                Some(done) = self.lookups.join_next_with_id(), if !self.lookups.is_empty() => {
                     match done {
-                        Ok(lookup) => self.on_lookup(lookup),
-                        Err(e) => tracing::error!(error = %e, "cache lookup task failed"),
+                        Ok((id, lookup)) => {
+                            self.lookup_ids.remove(&id);
+                            self.on_lookup(lookup);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cache lookup task failed; treating it as a miss");
+                            if let Some((plan, gate)) = self.lookup_ids.remove(&e.id()) {
+                                self.on_lookup(Lookup { plan, gate, key: None, hit: None });
+                            }
+                        }
                     }
                     self.start_lookups();
                 }
@@ -424,7 +441,8 @@ impl SchedulerActor {
             let deps = dependency_keys(&plan, gate, &driver.keys);
             let files = driver.files.clone();
             let cache = self.cache.clone();
-            spawn_in(&mut self.lookups, "cache-lookup", async move {
+            let served = (plan_id.clone(), gate);
+            let task = spawn_in(&mut self.lookups, "cache-lookup", async move {
                 let key = match deps {
                     Some(deps) => {
                         let p = plan.clone();
@@ -455,6 +473,7 @@ impl SchedulerActor {
                     hit,
                 }
             });
+            self.lookup_ids.insert(task.id(), served);
         }
     }
 

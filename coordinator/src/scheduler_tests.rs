@@ -273,3 +273,44 @@ async fn duplicate_plan_ids_are_rejected_and_shutdown_refuses_new_plans() {
         Err(scheduler::SchedulerError::ShuttingDown)
     ));
 }
+
+#[tokio::test]
+async fn executor_gone_fails_the_plan_instead_of_hanging() {
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(4);
+    let shutdown = CancellationToken::new();
+    let mut config = SchedulerConfig::default();
+    config.core.fail_unschedulable = true;
+    let (handle, task) = scheduler::spawn(
+        config,
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        None,
+        shutdown.clone(),
+    );
+    handle
+        .worker_joined(worker("local-0", 1, 4096 * MI))
+        .await
+        .expect("join");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    handle
+        .submit(PlanId::new("p"), plan, RunOptions::default(), events_tx)
+        .await
+        .expect("submit");
+    assert!(matches!(
+        to_worker.recv().await,
+        Some((_, ToWorker::Assign(_)))
+    ));
+    // The executor dies: its report channel closes with the attempt still running.
+    drop(reports);
+    let summary = loop {
+        if let PlanEvent::Finished(s) = events.recv().await.expect("event") {
+            break s;
+        }
+    };
+    assert_eq!(summary.outcome, PlanOutcome::Failed);
+    assert_eq!((summary.counts.failed, summary.counts.skipped), (1, 1));
+    shutdown.cancel();
+    task.await.expect("task");
+}

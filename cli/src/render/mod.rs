@@ -105,7 +105,7 @@ impl Renderer {
             Mode::Json => json::gate(&self.plan, ev),
             Mode::Plain => {
                 if let Some(line) = text::gate_line(&self.plan, ev) {
-                    println!("{line}");
+                    text::print_line(&line);
                 }
             }
             Mode::Tty => self.update_live(ev),

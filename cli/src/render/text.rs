@@ -86,6 +86,13 @@ pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
     Some(line)
 }
 
+/// Prints one line on stdout. A closed stdout (`| head`) must not abort the run, so
+/// write errors are ignored.
+pub fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
 pub fn summary(plan: &Plan, states: &[Option<Terminal>], s: &PlanSummary) {
     let mut out = std::io::stdout().lock();
     let _ = write_summary(&mut out, plan, states, s);

@@ -115,6 +115,11 @@ impl Scheduler {
         self.plans.len()
     }
 
+    /// Ids of the registered workers.
+    pub fn worker_ids(&self) -> Vec<WorkerId> {
+        self.workers.keys().cloned().collect()
+    }
+
     /// Attempts currently dispatched and not finished.
     pub fn running_attempts(&self) -> usize {
         self.attempts.len()
@@ -200,12 +205,14 @@ impl Scheduler {
         if self.workers.remove(worker).is_none() {
             return;
         }
-        let lost: Vec<AttemptRef> = self
+        let mut lost: Vec<AttemptRef> = self
             .attempts
             .iter()
             .filter(|(_, (w, _))| w == worker)
             .map(|(a, _)| a.clone())
             .collect();
+        // `attempts` is a hash map: sort so the outcome never depends on its order.
+        lost.sort();
         for attempt in lost {
             self.attempts.remove(&attempt);
             let Some(run) = self.plans.get_mut(&attempt.plan) else {
@@ -325,7 +332,7 @@ impl Scheduler {
             return;
         }
         if let Some(then) = then {
-            let mut done = Done::new(then, a).reason(result.status.reason());
+            let mut done = Done::new(then, a).reason("cancelled");
             done.worker = Some(worker);
             done.result = Some(result);
             finish_gate(run, &mut self.sink, &self.config, g, done);
@@ -339,7 +346,9 @@ impl Scheduler {
         let failures = gr.failures;
         if !cancelled && failures <= retries && run.stopping == Stopping::No {
             let backoff = retry_backoff(run.plan.policy.retry_backoff, failures);
-            run.gate_mut(g).state = GateState::Backoff { attempt: a + 1 };
+            let gr = run.gate_mut(g);
+            gr.state = GateState::Backoff { attempt: a + 1 };
+            gr.last_failure = Some(result.clone());
             let mut ev = gate_event(run, g, GateStatus::Retrying { backoff }, a, Some(worker));
             ev.reason = Some(result.status.reason());
             ev.result = Some(result);
@@ -433,6 +442,7 @@ impl Scheduler {
         let gr = run.gate_mut(g);
         gr.attempt += 1;
         gr.waiting_reported = false;
+        gr.last_failure = None;
         let attempt = gr.attempt;
         gr.state = GateState::Running {
             worker: worker_id.clone(),
@@ -468,14 +478,14 @@ impl Scheduler {
     /// No worker can take gate `g` now. If none ever could, fail it (fixed-capacity
     /// executors) or publish once why it waits; otherwise it simply waits for capacity.
     fn cannot_place(&mut self, id: &PlanId, g: GateIdx, memory: u64) -> bool {
-        let largest = self.workers.values().map(|w| w.info.memory_available).max();
+        let largest = self.workers.values().map(|w| w.info.memory_total).max();
         if largest.is_some_and(|m| m >= memory) {
             return false; // throttled: capacity frees up when a running gate ends
         }
         let Some(run) = self.plans.get_mut(id) else {
             return false;
         };
-        if self.config.fail_unschedulable && largest.is_some() {
+        if self.config.fail_unschedulable {
             run.ready.pop();
             let done = Done::new(Terminal::Failed, 0).reason("unschedulable");
             finish_gate(run, &mut self.sink, &self.config, g, done);
@@ -486,7 +496,7 @@ impl Scheduler {
             let reason = match largest {
                 None => "no live worker".to_string(),
                 Some(m) => format!(
-                    "needs {} of memory but the largest worker has {} available",
+                    "needs {} of memory but the largest worker has {}",
                     gatehouse_common::units::format_size(memory),
                     gatehouse_common::units::format_size(m)
                 ),

@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
 
@@ -48,6 +49,9 @@ pub(crate) struct GateRun {
     pub(crate) losses: u32,
     /// Whether a "waiting" event was already published for the current wait.
     pub(crate) waiting_reported: bool,
+    /// The failed result of the last attempt while in `Backoff` (reported if the plan
+    /// stops before the retry).
+    pub(crate) last_failure: Option<GateResult>,
 }
 
 /// Why a plan stops early.
@@ -70,6 +74,9 @@ pub(crate) struct PlanRun {
     pub(crate) gates: Vec<GateRun>,
     /// Per item: gates of the item not yet passed.
     pub(crate) item_remaining: Vec<u32>,
+    /// Per item: some gate of it can no longer pass (its dependents were already
+    /// queued for skipping once, which keeps skip propagation linear).
+    pub(crate) item_doomed: Vec<bool>,
     /// Ready gates by (height desc, plan order asc): O(log n) push and pop.
     pub(crate) ready: BinaryHeap<(u32, Reverse<u32>)>,
     /// Attempts dispatched and not yet finished.
@@ -94,9 +101,10 @@ impl PlanRun {
                 failures: 0,
                 losses: 0,
                 waiting_reported: false,
+                last_failure: None,
             })
             .collect();
-        let item_remaining = plan.items.iter().map(|i| i.gates.len() as u32).collect();
+        let item_remaining: Vec<u32> = plan.items.iter().map(|i| i.gates.len() as u32).collect();
         let counts = Counts {
             total: plan.gates.len() as u32,
             ..Counts::default()
@@ -107,6 +115,7 @@ impl PlanRun {
             options,
             graph,
             gates,
+            item_doomed: vec![false; item_remaining.len()],
             item_remaining,
             ready: BinaryHeap::new(),
             running: 0,

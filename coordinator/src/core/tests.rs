@@ -422,3 +422,104 @@ fn critical_path_runs_first() {
         "head of the longest chain first"
     );
 }
+
+#[test]
+fn fail_fast_ends_a_gate_in_backoff_with_its_last_failure() {
+    let policy = Policy {
+        fail_fast: true,
+        ..Policy::default()
+    };
+    let mut retrying = g("retrying", &[]);
+    retrying.retries = 3;
+    let plan = flat(policy, &[retrying, g("bad", &[])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.finish(0, ExitStatus::TimedOut);
+    assert!(sim.timers.len() == 1, "gate 0 waits to retry");
+    sim.fail(1);
+    let ev = sim.terminal(0);
+    assert_eq!(ev.status, GateStatus::Finished(Terminal::TimedOut));
+    assert_eq!(ev.attempt, 1);
+    assert!(ev.result.is_some(), "the last result is reported");
+    sim.fire_timer();
+    assert!(sim.running.is_empty(), "a stale retry timer starts nothing");
+    assert_eq!(sim.summary.clone().expect("summary").counts.timed_out, 1);
+}
+
+#[test]
+fn cancel_during_backoff_and_cache_check_cancels_with_the_attempt() {
+    let mut a = g("a", &[]);
+    a.retries = 1;
+    let plan = flat(Policy::default(), &[a, g("b", &[])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, true);
+    sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(0),
+        hit: None,
+    });
+    sim.fail(0);
+    sim.feed(Event::Cancel {
+        plan: sim.plan.clone(),
+        force: false,
+    });
+    assert_eq!(sim.state(0), Terminal::Cancelled);
+    assert_eq!(sim.terminal(0).attempt, 1);
+    assert_eq!(
+        sim.state(1),
+        Terminal::Cancelled,
+        "cancelled while its cache check ran"
+    );
+    let late = sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(1),
+        hit: None,
+    });
+    assert!(
+        late.is_empty(),
+        "a late cache answer for a finished plan is ignored"
+    );
+}
+
+#[test]
+fn skips_through_long_item_chains_stay_linear_and_complete() {
+    // Three items of 2,000 gates each, stacked; one failure in the first skips the rest.
+    let gates = |n: usize| (0..n).map(|i| g(&format!("g{i}"), &[])).collect::<Vec<_>>();
+    let plan = items(
+        Policy::default(),
+        &[
+            ("a", &[], gates(2000)),
+            ("b", &[0], gates(2000)),
+            ("c", &[1], gates(2000)),
+        ],
+    );
+    let mut sim = Sim::new(fixed(), &[worker("w", 4000, 1 << 50)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.running.len(), 2000);
+    for g in 0..2000 {
+        if g == 7 {
+            sim.fail(g)
+        } else {
+            sim.pass(g)
+        };
+    }
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!(
+        (s.counts.passed, s.counts.failed, s.counts.skipped),
+        (1999, 1, 4000)
+    );
+}
+
+#[test]
+fn losing_the_only_worker_of_a_fixed_pool_fails_instead_of_hanging() {
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.running.clear();
+    sim.feed(Event::WorkerLost {
+        worker: WorkerId::new("local-0"),
+    });
+    assert_eq!(sim.state(0), Terminal::Failed);
+    assert_eq!(sim.terminal(0).reason, Some("unschedulable"));
+    assert_eq!(sim.state(1), Terminal::Skipped);
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gatehouse_common::exec::{AttemptRef, GateResult, GateSpec};
+use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
 use gatehouse_common::ids::{GateIdx, WorkerId};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
@@ -167,9 +167,13 @@ fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
 /// through item `deps` once the failed gate's item can no longer pass).
 fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {
     let mut stack: Vec<GateIdx> = Vec::new();
-    let push_dependents = |run: &PlanRun, g: GateIdx, stack: &mut Vec<GateIdx>| {
+    // The gates of items that depend on a doomed item are queued once per item, not
+    // once per gate of it, so propagation stays O(gates + edges).
+    let push_dependents = |run: &mut PlanRun, g: GateIdx, stack: &mut Vec<GateIdx>| {
         stack.extend(run.graph.needed_by(g));
-        if let Some(item) = run.plan.gate(g).item {
+        if let Some(item) = run.plan.gate(g).item
+            && !std::mem::replace(&mut run.item_doomed[item.ix()], true)
+        {
             for dep_item in run.graph.dependent_items(item) {
                 stack.extend(run.plan.item(dep_item).gates.iter().copied());
             }
@@ -207,14 +211,35 @@ pub(super) fn stop_plan(
     for i in 0..run.gates.len() {
         let g = GateIdx(i as u32);
         match run.gate(g).state.clone() {
-            GateState::Blocked
-            | GateState::CheckingCache
-            | GateState::Ready
-            | GateState::Backoff { .. } => {
+            GateState::Blocked | GateState::CheckingCache | GateState::Ready => {
                 run.gate_mut(g).state = GateState::Done(terminal);
                 run.count(terminal, false, false);
                 let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);
                 ev.reason = Some(reason);
+                sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+            }
+            GateState::Backoff { .. } => {
+                // It ran and failed, and will not be retried: under fail-fast it ends with
+                // that failure; on cancel it is cancelled. Either way with its last result.
+                let gr = run.gate_mut(g);
+                let last = gr.last_failure.take();
+                let attempt = gr.attempt;
+                let timed_out = last
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.status, ExitStatus::TimedOut));
+                let (t, why) = match why {
+                    Stopping::FailFast if timed_out => (Terminal::TimedOut, "timeout"),
+                    Stopping::FailFast => (
+                        Terminal::Failed,
+                        last.as_ref().map_or("exit_code", |r| r.status.reason()),
+                    ),
+                    _ => (Terminal::Cancelled, "cancelled"),
+                };
+                gr.state = GateState::Done(t);
+                run.count(t, false, false);
+                let mut ev = gate_event(run, g, GateStatus::Finished(t), attempt, None);
+                ev.reason = Some(why);
+                ev.result = last;
                 sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
             }
             GateState::Running { worker, attempt } => {
