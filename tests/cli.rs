@@ -415,3 +415,22 @@ fn closed_stdout_does_not_crash_the_run() {
     assert_eq!(out.status.code(), Some(0), "no panic on EPIPE: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn gates_with_labels_run_only_where_the_labels_match() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.yaml",
+        "version: 1\nname: labels\ngates:\n  - { id: arm, run: 'true', labels: { arch: arm64 } }\n  - { id: any, run: 'true' }\n",
+    );
+    let r = ws.run_json("plan.yaml", &["--no-cache"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.state("arm"), "failed");
+    assert_eq!(r.terminal("arm")["reason"], "unschedulable");
+    assert_eq!(r.state("any"), "passed");
+    let r = ws.run_json(
+        "plan.yaml",
+        &["--no-cache", "--labels", "arch=arm64,os=linux"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -58,6 +58,11 @@ const CASES: &[(&str, &str, &[&str])] = &[
         &["plan.yaml:4", "tiemout"],
     ),
     (
+        "bad label",
+        "version: 1\nname: x\ngates:\n  - { id: a, run: 'true', labels: { 'a b': x } }\n",
+        &["plan.yaml:4", "a b", "label"],
+    ),
+    (
         "invalid id",
         "version: 1\nname: x\ngates:\n  - { id: 'a b', run: 'true' }\n",
         &["plan.yaml:4", "a b"],

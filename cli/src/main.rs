@@ -1,8 +1,11 @@
 //! The `gatehouse` command.
 
+mod client;
+mod coordinator_cmd;
 mod render;
 mod run;
 mod validate;
+mod worker_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +18,8 @@ pub const EXIT_PASSED: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: invalid plan or usage.
 pub const EXIT_INVALID: u8 = 2;
+/// Exit code: the coordinator could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit code: interrupted (SIGINT/SIGTERM) or cancelled.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -49,6 +54,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a coordinator: accepts plans from clients and schedules them onto workers.
+    Coordinator(coordinator_cmd::CoordinatorArgs),
+    /// Start a worker: connects to a coordinator and runs the gates it assigns.
+    Worker(worker_cmd::WorkerArgs),
+    /// Submit a plan to a coordinator (prints its id; --watch follows it like `run`).
+    Submit(client::SubmitArgs),
+    /// Follow a submitted plan's events until it ends.
+    Watch(client::WatchArgs),
+    /// Show the state of a submitted plan.
+    Status(client::StatusArgs),
+    /// Cancel a submitted plan.
+    Cancel(client::CancelArgs),
+    /// List the plans a coordinator knows.
+    Plans(client::PlansArgs),
+    /// List the workers connected to a coordinator.
+    Workers(client::WorkersArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +88,14 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Validate { plan, json } => validate::main(&plan, json),
+        Command::Coordinator(args) => coordinator_cmd::main(args),
+        Command::Worker(args) => worker_cmd::main(args),
+        Command::Submit(args) => client::submit(args),
+        Command::Watch(args) => client::watch(args),
+        Command::Status(args) => client::status(args),
+        Command::Cancel(args) => client::cancel(args),
+        Command::Plans(args) => client::plans(args),
+        Command::Workers(args) => client::workers(args),
     };
     ExitCode::from(code)
 }

@@ -15,13 +15,13 @@ use gatehouse_common::ids::{PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_coordinator::core::{CoreConfig, PlanEvent, PlanOutcome, RunOptions, WorkerInfo};
-use gatehouse_coordinator::scheduler::{self, LocalTransport, SchedulerConfig};
+use gatehouse_coordinator::scheduler::{self, LocalTransport, SchedulerConfig, WorkerEvent};
 use gatehouse_worker::{ExecConfig, LocalWorker};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::render::{self, Renderer};
+use crate::render::{self, PlanView, Renderer};
 use crate::validate::report_invalid;
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASSED};
 
@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Memory available for admitting gates, e.g. 8Gi (default: what the OS reports available).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// Labels of this machine (`k=v,...`): gates with `labels` run only if all match;
+    /// the others fail as unschedulable.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
     /// Grace between SIGTERM and SIGKILL when gates are cancelled or time out.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     kill_grace: Duration,
@@ -67,6 +71,14 @@ pub fn main(args: RunArgs) -> u8 {
         eprintln!("error: --workers must be at least 1");
         return EXIT_INVALID;
     }
+    let labels =
+        match gatehouse_worker::remote::parse_labels(args.labels.iter().map(String::as_str)) {
+            Ok(labels) => labels,
+            Err(e) => {
+                eprintln!("error: --labels: {e}");
+                return EXIT_INVALID;
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +89,7 @@ pub fn main(args: RunArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    match runtime.block_on(run(args, plan)) {
+    match runtime.block_on(run(args, plan, labels)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -86,7 +98,11 @@ pub fn main(args: RunArgs) -> u8 {
     }
 }
 
-async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
+async fn run(
+    args: RunArgs,
+    plan: Arc<Plan>,
+    labels: std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<u8> {
     let slots = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
@@ -124,6 +140,18 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
         ..ExecConfig::default()
     };
     let worker_shutdown = shutdown.child_token();
+    // The executor's registration goes first on the channel its reports use, so the
+    // scheduler sees it before any report.
+    reports_tx
+        .send(WorkerEvent::Joined(WorkerInfo {
+            id: WorkerId::new(LOCAL_WORKER),
+            slots,
+            memory_total: capacity,
+            memory_available: capacity,
+            labels,
+        }))
+        .await
+        .context("cannot register the local executor")?;
     let worker_task = LocalWorker::spawn(exec_config, inbox, reports_tx, worker_shutdown.clone());
     let sched_shutdown = shutdown.child_token();
     let config = SchedulerConfig {
@@ -141,14 +169,6 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
         cache,
         sched_shutdown.clone(),
     );
-    sched
-        .worker_joined(WorkerInfo {
-            id: WorkerId::new(LOCAL_WORKER),
-            slots,
-            memory_total: capacity,
-            memory_available: capacity,
-        })
-        .await?;
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let plan_id = PlanId::new(format!("run-{}", std::process::id()));
@@ -168,14 +188,14 @@ async fn run(args: RunArgs, plan: Arc<Plan>) -> anyhow::Result<u8> {
     } else {
         render::Mode::Plain
     };
-    let mut renderer = Renderer::new(mode, plan.clone(), slots);
+    let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
     let mut interrupts = 0u32;
     let outcome = loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(PlanEvent::Gate(ev)) => renderer.gate(&ev),
+                Some(PlanEvent::Gate(ev)) => renderer.core_gate(&ev),
                 Some(PlanEvent::Finished(summary)) => {
-                    renderer.summary(&summary);
+                    renderer.core_summary(&summary);
                     break Some(summary.outcome);
                 }
                 None => break None,

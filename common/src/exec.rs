@@ -38,8 +38,11 @@ pub struct GateSpec {
     pub run: String,
     /// Added to the executor's inherited environment.
     pub env: BTreeMap<String, String>,
-    /// Absolute working directory.
+    /// Absolute working directory on the executor's machine.
     pub workdir: PathBuf,
+    /// `workdir` as written in the plan; a remote worker resolves it against its own
+    /// workspace instead of using `workdir`.
+    pub workdir_rel: String,
     /// Per-attempt timeout; on expiry the process group is killed (`timed_out`).
     pub timeout: Duration,
     /// Memory request in bytes; a process tree above twice this is killed (`memory`).

@@ -31,3 +31,18 @@ where
     let span = tracing::info_span!("task", task);
     set.spawn(fut.instrument(span))
 }
+
+/// Spawns `fut` on `tracker` (whose owner waits for it at shutdown) inside a span named
+/// after `task`. For per-connection and per-stream tasks of servers.
+pub fn spawn_tracked<F>(
+    tracker: &tokio_util::task::TaskTracker,
+    task: &'static str,
+    fut: F,
+) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let span = tracing::info_span!("task", task);
+    tracker.spawn(fut.instrument(span))
+}

@@ -2,9 +2,10 @@
 //!
 //! It owns the core, the timers the core asked for, the per-plan driver state (event
 //! subscriber, cache keys) and the in-flight cache lookups and writes. Inputs: its
-//! mailbox ([`SchedulerMsg`], bounded at [`MAILBOX_CAPACITY`]) and the executors'
-//! reports (`mpsc::Receiver<FromWorker>`). Outputs: [`ToWorker`] messages through a
-//! [`WorkerTransport`], and [`PlanEvent`]s to each plan's subscriber.
+//! mailbox ([`SchedulerMsg`], bounded at [`MAILBOX_CAPACITY`]: submissions and cancels)
+//! and one ordered channel of [`WorkerEvent`]s (executor reports and membership).
+//! Outputs: [`ToWorker`] messages through a [`WorkerTransport`], and [`PlanEvent`]s to
+//! each plan's subscriber.
 //!
 //! Concurrency contract: handlers never block. Cache key computation (file hashing)
 //! runs in `spawn_blocking`, lookups and writes in child tasks owned by `JoinSet`s,
@@ -111,6 +112,33 @@ impl WorkerTransport for LocalTransport {
     }
 }
 
+/// What executors and their sessions tell the scheduler, on one ordered channel: a
+/// worker's reports and its membership changes must be seen in the order they happened
+/// (a result sent just before a worker leaves must count before it is declared lost).
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// An attempt report.
+    Report(FromWorker),
+    /// An executor joined (or rejoined as a fresh worker).
+    Joined(WorkerInfo),
+    /// A heartbeat's memory figures.
+    Capacity {
+        worker: WorkerId,
+        memory_used: u64,
+        memory_available: u64,
+    },
+    /// The executor is draining: nothing new for it.
+    Draining(WorkerId),
+    /// The executor is gone; its attempts are re-queued.
+    Lost(WorkerId),
+}
+
+impl From<FromWorker> for WorkerEvent {
+    fn from(report: FromWorker) -> Self {
+        WorkerEvent::Report(report)
+    }
+}
+
 /// Messages to the scheduler actor.
 pub(crate) enum SchedulerMsg {
     Submit {
@@ -123,12 +151,6 @@ pub(crate) enum SchedulerMsg {
     Cancel {
         plan: PlanId,
         force: bool,
-    },
-    WorkerJoined(WorkerInfo),
-    WorkerLost(WorkerId),
-    WorkerCapacity {
-        worker: WorkerId,
-        memory_available: u64,
     },
 }
 
@@ -165,29 +187,6 @@ impl SchedulerHandle {
         self.send(SchedulerMsg::Cancel { plan, force }).await
     }
 
-    /// Registers an executor.
-    pub async fn worker_joined(&self, info: WorkerInfo) -> Result<(), SchedulerError> {
-        self.send(SchedulerMsg::WorkerJoined(info)).await
-    }
-
-    /// Declares an executor lost.
-    pub async fn worker_lost(&self, worker: WorkerId) -> Result<(), SchedulerError> {
-        self.send(SchedulerMsg::WorkerLost(worker)).await
-    }
-
-    /// Updates an executor's available memory.
-    pub async fn worker_capacity(
-        &self,
-        worker: WorkerId,
-        memory_available: u64,
-    ) -> Result<(), SchedulerError> {
-        self.send(SchedulerMsg::WorkerCapacity {
-            worker,
-            memory_available,
-        })
-        .await
-    }
-
     async fn send(&self, msg: SchedulerMsg) -> Result<(), SchedulerError> {
         self.tx
             .send(msg)
@@ -200,7 +199,7 @@ impl SchedulerHandle {
 pub fn spawn(
     config: SchedulerConfig,
     transport: Box<dyn WorkerTransport>,
-    reports: mpsc::Receiver<FromWorker>,
+    reports: mpsc::Receiver<WorkerEvent>,
     cache: Option<Arc<dyn ResultCache>>,
     shutdown: CancellationToken,
 ) -> (SchedulerHandle, JoinHandle<()>) {
@@ -253,7 +252,7 @@ struct SchedulerActor {
     cache: Option<Arc<dyn ResultCache>>,
     mailbox: mpsc::Receiver<SchedulerMsg>,
     /// `None` once every executor report sender is gone.
-    reports: Option<mpsc::Receiver<FromWorker>>,
+    reports: Option<mpsc::Receiver<WorkerEvent>>,
     timers: DelayQueue<Timer>,
     plans: HashMap<PlanId, PlanDriver>,
     /// Cache checks waiting for a lookup slot.
@@ -271,15 +270,10 @@ impl SchedulerActor {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
-                msg = self.mailbox.recv() => match msg {
-                    Some(msg) => self.on_msg(msg),
-                    None => break,
-                },
+                // Worker events before new requests: they free capacity, and a worker that
+                // registered before a plan was submitted is known when the plan starts.
                 report = recv_opt(&mut self.reports) => match report {
-                    Some(FromWorker::Started { attempt }) => self.feed(Event::GateStarted { attempt }),
-                    Some(FromWorker::Finished { attempt, result }) => {
-                        self.feed(Event::GateFinished { attempt, result })
-                    }
+                    Some(event) => self.on_worker_event(event),
                     None => {
                         // Every executor is gone: nothing it ran will report back.
                         self.reports = None;
@@ -287,6 +281,10 @@ impl SchedulerActor {
                             self.feed(Event::WorkerLost { worker });
                         }
                     }
+                },
+                msg = self.mailbox.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => break,
                 },
                 Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
                     if !self.timers.is_empty() => self.feed(Event::TimerFired(expired.into_inner())),
@@ -333,6 +331,28 @@ impl SchedulerActor {
         }
     }
 
+    fn on_worker_event(&mut self, event: WorkerEvent) {
+        let event = match event {
+            WorkerEvent::Report(FromWorker::Started { attempt }) => Event::GateStarted { attempt },
+            WorkerEvent::Report(FromWorker::Finished { attempt, result }) => {
+                Event::GateFinished { attempt, result }
+            }
+            WorkerEvent::Joined(info) => Event::WorkerJoined(info),
+            WorkerEvent::Capacity {
+                worker,
+                memory_used,
+                memory_available,
+            } => Event::WorkerCapacity {
+                worker,
+                memory_used,
+                memory_available,
+            },
+            WorkerEvent::Draining(worker) => Event::WorkerDraining { worker },
+            WorkerEvent::Lost(worker) => Event::WorkerLost { worker },
+        };
+        self.feed(event);
+    }
+
     fn on_msg(&mut self, msg: SchedulerMsg) {
         match msg {
             SchedulerMsg::Submit {
@@ -362,15 +382,6 @@ impl SchedulerActor {
                 self.feed(Event::PlanSubmitted { id, plan, options });
             }
             SchedulerMsg::Cancel { plan, force } => self.feed(Event::Cancel { plan, force }),
-            SchedulerMsg::WorkerJoined(info) => self.feed(Event::WorkerJoined(info)),
-            SchedulerMsg::WorkerLost(worker) => self.feed(Event::WorkerLost { worker }),
-            SchedulerMsg::WorkerCapacity {
-                worker,
-                memory_available,
-            } => self.feed(Event::WorkerCapacity {
-                worker,
-                memory_available,
-            }),
         }
     }
 

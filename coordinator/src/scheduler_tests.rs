@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::testkit::{MI, flat, g, result, worker};
 use crate::core::{GateStatus, PlanEvent, PlanOutcome, PlanSummary, RunOptions, Terminal};
-use crate::scheduler::{self, SchedulerConfig, TransportError, WorkerTransport};
+use crate::scheduler::{self, SchedulerConfig, TransportError, WorkerEvent, WorkerTransport};
 
 /// Forwards every message to the test.
 struct ChanTransport(mpsc::UnboundedSender<(WorkerId, ToWorker)>);
@@ -43,7 +43,7 @@ struct Harness {
     handle: scheduler::SchedulerHandle,
     task: tokio::task::JoinHandle<()>,
     to_worker: mpsc::UnboundedReceiver<(WorkerId, ToWorker)>,
-    reports: mpsc::Sender<FromWorker>,
+    reports: mpsc::Sender<WorkerEvent>,
     shutdown: CancellationToken,
 }
 
@@ -83,9 +83,9 @@ impl Harness {
                     if let ToWorker::Assign(a) = msg {
                         dispatched += 1;
                         let attempt = a.attempt.clone();
-                        self.reports.send(FromWorker::Started { attempt: attempt.clone() }).await.expect("report");
+                        self.reports.send(FromWorker::Started { attempt: attempt.clone() }.into()).await.expect("report");
                         let r = result(status(attempt.attempt));
-                        self.reports.send(FromWorker::Finished { attempt, result: r }).await.expect("report");
+                        self.reports.send(FromWorker::Finished { attempt, result: r }.into()).await.expect("report");
                     }
                 }
                 Some(ev) = events.recv() => {
@@ -115,8 +115,8 @@ fn summary(events: &[PlanEvent]) -> &PlanSummary {
 #[tokio::test(start_paused = true)]
 async fn retry_waits_for_the_backoff_timer_then_passes_flaky() {
     let mut h = start(None);
-    h.handle
-        .worker_joined(worker("w", 2, 4096 * MI))
+    h.reports
+        .send(WorkerEvent::Joined(worker("w", 2, 4096 * MI)))
         .await
         .expect("join");
     let policy = Policy {
@@ -165,8 +165,8 @@ async fn second_run_is_served_from_the_cache_without_dispatching() {
     let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
     for (run, expect_dispatch) in [(1, 2), (2, 0)] {
         let mut h = start(Some(cache.clone()));
-        h.handle
-            .worker_joined(worker("w", 2, 4096 * MI))
+        h.reports
+            .send(WorkerEvent::Joined(worker("w", 2, 4096 * MI)))
             .await
             .expect("join");
         let (tx, mut events) = mpsc::unbounded_channel();
@@ -189,7 +189,7 @@ async fn second_run_is_served_from_the_cache_without_dispatching() {
 
 #[tokio::test]
 async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
-    let (_reports, reports_rx) = mpsc::channel(1);
+    let (reports, reports_rx) = mpsc::channel(1);
     let shutdown = CancellationToken::new();
     let (handle, task) = scheduler::spawn(
         SchedulerConfig::default(),
@@ -198,8 +198,8 @@ async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
         None,
         shutdown.clone(),
     );
-    handle
-        .worker_joined(worker("w", 1, 4096 * MI))
+    reports
+        .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
         .await
         .expect("join");
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -288,8 +288,8 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
         None,
         shutdown.clone(),
     );
-    handle
-        .worker_joined(worker("local-0", 1, 4096 * MI))
+    reports
+        .send(WorkerEvent::Joined(worker("local-0", 1, 4096 * MI)))
         .await
         .expect("join");
     let (events_tx, mut events) = mpsc::unbounded_channel();

@@ -21,6 +21,7 @@ fn spec(workdir: &std::path::Path) -> GateSpec {
         run: "true".to_owned(),
         env: BTreeMap::new(),
         workdir: workdir.to_path_buf(),
+        workdir_rel: ".".into(),
         timeout: Duration::from_secs(60),
         memory: 64 * 1024 * 1024,
     }

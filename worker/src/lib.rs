@@ -10,6 +10,8 @@
 //!   registered process tree, only while at least one is registered.
 //! - [`local`]: [`LocalWorker`], the in-process executor `gatehouse run` drives with
 //!   [`ToWorker`](gatehouse_common::exec::ToWorker) messages.
+//! - [`remote`]: the remote worker, a session layer that connects a [`LocalWorker`] to a
+//!   coordinator's gRPC `WorkerService.Session` stream.
 //!
 //! This crate owns no global state. Every process it starts is owned by exactly one
 //! [`RunningGate`], which kills the process group if it is dropped before the gate ended.
@@ -19,6 +21,7 @@ pub mod execute;
 pub mod local;
 pub mod monitor;
 mod pgroup;
+pub mod remote;
 mod tail;
 
 use std::time::Duration;

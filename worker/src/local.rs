@@ -42,10 +42,11 @@ use crate::execute::RunningGate;
 use crate::monitor::{self, MemoryMonitorHandle};
 
 /// The in-process executor. Construct it with [`LocalWorker::spawn`].
-pub struct LocalWorker {
+pub struct LocalWorker<R> {
     cfg: Arc<ExecConfig>,
     inbox: mpsc::UnboundedReceiver<ToWorker>,
-    reports: mpsc::Sender<FromWorker>,
+    /// Where reports go; `R` is `FromWorker` or a richer event type built from it.
+    reports: mpsc::Sender<R>,
     shutdown: CancellationToken,
     monitor: MemoryMonitorHandle,
     /// Stops the monitor once no attempt can run any more.
@@ -57,12 +58,12 @@ pub struct LocalWorker {
     tasks: JoinSet<AttemptRef>,
 }
 
-impl LocalWorker {
+impl<R: From<FromWorker> + Send + 'static> LocalWorker<R> {
     /// Starts the worker; the returned task ends after shutdown (see the module docs).
     pub fn spawn(
         cfg: ExecConfig,
         inbox: mpsc::UnboundedReceiver<ToWorker>,
-        reports: mpsc::Sender<FromWorker>,
+        reports: mpsc::Sender<R>,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         let monitor_cancel = CancellationToken::new();
@@ -170,12 +171,12 @@ impl LocalWorker {
 }
 
 /// One attempt, start to report.
-async fn run_attempt(
+async fn run_attempt<R: From<FromWorker> + Send + 'static>(
     assignment: Assignment,
     cfg: Arc<ExecConfig>,
     monitor: MemoryMonitorHandle,
     cancel: CancelSignal,
-    reports: mpsc::Sender<FromWorker>,
+    reports: mpsc::Sender<R>,
 ) -> AttemptRef {
     let Assignment { attempt, spec } = assignment;
     let mut guard = FinishGuard {
@@ -207,13 +208,13 @@ async fn run_attempt(
 /// Keeps "exactly one `Finished` per assignment" if an attempt task panics or is
 /// aborted before producing its result: it then reports a `SpawnFailed` from `Drop`
 /// (with `try_send`, as `Drop` cannot wait; a full channel loses it, logged).
-struct FinishGuard {
+struct FinishGuard<R: From<FromWorker>> {
     /// `Some` until the task has its result.
     attempt: Option<AttemptRef>,
-    reports: mpsc::Sender<FromWorker>,
+    reports: mpsc::Sender<R>,
 }
 
-impl Drop for FinishGuard {
+impl<R: From<FromWorker>> Drop for FinishGuard<R> {
     fn drop(&mut self) {
         if let Some(attempt) = self.attempt.take() {
             let result = not_run("executor task ended without a result".to_owned());
@@ -221,15 +222,15 @@ impl Drop for FinishGuard {
                 attempt: attempt.clone(),
                 result,
             };
-            if let Err(error) = self.reports.try_send(msg) {
+            if let Err(error) = self.reports.try_send(R::from(msg)) {
                 tracing::error!(?attempt, %error, "failed to report an attempt whose task failed");
             }
         }
     }
 }
 
-async fn report(reports: &mpsc::Sender<FromWorker>, msg: FromWorker) {
-    if reports.send(msg).await.is_err() {
+async fn report<R: From<FromWorker>>(reports: &mpsc::Sender<R>, msg: FromWorker) {
+    if reports.send(R::from(msg)).await.is_err() {
         tracing::debug!("report receiver dropped; report discarded");
     }
 }

@@ -1,46 +1,49 @@
 //! `--json`: NDJSON on stdout. Exactly one terminal line per gate (`state` one of
 //! passed, failed, timed_out, skipped, cancelled), non-terminal `running`, `retrying`
-//! and `waiting` lines, and a last `summary` line. Nothing else is written to stdout.
+//! and `waiting` lines, and a last `summary` line. Nothing else is written to stdout
+//! (the client commands may add one `submitted` line first, see docs/cli.md).
+//!
+//! Lines are built as [`Value`]s from the view types, so a local run and a remote watch
+//! of the same events print the same bytes.
 
 use std::io::Write;
 
 use gatehouse_common::exec::ExitStatus;
-use gatehouse_common::plan::Plan;
-use gatehouse_coordinator::core::{GateEvent, GateStatus, PlanSummary, Terminal};
 use serde_json::{Value, json};
 
 use super::tail_str;
+use super::view::{Change, GateUpdate, PlanView, SummaryView};
 
 /// Bytes of stderr included in a failed gate's line.
 const STDERR_TAIL_BYTES: usize = 4096;
 
-fn emit(v: &Value) {
+/// Writes one line on stdout. A closed stdout (e.g. piped into `head`) must not abort
+/// the run, so write errors are ignored.
+pub fn emit(v: &Value) {
     let mut out = std::io::stdout().lock();
-    // A closed stdout (e.g. piped into `head`) must not abort the run.
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
 }
 
-pub fn gate(plan: &Plan, ev: &GateEvent) {
-    let state = match &ev.status {
-        GateStatus::Running => "running",
-        GateStatus::Retrying { .. } => "retrying",
-        GateStatus::Waiting { .. } => "waiting",
-        GateStatus::Finished(t) => t.as_str(),
-        GateStatus::Dispatched => return,
+/// The line for a gate update.
+pub fn gate_value(view: &PlanView, ev: &GateUpdate<'_>) -> Value {
+    let state = match &ev.change {
+        Change::Running => "running",
+        Change::Retrying { .. } => "retrying",
+        Change::Waiting { .. } => "waiting",
+        Change::Finished(t) => t.as_str(),
     };
-    let gate = plan.gate(ev.gate);
     let mut v = json!({
         "event": "gate",
-        "gate": gate.id.as_str(),
-        "item": gate.item.map(|i| plan.item(i).id.as_str()),
+        "gate": view.gate_id(ev.gate),
+        "item": view.item_of(ev.gate),
         "state": state,
         "attempt": ev.attempt,
         "cached": ev.cached,
         "flaky": ev.flaky,
         "exit_code": Value::Null,
         "duration_ms": Value::Null,
-        "worker": ev.worker.as_ref().map(|w| w.as_str()),
+        "worker": ev.worker.as_deref(),
     });
     if let Some(r) = &ev.result {
         v["duration_ms"] = json!(r.duration.as_millis() as u64);
@@ -57,12 +60,7 @@ pub fn gate(plan: &Plan, ev: &GateEvent) {
         if let Some(peak) = r.peak_memory {
             v["peak_memory_bytes"] = json!(peak);
         }
-        let failed = matches!(
-            ev.status,
-            GateStatus::Finished(Terminal::Failed | Terminal::TimedOut)
-                | GateStatus::Retrying { .. }
-        );
-        if failed {
+        if ev.is_failure() {
             v["stderr_tail"] = json!(tail_str(&r.stderr.bytes, STDERR_TAIL_BYTES));
         }
         // Output beyond the executor's tail limit is dropped from the start; say so.
@@ -73,43 +71,45 @@ pub fn gate(plan: &Plan, ev: &GateEvent) {
             v["stderr_dropped_bytes"] = json!(r.stderr.dropped);
         }
     }
-    if let Some(reason) = ev.reason {
+    if let Some(reason) = &ev.reason {
         v["reason"] = json!(reason);
     }
     if let Some(cause) = ev.cause {
-        v["cause"] = json!(plan.gate(cause).id.as_str());
+        v["cause"] = json!(view.gate_id(cause));
     }
-    match &ev.status {
-        GateStatus::Retrying { backoff } => v["backoff_ms"] = json!(backoff.as_millis() as u64),
-        GateStatus::Waiting { reason } => v["waiting_for"] = json!(reason),
+    match &ev.change {
+        Change::Retrying { backoff } => v["backoff_ms"] = json!(backoff.as_millis() as u64),
+        Change::Waiting { reason } => v["waiting_for"] = json!(reason),
         _ => {}
     }
-    emit(&v);
+    v
 }
 
-pub fn summary(plan: &Plan, s: &PlanSummary) {
+/// The last line.
+pub fn summary_value(view: &PlanView, s: &SummaryView) -> Value {
     let c = s.counts;
-    let merge: Vec<&str> = s
-        .merge_order
-        .iter()
-        .map(|i| plan.item(*i).id.as_str())
-        .collect();
-    emit(&json!({
+    let merge: Vec<&str> = s.merge_order.iter().map(|i| i.as_str()).collect();
+    json!({
         "event": "summary",
-        "plan": plan.name,
+        "plan": view.name,
         "outcome": s.outcome.as_str(),
-        "gates": {
-            "total": c.total,
-            "passed": c.passed,
-            "failed": c.failed,
-            "timed_out": c.timed_out,
-            "skipped": c.skipped,
-            "cancelled": c.cancelled,
-            "cached": c.cached,
-            "flaky": c.flaky,
-        },
+        "gates": counts_value(&c),
         "merge_order": merge,
-        "levels": plan.level_ids(),
+        "levels": view.levels,
         "duration_ms": s.duration.as_millis() as u64,
-    }));
+    })
+}
+
+/// Gate counts as in the summary line's `gates` object.
+pub fn counts_value(c: &gatehouse_coordinator::core::Counts) -> Value {
+    json!({
+        "total": c.total,
+        "passed": c.passed,
+        "failed": c.failed,
+        "timed_out": c.timed_out,
+        "skipped": c.skipped,
+        "cancelled": c.cancelled,
+        "cached": c.cached,
+        "flaky": c.flaky,
+    })
 }

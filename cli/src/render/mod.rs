@@ -1,26 +1,52 @@
-//! Output of `gatehouse run`: NDJSON (`--json`), plain lines (not a TTY), a live
-//! progress display (TTY), or just the summary (`--quiet`). The renderer only formats;
-//! it owns the tallies it shows and nothing else.
+//! Output of `gatehouse run`, `gatehouse submit --watch` and `gatehouse watch`: NDJSON
+//! (`--json`), plain lines (not a TTY), a live progress display (TTY), or just the
+//! summary (`--quiet`). The renderer only formats; it owns the tallies it shows and
+//! nothing else.
+//!
+//! It works on a [`PlanView`] and [`GateUpdate`]s ([`view`]), which a local plan and the
+//! scheduler core's events convert into ([`Renderer::core_gate`]) as well as a
+//! coordinator's plan description and wire events ([`wire`]); the output of both is the
+//! same, byte for byte.
 
-mod json;
-mod text;
+pub mod json;
+pub mod text;
+pub mod view;
+pub mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io::IsTerminal;
 use std::time::Duration;
 
-use gatehouse_common::ids::GateIdx;
-use gatehouse_common::plan::Plan;
-use gatehouse_coordinator::core::{GateEvent, GateStatus, PlanSummary, Terminal};
+use gatehouse_coordinator::core::{self, Terminal};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// How `gatehouse run` reports.
+pub use view::{GateUpdate, PlanView, SummaryView};
+
+use view::Change;
+
+/// How a plan's progress is reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Json,
     Plain,
     Tty,
     Quiet,
+}
+
+impl Mode {
+    /// `--json`, else `--quiet`, else the live display when stdout and stderr are both
+    /// terminals, else plain lines.
+    pub fn choose(json: bool, quiet: bool) -> Self {
+        if json {
+            Mode::Json
+        } else if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() && std::io::stdout().is_terminal() {
+            Mode::Tty
+        } else {
+            Mode::Plain
+        }
+    }
 }
 
 /// Live progress display: a bar with counts, and a line listing running gates.
@@ -32,11 +58,11 @@ struct Live {
 
 pub struct Renderer {
     mode: Mode,
-    plan: Arc<Plan>,
+    view: PlanView,
     /// Terminal state per gate, as reported.
     states: Vec<Option<Terminal>>,
-    /// Running gates (for the live display), in start order.
-    running: BTreeMap<GateIdx, u32>,
+    /// Running gates (for the live display) and their attempts, in plan order.
+    running: BTreeMap<usize, u32>,
     passed: u32,
     failed: u32,
     /// Gates in a terminal state.
@@ -45,10 +71,10 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    pub fn new(mode: Mode, plan: Arc<Plan>, _slots: u32) -> Self {
+    pub fn new(mode: Mode, view: PlanView) -> Self {
         let live = (mode == Mode::Tty).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
-            let bar = multi.add(ProgressBar::new(plan.gates.len() as u64));
+            let bar = multi.add(ProgressBar::new(view.gates.len() as u64));
             bar.set_style(
                 ProgressStyle::with_template(
                     "{spinner:.cyan} {elapsed_precise} [{bar:32.green/red}] {pos}/{len} {msg}",
@@ -70,8 +96,8 @@ impl Renderer {
         });
         Self {
             mode,
-            states: vec![None; plan.gates.len()],
-            plan,
+            states: vec![None; view.gates.len()],
+            view,
             running: BTreeMap::new(),
             passed: 0,
             failed: 0,
@@ -80,18 +106,39 @@ impl Renderer {
         }
     }
 
-    /// One gate event.
-    pub fn gate(&mut self, ev: &GateEvent) {
-        match &ev.status {
-            GateStatus::Running => {
+    /// The plan being shown.
+    pub fn view(&self) -> &PlanView {
+        &self.view
+    }
+
+    /// One event of the scheduler core (`gatehouse run`); dispatches are not shown.
+    pub fn core_gate(&mut self, ev: &core::GateEvent) {
+        if let Some(update) = GateUpdate::from_core(ev) {
+            self.gate(&update);
+        }
+    }
+
+    /// The scheduler core's last event of the plan (`gatehouse run`).
+    pub fn core_summary(&mut self, s: &core::PlanSummary) {
+        let summary = SummaryView::from_core(&self.view, s);
+        self.summary(&summary);
+    }
+
+    /// One gate update. An update for a gate outside the view is ignored.
+    pub fn gate(&mut self, ev: &GateUpdate<'_>) {
+        if ev.gate >= self.states.len() {
+            return;
+        }
+        match &ev.change {
+            Change::Running => {
                 self.running.insert(ev.gate, ev.attempt);
             }
-            GateStatus::Retrying { .. } => {
+            Change::Retrying { .. } => {
                 self.running.remove(&ev.gate);
             }
-            GateStatus::Finished(t) => {
+            Change::Finished(t) => {
                 self.running.remove(&ev.gate);
-                self.states[ev.gate.ix()] = Some(*t);
+                self.states[ev.gate] = Some(*t);
                 self.done += 1;
                 match t {
                     Terminal::Passed => self.passed += 1,
@@ -99,12 +146,12 @@ impl Renderer {
                     _ => {}
                 }
             }
-            GateStatus::Dispatched | GateStatus::Waiting { .. } => {}
+            Change::Waiting { .. } => {}
         }
         match self.mode {
-            Mode::Json => json::gate(&self.plan, ev),
+            Mode::Json => json::emit(&json::gate_value(&self.view, ev)),
             Mode::Plain => {
-                if let Some(line) = text::gate_line(&self.plan, ev) {
+                if let Some(line) = text::gate_line(&self.view, ev) {
                     text::print_line(&line);
                 }
             }
@@ -113,19 +160,21 @@ impl Renderer {
         }
     }
 
-    fn update_live(&self, ev: &GateEvent) {
+    fn update_live(&self, ev: &GateUpdate<'_>) {
         let Some(live) = &self.live else { return };
         if !matches!(
-            ev.status,
-            GateStatus::Finished(Terminal::Passed | Terminal::Skipped)
-        ) && let Some(line) = text::gate_line(&self.plan, ev)
+            ev.change,
+            Change::Finished(Terminal::Passed | Terminal::Skipped)
+        ) && let Some(line) = text::gate_line(&self.view, ev)
         {
             live.bar.println(line);
         }
         let done = u64::from(self.done);
         live.bar.set_position(done);
-        let total = self.plan.gates.len() as u64;
-        let queued = total - done - self.running.len() as u64;
+        let total = self.view.gates.len() as u64;
+        let queued = total
+            .saturating_sub(done)
+            .saturating_sub(self.running.len() as u64);
         live.bar.set_message(format!(
             "{} passed, {} failed, {} running, {} queued",
             self.passed,
@@ -137,7 +186,7 @@ impl Renderer {
             .running
             .keys()
             .take(8)
-            .map(|g| self.plan.gate(*g).id.as_str())
+            .map(|g| self.view.gate_id(*g))
             .collect();
         let more = self.running.len().saturating_sub(names.len());
         let suffix = if more > 0 {
@@ -159,6 +208,11 @@ impl Renderer {
         } else {
             "interrupted again: killing running gates now"
         };
+        self.notice(msg);
+    }
+
+    /// A message for the user on stderr (above the live display on a TTY).
+    pub fn notice(&self, msg: &str) {
         match &self.live {
             Some(live) => live.bar.println(msg),
             None => eprintln!("{msg}"),
@@ -166,14 +220,14 @@ impl Renderer {
     }
 
     /// The plan's last event.
-    pub fn summary(&mut self, s: &PlanSummary) {
+    pub fn summary(&mut self, s: &SummaryView) {
         if let Some(live) = self.live.take() {
             live.running_line.finish_and_clear();
             live.bar.finish_and_clear();
         }
         match self.mode {
-            Mode::Json => json::summary(&self.plan, s),
-            _ => text::summary(&self.plan, &self.states, s),
+            Mode::Json => json::emit(&json::summary_value(&self.view, s)),
+            _ => text::summary(&self.view, &self.states, s),
         }
     }
 

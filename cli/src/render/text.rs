@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use gatehouse_common::exec::ExitStatus;
-use gatehouse_common::plan::{Plan, PlanForm};
+use gatehouse_common::plan::PlanForm;
 use gatehouse_common::units::format_duration;
-use gatehouse_coordinator::core::{GateEvent, GateStatus, PlanSummary, Terminal};
+use gatehouse_coordinator::core::{Counts, Terminal};
 
 use super::tail_str;
+use super::view::{Change, GateUpdate, PlanView, SummaryView};
 
 /// Lines of stderr shown under a failed gate.
 const STDERR_LINES: usize = 20;
@@ -18,11 +19,11 @@ const TABLE_ROWS: usize = 50;
 
 /// The line for `ev` (with the stderr tail under a failed gate), or `None` for events
 /// that are not shown as lines.
-pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
-    let id = plan.gate(ev.gate).id.as_str();
-    let mut line = match &ev.status {
-        GateStatus::Finished(t) => format!("{:<9} {id}", t.as_str()),
-        GateStatus::Retrying { backoff } => {
+pub fn gate_line(view: &PlanView, ev: &GateUpdate<'_>) -> Option<String> {
+    let id = view.gate_id(ev.gate);
+    let mut line = match &ev.change {
+        Change::Finished(t) => format!("{:<9} {id}", t.as_str()),
+        Change::Retrying { backoff } => {
             format!(
                 "{:<9} {id} (attempt {} failed; next in {})",
                 "retrying",
@@ -30,8 +31,8 @@ pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
                 format_duration(*backoff)
             )
         }
-        GateStatus::Waiting { reason } => format!("{:<9} {id}: {reason}", "waiting"),
-        GateStatus::Running | GateStatus::Dispatched => return None,
+        Change::Waiting { reason } => format!("{:<9} {id}: {reason}", "waiting"),
+        Change::Running => return None,
     };
     if let Some(r) = &ev.result {
         let detail = match &r.status {
@@ -60,13 +61,13 @@ pub fn gate_line(plan: &Plan, ev: &GateEvent) -> Option<String> {
         line.push(')');
     }
     if let Some(cause) = ev.cause {
-        let _ = write!(line, "  (needs {}, which failed)", plan.gate(cause).id);
-    } else if let Some(reason) = ev.reason.filter(|_| ev.result.is_none()) {
+        let _ = write!(line, "  (needs {}, which failed)", view.gate_id(cause));
+    } else if let Some(reason) = ev.reason.as_ref().filter(|_| ev.result.is_none()) {
         let _ = write!(line, "  ({reason})");
     }
     let failed = matches!(
-        ev.status,
-        GateStatus::Finished(Terminal::Failed | Terminal::TimedOut)
+        ev.change,
+        Change::Finished(Terminal::Failed | Terminal::TimedOut)
     );
     if failed && let Some(r) = &ev.result {
         let tail = tail_str(&r.stderr.bytes, 64 * 1024);
@@ -93,22 +94,23 @@ pub fn print_line(line: &str) {
     let _ = writeln!(out, "{line}");
 }
 
-pub fn summary(plan: &Plan, states: &[Option<Terminal>], s: &PlanSummary) {
+pub fn summary(view: &PlanView, states: &[Option<Terminal>], s: &SummaryView) {
     let mut out = std::io::stdout().lock();
-    let _ = write_summary(&mut out, plan, states, s);
+    let _ = write_summary(&mut out, view, states, s);
     let _ = out.flush();
 }
 
 fn write_summary(
     out: &mut impl Write,
-    plan: &Plan,
+    view: &PlanView,
     states: &[Option<Terminal>],
-    s: &PlanSummary,
+    s: &SummaryView,
 ) -> std::io::Result<()> {
-    let state = |g: usize| states[g].map_or("?", Terminal::as_str);
+    let state_of = |g: usize| states.get(g).copied().flatten();
+    let state = |g: usize| state_of(g).map_or("?", Terminal::as_str);
     writeln!(out)?;
-    if plan.form() == PlanForm::Items {
-        let w = plan
+    if view.form() == PlanForm::Items {
+        let w = view
             .items
             .iter()
             .map(|i| i.id.as_str().len())
@@ -120,16 +122,16 @@ fn write_summary(
             "{:<w$}  {:>5}  {:>7}  RESULT",
             "ITEM", "LEVEL", "PASSED"
         )?;
-        for item in plan.items.iter().take(TABLE_ROWS) {
+        for item in view.items.iter().take(TABLE_ROWS) {
             let passed = item
                 .gates
                 .iter()
-                .filter(|g| states[g.ix()] == Some(Terminal::Passed))
+                .filter(|&&g| state_of(g) == Some(Terminal::Passed))
                 .count();
             let worst = item
                 .gates
                 .iter()
-                .filter_map(|g| states[g.ix()])
+                .filter_map(|&g| state_of(g))
                 .max_by_key(|t| severity(*t))
                 .map_or("?", Terminal::as_str);
             let counted = format!("{passed}/{}", item.gates.len());
@@ -141,24 +143,38 @@ fn write_summary(
                 counted
             )?;
         }
-        if plan.items.len() > TABLE_ROWS {
-            writeln!(out, "... {} more items", plan.items.len() - TABLE_ROWS)?;
+        if view.items.len() > TABLE_ROWS {
+            writeln!(out, "... {} more items", view.items.len() - TABLE_ROWS)?;
         }
     } else {
-        let not_passed: Vec<usize> = (0..plan.gates.len())
-            .filter(|&g| states[g] != Some(Terminal::Passed))
+        let not_passed: Vec<usize> = (0..view.gates.len())
+            .filter(|&g| state_of(g) != Some(Terminal::Passed))
             .collect();
         if !not_passed.is_empty() {
             writeln!(out, "{:<40}  RESULT", "GATE")?;
             for &g in not_passed.iter().take(TABLE_ROWS) {
-                writeln!(out, "{:<40}  {}", plan.gates[g].id.as_str(), state(g))?;
+                writeln!(out, "{:<40}  {}", view.gate_id(g), state(g))?;
             }
             if not_passed.len() > TABLE_ROWS {
                 writeln!(out, "... {} more gates", not_passed.len() - TABLE_ROWS)?;
             }
         }
     }
-    let c = s.counts;
+    writeln!(out, "{}", counts_line(&s.counts))?;
+    if view.form() == PlanForm::Items {
+        let order: Vec<&str> = s.merge_order.iter().map(|i| i.as_str()).collect();
+        writeln!(out, "merge order: {}", merge_order_text(&order))?;
+    }
+    writeln!(
+        out,
+        "{} in {}",
+        s.outcome.as_str(),
+        format_duration(s.duration)
+    )
+}
+
+/// `gates: N total, P passed (C cached), F failed, ...` (zero counts left out).
+pub fn counts_line(c: &Counts) -> String {
     let mut counts = format!("{} passed", c.passed);
     if c.cached > 0 {
         let _ = write!(counts, " ({} cached)", c.cached);
@@ -174,26 +190,16 @@ fn write_summary(
             let _ = write!(counts, ", {n} {what}");
         }
     }
-    writeln!(out, "gates: {} total, {counts}", c.total)?;
-    if plan.form() == PlanForm::Items {
-        let order: Vec<&str> = s
-            .merge_order
-            .iter()
-            .map(|i| plan.item(*i).id.as_str())
-            .collect();
-        let shown = if order.is_empty() {
-            "(nothing can merge)".to_string()
-        } else {
-            order.join(" -> ")
-        };
-        writeln!(out, "merge order: {shown}")?;
+    format!("gates: {} total, {counts}", c.total)
+}
+
+/// `a -> b -> c`, or `(nothing can merge)`.
+pub fn merge_order_text(order: &[&str]) -> String {
+    if order.is_empty() {
+        "(nothing can merge)".to_string()
+    } else {
+        order.join(" -> ")
     }
-    writeln!(
-        out,
-        "{} in {}",
-        s.outcome.as_str(),
-        format_duration(s.duration)
-    )
 }
 
 /// Orders states so an item shows its worst gate.

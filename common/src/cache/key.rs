@@ -2,7 +2,8 @@
 //!
 //! The key is BLAKE3 (in derive-key mode, so it can never collide with another use of
 //! BLAKE3 in Gatehouse) over a canonical, length-prefixed encoding of, in this order:
-//! [`KEY_FORMAT_VERSION`]; the gate's `run`; its `env` sorted by name; its `workdir_rel`
+//! [`KEY_FORMAT_VERSION`]; the gate's `run`; its `env` sorted by name; its `labels`
+//! sorted by name; its `workdir_rel`
 //! (never the absolute workdir, so a moved checkout keeps its keys); its `inputs` globs
 //! (sorted, deduplicated); every matched input file as its `/`-separated path relative
 //! to the workdir plus the BLAKE3 of its content, in sorted path order; the keys of the
@@ -52,7 +53,7 @@ use crate::plan::{Gate, Plan};
 
 /// Version of the key encoding; bump it whenever the encoding or the glob semantics
 /// change so old entries stop matching.
-pub const KEY_FORMAT_VERSION: u32 = 1;
+pub const KEY_FORMAT_VERSION: u32 = 2;
 
 /// BLAKE3 derive-key context (the domain tag) of cache keys.
 const KEY_CONTEXT: &str = "gatehouse 2025 gate result cache key";
@@ -165,6 +166,13 @@ pub fn compute_key(
     w.field(b'r', gate.run.as_bytes());
     w.section(b'e', gate.env.len());
     for (name, value) in &gate.env {
+        w.bytes(name.as_bytes());
+        w.bytes(value.as_bytes());
+    }
+    // Labels pick the kind of machine a gate runs on (arch, OS image...): part of what
+    // determines its result.
+    w.section(b'l', gate.labels.len());
+    for (name, value) in &gate.labels {
         w.bytes(name.as_bytes());
         w.bytes(value.as_bytes());
     }
@@ -376,6 +384,7 @@ mod tests {
             inputs: inputs.iter().map(|s| (*s).to_owned()).collect(),
             memory: 1 << 20,
             cache: true,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -440,6 +449,10 @@ mod tests {
         check(
             "env name",
             key(&with(&base, |g| g.env = env("RUST_LOX", "info"))),
+        );
+        check(
+            "labels",
+            key(&with(&base, |g| g.labels = env("arch", "arm64"))),
         );
         check(
             "split env",

@@ -201,6 +201,16 @@ pub enum PlanErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// A label is invalid (bad key, bad value, duplicate, too many).
+    #[error("gate {:?} has an invalid label {label:?}: {reason}", .gate.as_str())]
+    InvalidLabel {
+        /// The gate.
+        gate: GateId,
+        /// The label key as written.
+        label: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An env name is empty or contains `=` or NUL.
     #[error(
         "gate {:?} has an invalid env name {name:?}; names must be non-empty without `=` or nul",

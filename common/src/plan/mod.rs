@@ -24,6 +24,8 @@ pub const MAX_GATES: usize = 100_000;
 pub const MAX_RUN_BYTES: usize = 64 * 1024;
 /// Maximum number of `env` entries of one gate.
 pub const MAX_ENV_VARS: usize = 256;
+/// Maximum number of `labels` of one gate.
+pub const MAX_LABELS: usize = 64;
 /// Default memory request of a gate.
 pub const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
 /// Default per-attempt timeout.
@@ -135,6 +137,8 @@ pub struct Gate {
     pub memory: u64,
     /// Whether the result cache is used for this gate.
     pub cache: bool,
+    /// Worker labels this gate requires: it runs only on a worker that has every one.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Plan {

@@ -94,6 +94,9 @@ pub struct RawGate {
     pub memory: Option<Spanned<Scalar>>,
     /// Whether the result cache is used.
     pub cache: Option<bool>,
+    /// Worker labels this gate requires (`arch: arm64`), in file order.
+    #[serde(default)]
+    pub labels: RawEnv,
 }
 
 /// A scalar kept as text: a string, or a number or boolean written without quotes

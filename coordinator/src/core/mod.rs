@@ -45,7 +45,7 @@ use transitions::{Done, finish_gate, gate_event, gate_spec, make_ready, stop_pla
 pub use types::*;
 
 /// Tunables of the core (config, never test-only branches).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CoreConfig {
     /// Grace between TERM and KILL when the core stops a running attempt.
     pub kill_grace: Duration,
@@ -54,6 +54,9 @@ pub struct CoreConfig {
     pub fail_unschedulable: bool,
     /// Attempts of one gate lost with their worker before it fails with `worker_lost`.
     pub max_worker_losses: u32,
+    /// A worker whose used memory exceeds this fraction of its total gets nothing new
+    /// until it recovers.
+    pub memory_pressure: f64,
 }
 
 impl Default for CoreConfig {
@@ -62,6 +65,7 @@ impl Default for CoreConfig {
             kill_grace: Duration::from_secs(5),
             fail_unschedulable: false,
             max_worker_losses: 3,
+            memory_pressure: 0.9,
         }
     }
 }
@@ -73,11 +77,31 @@ struct WorkerSlots {
     free_slots: u32,
     /// Sum of the memory requests of attempts assigned to it and not finished.
     reserved: u64,
+    /// Draining: takes nothing new.
+    draining: bool,
+    /// Above the memory-pressure threshold at its last heartbeat: takes nothing new.
+    pressured: bool,
 }
 
 impl WorkerSlots {
     fn headroom(&self) -> u64 {
         self.info.memory_available.saturating_sub(self.reserved)
+    }
+
+    /// Whether the worker has every label the gate requires.
+    fn has_labels(&self, wanted: &std::collections::BTreeMap<String, String>) -> bool {
+        wanted
+            .iter()
+            .all(|(k, v)| self.info.labels.get(k) == Some(v))
+    }
+
+    /// Whether it may take a gate with this request now.
+    fn admits(&self, memory: u64, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.free_slots > 0
+            && !self.draining
+            && !self.pressured
+            && self.headroom() >= memory
+            && self.has_labels(labels)
     }
 }
 
@@ -95,6 +119,8 @@ pub struct Scheduler {
     workers: BTreeMap<WorkerId, WorkerSlots>,
     /// Dispatched attempts not yet finished: who runs them and what they reserve.
     attempts: HashMap<AttemptRef, (WorkerId, u64)>,
+    /// The plan that got the last dispatch (round-robin cursor).
+    last_served: Option<PlanId>,
     sink: Sink,
 }
 
@@ -106,6 +132,7 @@ impl Scheduler {
             plans: BTreeMap::new(),
             workers: BTreeMap::new(),
             attempts: HashMap::new(),
+            last_served: None,
             sink: Sink::default(),
         }
     }
@@ -137,10 +164,18 @@ impl Scheduler {
             Event::WorkerJoined(info) => self.on_worker_joined(now, info),
             Event::WorkerCapacity {
                 worker,
+                memory_used,
                 memory_available,
             } => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.info.memory_available = memory_available;
+                    let total = w.info.memory_total.max(1) as f64;
+                    w.pressured = memory_used as f64 / total > self.config.memory_pressure;
+                }
+            }
+            Event::WorkerDraining { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.draining = true;
                 }
             }
             Event::WorkerLost { worker } => self.on_worker_lost(now, &worker),
@@ -196,6 +231,8 @@ impl Scheduler {
         let slots = WorkerSlots {
             free_slots: info.slots,
             reserved: 0,
+            draining: false,
+            pressured: false,
             info,
         };
         self.workers.insert(slots.info.id.clone(), slots);
@@ -338,13 +375,30 @@ impl Scheduler {
             finish_gate(run, &mut self.sink, &self.config, g, done);
             return;
         }
+        if matches!(result.status, ExitStatus::Cancelled) {
+            // The worker stopped the attempt on its own (it is draining or shutting
+            // down): like a lost attempt, it runs again elsewhere without using a retry.
+            let gr = run.gate_mut(g);
+            gr.losses += 1;
+            if gr.losses >= self.config.max_worker_losses {
+                let mut done = Done::new(Terminal::Failed, a).reason("worker_lost");
+                done.worker = Some(worker);
+                done.result = Some(result);
+                finish_gate(run, &mut self.sink, &self.config, g, done);
+            } else if run.stopping == Stopping::No {
+                run.push_ready(g);
+            } else {
+                let done = Done::new(Terminal::Cancelled, a).reason("cancelled");
+                finish_gate(run, &mut self.sink, &self.config, g, done);
+            }
+            return;
+        }
         let retries = gate.retries;
         let timeout = matches!(result.status, ExitStatus::TimedOut);
-        let cancelled = matches!(result.status, ExitStatus::Cancelled);
         let gr = run.gate_mut(g);
         gr.failures += 1;
         let failures = gr.failures;
-        if !cancelled && failures <= retries && run.stopping == Stopping::No {
+        if failures <= retries && run.stopping == Stopping::No {
             let backoff = retry_backoff(run.plan.policy.retry_backoff, failures);
             let gr = run.gate_mut(g);
             gr.state = GateState::Backoff { attempt: a + 1 };
@@ -363,9 +417,7 @@ impl Scheduler {
             });
             return;
         }
-        let terminal = if cancelled {
-            Terminal::Cancelled
-        } else if timeout {
+        let terminal = if timeout {
             Terminal::TimedOut
         } else {
             Terminal::Failed
@@ -396,14 +448,19 @@ impl Scheduler {
     fn pump(&mut self) {
         loop {
             let mut progressed = false;
-            let ids: Vec<PlanId> = self
+            // Start after the plan served last, so a freed slot does not always go to
+            // the plan with the smallest id.
+            let (after, upto): (Vec<_>, Vec<_>) = self
                 .plans
                 .iter()
                 .filter(|(_, r)| !r.ready.is_empty() && r.may_dispatch())
                 .map(|(id, _)| id.clone())
-                .collect();
-            for id in ids {
-                progressed |= self.dispatch_one(&id);
+                .partition(|id| self.last_served.as_ref().is_some_and(|last| id > last));
+            for id in after.into_iter().chain(upto) {
+                if self.dispatch_one(&id) {
+                    progressed = true;
+                    self.last_served = Some(id);
+                }
             }
             if !progressed {
                 return;
@@ -423,10 +480,11 @@ impl Scheduler {
             return false;
         };
         let memory = run.plan.gate(g).memory;
+        let labels = &run.plan.gate(g).labels;
         let best = self
             .workers
             .values_mut()
-            .filter(|w| w.free_slots > 0 && w.headroom() >= memory)
+            .filter(|w| w.admits(memory, labels))
             .max_by(|a, b| {
                 a.headroom()
                     .cmp(&b.headroom())
@@ -478,12 +536,27 @@ impl Scheduler {
     /// No worker can take gate `g` now. If none ever could, fail it (fixed-capacity
     /// executors) or publish once why it waits; otherwise it simply waits for capacity.
     fn cannot_place(&mut self, id: &PlanId, g: GateIdx, memory: u64) -> bool {
-        let largest = self.workers.values().map(|w| w.info.memory_total).max();
+        let Some(run) = self.plans.get_mut(id) else {
+            return false;
+        };
+        let labels = &run.plan.gate(g).labels;
+        let live: Vec<&WorkerSlots> = self.workers.values().filter(|w| !w.draining).collect();
+        let fitting: Vec<&&WorkerSlots> = live.iter().filter(|w| w.has_labels(labels)).collect();
+        let largest = fitting.iter().map(|w| w.info.memory_total).max();
         if largest.is_some_and(|m| m >= memory) {
             return false; // throttled: capacity frees up when a running gate ends
         }
-        let Some(run) = self.plans.get_mut(id) else {
-            return false;
+        let reason = if live.is_empty() {
+            "no live worker".to_string()
+        } else if fitting.is_empty() {
+            let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("no live worker has the labels {}", wanted.join(","))
+        } else {
+            format!(
+                "needs {} of memory but the largest worker that could run it has {}",
+                gatehouse_common::units::format_size(memory),
+                gatehouse_common::units::format_size(largest.unwrap_or(0))
+            )
         };
         if self.config.fail_unschedulable {
             run.ready.pop();
@@ -493,14 +566,6 @@ impl Scheduler {
         }
         if !run.gate(g).waiting_reported {
             run.gate_mut(g).waiting_reported = true;
-            let reason = match largest {
-                None => "no live worker".to_string(),
-                Some(m) => format!(
-                    "needs {} of memory but the largest worker has {}",
-                    gatehouse_common::units::format_size(memory),
-                    gatehouse_common::units::format_size(m)
-                ),
-            };
             let ev = gate_event(run, g, GateStatus::Waiting { reason }, 0, None);
             self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
         }

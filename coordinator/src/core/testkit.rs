@@ -20,6 +20,7 @@ pub(crate) struct G {
     pub needs: Vec<u32>,
     pub retries: u32,
     pub memory: u64,
+    pub labels: BTreeMap<String, String>,
 }
 
 pub(crate) fn g(name: &str, needs: &[u32]) -> G {
@@ -28,6 +29,7 @@ pub(crate) fn g(name: &str, needs: &[u32]) -> G {
         needs: needs.to_vec(),
         retries: 0,
         memory: DEFAULT_MEMORY,
+        labels: BTreeMap::new(),
     }
 }
 
@@ -45,6 +47,7 @@ fn gate(id: String, item: Option<ItemIdx>, spec: &G) -> Gate {
         inputs: vec![],
         memory: spec.memory,
         cache: true,
+        labels: spec.labels.clone(),
     }
 }
 
@@ -106,6 +109,7 @@ pub(crate) fn worker(id: &str, slots: u32, mem: u64) -> WorkerInfo {
         slots,
         memory_total: mem,
         memory_available: mem,
+        labels: BTreeMap::new(),
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::CacheEntry;
 use gatehouse_common::exec::ExitStatus;
-use gatehouse_common::ids::{GateId, GateIdx, WorkerId};
+use gatehouse_common::ids::{GateId, GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Policy;
 
 use super::testkit::*;
@@ -247,6 +247,7 @@ fn memory_admission_throttles_instead_of_overcommitting() {
     assert_eq!(sim.running.len(), 2);
     sim.feed(Event::WorkerCapacity {
         worker: WorkerId::new("w"),
+        memory_used: 0,
         memory_available: 2000 * MI,
     });
     assert_eq!(sim.running.len(), 3, "more memory admits the next gate");
@@ -522,4 +523,107 @@ fn losing_the_only_worker_of_a_fixed_pool_fails_instead_of_hanging() {
     assert_eq!(sim.state(0), Terminal::Failed);
     assert_eq!(sim.terminal(0).reason, Some("unschedulable"));
     assert_eq!(sim.state(1), Terminal::Skipped);
+}
+
+#[test]
+fn labels_constrain_placement_and_unmatched_gates_wait_with_a_reason() {
+    let mut arm = g("arm", &[]);
+    arm.labels = [("arch".to_string(), "arm64".to_string())].into();
+    let mut gpu = g("gpu", &[]);
+    gpu.labels = [("gpu".to_string(), "yes".to_string())].into();
+    let plan = flat(Policy::default(), &[arm, gpu, g("any", &[])]);
+    let mut x86 = worker("x86", 4, 4096 * MI);
+    x86.labels = [("arch".to_string(), "amd64".to_string())].into();
+    let mut arm64 = worker("arm64", 4, 4096 * MI);
+    arm64.labels = [("arch".to_string(), "arm64".to_string())].into();
+    let mut sim = Sim::new(CoreConfig::default(), &[x86, arm64]);
+    sim.submit(plan, false);
+    let placed: Vec<(u32, &str)> = sim
+        .running
+        .iter()
+        .map(|(w, a)| (a.gate.0, w.as_str()))
+        .collect();
+    assert!(placed.contains(&(0, "arm64")), "{placed:?}");
+    assert!(
+        !placed.iter().any(|(g, _)| *g == 1),
+        "no worker has gpu=yes"
+    );
+    let reason = sim.events.iter().find_map(|e| match &e.status {
+        GateStatus::Waiting { reason } if e.gate.0 == 1 => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        reason.as_deref(),
+        Some("no live worker has the labels gpu=yes")
+    );
+}
+
+#[test]
+fn pressured_and_draining_workers_get_nothing_new() {
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[]), g("c", &[])]);
+    let mut sim = Sim::new(
+        CoreConfig::default(),
+        &[worker("w1", 4, 4096 * MI), worker("w2", 4, 4096 * MI)],
+    );
+    sim.feed(Event::WorkerCapacity {
+        worker: WorkerId::new("w1"),
+        memory_used: 3900 * MI,
+        memory_available: 196 * MI,
+    });
+    sim.feed(Event::WorkerDraining {
+        worker: WorkerId::new("w2"),
+    });
+    sim.submit(plan, false);
+    assert!(sim.running.is_empty(), "w1 is over 90% used, w2 drains");
+    sim.feed(Event::WorkerCapacity {
+        worker: WorkerId::new("w1"),
+        memory_used: 100 * MI,
+        memory_available: 3996 * MI,
+    });
+    assert_eq!(sim.running.len(), 3, "w1 recovered");
+    assert!(sim.running.iter().all(|(w, _)| w.as_str() == "w1"));
+}
+
+#[test]
+fn worker_cancelled_attempts_run_again_without_using_a_retry() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(
+        CoreConfig::default(),
+        &[worker("w1", 1, 4096 * MI), worker("w2", 1, 4096 * MI)],
+    );
+    sim.submit(plan, false);
+    let first = sim.running[0].0.clone();
+    sim.feed(Event::WorkerDraining {
+        worker: first.clone(),
+    });
+    sim.finish(0, ExitStatus::Cancelled);
+    assert_eq!(sim.running.len(), 1, "re-queued");
+    assert_ne!(sim.running[0].0, first, "not on the draining worker");
+    assert_eq!(sim.running[0].1.attempt, 2);
+    sim.pass(0);
+    let ev = sim.terminal(0);
+    assert_eq!(
+        (ev.status.clone(), ev.flaky),
+        (GateStatus::Finished(Terminal::Passed), false)
+    );
+}
+
+#[test]
+fn plans_share_workers_round_robin() {
+    let many = |n: usize| (0..n).map(|i| g(&format!("g{i}"), &[])).collect::<Vec<_>>();
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    sim.submit(flat(Policy::default(), &many(4)), false);
+    sim.plan = PlanId::new("p2");
+    sim.submit(flat(Policy::default(), &many(4)), false);
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let (_, a) = sim.running[0].clone();
+        order.push(a.plan.to_string());
+        sim.running.clear();
+        sim.feed(Event::GateFinished {
+            attempt: a,
+            result: result(ExitStatus::Exited(0)),
+        });
+    }
+    assert_eq!(order, ["p1", "p2", "p1", "p2", "p1", "p2"]);
 }

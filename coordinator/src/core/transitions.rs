@@ -83,6 +83,7 @@ pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
         run: gate.run.clone(),
         env: gate.env.clone(),
         workdir: gate.workdir.clone(),
+        workdir_rel: gate.workdir_rel.clone(),
         timeout: gate.timeout,
         memory: gate.memory,
     }

@@ -29,6 +29,8 @@ pub struct WorkerInfo {
     pub memory_total: u64,
     /// Memory it reports available now, in bytes.
     pub memory_available: u64,
+    /// Its labels; a gate with `labels` runs only where all of them match.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Events into the core.
@@ -45,12 +47,19 @@ pub enum Event {
     },
     /// An executor joined (or rejoined as a fresh worker).
     WorkerJoined(WorkerInfo),
-    /// An executor reported its available memory (heartbeat).
+    /// An executor reported its memory (heartbeat).
     WorkerCapacity {
         /// Which worker.
         worker: WorkerId,
+        /// Memory in use on its machine, in bytes.
+        memory_used: u64,
         /// Memory available now, in bytes.
         memory_available: u64,
+    },
+    /// An executor is draining: it finishes what it runs and takes nothing new.
+    WorkerDraining {
+        /// Which worker.
+        worker: WorkerId,
     },
     /// An executor is gone; its running attempts are re-queued.
     WorkerLost {

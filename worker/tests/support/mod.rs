@@ -24,6 +24,7 @@ pub fn spec(run: &str, workdir: &Path) -> GateSpec {
         run: run.to_owned(),
         env: BTreeMap::new(),
         workdir: workdir.to_path_buf(),
+        workdir_rel: ".".into(),
         timeout: Duration::from_secs(120),
         memory: 0,
     }

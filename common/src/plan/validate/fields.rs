@@ -15,7 +15,7 @@ use super::line;
 use crate::ids::{GateId, ItemIdx};
 use crate::plan::error::{Collector, PlanErrorKind};
 use crate::plan::raw::{RawGate, RawPolicy, Scalar};
-use crate::plan::{DEFAULT_MEMORY, Gate, MAX_ENV_VARS, MAX_RUN_BYTES, Policy};
+use crate::plan::{DEFAULT_MEMORY, Gate, MAX_ENV_VARS, MAX_LABELS, MAX_RUN_BYTES, Policy};
 use crate::units::{parse_duration, parse_size};
 
 /// The policy with defaults applied.
@@ -84,6 +84,7 @@ pub(super) fn gate(
         inputs: raw.inputs.iter().map(|i| i.value.clone()).collect(),
         memory: memory(raw, &id, errs),
         cache: raw.cache.unwrap_or(policy.cache),
+        labels: labels(raw, &id, errs),
         id,
         item,
         needs: Vec::new(),
@@ -167,6 +168,45 @@ fn env(raw: &RawGate, id: &GateId, errs: &mut Collector) -> BTreeMap<String, Str
         }
     }
     env
+}
+
+/// The gate's `labels`: at most [`MAX_LABELS`] entries; keys `[A-Za-z0-9._/-]{1,128}`,
+/// values at most 256 bytes without NUL; no key twice.
+fn labels(raw: &RawGate, id: &GateId, errs: &mut Collector) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if raw.labels.0.len() > MAX_LABELS {
+        let reason = format!("more than {MAX_LABELS} labels");
+        let kind = PlanErrorKind::InvalidLabel {
+            gate: id.clone(),
+            label: String::new(),
+            reason,
+        };
+        errs.push(line(&raw.id), kind);
+    }
+    for (key, value) in &raw.labels.0 {
+        let k = &key.value;
+        let key_ok = (1..=128).contains(&k.len())
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        let reason = if !key_ok {
+            Some("keys are 1 to 128 of [A-Za-z0-9._/-]".to_string())
+        } else if value.0.len() > 256 || value.0.contains('\0') {
+            Some("values are at most 256 bytes without nul".to_string())
+        } else if labels.insert(k.clone(), value.0.clone()).is_some() {
+            Some("given twice".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let kind = PlanErrorKind::InvalidLabel {
+                gate: id.clone(),
+                label: k.clone(),
+                reason,
+            };
+            errs.push(line(key), kind);
+        }
+    }
+    labels
 }
 
 /// The gate's memory request: a valid non-zero size, [`DEFAULT_MEMORY`] when absent.

@@ -1,0 +1,115 @@
+//! `gatehouse coordinator`: a standalone coordinator serving the plan and worker APIs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use gatehouse_common::units::parse_duration;
+use gatehouse_coordinator::server::{self, CoordinatorConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::{EXIT_FAILED, EXIT_PASSED};
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Address for the gRPC API (plans, workers, health, reflection); port 0 picks one.
+    #[arg(long, default_value = "0.0.0.0:7700", env = "GATEHOUSE_LISTEN")]
+    listen: SocketAddr,
+    /// Write the bound address to this file once serving (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// How often workers send heartbeats.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// A worker silent for this long is declared lost and its gates re-queued.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    liveness_timeout: Duration,
+    /// Workers using more than this fraction of their memory get no new gates.
+    #[arg(long, default_value_t = 0.9, value_parser = parse_fraction)]
+    memory_pressure: f64,
+    /// Grace between SIGTERM and SIGKILL when gates are cancelled.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
+    /// Finished plans kept for status and watch.
+    #[arg(long, default_value_t = 100)]
+    retain_plans: usize,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not in (0, 1]"))
+    }
+}
+
+pub fn main(args: CoordinatorArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => EXIT_PASSED,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let mut sigint =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, &bound.to_string())
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+    eprintln!("gatehouse coordinator listening on {bound}");
+    let config = CoordinatorConfig {
+        heartbeat_interval: args.heartbeat_interval,
+        liveness_timeout: args.liveness_timeout,
+        memory_pressure: args.memory_pressure,
+        kill_grace: args.kill_grace,
+        retain_finished: args.retain_plans,
+        ..CoordinatorConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = gatehouse_common::spawn::spawn_named(
+        "coordinator",
+        server::run(config, listener, shutdown.clone()),
+    );
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    eprintln!("shutting down");
+    shutdown.cancel();
+    server.await.context("coordinator task failed")??;
+    Ok(())
+}
+
+/// Writes `content` to a temp file next to `path`, then renames it into place, so a
+/// reader never sees a partial address.
+pub fn write_atomically(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,434 @@
+//! Wire events render exactly like the core events they were encoded from.
+
+use std::path::Path;
+
+use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
+use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::plan::{Plan, PlanFormat, parse_plan};
+use gatehouse_coordinator::core::{self, GateStatus};
+
+use super::*;
+use crate::render::json::{gate_value, summary_value};
+use crate::render::text::gate_line;
+
+const ITEMS: &str = r#"
+version: 1
+name: pyramid
+items:
+  - id: pr-1
+    gates:
+      - { id: lint, run: "true" }
+      - { id: test, run: "true", needs: [lint] }
+  - id: pr-2
+    deps: [pr-1]
+    gates:
+      - { id: test, run: "true" }
+  - id: pr-3
+    gates:
+      - { id: build, run: "true" }
+"#;
+
+const FLAT: &str = r#"
+version: 1
+name: flat
+gates:
+  - { id: a, run: "true" }
+  - { id: b, run: "true", needs: [a] }
+"#;
+
+fn plan(text: &str) -> Plan {
+    parse_plan(text, PlanFormat::Yaml, "plan.yaml", Path::new("/")).expect("valid plan")
+}
+
+fn wire_state(status: &GateStatus) -> v1::GateState {
+    match status {
+        GateStatus::Dispatched => v1::GateState::Pending,
+        GateStatus::Running => v1::GateState::Running,
+        GateStatus::Retrying { .. } => v1::GateState::Retrying,
+        GateStatus::Waiting { .. } => v1::GateState::Waiting,
+        GateStatus::Finished(Terminal::Passed) => v1::GateState::Passed,
+        GateStatus::Finished(Terminal::Failed) => v1::GateState::Failed,
+        GateStatus::Finished(Terminal::TimedOut) => v1::GateState::TimedOut,
+        GateStatus::Finished(Terminal::Skipped) => v1::GateState::Skipped,
+        GateStatus::Finished(Terminal::Cancelled) => v1::GateState::Cancelled,
+    }
+}
+
+/// What the coordinator publishes for a core event (plan.proto's `GateEvent`).
+fn encode(plan: &Plan, ev: &core::GateEvent) -> v1::GateEvent {
+    let gate = plan.gate(ev.gate);
+    let (backoff_ms, waiting_for) = match &ev.status {
+        GateStatus::Retrying { backoff } => (backoff.as_millis() as u64, String::new()),
+        GateStatus::Waiting { reason } => (0, reason.clone()),
+        _ => (0, String::new()),
+    };
+    v1::GateEvent {
+        gate_id: gate.id.to_string(),
+        item_id: gate
+            .item
+            .map(|i| plan.item(i).id.to_string())
+            .unwrap_or_default(),
+        state: wire_state(&ev.status) as i32,
+        attempt: ev.attempt,
+        cached: ev.cached,
+        flaky: ev.flaky,
+        worker_id: ev
+            .worker
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        reason: ev.reason.unwrap_or_default().to_string(),
+        cause: ev
+            .cause
+            .map(|c| plan.gate(c).id.to_string())
+            .unwrap_or_default(),
+        result: ev.result.as_ref().map(v1::AttemptResult::from),
+        backoff_ms,
+        waiting_for,
+    }
+}
+
+/// What the coordinator returns from `GetPlan` for a plan (gates only as far as the
+/// view needs them).
+fn describe(plan: &Plan) -> v1::GetPlanResponse {
+    v1::GetPlanResponse {
+        plan: Some(v1::PlanInfo {
+            plan_id: "p-1".into(),
+            name: plan.name.clone(),
+            ..Default::default()
+        }),
+        gates: plan
+            .gates
+            .iter()
+            .map(|g| v1::GateStatus {
+                gate_id: g.id.to_string(),
+                item_id: g
+                    .item
+                    .map(|i| plan.item(i).id.to_string())
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect(),
+        levels: plan
+            .level_ids()
+            .into_iter()
+            .map(|ids| v1::Level { ids })
+            .collect(),
+        summary: None,
+    }
+}
+
+fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
+    GateResult {
+        status,
+        duration: std::time::Duration::from_millis(1234),
+        peak_memory: Some(3_600_000),
+        stdout: OutputTail {
+            bytes: b"out\n".to_vec(),
+            dropped: 0,
+        },
+        stderr: OutputTail {
+            bytes: stderr.as_bytes().to_vec(),
+            dropped,
+        },
+    }
+}
+
+fn event(gate: u32, status: GateStatus) -> core::GateEvent {
+    core::GateEvent {
+        plan: PlanId::new("p-1"),
+        gate: GateIdx(gate),
+        status,
+        attempt: 1,
+        worker: Some(WorkerId::new("w-1")),
+        cached: false,
+        flaky: false,
+        result: None,
+        reason: None,
+        cause: None,
+    }
+}
+
+/// One event of every kind the core emits, with the fields each carries.
+fn every_kind_of_event() -> Vec<core::GateEvent> {
+    let failed = |status| Some(result(status, "boom\nbad things\n", 0));
+    vec![
+        event(0, GateStatus::Dispatched),
+        event(0, GateStatus::Running),
+        core::GateEvent {
+            attempt: 2,
+            result: failed(ExitStatus::Exited(3)),
+            reason: Some("exit_code"),
+            ..event(
+                0,
+                GateStatus::Retrying {
+                    backoff: std::time::Duration::from_millis(1500),
+                },
+            )
+        },
+        core::GateEvent {
+            worker: None,
+            attempt: 0,
+            reason: Some("unschedulable"),
+            ..event(
+                1,
+                GateStatus::Waiting {
+                    reason: "needs 64Gi; no worker has that much".into(),
+                },
+            )
+        },
+        core::GateEvent {
+            attempt: 3,
+            flaky: true,
+            result: Some(result(ExitStatus::Exited(0), "", 0)),
+            ..event(0, GateStatus::Finished(Terminal::Passed))
+        },
+        core::GateEvent {
+            attempt: 0,
+            cached: true,
+            worker: None,
+            result: Some(result(ExitStatus::Exited(0), "", 0)),
+            ..event(3, GateStatus::Finished(Terminal::Passed))
+        },
+        core::GateEvent {
+            result: Some(result(
+                ExitStatus::Exited(2),
+                "line\n".repeat(30).as_str(),
+                77,
+            )),
+            reason: Some("exit_code"),
+            ..event(1, GateStatus::Finished(Terminal::Failed))
+        },
+        core::GateEvent {
+            result: failed(ExitStatus::Signaled(9)),
+            reason: Some("signal"),
+            ..event(1, GateStatus::Finished(Terminal::Failed))
+        },
+        core::GateEvent {
+            // The wire has one peak field: an executor reports the peak that crossed
+            // the limit as the attempt's sampled peak too.
+            result: Some(GateResult {
+                peak_memory: Some(9 << 30),
+                ..result(
+                    ExitStatus::MemoryExceeded {
+                        peak: 9 << 30,
+                        limit: 4 << 30,
+                    },
+                    "killed\n",
+                    0,
+                )
+            }),
+            reason: Some("memory"),
+            ..event(1, GateStatus::Finished(Terminal::Failed))
+        },
+        core::GateEvent {
+            result: failed(ExitStatus::SpawnFailed("no such directory".into())),
+            reason: Some("spawn_failed"),
+            ..event(1, GateStatus::Finished(Terminal::Failed))
+        },
+        core::GateEvent {
+            result: failed(ExitStatus::TimedOut),
+            reason: Some("timeout"),
+            ..event(1, GateStatus::Finished(Terminal::TimedOut))
+        },
+        core::GateEvent {
+            worker: None,
+            attempt: 0,
+            reason: Some("dependency_failed"),
+            cause: Some(GateIdx(1)),
+            ..event(2, GateStatus::Finished(Terminal::Skipped))
+        },
+        core::GateEvent {
+            result: failed(ExitStatus::Cancelled),
+            reason: Some("cancelled"),
+            ..event(0, GateStatus::Finished(Terminal::Cancelled))
+        },
+        core::GateEvent {
+            worker: None,
+            attempt: 0,
+            reason: Some("cancelled"),
+            ..event(3, GateStatus::Finished(Terminal::Cancelled))
+        },
+        core::GateEvent {
+            worker: None,
+            result: failed(ExitStatus::Exited(1)),
+            reason: Some("worker_lost"),
+            ..event(3, GateStatus::Finished(Terminal::Failed))
+        },
+    ]
+}
+
+#[test]
+fn a_plan_described_by_the_coordinator_has_the_local_view() {
+    for text in [ITEMS, FLAT] {
+        let plan = plan(text);
+        assert_eq!(plan_view(&describe(&plan)), PlanView::from_plan(&plan));
+    }
+}
+
+#[test]
+fn wire_events_render_exactly_like_the_core_events_they_encode() {
+    let plan = plan(ITEMS);
+    let local = PlanView::from_plan(&plan);
+    let remote = plan_view(&describe(&plan));
+    for ev in every_kind_of_event() {
+        let from_core = GateUpdate::from_core(&ev);
+        let from_wire = gate_update(&remote, encode(&plan, &ev)).expect("known gate");
+        assert_eq!(
+            from_core.is_some(),
+            from_wire.is_some(),
+            "shown from both or neither: {ev:?}"
+        );
+        let (Some(a), Some(b)) = (from_core, from_wire) else {
+            continue;
+        };
+        assert_eq!(a, b, "same update for {ev:?}");
+        let (ja, jb) = (gate_value(&local, &a), gate_value(&remote, &b));
+        assert_eq!(ja.to_string(), jb.to_string(), "same JSON line for {ev:?}");
+        assert_eq!(gate_line(&local, &a), gate_line(&remote, &b));
+    }
+}
+
+#[test]
+fn every_wire_state_converts() {
+    let plan = plan(FLAT);
+    let view = plan_view(&describe(&plan));
+    let convert = |state: v1::GateState| {
+        let ev = v1::GateEvent {
+            gate_id: "b".into(),
+            state: state as i32,
+            backoff_ms: 250,
+            waiting_for: "no worker".into(),
+            ..Default::default()
+        };
+        gate_update(&view, ev)
+            .expect("known gate")
+            .map(|u| u.change)
+    };
+    let expected = [
+        (v1::GateState::Unspecified, None),
+        (v1::GateState::Pending, None),
+        (v1::GateState::Running, Some(Change::Running)),
+        (
+            v1::GateState::Retrying,
+            Some(Change::Retrying {
+                backoff: Duration::from_millis(250),
+            }),
+        ),
+        (
+            v1::GateState::Waiting,
+            Some(Change::Waiting {
+                reason: "no worker".into(),
+            }),
+        ),
+        (
+            v1::GateState::Passed,
+            Some(Change::Finished(Terminal::Passed)),
+        ),
+        (
+            v1::GateState::Failed,
+            Some(Change::Finished(Terminal::Failed)),
+        ),
+        (
+            v1::GateState::TimedOut,
+            Some(Change::Finished(Terminal::TimedOut)),
+        ),
+        (
+            v1::GateState::Skipped,
+            Some(Change::Finished(Terminal::Skipped)),
+        ),
+        (
+            v1::GateState::Cancelled,
+            Some(Change::Finished(Terminal::Cancelled)),
+        ),
+    ];
+    for (state, change) in expected {
+        assert_eq!(convert(state), change, "{state:?}");
+    }
+    // A state this client does not know yet reads as unspecified.
+    let unknown = v1::GateEvent {
+        gate_id: "b".into(),
+        state: 99,
+        ..Default::default()
+    };
+    assert_eq!(gate_update(&view, unknown), Ok(None));
+}
+
+#[test]
+fn wire_events_for_unknown_gates_are_refused_and_bad_fields_dropped() {
+    let view = plan_view(&describe(&plan(FLAT)));
+    let ev = v1::GateEvent {
+        gate_id: "zzz".into(),
+        state: v1::GateState::Passed as i32,
+        ..Default::default()
+    };
+    assert_eq!(
+        gate_update(&view, ev),
+        Err(WireViewError::UnknownGate("zzz".into()))
+    );
+    let ev = v1::GateEvent {
+        gate_id: "b".into(),
+        state: v1::GateState::Skipped as i32,
+        cause: "not-a-gate".into(),
+        result: Some(v1::AttemptResult::default()),
+        ..Default::default()
+    };
+    let update = gate_update(&view, ev).expect("known gate").expect("shown");
+    assert_eq!(
+        (update.cause, update.result, update.worker),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn wire_summaries_render_like_core_summaries() {
+    let plan = plan(ITEMS);
+    let local = PlanView::from_plan(&plan);
+    let remote = plan_view(&describe(&plan));
+    let counts = Counts {
+        total: 4,
+        passed: 3,
+        failed: 1,
+        cached: 1,
+        ..Counts::default()
+    };
+    for (outcome, wire_outcome) in [
+        (PlanOutcome::Passed, v1::PlanOutcome::Passed),
+        (PlanOutcome::Failed, v1::PlanOutcome::Failed),
+        (PlanOutcome::Cancelled, v1::PlanOutcome::Cancelled),
+    ] {
+        let core_summary = core::PlanSummary {
+            plan: PlanId::new("p-1"),
+            outcome,
+            counts,
+            merge_order: vec![ItemIdx(0), ItemIdx(2)],
+            duration: Duration::from_millis(2345),
+        };
+        let wire_summary = v1::PlanSummary {
+            plan_id: "p-1".into(),
+            name: plan.name.clone(),
+            outcome: wire_outcome as i32,
+            counts: Some(v1::Counts {
+                total: 4,
+                passed: 3,
+                failed: 1,
+                cached: 1,
+                ..Default::default()
+            }),
+            merge_order: vec!["pr-1".into(), "pr-3".into()],
+            levels: describe(&plan).levels,
+            duration_ms: 2345,
+        };
+        let a = SummaryView::from_core(&local, &core_summary);
+        let b = summary_view(&wire_summary);
+        assert_eq!(a, b);
+        assert_eq!(
+            summary_value(&local, &a).to_string(),
+            summary_value(&remote, &b).to_string()
+        );
+    }
+    assert_eq!(
+        outcome(v1::PlanOutcome::Unspecified as i32),
+        PlanOutcome::Failed
+    );
+}

@@ -1,0 +1,251 @@
+//! `gatehouse worker`: runs the gates a coordinator assigns, on this machine, through
+//! [`gatehouse_worker::remote::run`].
+//!
+//! Signals: the first SIGTERM or SIGINT starts a drain (no new work, running gates get
+//! `--drain-grace` to finish, then are cancelled and re-queued by the coordinator) and
+//! the command exits 0 once it is done; a second one kills the running gates at once and
+//! exits 130. Invalid flags exit 2; a fatal error exits 1 with a one-line message.
+//!
+//! There is no `--memory-pressure` here: the coordinator applies its own threshold to the
+//! used/total memory the worker reports in its heartbeats.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_common::ids::{WorkerId, is_valid_id};
+use gatehouse_common::units::{parse_duration, parse_size};
+use gatehouse_worker::ExecConfig;
+use gatehouse_worker::remote::{self, RemoteWorkerConfig, RemoteWorkerError, parse_labels};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASSED};
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// Coordinator URLs, tried in this order on every (re)connect.
+    #[arg(
+        long = "coordinator",
+        value_name = "URL[,URL...]",
+        env = "GATEHOUSE_COORDINATOR",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7700"
+    )]
+    coordinators: Vec<String>,
+    /// Worker id, unique among the coordinator's workers [default: <hostname>-<pid>].
+    #[arg(long)]
+    id: Option<String>,
+    /// Gates run at once [default: number of CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    slots: Option<u32>,
+    /// Labels advertised to the coordinator, as k=v (comma-separated or repeated);
+    /// gates that require labels only run on workers that have all of them.
+    #[arg(long, value_name = "K=V[,K=V...]")]
+    labels: Vec<String>,
+    /// Simulated total memory (e.g. 8Gi): advertised instead of the machine's, with
+    /// available = this minus the memory requests of the running gates.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Shared directory that relative gate workdirs resolve against [default: a fresh
+    /// scratch directory per attempt, removed after it].
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// How long a drain (first SIGTERM/SIGINT) waits for running gates before
+    /// cancelling them.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_grace: Duration,
+    /// Time between SIGTERM and SIGKILL when a gate times out or a drain cancels it
+    /// (cancellations from the coordinator carry their own grace).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    kill_grace: Duration,
+}
+
+/// Runs the worker until it drained (0), was stopped by a second signal (130), got
+/// invalid flags (2) or failed (1).
+pub fn main(args: WorkerArgs) -> u8 {
+    let cfg = match config(args) {
+        Ok(cfg) => cfg,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_INVALID;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    runtime.block_on(serve(cfg))
+}
+
+/// Validates the flags into a worker configuration.
+fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
+    let id = match args.id {
+        Some(id) if is_valid_id(&id) => id,
+        Some(id) => {
+            return Err(format!(
+                "invalid --id {id:?}: use 1 to 128 letters, digits, '.', '_' or '-'"
+            ));
+        }
+        None => default_id(),
+    };
+    let labels = parse_labels(args.labels.iter().map(String::as_str))
+        .map_err(|e| format!("invalid --labels: {e}"))?;
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let mut cfg = RemoteWorkerConfig::new(args.coordinators, WorkerId::new(id));
+    cfg.slots = slots;
+    cfg.labels = labels;
+    cfg.memory_total = args.memory;
+    cfg.workspace = args.workspace;
+    cfg.drain_grace = args.drain_grace;
+    cfg.exec = ExecConfig {
+        kill_grace: args.kill_grace,
+        ..ExecConfig::default()
+    };
+    Ok(cfg)
+}
+
+/// `<hostname>-<pid>`, with anything an id may not contain in the hostname replaced.
+fn default_id() -> String {
+    let host = sysinfo::System::host_name().unwrap_or_else(|_| "worker".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{host}-{}", std::process::id())
+}
+
+async fn serve(cfg: RemoteWorkerConfig) -> u8 {
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot install the signal handlers: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let worker = remote::run(cfg, shutdown.clone(), drain.clone());
+    tokio::pin!(worker);
+    let result = loop {
+        tokio::select! {
+            result = &mut worker => break result,
+            _ = sigterm.recv() => on_signal(&drain, &shutdown),
+            _ = sigint.recv() => on_signal(&drain, &shutdown),
+        }
+    };
+    match result {
+        Ok(()) if shutdown.is_cancelled() => EXIT_INTERRUPTED,
+        Ok(()) => EXIT_PASSED,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if is_usage_error(&e) {
+                EXIT_INVALID
+            } else {
+                EXIT_FAILED
+            }
+        }
+    }
+}
+
+/// First signal: drain; any later one: stop at once.
+fn on_signal(drain: &CancellationToken, shutdown: &CancellationToken) {
+    if drain.is_cancelled() {
+        tracing::warn!("second signal: killing running gates and stopping");
+        shutdown.cancel();
+    } else {
+        tracing::warn!("signal received: draining (send another to stop at once)");
+        drain.cancel();
+    }
+}
+
+/// Errors caused by the flags rather than by the machine or the executor.
+fn is_usage_error(e: &RemoteWorkerError) -> bool {
+    matches!(
+        e,
+        RemoteWorkerError::NoCoordinators
+            | RemoteWorkerError::InvalidUrl { .. }
+            | RemoteWorkerError::NoSlots
+            | RemoteWorkerError::InvalidBackoff { .. }
+            | RemoteWorkerError::Workspace { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<RemoteWorkerConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("worker").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        config(cli.args)
+    }
+
+    #[test]
+    fn flags_build_the_worker_config() {
+        let cfg = parse(&[
+            "--coordinator=http://a:1,http://b:2",
+            "--id=w-7",
+            "--slots=3",
+            "--labels=arch=arm64,gpu=1",
+            "--labels=zone=eu",
+            "--memory=2Gi",
+            "--workspace=/srv/ws",
+            "--drain-grace=1m",
+            "--kill-grace=2s",
+        ])
+        .expect("valid flags");
+        assert_eq!(cfg.coordinators, ["http://a:1", "http://b:2"]);
+        assert_eq!((cfg.id.as_str(), cfg.slots), ("w-7", 3));
+        assert_eq!(cfg.labels.len(), 3);
+        assert_eq!(cfg.memory_total, Some(2 << 30));
+        assert_eq!(cfg.workspace, Some(PathBuf::from("/srv/ws")));
+        assert_eq!(cfg.drain_grace, Duration::from_secs(60));
+        assert_eq!(cfg.exec.kill_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn defaults_and_bad_flags() {
+        let cfg = parse(&["--coordinator=http://c:7700"]).expect("defaults");
+        assert!(cfg.slots >= 1);
+        assert!(
+            cfg.id
+                .as_str()
+                .ends_with(&format!("-{}", std::process::id()))
+        );
+        assert!(is_valid_id(cfg.id.as_str()), "{}", cfg.id);
+        assert_eq!(cfg.drain_grace, Duration::from_secs(30));
+        assert!(cfg.workspace.is_none() && cfg.memory_total.is_none());
+        assert!(parse(&["--slots=0"]).is_err());
+        assert!(parse(&["--id=a b"]).is_err());
+        assert!(parse(&["--labels=nokey"]).is_err());
+        assert!(parse(&["--labels=a=1,a=2"]).is_err());
+        assert!(parse(&["--memory=lots"]).is_err());
+        assert!(parse(&["--drain-grace=30"]).is_err());
+    }
+}

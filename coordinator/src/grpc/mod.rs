@@ -1,0 +1,23 @@
+//! gRPC services of the coordinator. Each method decodes, makes one handle call and
+//! encodes the reply; state lives in the actors (`scheduler`, `registry`) and in the
+//! worker session tasks.
+
+mod plan_service;
+mod wire;
+mod worker_service;
+
+pub use plan_service::PlanServiceImpl;
+pub use worker_service::{
+    GrpcTransport, Outboxes, SessionConfig, WorkerDirectory, WorkerServiceImpl,
+};
+
+use crate::registry::RegistryError;
+
+impl From<RegistryError> for tonic::Status {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            RegistryError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+        }
+    }
+}

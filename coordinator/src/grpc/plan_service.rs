@@ -1,0 +1,212 @@
+//! `gatehouse.v1.PlanService`: submit, observe and cancel plans.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use gatehouse_common::ids::PlanId;
+use gatehouse_common::plan::error::PlanErrorKind;
+use gatehouse_common::plan::validate::MAX_PLAN_BYTES;
+use gatehouse_common::plan::{PlanFormat, parse_plan};
+use gatehouse_common::spawn::spawn_tracked;
+use gatehouse_proto::v1;
+use gatehouse_proto::v1::plan_service_server::PlanService;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use super::wire;
+use super::worker_service::WorkerDirectory;
+use crate::core::{PlanEvent, RunOptions};
+use crate::registry::RegistryHandle;
+
+/// Events buffered per `WatchPlan` stream before the sender waits for the client.
+const WATCH_BUFFER: usize = 256;
+
+/// The client-facing service.
+pub struct PlanServiceImpl {
+    registry: RegistryHandle,
+    workers: WorkerDirectory,
+    /// Ends `WatchPlan` streams on shutdown.
+    shutdown: CancellationToken,
+    /// Owns the `WatchPlan` stream tasks; the server waits for them at shutdown.
+    tasks: TaskTracker,
+}
+
+impl PlanServiceImpl {
+    /// A service over the registry and the worker directory.
+    pub fn new(
+        registry: RegistryHandle,
+        workers: WorkerDirectory,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            registry,
+            workers,
+            shutdown,
+            tasks,
+        }
+    }
+}
+
+fn plan_id(id: String) -> Result<PlanId, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("plan_id is required"));
+    }
+    Ok(PlanId::new(id))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::PlanEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PlanService for PlanServiceImpl {
+    async fn submit_plan(
+        &self,
+        request: Request<v1::SubmitPlanRequest>,
+    ) -> Result<Response<v1::SubmitPlanResponse>, Status> {
+        let req = request.into_inner();
+        if req.document.len() > MAX_PLAN_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "plan document is {} bytes, more than the limit of {MAX_PLAN_BYTES}",
+                req.document.len()
+            )));
+        }
+        let format =
+            match v1::PlanFormat::try_from(req.format).unwrap_or(v1::PlanFormat::Unspecified) {
+                v1::PlanFormat::Json => PlanFormat::Json,
+                _ => PlanFormat::Yaml,
+            };
+        let source = if req.source_name.is_empty() {
+            "<submitted plan>".to_string()
+        } else {
+            req.source_name
+        };
+        // Never trust the client: validate again, with the same messages as `validate`.
+        // Relative workdirs resolve on the worker, so the base directory is not used.
+        let plan =
+            parse_plan(&req.document, format, &source, Path::new("/")).map_err(|errors| {
+                let too_large = errors
+                    .0
+                    .iter()
+                    .any(|e| matches!(e.kind, PlanErrorKind::TooLarge { .. }));
+                if too_large {
+                    Status::resource_exhausted(errors.to_string())
+                } else {
+                    Status::invalid_argument(errors.to_string())
+                }
+            })?;
+        let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
+        // The cluster has no shared result cache yet; plans run uncached.
+        let options = RunOptions { use_cache: false };
+        let id = self.registry.submit(Arc::new(plan), options).await?;
+        Ok(Response::new(v1::SubmitPlanResponse {
+            plan_id: id.to_string(),
+            gates,
+            items,
+        }))
+    }
+
+    async fn get_plan(
+        &self,
+        request: Request<v1::GetPlanRequest>,
+    ) -> Result<Response<v1::GetPlanResponse>, Status> {
+        let id = plan_id(request.into_inner().plan_id)?;
+        let snapshot = self.registry.get(id).await?;
+        Ok(Response::new(wire::get_plan_response(&snapshot)))
+    }
+
+    type WatchPlanStream = WatchStream;
+
+    async fn watch_plan(
+        &self,
+        request: Request<v1::WatchPlanRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = request.into_inner();
+        let id = plan_id(req.plan_id)?;
+        // The first batch is fetched here so an unknown plan is an error, not an empty stream.
+        let first = self
+            .registry
+            .events_after(id.clone(), req.after_seq)
+            .await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let registry = self.registry.clone();
+        let shutdown = self.shutdown.clone();
+        // The task ends when the summary was sent, the client went away, or on shutdown.
+        spawn_tracked(&self.tasks, "watch-plan", async move {
+            let mut batch = first;
+            let mut after = req.after_seq;
+            loop {
+                for (seq, ev) in &batch.events {
+                    let done = matches!(ev, PlanEvent::Finished(_));
+                    if tx
+                        .send(Ok(wire::plan_event(&batch.plan, *seq, ev)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    after = *seq;
+                    if done {
+                        return;
+                    }
+                }
+                let mut newest = batch.newest.clone();
+                while *newest.borrow_and_update() <= after {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("coordinator is shutting down"))).await;
+                            return;
+                        }
+                        changed = newest.changed() => if changed.is_err() {
+                            let _ = tx.send(Err(Status::not_found("plan was forgotten"))).await;
+                            return;
+                        },
+                    }
+                }
+                batch = match registry.events_after(id.clone(), after).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_plan(
+        &self,
+        request: Request<v1::CancelPlanRequest>,
+    ) -> Result<Response<v1::CancelPlanResponse>, Status> {
+        let req = request.into_inner();
+        let cancelled = self
+            .registry
+            .cancel(plan_id(req.plan_id)?, req.force)
+            .await?;
+        Ok(Response::new(v1::CancelPlanResponse { cancelled }))
+    }
+
+    async fn list_plans(
+        &self,
+        _: Request<v1::ListPlansRequest>,
+    ) -> Result<Response<v1::ListPlansResponse>, Status> {
+        let plans = self.registry.list().await?;
+        Ok(Response::new(v1::ListPlansResponse {
+            plans: plans.iter().map(wire::plan_info).collect(),
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        Ok(Response::new(v1::ListWorkersResponse {
+            workers: self.workers.snapshot(),
+        }))
+    }
+}

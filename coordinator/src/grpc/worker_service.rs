@@ -1,0 +1,435 @@
+//! `gatehouse.v1.WorkerService`: one bidirectional session per worker, and the
+//! [`GrpcTransport`] through which the scheduler reaches those sessions.
+//!
+//! Each session is a task (owned by the server's `TaskTracker`) that turns frames into
+//! scheduler messages: Hello registers the worker (`WorkerJoined`), heartbeats update its
+//! memory (`WorkerCapacity`), attempt reports go to the scheduler's report channel,
+//! Draining stops new assignments. A session ends when the worker closes the stream,
+//! the stream fails, no frame arrives for the liveness timeout, or on shutdown; the
+//! worker is then declared lost (its attempts are re-queued).
+//!
+//! Shared state: [`Outboxes`] (worker id -> the session's outbound queue) and
+//! [`WorkerDirectory`] (what `ListWorkers` shows) are `DashMap`s. Invariant: only the
+//! session task that owns an entry's generation inserts, updates or removes it; the
+//! transport and `ListWorkers` only read. Outbound queues are unbounded because the
+//! scheduler must never wait on a worker: a worker holds at most its slots in
+//! assignments plus their cancellations.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use gatehouse_common::exec::{FromWorker, ToWorker};
+
+use gatehouse_common::ids::{WorkerId, is_valid_id};
+use gatehouse_common::spawn::spawn_tracked;
+use gatehouse_proto::convert::{WireError, attempt_from_wire};
+use gatehouse_proto::v1;
+use gatehouse_proto::v1::worker_service_server::WorkerService;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::WorkerInfo;
+use crate::scheduler::{TransportError, WorkerEvent, WorkerTransport};
+
+type Outbound = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, Status>>;
+
+/// Worker id -> (session generation, the session's outbound queue).
+#[derive(Clone, Default)]
+pub struct Outboxes(Arc<DashMap<WorkerId, (u64, Outbound)>>);
+
+/// What the coordinator knows of each connected worker, for `ListWorkers`.
+#[derive(Clone, Default)]
+pub struct WorkerDirectory(Arc<DashMap<WorkerId, WorkerEntry>>);
+
+/// One worker's directory entry.
+#[derive(Clone, Debug)]
+pub struct WorkerEntry {
+    generation: u64,
+    status: v1::WorkerStatus,
+    last_heartbeat: Instant,
+}
+
+impl WorkerDirectory {
+    /// Every connected worker, sorted by id.
+    pub fn snapshot(&self) -> Vec<v1::WorkerStatus> {
+        let mut out: Vec<v1::WorkerStatus> = self
+            .0
+            .iter()
+            .map(|e| {
+                let mut s = e.status.clone();
+                s.last_heartbeat_age_ms = e.last_heartbeat.elapsed().as_millis() as u64;
+                s
+            })
+            .collect();
+        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        out
+    }
+}
+
+/// Session timing.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// How often workers are asked to send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// No frame for this long and the worker is declared lost.
+    pub liveness_timeout: Duration,
+    /// How long a new session may take to send its Hello.
+    pub hello_timeout: Duration,
+    /// Memory-pressure threshold, mirrored into the directory's worker state.
+    pub memory_pressure: f64,
+}
+
+/// The worker-facing service.
+pub struct WorkerServiceImpl {
+    reports: mpsc::Sender<WorkerEvent>,
+    outboxes: Outboxes,
+    directory: WorkerDirectory,
+    config: SessionConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    generations: Arc<AtomicU64>,
+}
+
+impl WorkerServiceImpl {
+    /// A service feeding worker membership and attempt reports to the scheduler through
+    /// `reports`, one ordered channel.
+    pub fn new(
+        reports: mpsc::Sender<WorkerEvent>,
+        outboxes: Outboxes,
+        directory: WorkerDirectory,
+        config: SessionConfig,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            reports,
+            outboxes,
+            directory,
+            config,
+            shutdown,
+            tasks,
+            generations: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerServiceImpl {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::WorkerMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let address = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let inbound = request.into_inner();
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let session = Session {
+            reports: self.reports.clone(),
+            outboxes: self.outboxes.clone(),
+            directory: self.directory.clone(),
+            config: self.config.clone(),
+            shutdown: self.shutdown.clone(),
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            address,
+        };
+        spawn_tracked(&self.tasks, "worker-session", session.run(inbound, out));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
+            out_rx,
+        ))))
+    }
+}
+
+/// One worker connection.
+struct Session {
+    reports: mpsc::Sender<WorkerEvent>,
+    outboxes: Outboxes,
+    directory: WorkerDirectory,
+    config: SessionConfig,
+    shutdown: CancellationToken,
+    generation: u64,
+    address: String,
+}
+
+impl Session {
+    async fn run(self, mut inbound: Streaming<v1::WorkerMessage>, out: Outbound) {
+        let hello = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            first = tokio::time::timeout(self.config.hello_timeout, inbound.message()) => first,
+        };
+        let hello = match hello {
+            Ok(Ok(Some(v1::WorkerMessage {
+                msg: Some(v1::worker_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                let _ = out.send(Err(Status::invalid_argument(
+                    "the first message of a session must be hello",
+                )));
+                return;
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(%status, "worker session failed before hello");
+                return;
+            }
+            Err(_) => {
+                let _ = out.send(Err(Status::deadline_exceeded(
+                    "no hello within the hello timeout",
+                )));
+                return;
+            }
+        };
+        let id = match validate_hello(&hello) {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = out.send(Err(e.into()));
+                return;
+            }
+        };
+        tracing::info!(worker_id = %id, address = %self.address, slots = hello.slots,
+            memory_total = hello.memory_total_bytes, "worker joined");
+        self.outboxes
+            .0
+            .insert(id.clone(), (self.generation, out.clone()));
+        self.directory.0.insert(
+            id.clone(),
+            WorkerEntry {
+                generation: self.generation,
+                status: v1::WorkerStatus {
+                    worker_id: id.to_string(),
+                    hostname: hello.hostname.clone(),
+                    address: self.address.clone(),
+                    state: v1::WorkerState::Ready as i32,
+                    slots_total: hello.slots,
+                    slots_used: 0,
+                    memory_total_bytes: hello.memory_total_bytes,
+                    memory_used_bytes: 0,
+                    memory_available_bytes: hello.memory_total_bytes,
+                    last_heartbeat_age_ms: 0,
+                    labels: hello.labels.clone(),
+                    version: hello.version.clone(),
+                },
+                last_heartbeat: Instant::now(),
+            },
+        );
+        let welcome = v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::Welcome(v1::Welcome {
+                heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+                liveness_timeout_ms: self.config.liveness_timeout.as_millis() as u64,
+            })),
+        };
+        let _ = out.send(Ok(welcome));
+        drop(out);
+        let info = WorkerInfo {
+            id: id.clone(),
+            slots: hello.slots,
+            memory_total: hello.memory_total_bytes,
+            memory_available: hello.memory_total_bytes,
+            labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        };
+        if self.reports.send(WorkerEvent::Joined(info)).await.is_ok() {
+            self.serve(&id, &mut inbound).await;
+        }
+        self.leave(&id).await;
+    }
+
+    /// Handles frames until the session ends.
+    async fn serve(&self, id: &WorkerId, inbound: &mut Streaming<v1::WorkerMessage>) {
+        let mut deadline = Instant::now() + self.config.liveness_timeout;
+        loop {
+            let frame = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(worker_id = %id, timeout = ?self.config.liveness_timeout,
+                        "no heartbeat within the liveness timeout; declaring the worker lost");
+                    return;
+                }
+                frame = inbound.message() => frame,
+            };
+            let msg = match frame {
+                Ok(Some(v1::WorkerMessage { msg: Some(msg) })) => msg,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    tracing::info!(worker_id = %id, "worker closed its session");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(worker_id = %id, %status, "worker session failed");
+                    return;
+                }
+            };
+            deadline = Instant::now() + self.config.liveness_timeout;
+            if let Err(e) = self.on_frame(id, msg).await {
+                tracing::warn!(worker_id = %id, error = %e, "ignoring a malformed frame");
+            }
+        }
+    }
+
+    async fn on_frame(&self, id: &WorkerId, msg: v1::worker_message::Msg) -> Result<(), WireError> {
+        use v1::worker_message::Msg;
+        fn stopping<E>(_: E) -> WireError {
+            WireError::Invalid {
+                field: "session",
+                reason: "coordinator is shutting down".into(),
+            }
+        }
+        match msg {
+            Msg::Heartbeat(hb) => {
+                if let Some(mut e) = self
+                    .directory
+                    .0
+                    .get_mut(id)
+                    .filter(|e| e.generation == self.generation)
+                {
+                    let total = e.status.memory_total_bytes.max(1) as f64;
+                    let pressured =
+                        hb.memory_used_bytes as f64 / total > self.config.memory_pressure;
+                    if e.status.state != v1::WorkerState::Draining as i32 {
+                        e.status.state = if pressured {
+                            v1::WorkerState::Pressured
+                        } else {
+                            v1::WorkerState::Ready
+                        } as i32;
+                    }
+                    e.status.slots_used = e.status.slots_total.saturating_sub(hb.free_slots);
+                    e.status.memory_used_bytes = hb.memory_used_bytes;
+                    e.status.memory_available_bytes = hb.memory_available_bytes;
+                    e.last_heartbeat = Instant::now();
+                }
+                self.reports
+                    .send(WorkerEvent::Capacity {
+                        worker: id.clone(),
+                        memory_used: hb.memory_used_bytes,
+                        memory_available: hb.memory_available_bytes,
+                    })
+                    .await
+                    .map_err(stopping)?;
+            }
+            Msg::Started(s) => {
+                let attempt = attempt_from_wire(s.attempt)?;
+                self.reports
+                    .send(FromWorker::Started { attempt }.into())
+                    .await
+                    .map_err(stopping)?;
+            }
+            Msg::Finished(f) => {
+                let attempt = attempt_from_wire(f.attempt)?;
+                let result = f.result.ok_or(WireError::Missing("result"))?.try_into()?;
+                self.reports
+                    .send(FromWorker::Finished { attempt, result }.into())
+                    .await
+                    .map_err(stopping)?;
+            }
+            Msg::Draining(d) => {
+                tracing::info!(worker_id = %id, grace_ms = d.grace_ms, "worker is draining");
+                if let Some(mut e) = self
+                    .directory
+                    .0
+                    .get_mut(id)
+                    .filter(|e| e.generation == self.generation)
+                {
+                    e.status.state = v1::WorkerState::Draining as i32;
+                }
+                self.reports
+                    .send(WorkerEvent::Draining(id.clone()))
+                    .await
+                    .map_err(stopping)?;
+            }
+            Msg::Hello(_) => {
+                return Err(WireError::Invalid {
+                    field: "hello",
+                    reason: "sent twice in one session".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this session's entries (unless a newer session of the same worker id
+    /// replaced them) and declares the worker lost.
+    async fn leave(&self, id: &WorkerId) {
+        let ours = self
+            .outboxes
+            .0
+            .remove_if(id, |_, (generation, _)| *generation == self.generation)
+            .is_some();
+        self.directory
+            .0
+            .remove_if(id, |_, e| e.generation == self.generation);
+        if ours {
+            tracing::info!(worker_id = %id, "worker left");
+            let _ = self.reports.send(WorkerEvent::Lost(id.clone())).await;
+        }
+    }
+}
+
+fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
+    if !is_valid_id(&h.worker_id) {
+        return Err(WireError::Invalid {
+            field: "hello.worker_id",
+            reason: format!("{:?} is not [A-Za-z0-9._-]{{1,128}}", h.worker_id),
+        });
+    }
+    if h.slots == 0 {
+        return Err(WireError::Invalid {
+            field: "hello.slots",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(WorkerId::new(h.worker_id.clone()))
+}
+
+/// Reaches workers through their sessions' outbound queues (never waits).
+pub struct GrpcTransport {
+    outboxes: Outboxes,
+}
+
+impl GrpcTransport {
+    /// A transport over the sessions registered in `outboxes`.
+    pub fn new(outboxes: Outboxes) -> Self {
+        Self { outboxes }
+    }
+}
+
+impl WorkerTransport for GrpcTransport {
+    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
+        use v1::coordinator_message::Msg;
+        let unreachable = || TransportError {
+            worker: worker.clone(),
+        };
+        let frame = match msg {
+            ToWorker::Assign(a) => {
+                let deadline = gatehouse_common::cache::unix_ms_now()
+                    .saturating_add(a.spec.timeout.as_millis() as u64);
+                Msg::Assign(v1::Assignment {
+                    attempt: Some((&a.attempt).into()),
+                    spec: Some(a.spec.as_ref().into()),
+                    deadline_unix_ms: deadline,
+                    traceparent: String::new(),
+                })
+            }
+            ToWorker::Cancel { attempt, grace } => Msg::Cancel(v1::CancelAttempt {
+                attempt: Some((&attempt).into()),
+                grace_ms: grace.as_millis() as u64,
+            }),
+        };
+        let entry = self.outboxes.0.get(worker).ok_or_else(unreachable)?;
+        entry
+            .1
+            .send(Ok(v1::CoordinatorMessage { msg: Some(frame) }))
+            .map_err(|_| unreachable())
+    }
+}

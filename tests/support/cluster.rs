@@ -1,0 +1,301 @@
+//! A real cluster on loopback for integration tests: one `gatehouse coordinator` on an
+//! ephemeral port (its address read from `--ready-file`), readiness through the
+//! `grpc.health.v1` service, and `gatehouse worker` processes, all killed on drop. On a
+//! failing test the tail of every process's log is printed.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gatehouse_proto::v1;
+use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
+use tonic::transport::Channel;
+
+use super::{Workspace, bin, wait_until};
+
+/// A child process with its log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .env_remove("GATEHOUSE_COORDINATOR")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn gatehouse");
+        Self {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.name);
+    }
+
+    /// Waits for the process to exit (with a deadline) and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        wait_until(&format!("{} to exit", self.name), timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.and_then(|s| s.code())
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Coordinator + workers.
+pub struct Cluster {
+    pub ws: Workspace,
+    pub addr: String,
+    pub coordinator: Proc,
+    pub workers: Vec<Proc>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts a coordinator with short heartbeat/liveness settings.
+    pub fn start() -> Self {
+        let ws = Workspace::new();
+        let ready = ws.path().join("coordinator.addr");
+        let args: Vec<String> = [
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready.to_str().expect("utf-8"),
+            "--heartbeat-interval",
+            "200ms",
+            "--liveness-timeout",
+            "1500ms",
+            "--kill-grace",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let coordinator = Proc::spawn("coordinator", ws.path(), &args);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut cluster = Self {
+            ws,
+            addr: String::new(),
+            coordinator,
+            workers: Vec::new(),
+            rt,
+        };
+        wait_until(
+            "the coordinator's ready file",
+            Duration::from_secs(20),
+            || ready.exists(),
+        );
+        cluster.addr = std::fs::read_to_string(&ready).expect("ready file");
+        cluster.wait_serving();
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn wait_serving(&self) {
+        let url = self.url();
+        let serving = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let Ok(channel) = Channel::from_shared(url.clone())
+                    .expect("url")
+                    .connect()
+                    .await
+                else {
+                    return false;
+                };
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: "gatehouse.v1.PlanService".into(),
+                };
+                matches!(health.check(req).await, Ok(r) if r.get_ref().status == 1)
+            })
+        };
+        wait_until(
+            "the coordinator to serve (grpc health)",
+            Duration::from_secs(20),
+            || serving(&self.rt),
+        );
+    }
+
+    /// Starts a worker with `extra` flags and waits until the coordinator lists it.
+    pub fn add_worker(&mut self, id: &str, extra: &[&str]) -> usize {
+        let mut args: Vec<String> = ["worker", "--coordinator", &self.url(), "--id", id]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.workers.push(Proc::spawn(id, self.ws.path(), &args));
+        let want = id.to_string();
+        wait_until(
+            &format!("worker {id} to join"),
+            Duration::from_secs(20),
+            || self.list_workers().iter().any(|w| w.worker_id == want),
+        );
+        self.workers.len() - 1
+    }
+
+    pub fn client(&self) -> PlanServiceClient<Channel> {
+        let url = self.url();
+        self.rt.block_on(async {
+            let channel = Channel::from_shared(url)
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            PlanServiceClient::new(channel)
+        })
+    }
+
+    pub fn list_workers(&self) -> Vec<v1::WorkerStatus> {
+        let mut c = self.client();
+        self.rt
+            .block_on(c.list_workers(v1::ListWorkersRequest {}))
+            .map(|r| r.into_inner().workers)
+            .unwrap_or_default()
+    }
+
+    /// Submits a plan document over gRPC; returns its id.
+    pub fn submit(&self, document: &str) -> Result<String, tonic::Status> {
+        let mut c = self.client();
+        let req = v1::SubmitPlanRequest {
+            document: document.into(),
+            format: v1::PlanFormat::Yaml as i32,
+            source_name: "plan.yaml".into(),
+            no_cache: true,
+        };
+        self.rt
+            .block_on(c.submit_plan(req))
+            .map(|r| r.into_inner().plan_id)
+    }
+
+    /// Every event of a plan after `after`, until its summary.
+    pub fn watch(&self, plan: &str, after: u64) -> Vec<v1::PlanEvent> {
+        let mut c = self.client();
+        let req = v1::WatchPlanRequest {
+            plan_id: plan.into(),
+            after_seq: after,
+        };
+        self.rt.block_on(async {
+            let mut stream = c.watch_plan(req).await.expect("watch").into_inner();
+            let mut out = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while let Ok(Ok(Some(ev))) = tokio::time::timeout_at(deadline, stream.message()).await {
+                out.push(ev);
+            }
+            out
+        })
+    }
+
+    pub fn get(&self, plan: &str) -> v1::GetPlanResponse {
+        let mut c = self.client();
+        let req = v1::GetPlanRequest {
+            plan_id: plan.into(),
+        };
+        self.rt
+            .block_on(c.get_plan(req))
+            .expect("get plan")
+            .into_inner()
+    }
+
+    /// A `gatehouse` client command against this cluster.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut c = self.ws.cmd(args);
+        c.env("GATEHOUSE_COORDINATOR", self.url());
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        if std::thread::panicking() {
+            for p in self
+                .workers
+                .iter()
+                .chain(std::iter::once(&self.coordinator))
+            {
+                eprintln!("----- {} log (tail) -----\n{}", p.name, p.tail());
+            }
+        }
+    }
+}
+
+/// The summary of a list of events (panics unless the last event is one).
+pub fn summary(events: &[v1::PlanEvent]) -> &v1::PlanSummary {
+    match events.last().and_then(|e| e.event.as_ref()) {
+        Some(v1::plan_event::Event::Summary(s)) => s,
+        other => panic!("last event is not a summary: {other:?}"),
+    }
+}
+
+/// The terminal event of each gate, by gate id.
+pub fn terminals(events: &[v1::PlanEvent]) -> std::collections::BTreeMap<String, v1::GateEvent> {
+    let terminal = [
+        v1::GateState::Passed,
+        v1::GateState::Failed,
+        v1::GateState::TimedOut,
+        v1::GateState::Skipped,
+        v1::GateState::Cancelled,
+    ]
+    .map(|s| s as i32);
+    let mut out = std::collections::BTreeMap::new();
+    for e in events {
+        if let Some(v1::plan_event::Event::Gate(g)) = &e.event
+            && terminal.contains(&g.state)
+        {
+            assert!(
+                out.insert(g.gate_id.clone(), g.clone()).is_none(),
+                "two terminal events for {}",
+                g.gate_id
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,178 @@
+//! Translation between session frames (`gatehouse.v1` worker messages) and the
+//! executor's [`ToWorker`](gatehouse_common::exec::ToWorker) /
+//! [`FromWorker`] messages. Pure functions apart from
+//! [`prepare_assignment`], which creates the attempt's scratch directory.
+//!
+//! Decoding never trusts the coordinator: a frame that cannot be understood is an error
+//! value, never a panic. An assignment whose attempt decodes but whose spec does not is
+//! still an assignment, so it can be answered with `AttemptFinished { SpawnFailed }`.
+
+use std::time::Duration;
+
+use gatehouse_common::exec::{Assignment, AttemptRef, ExitStatus, FromWorker, GateResult};
+use gatehouse_proto::convert::{WireError, attempt_from_wire, gate_spec_from_wire};
+use gatehouse_proto::v1::{self, coordinator_message, worker_message};
+use tempfile::TempDir;
+
+use crate::remote::memory::MemorySample;
+use crate::remote::workspace::Workspace;
+
+/// Heartbeat interval used when `Welcome` leaves it at 0.
+pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// The shortest heartbeat interval honoured, so a bad `Welcome` cannot make us spin.
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// What the coordinator told us in `Welcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Welcome {
+    /// How often to send a heartbeat.
+    pub(crate) heartbeat: Duration,
+    /// How long the coordinator waits for a heartbeat before declaring us lost (logged).
+    pub(crate) liveness: Duration,
+}
+
+/// A decoded coordinator frame.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Inbound {
+    Welcome(Welcome),
+    /// The spec is decoded by [`prepare_assignment`], whose failure is reported back.
+    Assign {
+        attempt: AttemptRef,
+        spec: Option<v1::GateSpec>,
+    },
+    Cancel {
+        attempt: AttemptRef,
+        grace: Duration,
+    },
+}
+
+/// Decodes one coordinator frame.
+pub(crate) fn decode(msg: v1::CoordinatorMessage) -> Result<Inbound, WireError> {
+    match msg.msg.ok_or(WireError::Missing("msg"))? {
+        coordinator_message::Msg::Welcome(w) => Ok(Inbound::Welcome(Welcome {
+            heartbeat: match w.heartbeat_interval_ms {
+                0 => DEFAULT_HEARTBEAT,
+                ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+            },
+            liveness: Duration::from_millis(w.liveness_timeout_ms),
+        })),
+        coordinator_message::Msg::Assign(a) => Ok(Inbound::Assign {
+            attempt: attempt_from_wire(a.attempt)?,
+            spec: a.spec,
+        }),
+        coordinator_message::Msg::Cancel(c) => Ok(Inbound::Cancel {
+            attempt: attempt_from_wire(c.attempt)?,
+            grace: Duration::from_millis(c.grace_ms),
+        }),
+    }
+}
+
+/// An assignment ready for the executor, with what the session tracks about it.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) assignment: Assignment,
+    /// The gate's memory request, counted against a simulated total.
+    pub(crate) memory: u64,
+    /// The attempt's scratch directory, removed after it finished.
+    pub(crate) scratch: Option<TempDir>,
+}
+
+/// Decodes an assignment's spec and gives it its working directory; the error text
+/// becomes the `SpawnFailed` reason reported to the coordinator.
+pub(crate) fn prepare_assignment(
+    workspace: &Workspace,
+    attempt: AttemptRef,
+    spec: Option<v1::GateSpec>,
+) -> Result<Prepared, String> {
+    let spec = spec.ok_or_else(|| WireError::Missing("spec").to_string())?;
+    let dir = workspace
+        .for_attempt(&spec.gate_id)
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    let memory = spec.memory_bytes;
+    let spec = gate_spec_from_wire(spec, &dir.base).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        assignment: Assignment {
+            attempt,
+            spec: spec.into(),
+        },
+        memory,
+        scratch: dir.scratch,
+    })
+}
+
+/// The first frame of a session.
+pub(crate) fn hello(
+    cfg: &crate::remote::RemoteWorkerConfig,
+    hostname: &str,
+    memory_total: u64,
+) -> v1::WorkerMessage {
+    frame(worker_message::Msg::Hello(v1::Hello {
+        worker_id: cfg.id.to_string(),
+        hostname: hostname.to_owned(),
+        slots: cfg.slots,
+        memory_total_bytes: memory_total,
+        labels: cfg.labels.clone().into_iter().collect(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        running: Vec::new(),
+    }))
+}
+
+/// A heartbeat.
+pub(crate) fn heartbeat<'a>(
+    free_slots: u32,
+    memory: MemorySample,
+    running: impl IntoIterator<Item = &'a AttemptRef>,
+) -> v1::WorkerMessage {
+    frame(worker_message::Msg::Heartbeat(v1::Heartbeat {
+        free_slots,
+        memory_used_bytes: memory.used,
+        memory_available_bytes: memory.available,
+        running: running.into_iter().map(v1::AttemptRef::from).collect(),
+    }))
+}
+
+/// An executor report as a frame.
+pub(crate) fn report(report: &FromWorker) -> v1::WorkerMessage {
+    match report {
+        FromWorker::Started { attempt } => {
+            frame(worker_message::Msg::Started(v1::AttemptStarted {
+                attempt: Some(attempt.into()),
+            }))
+        }
+        FromWorker::Finished { attempt, result } => finished(attempt, result),
+    }
+}
+
+/// `AttemptFinished` for `attempt`.
+pub(crate) fn finished(attempt: &AttemptRef, result: &GateResult) -> v1::WorkerMessage {
+    frame(worker_message::Msg::Finished(v1::AttemptFinished {
+        attempt: Some(attempt.into()),
+        result: Some(result.into()),
+    }))
+}
+
+/// `Draining { grace_ms }`.
+pub(crate) fn draining(grace: Duration) -> v1::WorkerMessage {
+    frame(worker_message::Msg::Draining(v1::Draining {
+        grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+    }))
+}
+
+/// The result of an attempt that never ran.
+pub(crate) fn not_run(status: ExitStatus) -> GateResult {
+    GateResult {
+        status,
+        duration: Duration::ZERO,
+        peak_memory: None,
+        stdout: Default::default(),
+        stderr: Default::default(),
+    }
+}
+
+fn frame(msg: worker_message::Msg) -> v1::WorkerMessage {
+    v1::WorkerMessage { msg: Some(msg) }
+}
+
+#[cfg(test)]
+#[path = "frames_tests.rs"]
+mod tests;
