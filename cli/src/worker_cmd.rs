@@ -42,8 +42,8 @@ pub struct WorkerArgs {
     /// gates that require labels only run on workers that have all of them.
     #[arg(long, value_name = "K=V[,K=V...]")]
     labels: Vec<String>,
-    /// Simulated total memory (e.g. 8Gi): advertised instead of the machine's, with
-    /// available = this minus the memory requests of the running gates.
+    /// Simulated total memory (e.g. 8Gi): advertised and reported as available instead
+    /// of the machine's figures; the coordinator subtracts the gates it assigned.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
     /// Shared directory that relative gate workdirs resolve against [default: a fresh

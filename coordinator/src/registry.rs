@@ -1,9 +1,10 @@
 //! The plan registry actor: the coordinator's record of every submitted plan.
 //!
 //! State it owns: per plan, the validated plan, its event log (every published event
-//! with a gap-free sequence number from 1), the latest event of each gate, the summary
-//! once finished, and a `watch` channel announcing the newest sequence number. Finished
-//! plans are kept until [`RegistryConfig::retain_finished`] newer ones finished.
+//! but `Dispatched`, with a gap-free sequence number from 1), the latest event of each
+//! gate, the summary once finished, and a `watch` channel announcing the newest sequence
+//! number. Finished plans are kept until [`RegistryConfig::retain_finished`] newer ones
+//! finished.
 //!
 //! Accepts [`RegistryMsg`] through [`RegistryHandle`] (mailbox bounded at
 //! [`MAILBOX_CAPACITY`]) and the scheduler's events for all plans on one unbounded
@@ -361,6 +362,11 @@ impl RegistryActor {
                     count(&mut r.counts, t, g.cached, g.flaky);
                 }
                 r.latest[g.gate.ix()] = Some(g.clone());
+                if g.status == crate::core::GateStatus::Dispatched {
+                    // The `Running` event follows at once; clients gain nothing from
+                    // this one, and leaving it out keeps logs and streams a third smaller.
+                    return;
+                }
             }
             PlanEvent::Finished(s) => {
                 r.summary = Some(s.clone());
