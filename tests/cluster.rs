@@ -274,3 +274,100 @@ fn cancel_kills_running_gates_on_the_worker() {
         !process_alive(grandchild)
     });
 }
+
+#[test]
+fn a_silent_worker_is_declared_lost_and_rejoins_fresh_when_it_comes_back() {
+    let mut c = Cluster::start();
+    let stopped = c.add_worker("w1", &["--slots", "1"]);
+    let dir = c.ws.path().display().to_string();
+    let plan = format!(
+        "version: 1\nname: stop\ngates:\n  - id: g\n    workdir: {dir}\n    run: \"touch started-$GATEHOUSE_ATTEMPT; sleep 1\"\n"
+    );
+    let id = c.submit(&plan).expect("submit");
+    wait_until("attempt 1 to start", Duration::from_secs(20), || {
+        c.ws.path().join("started-1").exists()
+    });
+    // Freeze the worker: no heartbeats, but its connection stays open.
+    c.workers[stopped].signal("STOP");
+    c.add_worker("w2", &["--slots", "1"]);
+    wait_until("w1 to be declared lost", Duration::from_secs(20), || {
+        !c.list_workers().iter().any(|w| w.worker_id == "w1")
+    });
+    let events = c.watch(&id, 0);
+    let g = &terminals(&events)["g"];
+    assert_eq!(
+        (state_name(g.state).as_str(), g.worker_id.as_str()),
+        ("passed", "w2")
+    );
+    assert_eq!(g.attempt, 2, "re-queued as a new attempt");
+    c.workers[stopped].signal("CONT");
+    wait_until(
+        "w1 to rejoin as a fresh worker",
+        Duration::from_secs(30),
+        || {
+            c.list_workers()
+                .iter()
+                .any(|w| w.worker_id == "w1" && w.slots_used == 0)
+        },
+    );
+}
+
+#[test]
+fn health_and_reflection_serve_generic_grpc_tools() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let c = Cluster::start();
+    let names = c.rt.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(c.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        match stream
+            .message()
+            .await
+            .expect("answer")
+            .and_then(|r| r.message_response)
+        {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("unexpected reflection answer: {other:?}"),
+        }
+    });
+    for wanted in [
+        "gatehouse.v1.PlanService",
+        "gatehouse.v1.WorkerService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing from {names:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_coordinator_is_one_line_and_exit_3() {
+    let ws = support::Workspace::new();
+    let out = ws
+        .cmd(&["plans", "--coordinator", "http://127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}

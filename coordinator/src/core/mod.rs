@@ -331,8 +331,8 @@ impl Scheduler {
                 }
             }
             None => {
-                tracing::debug!(plan_id = %attempt.plan, gate = attempt.gate.0, attempt = attempt.attempt,
-                    "ignoring result of a stale attempt");
+                tracing::info!(plan_id = %attempt.plan, gate = attempt.gate.0, attempt = attempt.attempt,
+                    "ignoring the result of a stale attempt");
                 return;
             }
         }
