@@ -188,6 +188,7 @@ impl Scheduler {
                 attempt,
             }) => {
                 if let Some(run) = self.plans.get_mut(&plan)
+                    && gate.ix() < run.gates.len()
                     && run.gate(gate).state == (GateState::Backoff { attempt })
                     && run.stopping == Stopping::No
                 {
@@ -290,7 +291,7 @@ impl Scheduler {
         let Some(run) = self.plans.get_mut(plan) else {
             return;
         };
-        if run.gate(gate).state != GateState::CheckingCache {
+        if gate.ix() >= run.gates.len() || run.gate(gate).state != GateState::CheckingCache {
             return;
         }
         match hit {
@@ -305,6 +306,11 @@ impl Scheduler {
     }
 
     fn on_started(&mut self, attempt: &AttemptRef) {
+        // Only attempts the core dispatched are looked at: a report naming anything else
+        // (stale, or a gate index that does not exist) is ignored, never indexed.
+        if !self.attempts.contains_key(attempt) {
+            return;
+        }
         let Some(run) = self.plans.get_mut(&attempt.plan) else {
             return;
         };

@@ -627,3 +627,32 @@ fn plans_share_workers_round_robin() {
     }
     assert_eq!(order, ["p1", "p2", "p1", "p2", "p1", "p2"]);
 }
+
+#[test]
+fn reports_about_unknown_gates_are_ignored_without_panicking() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    let bogus = gatehouse_common::exec::AttemptRef {
+        plan: sim.plan.clone(),
+        gate: GateIdx(9_999),
+        attempt: 1,
+    };
+    assert!(
+        sim.feed(Event::GateStarted {
+            attempt: bogus.clone()
+        })
+        .is_empty()
+    );
+    let finished = Event::GateFinished {
+        attempt: bogus,
+        result: result(ExitStatus::Exited(0)),
+    };
+    assert!(sim.feed(finished).is_empty());
+    let cache = Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(9_999),
+        hit: None,
+    };
+    assert!(sim.feed(cache).is_empty());
+}
