@@ -48,19 +48,10 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 pub fn main(args: CoordinatorArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => EXIT_PASSED,
-        Err(e) => {
+    match crate::block_on(run(args)) {
+        Err(code) => code,
+        Ok(Ok(())) => EXIT_PASSED,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             EXIT_FAILED
         }

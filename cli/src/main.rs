@@ -100,6 +100,21 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Runs `fut` to completion on a new multi-threaded runtime; if the runtime cannot be
+/// built, says so on stderr and returns the failure exit code instead.
+pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, u8> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Ok(runtime.block_on(fut)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

@@ -79,19 +79,10 @@ pub fn main(args: RunArgs) -> u8 {
                 return EXIT_INVALID;
             }
         };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    match runtime.block_on(run(args, plan, labels)) {
-        Ok(code) => code,
-        Err(e) => {
+    match crate::block_on(run(args, plan, labels)) {
+        Err(code) => code,
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             EXIT_FAILED
         }

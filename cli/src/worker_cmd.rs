@@ -70,17 +70,7 @@ pub fn main(args: WorkerArgs) -> u8 {
             return EXIT_INVALID;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return EXIT_FAILED;
-        }
-    };
-    runtime.block_on(serve(cfg))
+    crate::block_on(serve(cfg)).unwrap_or_else(|code| code)
 }
 
 /// Validates the flags into a worker configuration.

@@ -6,6 +6,8 @@ use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
 use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, PlanFormat, parse_plan};
 use gatehouse_coordinator::core::{self, GateStatus};
+use gatehouse_coordinator::grpc::wire;
+use gatehouse_coordinator::registry::{PlanInfo, PlanSnapshot};
 
 use super::*;
 use crate::render::json::{gate_value, summary_value};
@@ -40,82 +42,28 @@ fn plan(text: &str) -> Plan {
     parse_plan(text, PlanFormat::Yaml, "plan.yaml", Path::new("/")).expect("valid plan")
 }
 
-fn wire_state(status: &GateStatus) -> v1::GateState {
-    match status {
-        GateStatus::Dispatched => v1::GateState::Pending,
-        GateStatus::Running => v1::GateState::Running,
-        GateStatus::Retrying { .. } => v1::GateState::Retrying,
-        GateStatus::Waiting { .. } => v1::GateState::Waiting,
-        GateStatus::Finished(Terminal::Passed) => v1::GateState::Passed,
-        GateStatus::Finished(Terminal::Failed) => v1::GateState::Failed,
-        GateStatus::Finished(Terminal::TimedOut) => v1::GateState::TimedOut,
-        GateStatus::Finished(Terminal::Skipped) => v1::GateState::Skipped,
-        GateStatus::Finished(Terminal::Cancelled) => v1::GateState::Cancelled,
-    }
-}
-
-/// What the coordinator publishes for a core event (plan.proto's `GateEvent`).
+/// What the coordinator publishes for a core event.
 fn encode(plan: &Plan, ev: &core::GateEvent) -> v1::GateEvent {
-    let gate = plan.gate(ev.gate);
-    let (backoff_ms, waiting_for) = match &ev.status {
-        GateStatus::Retrying { backoff } => (backoff.as_millis() as u64, String::new()),
-        GateStatus::Waiting { reason } => (0, reason.clone()),
-        _ => (0, String::new()),
-    };
-    v1::GateEvent {
-        gate_id: gate.id.to_string(),
-        item_id: gate
-            .item
-            .map(|i| plan.item(i).id.to_string())
-            .unwrap_or_default(),
-        state: wire_state(&ev.status) as i32,
-        attempt: ev.attempt,
-        cached: ev.cached,
-        flaky: ev.flaky,
-        worker_id: ev
-            .worker
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        reason: ev.reason.unwrap_or_default().to_string(),
-        cause: ev
-            .cause
-            .map(|c| plan.gate(c).id.to_string())
-            .unwrap_or_default(),
-        result: ev.result.as_ref().map(v1::AttemptResult::from),
-        backoff_ms,
-        waiting_for,
-    }
+    wire::gate_event(plan, ev)
 }
 
-/// What the coordinator returns from `GetPlan` for a plan (gates only as far as the
-/// view needs them).
+/// What the coordinator answers to `GetPlan` for a plan where nothing happened yet.
 fn describe(plan: &Plan) -> v1::GetPlanResponse {
-    v1::GetPlanResponse {
-        plan: Some(v1::PlanInfo {
-            plan_id: "p-1".into(),
+    let plan = std::sync::Arc::new(plan.clone());
+    let snapshot = PlanSnapshot {
+        info: PlanInfo {
+            id: PlanId::new("p-1"),
             name: plan.name.clone(),
-            ..Default::default()
-        }),
-        gates: plan
-            .gates
-            .iter()
-            .map(|g| v1::GateStatus {
-                gate_id: g.id.to_string(),
-                item_id: g
-                    .item
-                    .map(|i| plan.item(i).id.to_string())
-                    .unwrap_or_default(),
-                ..Default::default()
-            })
-            .collect(),
-        levels: plan
-            .level_ids()
-            .into_iter()
-            .map(|ids| v1::Level { ids })
-            .collect(),
-        summary: None,
-    }
+            total_gates: plan.gates.len() as u32,
+            submitted_unix_ms: 0,
+            finished_unix_ms: None,
+            summary: None,
+            counts: Counts::default(),
+        },
+        gates: vec![None; plan.gates.len()],
+        plan,
+    };
+    wire::get_plan_response(&snapshot)
 }
 
 fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {

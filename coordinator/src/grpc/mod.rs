@@ -3,7 +3,7 @@
 //! worker session tasks.
 
 mod plan_service;
-mod wire;
+pub mod wire;
 mod worker_service;
 
 pub use plan_service::PlanServiceImpl;

@@ -1,5 +1,6 @@
-//! Domain -> wire conversions of plan state and events (the client API). Only the
-//! `grpc` modules use generated types.
+//! Domain -> wire conversions of plan state and events (the client API): what the
+//! coordinator publishes. Public so clients can test that they read back exactly what
+//! the coordinator writes.
 
 use gatehouse_common::plan::Plan;
 use gatehouse_proto::v1;
@@ -7,7 +8,7 @@ use gatehouse_proto::v1;
 use crate::core::{Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, Terminal};
 use crate::registry::{PlanInfo, PlanSnapshot};
 
-pub(crate) fn gate_state(status: &GateStatus) -> v1::GateState {
+pub fn gate_state(status: &GateStatus) -> v1::GateState {
     match status {
         GateStatus::Dispatched => v1::GateState::Pending,
         GateStatus::Running => v1::GateState::Running,
@@ -23,7 +24,7 @@ pub(crate) fn gate_state(status: &GateStatus) -> v1::GateState {
     }
 }
 
-pub(crate) fn counts(c: &Counts) -> v1::Counts {
+pub fn counts(c: &Counts) -> v1::Counts {
     v1::Counts {
         total: c.total,
         passed: c.passed,
@@ -44,14 +45,14 @@ fn outcome(o: PlanOutcome) -> v1::PlanOutcome {
     }
 }
 
-pub(crate) fn levels(plan: &Plan) -> Vec<v1::Level> {
+pub fn levels(plan: &Plan) -> Vec<v1::Level> {
     plan.level_ids()
         .into_iter()
         .map(|ids| v1::Level { ids })
         .collect()
 }
 
-pub(crate) fn gate_event(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
+pub fn gate_event(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
     let gate = plan.gate(ev.gate);
     let mut out = v1::GateEvent {
         gate_id: gate.id.to_string(),
@@ -84,7 +85,7 @@ pub(crate) fn gate_event(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
     out
 }
 
-pub(crate) fn summary(plan: &Plan, s: &PlanSummary) -> v1::PlanSummary {
+pub fn summary(plan: &Plan, s: &PlanSummary) -> v1::PlanSummary {
     v1::PlanSummary {
         plan_id: s.plan.to_string(),
         name: plan.name.clone(),
@@ -100,7 +101,7 @@ pub(crate) fn summary(plan: &Plan, s: &PlanSummary) -> v1::PlanSummary {
     }
 }
 
-pub(crate) fn plan_event(plan: &Plan, seq: u64, ev: &PlanEvent) -> v1::PlanEvent {
+pub fn plan_event(plan: &Plan, seq: u64, ev: &PlanEvent) -> v1::PlanEvent {
     let event = match ev {
         PlanEvent::Gate(g) => v1::plan_event::Event::Gate(gate_event(plan, g)),
         PlanEvent::Finished(s) => v1::plan_event::Event::Summary(summary(plan, s)),
@@ -111,7 +112,7 @@ pub(crate) fn plan_event(plan: &Plan, seq: u64, ev: &PlanEvent) -> v1::PlanEvent
     }
 }
 
-pub(crate) fn plan_info(info: &PlanInfo) -> v1::PlanInfo {
+pub fn plan_info(info: &PlanInfo) -> v1::PlanInfo {
     let state = match &info.summary {
         None => v1::PlanState::Running,
         Some(s) => match s.outcome {
@@ -130,7 +131,7 @@ pub(crate) fn plan_info(info: &PlanInfo) -> v1::PlanInfo {
     }
 }
 
-pub(crate) fn get_plan_response(s: &PlanSnapshot) -> v1::GetPlanResponse {
+pub fn get_plan_response(s: &PlanSnapshot) -> v1::GetPlanResponse {
     let plan = &s.plan;
     let gates = plan
         .gates
