@@ -205,6 +205,20 @@ fn watch_resumes_from_a_sequence_number_without_gaps_or_repeats() {
         "resume after {k} gives exactly the rest"
     );
     summary(&resumed);
+    let end = all.len() as u64;
+    assert!(
+        c.watch(&id, end).is_empty(),
+        "resuming after the summary ends at once"
+    );
+    let mut client = c.client();
+    let beyond = v1::WatchPlanRequest {
+        plan_id: id.clone(),
+        after_seq: end + 5,
+    };
+    let err =
+        c.rt.block_on(client.watch_plan(beyond))
+            .expect_err("beyond the end");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{}", err.message());
 }
 
 #[test]

@@ -87,13 +87,25 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         "coordinator",
         server::run(config, listener, shutdown.clone()),
     );
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {}
+    tokio::pin!(server);
+    // The server ends on its own only on a fatal error; otherwise the first signal
+    // starts a graceful shutdown and a second one exits at once.
+    let early = tokio::select! {
+        ended = &mut server => Some(ended),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    if let Some(ended) = early {
+        ended.context("coordinator task failed")??;
+        return Ok(());
     }
-    eprintln!("shutting down");
+    eprintln!("shutting down (signal again to exit at once)");
     shutdown.cancel();
-    server.await.context("coordinator task failed")??;
+    tokio::select! {
+        ended = &mut server => ended.context("coordinator task failed")??,
+        _ = sigint.recv() => anyhow::bail!("interrupted during shutdown"),
+        _ = sigterm.recv() => anyhow::bail!("interrupted during shutdown"),
+    }
     Ok(())
 }
 

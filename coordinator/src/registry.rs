@@ -64,6 +64,16 @@ pub enum RegistryError {
     /// No plan with this id (never submitted, or forgotten after it finished).
     #[error("no plan with id {0}")]
     NotFound(PlanId),
+    /// A sequence number past the newest event of the plan.
+    #[error("plan {plan} has {newest} events; cannot resume after {after}")]
+    BeyondEnd {
+        /// The plan.
+        plan: PlanId,
+        /// The sequence number asked for.
+        after: u64,
+        /// The newest sequence number.
+        newest: u64,
+    },
     /// The registry or the scheduler is shutting down.
     #[error("coordinator is shutting down")]
     ShuttingDown,
@@ -104,6 +114,8 @@ pub struct EventBatch {
     pub events: Vec<(u64, PlanEvent)>,
     /// Announces the newest sequence number of the plan.
     pub newest: watch::Receiver<u64>,
+    /// The plan has finished: its log is complete.
+    pub finished: bool,
 }
 
 pub(crate) enum RegistryMsg {
@@ -313,6 +325,11 @@ impl RegistryActor {
             RegistryMsg::EventsAfter { id, after, reply } => {
                 let batch = match self.plans.get(&id) {
                     None => Err(RegistryError::NotFound(id)),
+                    Some(r) if after > r.log.len() as u64 => Err(RegistryError::BeyondEnd {
+                        plan: id,
+                        after,
+                        newest: r.log.len() as u64,
+                    }),
                     Some(r) => {
                         let start = usize::try_from(after)
                             .unwrap_or(usize::MAX)
@@ -324,6 +341,7 @@ impl RegistryActor {
                                 .map(|i| (i as u64 + 1, r.log[i].clone()))
                                 .collect(),
                             newest: r.newest.subscribe(),
+                            finished: r.summary.is_some(),
                         })
                     }
                 };

@@ -63,6 +63,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// An actor ended while the coordinator was serving.
+    #[error("the {0} stopped unexpectedly: {1}")]
+    ActorStopped(&'static str, String),
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -151,8 +154,34 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        );
+    tokio::pin!(served);
+    tokio::pin!(sched_task);
+    tokio::pin!(registry_task);
+    // Serve until shutdown; a graceful stop waits for open connections, so it gets a
+    // deadline. An actor that ends while serving is fatal: stop rather than serve a
+    // coordinator that can no longer schedule.
+    let mut failed = None;
+    let served = tokio::select! {
+        served = &mut served => served,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(config.shutdown_timeout).await;
+        } => {
+            tracing::warn!("connections did not close within the shutdown timeout; closing them");
+            Ok(())
+        }
+        ended = &mut sched_task => {
+            failed = Some(ServerError::ActorStopped("scheduler", format!("{ended:?}")));
+            shutdown.cancel();
+            Ok(())
+        }
+        ended = &mut registry_task => {
+            failed = Some(ServerError::ActorStopped("plan registry", format!("{ended:?}")));
+            shutdown.cancel();
+            Ok(())
+        }
+    };
     tracing::info!("grpc server stopped; stopping sessions");
     tasks.close();
     if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
@@ -162,7 +191,12 @@ pub async fn run(
         tracing::warn!("sessions did not end within the shutdown timeout");
     }
     actors.cancel();
-    for (name, task) in [("plan registry", registry_task), ("scheduler", sched_task)] {
+    let tasks: [(&str, std::pin::Pin<&mut tokio::task::JoinHandle<()>>); 2] =
+        [("plan registry", registry_task), ("scheduler", sched_task)];
+    for (name, task) in tasks {
+        if task.is_finished() && failed.is_some() {
+            continue;
+        }
         match tokio::time::timeout(config.shutdown_timeout, task).await {
             Ok(Ok(())) => tracing::info!(component = name, "stopped"),
             Ok(Err(e)) => tracing::error!(component = name, error = %e, "task failed"),
@@ -170,5 +204,8 @@ pub async fn run(
         }
     }
     served?;
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

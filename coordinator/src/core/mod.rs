@@ -224,9 +224,12 @@ impl Scheduler {
             // A worker that comes back is a fresh worker: forget its old attempts.
             self.on_worker_lost(now, &info.id.clone());
         }
+        // A new worker may run what no worker could: parked gates are ready again.
         for run in self.plans.values_mut() {
-            for g in &mut run.gates {
-                g.waiting_reported = false;
+            for g in std::mem::take(&mut run.parked) {
+                if run.gate(g).state == GateState::Parked {
+                    run.push_ready(g);
+                }
             }
         }
         let slots = WorkerSlots {
@@ -505,7 +508,6 @@ impl Scheduler {
         run.ready.pop();
         let gr = run.gate_mut(g);
         gr.attempt += 1;
-        gr.waiting_reported = false;
         gr.last_failure = None;
         let attempt = gr.attempt;
         gr.state = GateState::Running {
@@ -564,18 +566,22 @@ impl Scheduler {
                 gatehouse_common::units::format_size(largest.unwrap_or(0))
             )
         };
+        run.ready.pop();
         if self.config.fail_unschedulable {
-            run.ready.pop();
             let done = Done::new(Terminal::Failed, 0).reason("unschedulable");
             finish_gate(run, &mut self.sink, &self.config, g, done);
             return true;
         }
-        if !run.gate(g).waiting_reported {
-            run.gate_mut(g).waiting_reported = true;
+        // Park it so the gates behind it in the queue still run; publish the reason once
+        // (again only if it changes).
+        run.gate_mut(g).state = GateState::Parked;
+        run.parked.push(g);
+        if run.gate(g).waiting_reason.as_deref() != Some(reason.as_str()) {
+            run.gate_mut(g).waiting_reason = Some(reason.clone());
             let ev = gate_event(run, g, GateStatus::Waiting { reason }, 0, None);
             self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
         }
-        false
+        true
     }
 
     fn finish_plans(&mut self, now: Now) {

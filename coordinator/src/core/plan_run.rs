@@ -21,6 +21,8 @@ pub(crate) enum GateState {
     CheckingCache,
     /// In the ready queue, waiting for a slot (and memory).
     Ready,
+    /// Ready, but no live worker could ever run it; back to `Ready` when a worker joins.
+    Parked,
     /// Dispatched to `worker` as `attempt` (started or not yet).
     Running { worker: WorkerId, attempt: u32 },
     /// Failed attempt; `attempt` starts when the retry timer fires.
@@ -48,7 +50,8 @@ pub(crate) struct GateRun {
     /// Attempts lost with their worker (not counted against `retries`).
     pub(crate) losses: u32,
     /// Whether a "waiting" event was already published for the current wait.
-    pub(crate) waiting_reported: bool,
+    /// The reason last published in a `Waiting` event (published again only if it changes).
+    pub(crate) waiting_reason: Option<String>,
     /// The failed result of the last attempt while in `Backoff` (reported if the plan
     /// stops before the retry).
     pub(crate) last_failure: Option<GateResult>,
@@ -79,6 +82,9 @@ pub(crate) struct PlanRun {
     pub(crate) item_doomed: Vec<bool>,
     /// Ready gates by (height desc, plan order asc): O(log n) push and pop.
     pub(crate) ready: BinaryHeap<(u32, Reverse<u32>)>,
+    /// Ready gates no live worker could ever run (labels, memory); they go back to the
+    /// ready heap when a worker joins, so they never block the gates behind them.
+    pub(crate) parked: Vec<GateIdx>,
     /// Attempts dispatched and not yet finished.
     pub(crate) running: u32,
     /// Gates in a terminal state.
@@ -100,7 +106,7 @@ impl PlanRun {
                 attempt: 0,
                 failures: 0,
                 losses: 0,
-                waiting_reported: false,
+                waiting_reason: None,
                 last_failure: None,
             })
             .collect();
@@ -118,6 +124,7 @@ impl PlanRun {
             item_doomed: vec![false; item_remaining.len()],
             item_remaining,
             ready: BinaryHeap::new(),
+            parked: Vec::new(),
             running: 0,
             done: 0,
             counts,

@@ -656,3 +656,44 @@ fn reports_about_unknown_gates_are_ignored_without_panicking() {
     };
     assert!(sim.feed(cache).is_empty());
 }
+
+#[test]
+fn an_unplaceable_gate_does_not_block_the_gates_behind_it_and_waits_quietly() {
+    // The gpu gate heads the queue (longest chain) but no worker has the label.
+    let mut gpu = g("gpu", &[]);
+    gpu.labels = [("gpu".to_string(), "yes".to_string())].into();
+    let plan = flat(
+        Policy::default(),
+        &[gpu, g("after-gpu", &[0]), g("other", &[])],
+    );
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(
+        sim.running_gates(),
+        vec![2],
+        "the runnable gate behind it runs"
+    );
+    for i in 0..5 {
+        sim.feed(Event::WorkerJoined(worker(
+            &format!("flap{i}"),
+            1,
+            4096 * MI,
+        )));
+        sim.feed(Event::WorkerLost {
+            worker: WorkerId::new(format!("flap{i}")),
+        });
+    }
+    let waits = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e.status, GateStatus::Waiting { .. }))
+        .count();
+    assert_eq!(waits, 1, "the same reason is published once");
+    let mut gpu_worker = worker("gpu-box", 1, 4096 * MI);
+    gpu_worker.labels = [("gpu".to_string(), "yes".to_string())].into();
+    sim.feed(Event::WorkerJoined(gpu_worker));
+    assert!(
+        sim.running_gates().contains(&0),
+        "a matching worker picks it up"
+    );
+}

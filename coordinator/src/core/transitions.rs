@@ -212,7 +212,10 @@ pub(super) fn stop_plan(
     for i in 0..run.gates.len() {
         let g = GateIdx(i as u32);
         match run.gate(g).state.clone() {
-            GateState::Blocked | GateState::CheckingCache | GateState::Ready => {
+            GateState::Blocked
+            | GateState::CheckingCache
+            | GateState::Ready
+            | GateState::Parked => {
                 run.gate_mut(g).state = GateState::Done(terminal);
                 run.count(terminal, false, false);
                 let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);

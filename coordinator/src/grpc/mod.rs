@@ -17,6 +17,7 @@ impl From<RegistryError> for tonic::Status {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            RegistryError::BeyondEnd { .. } => tonic::Status::out_of_range(e.to_string()),
             RegistryError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
         }
     }

@@ -34,7 +34,13 @@ pub struct PlanServiceImpl {
     shutdown: CancellationToken,
     /// Owns the `WatchPlan` stream tasks; the server waits for them at shutdown.
     tasks: TaskTracker,
+    /// Plan documents parsed at once (CPU-bound, in the blocking pool), so large
+    /// submissions cannot starve worker sessions of runtime threads.
+    parse_permits: tokio::sync::Semaphore,
 }
+
+/// Plan documents validated at once.
+const PARSE_PERMITS: usize = 2;
 
 impl PlanServiceImpl {
     /// A service over the registry and the worker directory.
@@ -49,6 +55,7 @@ impl PlanServiceImpl {
             workers,
             shutdown,
             tasks,
+            parse_permits: tokio::sync::Semaphore::new(PARSE_PERMITS),
         }
     }
 }
@@ -87,18 +94,27 @@ impl PlanService for PlanServiceImpl {
         };
         // Never trust the client: validate again, with the same messages as `validate`.
         // Relative workdirs resolve on the worker, so the base directory is not used.
-        let plan =
-            parse_plan(&req.document, format, &source, Path::new("/")).map_err(|errors| {
-                let too_large = errors
-                    .0
-                    .iter()
-                    .any(|e| matches!(e.kind, PlanErrorKind::TooLarge { .. }));
-                if too_large {
-                    Status::resource_exhausted(errors.to_string())
-                } else {
-                    Status::invalid_argument(errors.to_string())
-                }
-            })?;
+        let _permit = self
+            .parse_permits
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
+        let parsed = tokio::task::spawn_blocking(move || {
+            parse_plan(&req.document, format, &source, Path::new("/"))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("plan validation failed: {e}")))?;
+        let plan = parsed.map_err(|errors| {
+            let too_large = errors
+                .0
+                .iter()
+                .any(|e| matches!(e.kind, PlanErrorKind::TooLarge { .. }));
+            if too_large {
+                Status::resource_exhausted(errors.to_string())
+            } else {
+                Status::invalid_argument(errors.to_string())
+            }
+        })?;
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
         // The cluster has no shared result cache yet; plans run uncached.
         let options = RunOptions { use_cache: false };
@@ -137,16 +153,24 @@ impl PlanService for PlanServiceImpl {
         let shutdown = self.shutdown.clone();
         // The task ends when the summary was sent, the client went away, or on shutdown.
         spawn_tracked(&self.tasks, "watch-plan", async move {
+            // Every send races shutdown, so a client that stops reading cannot hold up
+            // the coordinator's shutdown.
+            let send = |item: Result<v1::PlanEvent, Status>| {
+                let tx = tx.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => false,
+                        sent = tx.send(item) => sent.is_ok(),
+                    }
+                }
+            };
             let mut batch = first;
             let mut after = req.after_seq;
             loop {
                 for (seq, ev) in &batch.events {
                     let done = matches!(ev, PlanEvent::Finished(_));
-                    if tx
-                        .send(Ok(wire::plan_event(&batch.plan, *seq, ev)))
-                        .await
-                        .is_err()
-                    {
+                    if !send(Ok(wire::plan_event(&batch.plan, *seq, ev))).await {
                         return;
                     }
                     after = *seq;
@@ -154,15 +178,19 @@ impl PlanService for PlanServiceImpl {
                         return;
                     }
                 }
+                if batch.finished && batch.events.is_empty() {
+                    // Resumed after the summary: nothing more will come.
+                    return;
+                }
                 let mut newest = batch.newest.clone();
                 while *newest.borrow_and_update() <= after {
                     tokio::select! {
                         () = shutdown.cancelled() => {
-                            let _ = tx.send(Err(Status::unavailable("coordinator is shutting down"))).await;
+                            let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
                             return;
                         }
                         changed = newest.changed() => if changed.is_err() {
-                            let _ = tx.send(Err(Status::not_found("plan was forgotten"))).await;
+                            let _ = tx.try_send(Err(Status::not_found("plan was forgotten")));
                             return;
                         },
                     }
@@ -170,7 +198,7 @@ impl PlanService for PlanServiceImpl {
                 batch = match registry.events_after(id.clone(), after).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                        let _ = tx.try_send(Err(e.into()));
                         return;
                     }
                 };

@@ -8,6 +8,11 @@ use gatehouse_proto::v1;
 use crate::core::{Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, Terminal};
 use crate::registry::{PlanInfo, PlanSnapshot};
 
+/// The worker id a user knows: the scheduler tracks sessions as `id#generation`.
+pub fn worker_name(w: &gatehouse_common::ids::WorkerId) -> String {
+    w.as_str().split('#').next().unwrap_or_default().to_string()
+}
+
 pub fn gate_state(status: &GateStatus) -> v1::GateState {
     match status {
         GateStatus::Dispatched => v1::GateState::Pending,
@@ -64,11 +69,7 @@ pub fn gate_event(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
         attempt: ev.attempt,
         cached: ev.cached,
         flaky: ev.flaky,
-        worker_id: ev
-            .worker
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        worker_id: ev.worker.as_ref().map(worker_name).unwrap_or_default(),
         reason: ev.reason.unwrap_or_default().to_string(),
         cause: ev
             .cause

@@ -42,7 +42,8 @@ use crate::scheduler::{TransportError, WorkerEvent, WorkerTransport};
 
 type Outbound = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, Status>>;
 
-/// Worker id -> (session generation, the session's outbound queue).
+/// Session key (`worker-id#generation`, the id the scheduler knows the session by) ->
+/// (session generation, the session's outbound queue).
 #[derive(Clone, Default)]
 pub struct Outboxes(Arc<DashMap<WorkerId, (u64, Outbound)>>);
 
@@ -201,9 +202,12 @@ impl Session {
         };
         tracing::info!(worker_id = %id, address = %self.address, slots = hello.slots,
             memory_total = hello.memory_total_bytes, "worker joined");
+        // The scheduler knows this session as `id#generation`: events of an older session
+        // of the same worker id (a reconnect racing its cleanup) can never touch it.
+        let key = WorkerId::new(format!("{id}#{}", self.generation));
         self.outboxes
             .0
-            .insert(id.clone(), (self.generation, out.clone()));
+            .insert(key.clone(), (self.generation, out.clone()));
         self.directory.0.insert(
             id.clone(),
             WorkerEntry {
@@ -234,31 +238,43 @@ impl Session {
         let _ = out.send(Ok(welcome));
         drop(out);
         let info = WorkerInfo {
-            id: id.clone(),
+            id: key.clone(),
             slots: hello.slots,
             memory_total: hello.memory_total_bytes,
             memory_available: hello.memory_total_bytes,
             labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
         };
         if self.reports.send(WorkerEvent::Joined(info)).await.is_ok() {
-            self.serve(&id, &mut inbound).await;
+            self.serve(&id, &key, &mut inbound).await;
         }
-        self.leave(&id).await;
+        self.leave(&id, &key).await;
     }
 
     /// Handles frames until the session ends.
-    async fn serve(&self, id: &WorkerId, inbound: &mut Streaming<v1::WorkerMessage>) {
+    async fn serve(
+        &self,
+        id: &WorkerId,
+        key: &WorkerId,
+        inbound: &mut Streaming<v1::WorkerMessage>,
+    ) {
         let mut deadline = Instant::now() + self.config.liveness_timeout;
         loop {
+            // Biased: a frame that is already there counts before the deadline is judged,
+            // so a busy coordinator never declares a talking worker lost.
             let frame = tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => return,
+                frame = inbound.message() => frame,
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(worker_id = %id, timeout = ?self.config.liveness_timeout,
                         "no heartbeat within the liveness timeout; declaring the worker lost");
                     return;
                 }
-                frame = inbound.message() => frame,
             };
+            if let Ok(Some(_)) = frame {
+                // Any frame is a sign of life, even one this version cannot read.
+                deadline = Instant::now() + self.config.liveness_timeout;
+            }
             let msg = match frame {
                 Ok(Some(v1::WorkerMessage { msg: Some(msg) })) => msg,
                 Ok(Some(_)) => continue,
@@ -271,14 +287,22 @@ impl Session {
                     return;
                 }
             };
-            deadline = Instant::now() + self.config.liveness_timeout;
-            if let Err(e) = self.on_frame(id, msg).await {
+            if self.reports.is_closed() {
+                tracing::error!(worker_id = %id, "the scheduler is gone; ending the session");
+                return;
+            }
+            if let Err(e) = self.on_frame(id, key, msg).await {
                 tracing::warn!(worker_id = %id, error = %e, "ignoring a malformed frame");
             }
         }
     }
 
-    async fn on_frame(&self, id: &WorkerId, msg: v1::worker_message::Msg) -> Result<(), WireError> {
+    async fn on_frame(
+        &self,
+        id: &WorkerId,
+        key: &WorkerId,
+        msg: v1::worker_message::Msg,
+    ) -> Result<(), WireError> {
         use v1::worker_message::Msg;
         fn stopping<E>(_: E) -> WireError {
             WireError::Invalid {
@@ -311,7 +335,7 @@ impl Session {
                 }
                 self.reports
                     .send(WorkerEvent::Capacity {
-                        worker: id.clone(),
+                        worker: key.clone(),
                         memory_used: hb.memory_used_bytes,
                         memory_available: hb.memory_available_bytes,
                     })
@@ -344,7 +368,7 @@ impl Session {
                     e.status.state = v1::WorkerState::Draining as i32;
                 }
                 self.reports
-                    .send(WorkerEvent::Draining(id.clone()))
+                    .send(WorkerEvent::Draining(key.clone()))
                     .await
                     .map_err(stopping)?;
             }
@@ -360,19 +384,13 @@ impl Session {
 
     /// Removes this session's entries (unless a newer session of the same worker id
     /// replaced them) and declares the worker lost.
-    async fn leave(&self, id: &WorkerId) {
-        let ours = self
-            .outboxes
-            .0
-            .remove_if(id, |_, (generation, _)| *generation == self.generation)
-            .is_some();
+    async fn leave(&self, id: &WorkerId, key: &WorkerId) {
+        self.outboxes.0.remove(key);
         self.directory
             .0
             .remove_if(id, |_, e| e.generation == self.generation);
-        if ours {
-            tracing::info!(worker_id = %id, "worker left");
-            let _ = self.reports.send(WorkerEvent::Lost(id.clone())).await;
-        }
+        tracing::info!(worker_id = %id, "worker left");
+        let _ = self.reports.send(WorkerEvent::Lost(key.clone())).await;
     }
 }
 
