@@ -38,7 +38,8 @@ pub struct CoordinatorArgs {
     retain_plans: usize,
 }
 
-fn parse_fraction(s: &str) -> Result<f64, String> {
+/// Parses a fraction in (0, 1].
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if v > 0.0 && v <= 1.0 {
         Ok(v)

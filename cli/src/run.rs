@@ -140,6 +140,7 @@ async fn run(
             memory_total: capacity,
             memory_available: capacity,
             labels,
+            memory_pressure: None,
         }))
         .await
         .context("cannot register the local executor")?;

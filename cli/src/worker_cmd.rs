@@ -6,8 +6,8 @@
 //! the command exits 0 once it is done; a second one kills the running gates at once and
 //! exits 130. Invalid flags exit 2; a fatal error exits 1 with a one-line message.
 //!
-//! There is no `--memory-pressure` here: the coordinator applies its own threshold to the
-//! used/total memory the worker reports in its heartbeats.
+//! `--memory-pressure` is sent in the worker's hello; the coordinator applies it to the
+//! used/total memory the worker reports in its heartbeats (its own default otherwise).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// of the machine's figures; the coordinator subtracts the gates it assigned.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
+    /// Take no new gates while more than this fraction of memory is in use (0 < F <= 1)
+    /// [default: the coordinator's --memory-pressure].
+    #[arg(long, value_name = "F", value_parser = crate::coordinator_cmd::parse_fraction)]
+    memory_pressure: Option<f64>,
     /// Shared directory that relative gate workdirs resolve against [default: a fresh
     /// scratch directory per attempt, removed after it].
     #[arg(long, value_name = "DIR")]
@@ -93,6 +97,7 @@ fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
     cfg.slots = slots;
     cfg.labels = labels;
     cfg.memory_total = args.memory;
+    cfg.memory_pressure = args.memory_pressure;
     cfg.workspace = args.workspace;
     cfg.drain_grace = args.drain_grace;
     cfg.exec = ExecConfig {

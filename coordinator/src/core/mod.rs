@@ -170,7 +170,11 @@ impl Scheduler {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.info.memory_available = memory_available;
                     let total = w.info.memory_total.max(1) as f64;
-                    w.pressured = memory_used as f64 / total > self.config.memory_pressure;
+                    let threshold = w
+                        .info
+                        .memory_pressure
+                        .unwrap_or(self.config.memory_pressure);
+                    w.pressured = memory_used as f64 / total > threshold;
                 }
             }
             Event::WorkerDraining { worker } => {

@@ -110,6 +110,7 @@ pub(crate) fn worker(id: &str, slots: u32, mem: u64) -> WorkerInfo {
         memory_total: mem,
         memory_available: mem,
         labels: BTreeMap::new(),
+        memory_pressure: None,
     }
 }
 

@@ -697,3 +697,21 @@ fn an_unplaceable_gate_does_not_block_the_gates_behind_it_and_waits_quietly() {
         "a matching worker picks it up"
     );
 }
+
+#[test]
+fn a_worker_may_set_its_own_memory_pressure_threshold() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut strict = worker("strict", 2, 4096 * MI);
+    strict.memory_pressure = Some(0.5);
+    let mut sim = Sim::new(CoreConfig::default(), &[strict]);
+    sim.feed(Event::WorkerCapacity {
+        worker: WorkerId::new("strict"),
+        memory_used: 2500 * MI,
+        memory_available: 1596 * MI,
+    });
+    sim.submit(plan, false);
+    assert!(
+        sim.running.is_empty(),
+        "61% used is above this worker's 50% threshold"
+    );
+}

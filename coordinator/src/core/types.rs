@@ -19,7 +19,7 @@ pub struct RunOptions {
 }
 
 /// What a worker (executor) declares when it joins.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkerInfo {
     /// The worker's id.
     pub id: WorkerId,
@@ -31,6 +31,8 @@ pub struct WorkerInfo {
     pub memory_available: u64,
     /// Its labels; a gate with `labels` runs only where all of them match.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Its own memory-pressure threshold, if it set one (else the core's default).
+    pub memory_pressure: Option<f64>,
 }
 
 /// Events into the core.

@@ -55,6 +55,8 @@ pub struct WorkerDirectory(Arc<DashMap<WorkerId, WorkerEntry>>);
 #[derive(Clone, Debug)]
 pub struct WorkerEntry {
     generation: u64,
+    /// The memory-pressure threshold that applies to this worker.
+    pressure: f64,
     status: v1::WorkerStatus,
     last_heartbeat: Instant,
 }
@@ -212,6 +214,11 @@ impl Session {
             id.clone(),
             WorkerEntry {
                 generation: self.generation,
+                pressure: if hello.memory_pressure > 0.0 && hello.memory_pressure <= 1.0 {
+                    hello.memory_pressure
+                } else {
+                    self.config.memory_pressure
+                },
                 status: v1::WorkerStatus {
                     worker_id: id.to_string(),
                     hostname: hello.hostname.clone(),
@@ -243,6 +250,8 @@ impl Session {
             memory_total: hello.memory_total_bytes,
             memory_available: hello.memory_total_bytes,
             labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            memory_pressure: (hello.memory_pressure > 0.0 && hello.memory_pressure <= 1.0)
+                .then_some(hello.memory_pressure),
         };
         if self.reports.send(WorkerEvent::Joined(info)).await.is_ok() {
             self.serve(&id, &key, &mut inbound).await;
@@ -319,8 +328,7 @@ impl Session {
                     .filter(|e| e.generation == self.generation)
                 {
                     let total = e.status.memory_total_bytes.max(1) as f64;
-                    let pressured =
-                        hb.memory_used_bytes as f64 / total > self.config.memory_pressure;
+                    let pressured = hb.memory_used_bytes as f64 / total > e.pressure;
                     if e.status.state != v1::WorkerState::Draining as i32 {
                         e.status.state = if pressured {
                             v1::WorkerState::Pressured

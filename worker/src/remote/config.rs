@@ -32,6 +32,9 @@ pub struct RemoteWorkerConfig {
     /// gates' requests as used. When unset, the machine's real total, used and available
     /// memory (sysinfo) are reported.
     pub memory_total: Option<u64>,
+    /// Memory-pressure threshold sent in `Hello` (fraction of total memory in use above
+    /// which this worker gets no new gates); `None`: the coordinator's default.
+    pub memory_pressure: Option<f64>,
     /// Shared workspace directory that relative gate workdirs resolve against; when
     /// unset, each attempt gets a fresh scratch directory (see the module docs of
     /// [`remote`](crate::remote)).
@@ -67,6 +70,7 @@ impl RemoteWorkerConfig {
             slots: 1,
             labels: BTreeMap::new(),
             memory_total: None,
+            memory_pressure: None,
             workspace: None,
             drain_grace: Duration::from_secs(30),
             reconnect_initial: Duration::from_millis(100),

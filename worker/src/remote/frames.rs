@@ -114,6 +114,7 @@ pub(crate) fn hello(
         labels: cfg.labels.clone().into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         running: Vec::new(),
+        memory_pressure: cfg.memory_pressure.unwrap_or(0.0),
     }))
 }
 
