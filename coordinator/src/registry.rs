@@ -377,7 +377,7 @@ impl RegistryActor {
                     trim(result, self.config.stderr_tail_bytes);
                 }
                 if let crate::core::GateStatus::Finished(t) = g.status {
-                    count(&mut r.counts, t, g.cached, g.flaky);
+                    r.counts.record(t, g.cached, g.flaky);
                 }
                 r.latest[g.gate.ix()] = Some(g.clone());
                 if g.status == crate::core::GateStatus::Dispatched {
@@ -440,19 +440,6 @@ fn reject(msg: RegistryMsg) {
         }
         RegistryMsg::Cancel { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
     }
-}
-
-fn count(c: &mut crate::core::Counts, t: crate::core::Terminal, cached: bool, flaky: bool) {
-    use crate::core::Terminal;
-    match t {
-        Terminal::Passed => c.passed += 1,
-        Terminal::Failed => c.failed += 1,
-        Terminal::TimedOut => c.timed_out += 1,
-        Terminal::Skipped => c.skipped += 1,
-        Terminal::Cancelled => c.cancelled += 1,
-    }
-    c.cached += u32::from(cached);
-    c.flaky += u32::from(flaky);
 }
 
 /// Drops stdout and keeps the last `keep` bytes of stderr, counting what was dropped.

@@ -520,21 +520,7 @@ impl SchedulerActor {
 /// Keys of the gates `gate` directly depends on (needs + every gate of its item's deps);
 /// `None` if one is unknown (then the gate cannot be keyed and runs uncached).
 fn dependency_keys(plan: &Plan, gate: GateIdx, keys: &[Option<CacheKey>]) -> Option<Vec<CacheKey>> {
-    let g = plan.gate(gate);
-    let item_deps = g
-        .item
-        .map(|i| plan.item(i).deps.as_slice())
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(g.needs.len());
-    for need in &g.needs {
-        out.push(keys[need.ix()]?);
-    }
-    for dep in item_deps {
-        for dg in &plan.item(*dep).gates {
-            out.push(keys[dg.ix()]?);
-        }
-    }
-    Some(out)
+    plan.prerequisites(gate).map(|d| keys[d.ix()]).collect()
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

@@ -161,6 +161,21 @@ impl Plan {
         &self.items[idx.ix()]
     }
 
+    /// The gates `gate` directly waits for: its `needs`, then every gate of each item in
+    /// its item's `deps` (what its cache key and its readiness depend on).
+    pub fn prerequisites(&self, gate: GateIdx) -> impl Iterator<Item = GateIdx> + '_ {
+        let g = self.gate(gate);
+        let item_deps = g
+            .item
+            .map(|i| self.item(i).deps.as_slice())
+            .unwrap_or_default();
+        g.needs.iter().copied().chain(
+            item_deps
+                .iter()
+                .flat_map(|d| self.item(*d).gates.iter().copied()),
+        )
+    }
+
     /// Levels as ids: item ids per level (item form) or gate ids (flat form).
     pub fn level_ids(&self) -> Vec<Vec<String>> {
         let name = |i: &u32| match self.form() {

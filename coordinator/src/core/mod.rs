@@ -41,7 +41,7 @@ use gatehouse_common::plan::Plan;
 
 use plan_run::{GateState, PlanRun, Stopping};
 pub use transitions::retry_backoff;
-use transitions::{Done, finish_gate, gate_event, gate_spec, make_ready, stop_plan};
+use transitions::{Done, finish_gate, gate_event, gate_spec, lose_attempt, make_ready, stop_plan};
 pub use types::*;
 
 /// Tunables of the core (config, never test-only branches).
@@ -267,14 +267,13 @@ impl Scheduler {
             match run.gate(g).state.clone() {
                 GateState::Running { attempt: a, .. } if a == attempt.attempt => {
                     run.running -= 1;
-                    let gr = run.gate_mut(g);
-                    gr.losses += 1;
-                    if gr.losses >= self.config.max_worker_losses {
-                        let done = Done::new(Terminal::Failed, a).reason("worker_lost");
-                        finish_gate(run, &mut self.sink, &self.config, g, done);
-                    } else {
-                        run.push_ready(g);
-                    }
+                    lose_attempt(
+                        run,
+                        &mut self.sink,
+                        &self.config,
+                        g,
+                        Done::new(Terminal::Failed, a),
+                    );
                 }
                 GateState::Stopping {
                     attempt: a, then, ..
@@ -391,19 +390,10 @@ impl Scheduler {
         if matches!(result.status, ExitStatus::Cancelled) {
             // The worker stopped the attempt on its own (it is draining or shutting
             // down): like a lost attempt, it runs again elsewhere without using a retry.
-            let gr = run.gate_mut(g);
-            gr.losses += 1;
-            if gr.losses >= self.config.max_worker_losses {
-                let mut done = Done::new(Terminal::Failed, a).reason("worker_lost");
-                done.worker = Some(worker);
-                done.result = Some(result);
-                finish_gate(run, &mut self.sink, &self.config, g, done);
-            } else if run.stopping == Stopping::No {
-                run.push_ready(g);
-            } else {
-                let done = Done::new(Terminal::Cancelled, a).reason("cancelled");
-                finish_gate(run, &mut self.sink, &self.config, g, done);
-            }
+            let mut failed = Done::new(Terminal::Failed, a);
+            failed.worker = Some(worker);
+            failed.result = Some(result);
+            lose_attempt(run, &mut self.sink, &self.config, g, failed);
             return;
         }
         let retries = gate.retries;

@@ -175,19 +175,6 @@ impl PlanRun {
     /// Records a terminal state in the counters.
     pub(crate) fn count(&mut self, t: Terminal, cached: bool, flaky: bool) {
         self.done += 1;
-        let c = &mut self.counts;
-        match t {
-            Terminal::Passed => c.passed += 1,
-            Terminal::Failed => c.failed += 1,
-            Terminal::TimedOut => c.timed_out += 1,
-            Terminal::Skipped => c.skipped += 1,
-            Terminal::Cancelled => c.cancelled += 1,
-        }
-        if cached {
-            c.cached += 1;
-        }
-        if flaky {
-            c.flaky += 1;
-        }
+        self.counts.record(t, cached, flaky);
     }
 }

@@ -97,17 +97,8 @@ fn build(
 
 /// Direct prerequisites of every gate (needs + all gates of dep items).
 fn prerequisites(plan: &Plan) -> Vec<Vec<GateIdx>> {
-    plan.gates
-        .iter()
-        .map(|gate| {
-            let mut p = gate.needs.clone();
-            if let Some(item) = gate.item {
-                for d in &plan.item(item).deps {
-                    p.extend(plan.item(*d).gates.iter().copied());
-                }
-            }
-            p
-        })
+    (0..plan.gates.len() as u32)
+        .map(|g| plan.prerequisites(GateIdx(g)).collect())
         .collect()
 }
 

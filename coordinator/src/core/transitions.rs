@@ -89,6 +89,28 @@ pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
     }
 }
 
+/// An attempt lost with its worker (or stopped by the worker on its own): it runs again
+/// as a new attempt without using a retry, until `max_worker_losses`; then the gate ends
+/// as `failed` (the given `failed` outcome, with reason `worker_lost`).
+pub(super) fn lose_attempt(
+    run: &mut PlanRun,
+    sink: &mut Sink,
+    config: &CoreConfig,
+    g: GateIdx,
+    failed: Done,
+) {
+    let gr = run.gate_mut(g);
+    gr.losses += 1;
+    if gr.losses >= config.max_worker_losses {
+        finish_gate(run, sink, config, g, failed.reason("worker_lost"));
+    } else if run.stopping == Stopping::No {
+        run.push_ready(g);
+    } else {
+        let done = Done::new(Terminal::Cancelled, failed.attempt).reason("cancelled");
+        finish_gate(run, sink, config, g, done);
+    }
+}
+
 /// A gate whose prerequisites all passed: through the cache check when caching is on.
 pub(super) fn make_ready(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     if run.options.use_cache {

@@ -282,6 +282,21 @@ pub struct Counts {
     pub flaky: u32,
 }
 
+impl Counts {
+    /// Counts one gate that ended in `t`.
+    pub fn record(&mut self, t: Terminal, cached: bool, flaky: bool) {
+        match t {
+            Terminal::Passed => self.passed += 1,
+            Terminal::Failed => self.failed += 1,
+            Terminal::TimedOut => self.timed_out += 1,
+            Terminal::Skipped => self.skipped += 1,
+            Terminal::Cancelled => self.cancelled += 1,
+        }
+        self.cached += u32::from(cached);
+        self.flaky += u32::from(flaky);
+    }
+}
+
 /// The last event of a plan.
 #[derive(Clone, Debug)]
 pub struct PlanSummary {
