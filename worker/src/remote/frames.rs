@@ -44,6 +44,8 @@ pub(crate) enum Inbound {
         attempt: AttemptRef,
         grace: Duration,
     },
+    /// The coordinator durably recorded these attempts' results.
+    Ack(Vec<AttemptRef>),
 }
 
 /// Decodes one coordinator frame.
@@ -64,6 +66,12 @@ pub(crate) fn decode(msg: v1::CoordinatorMessage) -> Result<Inbound, WireError> 
             attempt: attempt_from_wire(c.attempt)?,
             grace: Duration::from_millis(c.grace_ms),
         }),
+        coordinator_message::Msg::Ack(a) => Ok(Inbound::Ack(
+            a.attempts
+                .into_iter()
+                .map(|r| attempt_from_wire(Some(r)))
+                .collect::<Result<_, _>>()?,
+        )),
     }
 }
 
@@ -115,6 +123,7 @@ pub(crate) fn hello(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         running: Vec::new(),
         memory_pressure: cfg.memory_pressure.unwrap_or(0.0),
+        finished: Vec::new(),
     }))
 }
 

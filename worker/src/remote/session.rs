@@ -279,6 +279,10 @@ impl Worker {
                 }
                 Ok(None)
             }
+            Inbound::Ack(attempts) => {
+                tracing::debug!(count = attempts.len(), "results acknowledged");
+                Ok(None)
+            }
         }
     }
 
