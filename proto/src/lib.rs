@@ -3,6 +3,7 @@
 //! lives only here; other crates convert at their gRPC edge with [`convert`].
 
 pub mod convert;
+pub mod leader;
 
 /// Generated messages and services of `gatehouse.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
