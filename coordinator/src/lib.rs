@@ -1,12 +1,13 @@
 //! The Gatehouse coordinator: the sans-IO scheduler core ([`core`]), the actors that
-//! drive it ([`scheduler`], [`registry`]), the gRPC services ([`grpc`]) and the server
-//! wiring ([`server`]).
+//! drive it ([`scheduler`], [`registry`]), the gRPC services ([`grpc`]), the server
+//! wiring ([`server`]) and the durable plan state ([`store`]).
 
 pub mod core;
 pub mod grpc;
 pub mod registry;
 pub mod scheduler;
 pub mod server;
+pub mod store;
 
 #[cfg(test)]
 mod scheduler_tests;
