@@ -14,7 +14,7 @@ use gatehouse_proto::v1;
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use tonic::transport::Channel;
 
-use super::{Workspace, bin, wait_until};
+use super::{Workspace, bin, log_tail, wait_until};
 
 /// A child process with its log file.
 pub struct Proc {
@@ -70,9 +70,7 @@ impl Proc {
     }
 
     fn tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        log_tail(&self.log, 40)
     }
 }
 
