@@ -377,7 +377,13 @@ fn health_and_reflection_serve_generic_grpc_tools() {
 fn an_unreachable_coordinator_is_one_line_and_exit_3() {
     let ws = support::Workspace::new();
     let out = ws
-        .cmd(&["plans", "--coordinator", "http://127.0.0.1:1"])
+        .cmd(&[
+            "plans",
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--failover-timeout",
+            "1s",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3));

@@ -6,6 +6,10 @@
 //! the command exits 0 once it is done; a second one kills the running gates at once and
 //! exits 130. Invalid flags exit 2; a fatal error exits 1 with a one-line message.
 //!
+//! When the connection to the coordinator is lost, running gates keep running for
+//! `--orphan-grace` while the worker reconnects, following a not-leader answer to the
+//! leader it names (see [`gatehouse_worker::remote`]).
+//!
 //! `--memory-pressure` is sent in the worker's hello; the coordinator applies it to the
 //! used/total memory the worker reports in its heartbeats (its own default otherwise).
 
@@ -58,6 +62,12 @@ pub struct WorkerArgs {
     /// cancelling them.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     drain_grace: Duration,
+    /// How long running gates keep running after the connection to the coordinator was
+    /// lost, while the worker reconnects (a new leader can take them over); past it
+    /// without a new session they are cancelled and their results kept for the next
+    /// coordinator.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    orphan_grace: Duration,
     /// Time between SIGTERM and SIGKILL when a gate times out or a drain cancels it
     /// (cancellations from the coordinator carry their own grace).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -100,6 +110,7 @@ fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
     cfg.memory_pressure = args.memory_pressure;
     cfg.workspace = args.workspace;
     cfg.drain_grace = args.drain_grace;
+    cfg.orphan_grace = args.orphan_grace;
     cfg.exec = ExecConfig {
         kill_grace: args.kill_grace,
         ..ExecConfig::default()
@@ -212,6 +223,7 @@ mod tests {
             "--memory=2Gi",
             "--workspace=/srv/ws",
             "--drain-grace=1m",
+            "--orphan-grace=90s",
             "--kill-grace=2s",
         ])
         .expect("valid flags");
@@ -221,6 +233,7 @@ mod tests {
         assert_eq!(cfg.memory_total, Some(2 << 30));
         assert_eq!(cfg.workspace, Some(PathBuf::from("/srv/ws")));
         assert_eq!(cfg.drain_grace, Duration::from_secs(60));
+        assert_eq!(cfg.orphan_grace, Duration::from_secs(90));
         assert_eq!(cfg.exec.kill_grace, Duration::from_secs(2));
     }
 
@@ -235,6 +248,7 @@ mod tests {
         );
         assert!(is_valid_id(cfg.id.as_str()), "{}", cfg.id);
         assert_eq!(cfg.drain_grace, Duration::from_secs(30));
+        assert_eq!(cfg.orphan_grace, Duration::from_secs(60));
         assert!(cfg.workspace.is_none() && cfg.memory_total.is_none());
         assert!(parse(&["--slots=0"]).is_err());
         assert!(parse(&["--id=a b"]).is_err());
@@ -242,5 +256,6 @@ mod tests {
         assert!(parse(&["--labels=a=1,a=2"]).is_err());
         assert!(parse(&["--memory=lots"]).is_err());
         assert!(parse(&["--drain-grace=30"]).is_err());
+        assert!(parse(&["--orphan-grace=soon"]).is_err());
     }
 }

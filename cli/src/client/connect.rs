@@ -1,10 +1,11 @@
-//! Reaching a coordinator: the `--coordinator URL[,URL...]` list, connecting to the first
-//! URL that answers, and unary calls bounded by a deadline.
+//! Reaching one coordinator: the `--coordinator URL[,URL...]` list, connecting to one
+//! URL, and unary calls bounded by a deadline.
 //!
-//! Each URL gets [`CONNECT_TIMEOUT`] to accept a connection, tried in the order given.
-//! The channel sends HTTP/2 keep-alive pings so a watch notices a coordinator that died
-//! without closing its connections. Nothing here retries a call; resuming a broken watch
-//! is [`super::follow`]'s job.
+//! Each URL gets [`CONNECT_TIMEOUT`] to accept a connection. The channel sends HTTP/2
+//! keep-alive pings so a watch notices a coordinator that died without closing its
+//! connections. Nothing here retries: finding the leader among the URLs (and retrying
+//! while there is none) is [`super::leader`]'s job, resuming a broken watch
+//! [`super::follow`]'s.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,44 +42,52 @@ impl CoordinatorUrls {
 /// Parses `URL[,URL...]`: blanks around commas are ignored, a URL without a scheme gets
 /// `http://`, and each must be an `http` URL with a host.
 pub fn parse_urls(s: &str) -> Result<CoordinatorUrls, String> {
-    let mut urls = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let url = if part.contains("://") {
-            part.to_string()
-        } else {
-            format!("http://{part}")
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("invalid coordinator URL {part:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "invalid coordinator URL {part:?}: scheme {other:?} is not supported; use http://HOST:PORT"
-                ));
-            }
-            None => return Err(format!("invalid coordinator URL {part:?}: no scheme")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("invalid coordinator URL {part:?}: no host"));
-        }
-        let path = uri.path();
-        if !(path.is_empty() || path == "/") || uri.query().is_some() {
-            return Err(format!(
-                "invalid coordinator URL {part:?}: give only http://HOST:PORT, without a path"
-            ));
-        }
-        urls.push(url.trim_end_matches('/').to_string());
-    }
+    let urls = s
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(parse_url)
+        .collect::<Result<Vec<_>, _>>()?;
     if urls.is_empty() {
         return Err("no coordinator URL given; use --coordinator http://HOST:PORT".into());
     }
     Ok(CoordinatorUrls(urls))
 }
 
+/// Parses one coordinator URL (as given by the user, or as named by a not-leader
+/// answer) into `http://HOST:PORT`.
+pub fn parse_url(part: &str) -> Result<String, String> {
+    let url = if part.contains("://") {
+        part.to_string()
+    } else {
+        format!("http://{part}")
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid coordinator URL {part:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(format!(
+                "invalid coordinator URL {part:?}: scheme {other:?} is not supported; use http://HOST:PORT"
+            ));
+        }
+        None => return Err(format!("invalid coordinator URL {part:?}: no scheme")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("invalid coordinator URL {part:?}: no host"));
+    }
+    let path = uri.path();
+    if !(path.is_empty() || path == "/") || uri.query().is_some() {
+        return Err(format!(
+            "invalid coordinator URL {part:?}: give only http://HOST:PORT, without a path"
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
 /// A connection to one coordinator.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Coordinator {
     /// The URL it was reached at (for messages).
     pub url: String,
@@ -86,29 +95,15 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Connects to the first of `urls` that accepts a connection.
-    pub async fn connect(urls: &CoordinatorUrls) -> Result<Self, ClientError> {
-        let mut reason = String::new();
-        for url in urls.as_slice() {
-            match connect_one(url).await {
-                Ok(channel) => {
-                    let client = PlanServiceClient::new(channel)
-                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-                    return Ok(Self {
-                        url: url.clone(),
-                        client,
-                    });
-                }
-                Err(e) => {
-                    tracing::debug!(url = %url, error = %e, "coordinator not reachable");
-                    reason = e;
-                }
-            }
-        }
-        Err(ClientError::Unreachable {
-            urls: urls.as_slice().to_vec(),
-            reason,
+    /// Connects to `url`; the error says why it could not.
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let channel = connect_one(url).await?;
+        let client = PlanServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self {
+            url: url.to_string(),
+            client,
         })
     }
 

@@ -2,8 +2,9 @@
 //!
 //! | case | exit |
 //! | --- | --- |
-//! | no coordinator URL reachable, a call unanswered, a watch that could not be resumed | 3 |
+//! | no coordinator URL reachable or no leader within the failover timeout, a call unanswered, a watch that could not be resumed | 3 |
 //! | a resumed watch whose plan the coordinator no longer knows | 3 |
+//! | a submit that broke after it was sent (it may have been accepted; not re-sent) | 3 |
 //! | the coordinator refused the request (`INVALID_ARGUMENT`, `NOT_FOUND`, ...), bad usage | 2 |
 //! | the coordinator is unavailable (`UNAVAILABLE`) | 3 |
 //! | any other server error, or a local failure | 1 |
@@ -17,12 +18,25 @@ use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE};
 /// A client command's failure.
 #[derive(Debug)]
 pub enum ClientError {
-    /// No URL of the list accepted a connection.
+    /// No URL of the list accepted a connection (or the call) before the failover
+    /// timeout ran out.
     Unreachable {
-        /// Every URL tried.
+        /// The configured URLs.
         urls: Vec<String>,
-        /// Why the last one failed.
+        /// The last failure, with its URL.
         reason: String,
+        /// How long the URLs were retried.
+        after: Duration,
+    },
+    /// Coordinators answered, but none as the leader, before the failover timeout ran
+    /// out (an election that did not end, or coordinators that disagree).
+    NoLeader {
+        /// The configured URLs.
+        urls: Vec<String>,
+        /// The last answer, with its URL.
+        reason: String,
+        /// How long the URLs were retried.
+        after: Duration,
     },
     /// A call got no answer in time.
     NoAnswer {
@@ -48,6 +62,15 @@ pub enum ClientError {
         /// The plan.
         plan: String,
     },
+    /// A call that must not run twice (`SubmitPlan`) broke after it was sent (the
+    /// connection failed, or the coordinator was unavailable): it may or may not have
+    /// been accepted, so it was not re-sent.
+    MaybeAccepted {
+        /// The coordinator called.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
     /// The coordinator answered with an error.
     Status {
         /// The coordinator that answered.
@@ -66,7 +89,9 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Unreachable { .. }
+            | ClientError::NoLeader { .. }
             | ClientError::NoAnswer { .. }
+            | ClientError::MaybeAccepted { .. }
             | ClientError::Lost { .. }
             | ClientError::PlanLost { .. } => EXIT_UNREACHABLE,
             ClientError::Status { status, .. } => status_exit_code(status.code()),
@@ -78,12 +103,24 @@ impl ClientError {
     /// The message printed after `error: `.
     pub fn message(&self) -> String {
         match self {
-            ClientError::Unreachable { urls, reason } => {
-                format!(
-                    "cannot reach the coordinator at {}: {reason}",
-                    urls.join(", ")
-                )
-            }
+            ClientError::Unreachable {
+                urls,
+                reason,
+                after,
+            } => format!(
+                "cannot reach the coordinator at {}{}: {reason}",
+                urls.join(", "),
+                retried_for(*after)
+            ),
+            ClientError::NoLeader {
+                urls,
+                reason,
+                after,
+            } => format!(
+                "no leader among the coordinators at {}{}: {reason}",
+                urls.join(", "),
+                retried_for(*after)
+            ),
             ClientError::NoAnswer { url, after } => format!(
                 "the coordinator at {url} did not answer within {}s",
                 after.as_secs()
@@ -94,6 +131,11 @@ impl ClientError {
             ),
             ClientError::PlanLost { url, plan } => format!(
                 "lost plan {plan}: the coordinator at {url} no longer knows it (restarted without its state?)"
+            ),
+            ClientError::MaybeAccepted { url, reason } => format!(
+                "the call to the coordinator at {url} broke after it was sent, so it may have \
+                 been accepted and was not sent again (`gatehouse plans` shows whether the plan \
+                 arrived): {reason}"
             ),
             ClientError::Status { url, status } if status.code() == Code::Unavailable => {
                 format!(
@@ -116,6 +158,15 @@ impl ClientError {
 impl From<anyhow::Error> for ClientError {
     fn from(e: anyhow::Error) -> Self {
         ClientError::Local(e)
+    }
+}
+
+/// ` (retried for Ns)`, or nothing when nothing was retried.
+fn retried_for(after: Duration) -> String {
+    if after.is_zero() {
+        String::new()
+    } else {
+        format!(" (retried for {}s)", after.as_secs_f64().round())
     }
 }
 
@@ -145,7 +196,7 @@ pub fn status_exit_code(code: Code) -> u8 {
 
 /// The status's message as sent (validation messages are printed as they are), or
 /// the code's description when it has none, with the transport's causes appended.
-fn status_message(status: &tonic::Status) -> String {
+pub fn status_message(status: &tonic::Status) -> String {
     let mut msg = if status.message().is_empty() {
         status.code().description().to_string()
     } else {
@@ -195,11 +246,22 @@ mod tests {
     fn messages_are_one_line_and_name_the_coordinator() {
         let e = ClientError::Unreachable {
             urls: vec!["http://a:1".into(), "http://b:2".into()],
-            reason: "connection refused".into(),
+            reason: "http://b:2: connection refused".into(),
+            after: Duration::ZERO,
         };
         assert_eq!(
             e.message(),
-            "cannot reach the coordinator at http://a:1, http://b:2: connection refused"
+            "cannot reach the coordinator at http://a:1, http://b:2: http://b:2: connection refused"
+        );
+        assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
+        let e = ClientError::NoLeader {
+            urls: vec!["http://a:1".into()],
+            reason: "http://a:1: no leader is elected yet".into(),
+            after: Duration::from_millis(30_200),
+        };
+        assert_eq!(
+            e.message(),
+            "no leader among the coordinators at http://a:1 (retried for 30s): http://a:1: no leader is elected yet"
         );
         assert_eq!(e.exit_code(), EXIT_UNREACHABLE);
         let invalid = ClientError::Status {
@@ -217,5 +279,15 @@ mod tests {
             "cannot reach the coordinator at http://a:1: The service is currently unavailable"
         );
         assert_eq!(down.exit_code(), EXIT_UNREACHABLE);
+        let uncertain = ClientError::MaybeAccepted {
+            url: "http://a:1".into(),
+            reason: "connection reset".into(),
+        };
+        assert!(
+            uncertain.message().contains("may have been accepted"),
+            "{}",
+            uncertain.message()
+        );
+        assert_eq!(uncertain.exit_code(), EXIT_UNREACHABLE);
     }
 }

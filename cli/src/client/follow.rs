@@ -3,39 +3,43 @@
 //! Events are read from `WatchPlan` and handed to the [`Renderer`], which prints them
 //! exactly as `gatehouse run` does. The last `seq` seen is kept; when the stream breaks
 //! (the coordinator restarted, the leader changed, the connection died), the follower
-//! reconnects to the first reachable URL of the list and asks again with `after_seq` =
-//! that seq, so nothing is missed or shown twice. Resuming is retried with exponential
-//! backoff ([`RETRY_FIRST`] doubling up to [`RETRY_MAX`]) for at most the reconnect
-//! budget counted from the break; a received event ends the outage.
+//! finds the leader again through the URL list ([`super::leader`]: a leader named by a
+//! not-leader answer first, then the list, with redirects) and asks again with
+//! `after_seq` = that seq, so nothing is missed or shown twice, on whichever
+//! coordinator leads now. Resuming is retried with backoff
+//! ([`RETRY_FIRST`](super::leader::RETRY_FIRST) doubling up to
+//! [`RETRY_MAX`](super::leader::RETRY_MAX)) for at most the failover timeout
+//! (`--failover-timeout`, 30 s by default: a leader change takes up to two lease TTLs)
+//! counted from the break; a received event ends the outage.
 //!
 //! Signals (SIGINT, SIGTERM, SIGHUP) are handled at every wait, including during a
 //! reconnect: with [`OnInterrupt::Cancel`] the first one sends `CancelPlan`, the second
 //! `CancelPlan { force }`, and the follower keeps reading until the summary (a third
 //! stops watching); with [`OnInterrupt::Detach`] the first one stops watching and the
-//! plan keeps running.
+//! plan keeps running. A `CancelPlan` goes to the coordinator the watch streams from, or
+//! through the leader search, within [`CANCEL_TIMEOUT`]; if no leader answers in that
+//! time (an election), a notice says so and the watch goes on.
 
 use std::time::Duration;
 
 use gatehouse_common::ids::PlanId;
 use gatehouse_coordinator::core::PlanOutcome;
+use gatehouse_proto::leader::{is_not_leader, leader_hint};
+use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use gatehouse_proto::v1::{self, plan_event::Event};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-use super::connect::{Coordinator, CoordinatorUrls, RPC_TIMEOUT};
+use super::connect::{Coordinator, RPC_TIMEOUT};
 use super::error::ClientError;
+use super::leader::{Cluster, Resend, retry_delay};
 use crate::render::{Renderer, wire};
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED};
 
-/// Delay before the first attempt to resume a broken watch.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// Longest delay between attempts to resume.
-const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Time a `CancelPlan` sent on a signal gets to answer.
+/// Time a `CancelPlan` sent on a signal gets to find the leader and be answered.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a broken watch is retried by default.
-pub const RECONNECT_BUDGET: Duration = Duration::from_secs(30);
 
 /// What a signal does to a watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +68,15 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
         })
     }
+}
 
-    /// The next signal.
+/// Where interrupts come from: the process's [`Signals`], or a test's own source.
+pub trait Interrupts {
+    /// The next interrupt.
+    fn recv(&mut self) -> impl std::future::Future<Output = ()>;
+}
+
+impl Interrupts for Signals {
     async fn recv(&mut self) {
         tokio::select! {
             _ = self.int.recv() => {}
@@ -102,14 +113,17 @@ fn resumable(code: Code) -> bool {
 
 /// A watch being followed.
 pub struct Follower<'a> {
-    /// The coordinator the current stream comes from (also used for cancels).
+    /// The coordinator the current stream comes from (tried first for cancels).
     coord: Coordinator,
-    urls: &'a CoordinatorUrls,
+    /// Where to look for the leader when resuming.
+    cluster: &'a Cluster,
     plan_id: &'a PlanId,
     on_interrupt: OnInterrupt,
     renderer: &'a mut Renderer,
     /// How long resuming a broken watch is retried.
     budget: Duration,
+    /// The leader named by the last not-leader answer, tried first when resuming.
+    hint: Option<String>,
     /// Highest `seq` shown.
     last_seq: u64,
     /// Signals received.
@@ -133,25 +147,26 @@ enum Wake {
 impl<'a> Follower<'a> {
     pub fn new(
         coord: Coordinator,
-        urls: &'a CoordinatorUrls,
+        cluster: &'a Cluster,
         plan_id: &'a PlanId,
         on_interrupt: OnInterrupt,
         renderer: &'a mut Renderer,
     ) -> Self {
         Self {
             coord,
-            urls,
+            cluster,
             plan_id,
             on_interrupt,
             renderer,
-            budget: RECONNECT_BUDGET,
+            budget: cluster.budget,
+            hint: None,
             last_seq: 0,
             interrupts: 0,
         }
     }
 
     /// Follows the plan from its first event until the summary; returns the exit code.
-    pub async fn run(mut self, signals: &mut Signals) -> Result<u8, ClientError> {
+    pub async fn run(mut self, signals: &mut impl Interrupts) -> Result<u8, ClientError> {
         let mut stream: Option<Streaming<v1::PlanEvent>> = None;
         let mut outage: Option<Outage> = None;
         loop {
@@ -162,13 +177,22 @@ impl<'a> Follower<'a> {
                     m = s.message() => Wake::Message(m),
                 },
                 None => {
-                    // The first open reuses the connection; a resume connects afresh,
-                    // possibly to another URL of the list.
-                    let (coord, at) = match &outage {
-                        None => (Some(self.coord.clone()), Instant::now()),
-                        Some(o) => (None, retry_at(o)),
+                    // The first open reuses the connection; a resume looks for the
+                    // leader afresh, within what is left of the budget.
+                    let (coord, at, budget) = match &outage {
+                        None => (Some(self.coord.clone()), Instant::now(), self.budget),
+                        Some(o) => (
+                            None,
+                            retry_at(o),
+                            self.budget.saturating_sub(o.since.elapsed()),
+                        ),
                     };
-                    let open = open(coord, self.urls, self.plan_id, self.last_seq, at);
+                    let resume = Resume {
+                        cluster: self.cluster,
+                        prefer: self.hint.clone(),
+                        budget,
+                    };
+                    let open = open(coord, resume, self.plan_id, self.last_seq, at);
                     tokio::select! {
                         biased;
                         () = signals.recv() => Wake::Signal,
@@ -184,6 +208,7 @@ impl<'a> Follower<'a> {
                 }
                 Wake::Opened(Ok((coord, s))) => {
                     self.coord = coord;
+                    self.hint = None;
                     stream = Some(s);
                 }
                 Wake::Opened(Err(e)) => {
@@ -199,7 +224,14 @@ impl<'a> Follower<'a> {
                         ClientError::Status { status, .. } if !resumable(status.code()) => {
                             return Err(e);
                         }
+                        ClientError::Status { status, .. } => {
+                            self.note_leader(status);
+                            e.message()
+                        }
                         ClientError::Local(_) => return Err(e),
+                        // The search already names the URL and its last failure.
+                        ClientError::Unreachable { reason, .. }
+                        | ClientError::NoLeader { reason, .. } => reason.clone(),
                         _ => e.message(),
                     };
                     outage = Some(self.broke(outage, reason)?);
@@ -217,6 +249,7 @@ impl<'a> Follower<'a> {
                 }
                 Wake::Message(Err(status)) if resumable(status.code()) => {
                     stream = None;
+                    self.note_leader(&status);
                     let reason = ClientError::Status {
                         url: self.coord.url.clone(),
                         status,
@@ -231,6 +264,13 @@ impl<'a> Follower<'a> {
                     });
                 }
             }
+        }
+    }
+
+    /// Remembers the leader a not-leader answer named, to resume there first.
+    fn note_leader(&mut self, status: &tonic::Status) {
+        if is_not_leader(status) {
+            self.hint = leader_hint(status).or(self.hint.take());
         }
     }
 
@@ -313,12 +353,18 @@ impl<'a> Follower<'a> {
             plan_id: id.to_string(),
             force,
         };
-        let mut client = self.coord.client();
-        if let Err(e) = self
-            .coord
-            .unary(CANCEL_TIMEOUT, client.cancel_plan(request))
-            .await
-        {
+        let prefer = Some(self.coord.url.clone());
+        let cancel = self.cluster.call(
+            Resend::Idempotent,
+            prefer,
+            CANCEL_TIMEOUT,
+            CANCEL_TIMEOUT,
+            |mut client| {
+                let request = request.clone();
+                async move { client.cancel_plan(request).await }
+            },
+        );
+        if let Err(e) = cancel.await {
             self.renderer
                 .notice(&format!("error: cannot cancel plan {id}: {}", e.message()));
         }
@@ -328,36 +374,139 @@ impl<'a> Follower<'a> {
 
 /// When the next attempt to resume may start.
 fn retry_at(o: &Outage) -> Instant {
-    let shift = o.attempts.saturating_sub(1).min(16);
-    let delay = RETRY_FIRST.saturating_mul(1 << shift).min(RETRY_MAX);
-    Instant::now() + delay
+    Instant::now() + retry_delay(o.attempts)
 }
 
-/// Opens the watch at `at`: on `coord` if given, else on the first reachable URL.
+/// Where and how long a resumed watch looks for the leader.
+struct Resume<'a> {
+    cluster: &'a Cluster,
+    /// Tried first: the leader a not-leader answer named.
+    prefer: Option<String>,
+    /// What is left of the failover timeout.
+    budget: Duration,
+}
+
+/// Opens the watch at `at`: on `coord` if given, else on the leader found through
+/// `resume`.
 async fn open(
     coord: Option<Coordinator>,
-    urls: &CoordinatorUrls,
+    resume: Resume<'_>,
     plan_id: &PlanId,
     after_seq: u64,
     at: Instant,
 ) -> Result<(Coordinator, Streaming<v1::PlanEvent>), ClientError> {
     tokio::time::sleep_until(at).await;
-    let coord = match coord {
-        Some(c) => c,
-        None => Coordinator::connect(urls).await?,
-    };
-    let mut client = coord.client();
     let request = v1::WatchPlanRequest {
         plan_id: plan_id.to_string(),
         after_seq,
     };
-    let stream = coord.unary(RPC_TIMEOUT, client.watch_plan(request)).await?;
-    Ok((coord, stream))
+    if let Some(coord) = coord {
+        let mut client = coord.client();
+        let stream = coord.unary(RPC_TIMEOUT, client.watch_plan(request)).await?;
+        return Ok((coord, stream));
+    }
+    let Resume {
+        cluster,
+        prefer,
+        budget,
+    } = resume;
+    let watch = |mut client: PlanServiceClient<Channel>| {
+        let request = request.clone();
+        async move { client.watch_plan(request).await }
+    };
+    cluster
+        .call(Resend::Idempotent, prefer, budget, RPC_TIMEOUT, watch)
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::connect::parse_urls;
+    use crate::client::fake_plans::{Call, FakeCoordinator, Script};
+    use crate::render::view::GateView;
+    use crate::render::{Mode, PlanView};
+
+    /// No interrupt ever comes.
+    struct Never;
+
+    impl Interrupts for Never {
+        async fn recv(&mut self) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn events() -> Vec<v1::PlanEvent> {
+        let gate = |seq| v1::PlanEvent {
+            seq,
+            event: Some(Event::Gate(v1::GateEvent {
+                gate_id: "g".into(),
+                state: v1::GateState::Running as i32,
+                attempt: 1,
+                ..Default::default()
+            })),
+        };
+        let summary = v1::PlanEvent {
+            seq: 3,
+            event: Some(Event::Summary(v1::PlanSummary {
+                plan_id: "p-1".into(),
+                outcome: v1::PlanOutcome::Passed as i32,
+                ..Default::default()
+            })),
+        };
+        vec![gate(1), gate(2), summary]
+    }
+
+    #[tokio::test]
+    async fn a_watch_continues_on_the_new_leader_after_the_last_event_seen() {
+        let new = FakeCoordinator::start(Script {
+            events: events(),
+            ..Script::default()
+        })
+        .await;
+        let old = FakeCoordinator::start(Script {
+            events: events(),
+            step_down_after: Some(2),
+            ..Script::default()
+        })
+        .await;
+        let follower = FakeCoordinator::start(Script {
+            follower_of: Some(Some(new.url.clone())),
+            ..Script::default()
+        })
+        .await;
+        let urls = parse_urls(&format!("{},{}", old.url, follower.url)).expect("urls");
+        let cluster = Cluster::new(urls, Duration::from_secs(10));
+        let coord = Coordinator::connect(&old.url).await.expect("connects");
+        let plan = PlanId::new("p-1");
+        let gate = GateView {
+            id: gatehouse_common::ids::GateId::new("g"),
+            item: None,
+        };
+        let view = PlanView::new("demo".into(), vec![gate], vec![], vec![vec!["g".into()]]);
+        let mut renderer = Renderer::new(Mode::Quiet, view);
+        let follow = Follower::new(coord, &cluster, &plan, OnInterrupt::Detach, &mut renderer);
+        let code = tokio::time::timeout(Duration::from_secs(20), follow.run(&mut Never))
+            .await
+            .expect("the watch ends in time")
+            .expect("the watch ends with the summary");
+        assert_eq!(code, EXIT_PASSED);
+
+        let watch = |after| Call {
+            method: "WatchPlan",
+            after_seq: Some(after),
+        };
+        assert_eq!(
+            old.calls(),
+            [watch(0), watch(2)],
+            "the old leader stepped down"
+        );
+        assert_eq!(follower.calls(), [watch(2)]);
+        assert_eq!(new.calls(), [watch(2)], "resumed after the last event seen");
+        for fake in [old, follower, new] {
+            fake.stop().await;
+        }
+    }
 
     #[test]
     fn outcomes_map_to_run_exit_codes() {
@@ -391,6 +540,7 @@ mod tests {
 
     #[test]
     fn resume_backoff_doubles_up_to_the_cap() {
+        use crate::client::leader::{RETRY_FIRST, RETRY_MAX};
         let now = Instant::now();
         let delay = |attempts| {
             let o = Outage {

@@ -1,25 +1,33 @@
 //! The client commands: `gatehouse submit`, `watch`, `status`, `cancel`, `plans` and
 //! `workers`, which talk to a coordinator over `gatehouse.v1.PlanService`.
 //!
-//! Every command connects to the first reachable URL of `--coordinator` ([`connect`]),
-//! makes its calls, prints, and maps the result to an exit code ([`error`]). Following
+//! Every command finds the leader among the `--coordinator` URLs and makes its call
+//! there ([`leader`]: redirects, retries while no leader is reachable, up to
+//! `--failover-timeout`), prints, and maps the result to an exit code ([`error`]). Following
 //! a plan (`watch`, `submit --watch`) is [`follow`]; it renders through the same
 //! [`Renderer`] as `gatehouse run`, so the output is the same. Each command runs on a
 //! current-thread runtime of its own; nothing is left running when it returns.
 
 mod connect;
 mod error;
+#[cfg(test)]
+mod fake_plans;
 mod follow;
+mod leader;
 mod submit;
 mod tables;
 
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use gatehouse_common::ids::PlanId;
+use gatehouse_common::units::parse_duration;
 use gatehouse_proto::v1;
+use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use serde_json::json;
+use tonic::transport::Channel;
 
 use crate::render::{Mode, PlanView, Renderer, json::emit, wire};
 use crate::validate::report_invalid;
@@ -27,11 +35,13 @@ use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_PASSED};
 use connect::{Coordinator, CoordinatorUrls, DEFAULT_COORDINATOR, RPC_TIMEOUT, parse_urls};
 use error::ClientError;
 use follow::{Follower, OnInterrupt, Signals};
+use leader::{Cluster, FAILOVER_TIMEOUT, Resend};
 
 /// Where the coordinator is.
 #[derive(clap::Args)]
 pub struct CoordinatorOpts {
-    /// Coordinator URL(s), comma-separated; the first one that accepts a connection is used.
+    /// Coordinator URL(s), comma-separated (every replica, for HA): tried in order until
+    /// the leader answers; a follower's answer naming the leader is followed.
     #[arg(
         long = "coordinator",
         env = "GATEHOUSE_COORDINATOR",
@@ -40,6 +50,33 @@ pub struct CoordinatorOpts {
         value_parser = parse_urls
     )]
     urls: CoordinatorUrls,
+    /// How long to keep looking for the leader (URLs not reachable, an election in
+    /// progress) before giving up; also how long a broken watch is resumed [default: 30s].
+    #[arg(
+        long,
+        env = "GATEHOUSE_FAILOVER_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    failover_timeout: Option<Duration>,
+}
+
+impl CoordinatorOpts {
+    fn cluster(&self) -> Cluster {
+        let budget = self.failover_timeout.unwrap_or(FAILOVER_TIMEOUT);
+        Cluster::new(self.urls.clone(), budget)
+    }
+}
+
+/// Makes an idempotent call (a read, a cancel) on the leader, re-sent on any failover.
+async fn read<T, F, Fut>(cluster: &Cluster, rpc: F) -> Result<(Coordinator, T), ClientError>
+where
+    F: FnMut(PlanServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    cluster
+        .call(Resend::Idempotent, None, cluster.budget, RPC_TIMEOUT, rpc)
+        .await
 }
 
 #[derive(clap::Args)]
@@ -144,6 +181,12 @@ fn print_text(write: impl FnOnce(&mut std::io::StdoutLock<'_>) -> std::io::Resul
     let _ = out.flush();
 }
 
+fn get_plan(id: &PlanId) -> v1::GetPlanRequest {
+    v1::GetPlanRequest {
+        plan_id: id.to_string(),
+    }
+}
+
 fn plan_id(id: &str) -> Result<PlanId, ClientError> {
     if id.trim().is_empty() {
         return Err(ClientError::Usage("the plan id is empty".into()));
@@ -166,11 +209,20 @@ pub fn submit(args: SubmitArgs) -> u8 {
         } else {
             None
         };
-        let urls = &args.coordinator.urls;
-        let coord = Coordinator::connect(urls).await?;
-        let mut client = coord.client();
-        let resp = coord
-            .unary(RPC_TIMEOUT, client.submit_plan(doc.request(args.no_cache)))
+        let cluster = args.coordinator.cluster();
+        let request = doc.request(args.no_cache);
+        // Re-sent only when the coordinator cannot have accepted it (see `leader`).
+        let (coord, resp) = cluster
+            .call(
+                Resend::IfNotAccepted,
+                None,
+                cluster.budget,
+                RPC_TIMEOUT,
+                |mut client| {
+                    let request = request.clone();
+                    async move { client.submit_plan(request).await }
+                },
+            )
             .await?;
         let id = PlanId::new(resp.plan_id);
         let mode = Mode::choose(args.json, args.quiet);
@@ -185,7 +237,7 @@ pub fn submit(args: SubmitArgs) -> u8 {
             return Ok(EXIT_PASSED);
         };
         let mut renderer = Renderer::new(mode, PlanView::from_plan(&doc.plan));
-        let follower = Follower::new(coord, urls, &id, OnInterrupt::Cancel, &mut renderer);
+        let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Cancel, &mut renderer);
         let result = follower.run(signals).await;
         renderer.finish();
         result
@@ -196,16 +248,15 @@ pub fn watch(args: WatchArgs) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
         let mut signals = Signals::install()?;
-        let urls = &args.coordinator.urls;
-        let coord = Coordinator::connect(urls).await?;
-        let mut client = coord.client();
-        let request = v1::GetPlanRequest {
-            plan_id: id.to_string(),
-        };
-        let plan = coord.unary(RPC_TIMEOUT, client.get_plan(request)).await?;
+        let cluster = args.coordinator.cluster();
+        let (coord, plan) = read(&cluster, |mut client| {
+            let request = get_plan(&id);
+            async move { client.get_plan(request).await }
+        })
+        .await?;
         let mode = Mode::choose(args.json, args.quiet);
         let mut renderer = Renderer::new(mode, wire::plan_view(&plan));
-        let follower = Follower::new(coord, urls, &id, OnInterrupt::Detach, &mut renderer);
+        let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Detach, &mut renderer);
         let result = follower.run(&mut signals).await;
         renderer.finish();
         result
@@ -215,12 +266,11 @@ pub fn watch(args: WatchArgs) -> u8 {
 pub fn status(args: StatusArgs) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
-        let coord = Coordinator::connect(&args.coordinator.urls).await?;
-        let mut client = coord.client();
-        let request = v1::GetPlanRequest {
-            plan_id: id.to_string(),
-        };
-        let plan = coord.unary(RPC_TIMEOUT, client.get_plan(request)).await?;
+        let (_, plan) = read(&args.coordinator.cluster(), |mut client| {
+            let request = get_plan(&id);
+            async move { client.get_plan(request).await }
+        })
+        .await?;
         if args.json {
             emit(&tables::status_json(&plan));
         } else {
@@ -233,15 +283,16 @@ pub fn status(args: StatusArgs) -> u8 {
 pub fn cancel(args: CancelArgs) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
-        let coord = Coordinator::connect(&args.coordinator.urls).await?;
-        let mut client = coord.client();
         let request = v1::CancelPlanRequest {
             plan_id: id.to_string(),
             force: args.force,
         };
-        let resp = coord
-            .unary(RPC_TIMEOUT, client.cancel_plan(request))
-            .await?;
+        // Cancelling twice is harmless: the second answer says it had already finished.
+        let (_, resp) = read(&args.coordinator.cluster(), |mut client| {
+            let request = request.clone();
+            async move { client.cancel_plan(request).await }
+        })
+        .await?;
         let line = match (resp.cancelled, args.force) {
             (true, false) => format!("cancelling plan {id}"),
             (true, true) => format!("cancelling plan {id}; its running gates are killed now"),
@@ -254,11 +305,10 @@ pub fn cancel(args: CancelArgs) -> u8 {
 
 pub fn plans(args: PlansArgs) -> u8 {
     block_on(async move {
-        let coord = Coordinator::connect(&args.coordinator.urls).await?;
-        let mut client = coord.client();
-        let resp = coord
-            .unary(RPC_TIMEOUT, client.list_plans(v1::ListPlansRequest {}))
-            .await?;
+        let (_, resp) = read(&args.coordinator.cluster(), |mut client| async move {
+            client.list_plans(v1::ListPlansRequest {}).await
+        })
+        .await?;
         if args.json {
             emit(&tables::plans_json(&resp.plans));
         } else {
@@ -270,11 +320,10 @@ pub fn plans(args: PlansArgs) -> u8 {
 
 pub fn workers(args: WorkersArgs) -> u8 {
     block_on(async move {
-        let coord = Coordinator::connect(&args.coordinator.urls).await?;
-        let mut client = coord.client();
-        let resp = coord
-            .unary(RPC_TIMEOUT, client.list_workers(v1::ListWorkersRequest {}))
-            .await?;
+        let (_, resp) = read(&args.coordinator.cluster(), |mut client| async move {
+            client.list_workers(v1::ListWorkersRequest {}).await
+        })
+        .await?;
         if args.json {
             emit(&tables::workers_json(&resp.workers));
         } else {
@@ -282,4 +331,33 @@ pub fn workers(args: WorkersArgs) -> u8 {
         }
         Ok(EXIT_PASSED)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        coordinator: CoordinatorOpts,
+    }
+
+    fn cluster(argv: &[&str]) -> Cluster {
+        let cli = Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))
+            .expect("valid flags");
+        cli.coordinator.cluster()
+    }
+
+    #[test]
+    fn the_failover_timeout_defaults_and_can_be_shortened() {
+        let default = cluster(&["--coordinator=http://a:1,b:2"]);
+        assert_eq!(default.budget, FAILOVER_TIMEOUT);
+        assert_eq!(default.urls.as_slice(), ["http://a:1", "http://b:2"]);
+        let short = cluster(&["--failover-timeout=0s"]);
+        assert_eq!(short.budget, Duration::ZERO);
+        assert!(Cli::try_parse_from(["x", "--failover-timeout=5"]).is_err());
+    }
 }

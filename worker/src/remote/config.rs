@@ -18,7 +18,9 @@ use crate::remote::RemoteWorkerError;
 /// adjust the public fields; [`run`](crate::remote::run) validates it.
 #[derive(Clone, Debug)]
 pub struct RemoteWorkerConfig {
-    /// Coordinator URLs (`http://host:port`), tried in this order on every (re)connect.
+    /// Coordinator URLs (`http://host:port`), tried in this order on every (re)connect;
+    /// a not-leader answer that names the leader sends the worker there next (see the
+    /// module docs of [`remote`](crate::remote)).
     pub coordinators: Vec<String>,
     /// This worker's id, sent in `Hello`; unique among the coordinator's workers.
     pub id: WorkerId,
@@ -41,6 +43,11 @@ pub struct RemoteWorkerConfig {
     pub workspace: Option<PathBuf>,
     /// How long a drain waits for running attempts before cancelling them. Default 30 s.
     pub drain_grace: Duration,
+    /// How long attempts keep running after their session was lost while the worker
+    /// reconnects (to the same coordinator or to a new leader, which may adopt them);
+    /// past it without a `Welcome`, they are cancelled with the executor's kill grace
+    /// and their results kept for the next coordinator. Default 60 s.
+    pub orphan_grace: Duration,
     /// First reconnect delay after a failed connect or a lost session. Default 100 ms.
     pub reconnect_initial: Duration,
     /// Cap of the exponentially growing reconnect delay. Default 5 s.
@@ -73,6 +80,7 @@ impl RemoteWorkerConfig {
             memory_pressure: None,
             workspace: None,
             drain_grace: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(60),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -90,15 +98,18 @@ impl RemoteWorkerConfig {
         }
         self.coordinators
             .iter()
-            .map(|url| {
-                let endpoint = parse_endpoint(url)?
-                    .connect_timeout(self.connect_timeout)
-                    .http2_keep_alive_interval(self.keepalive)
-                    .keep_alive_timeout(self.keepalive)
-                    .keep_alive_while_idle(true);
-                Ok((url.clone(), endpoint))
-            })
+            .map(|url| Ok((url.clone(), self.endpoint(url)?)))
             .collect()
+    }
+
+    /// Parses one coordinator URL (configured, or named by a not-leader answer) into an
+    /// endpoint carrying the connection settings.
+    pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint, RemoteWorkerError> {
+        Ok(parse_endpoint(url)?
+            .connect_timeout(self.connect_timeout)
+            .http2_keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive)
+            .keep_alive_while_idle(true))
     }
 
     /// Checks the settings that do not need I/O.

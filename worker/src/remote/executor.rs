@@ -5,10 +5,11 @@
 //! the attempts assigned and not finished (with their memory request and scratch
 //! directory), and the blocking tasks that remove finished scratch directories.
 //!
-//! Only reports about attempts in `running` come out of [`Executor::recv`]: a report for
-//! an attempt that was forgotten (see [`Executor::abandon_all`]) is dropped, so it can
-//! never reach a later session. `recv` is cancel-safe (its only await is the channel's
-//! `recv`), so it can sit in a `select!`.
+//! Attempts outlive sessions: a lost session leaves them running (see
+//! [`offline`](crate::remote::offline)). Only reports about attempts in `running` come
+//! out of [`Executor::recv`] (the `LocalWorker` reports each assignment exactly once, so
+//! nothing else should arrive; anything else is dropped). `recv` is cancel-safe (its
+//! only await is the channel's `recv`), so it can sit in a `select!`.
 //!
 //! Shutdown ([`Executor::finish`]): closes the inbox, so the `LocalWorker` ends once its
 //! attempts have (cancel them first to make that quick), drops the remaining reports,
@@ -163,39 +164,6 @@ impl Executor {
         });
     }
 
-    /// Kills every running attempt at once and waits for them to end, dropping their
-    /// reports (used when the session is lost: the coordinator re-queues them). If
-    /// they have not all ended after `bound`, they are forgotten (logged).
-    pub(crate) async fn abandon_all(&mut self, bound: Duration) -> Result<(), RemoteWorkerError> {
-        if self.running.is_empty() {
-            return Ok(());
-        }
-        tracing::info!(
-            running = self.running.len(),
-            "killing the attempts of the lost session"
-        );
-        self.cancel_all(Duration::ZERO)?;
-        let wait = async {
-            while !self.running.is_empty() {
-                if self.recv().await.is_none() {
-                    return Err(RemoteWorkerError::ExecutorStopped);
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(bound, wait).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::error!(
-                    running = self.running.len(),
-                    "attempts did not end after being killed; forgetting them"
-                );
-                self.running.clear();
-                Ok(())
-            }
-        }
-    }
-
     /// Stops the executor (see the module docs).
     pub(crate) async fn finish(mut self) -> Result<(), RemoteWorkerError> {
         self.inbox = None;
@@ -205,7 +173,7 @@ impl Executor {
             }
         }
         let joined = self.task.await;
-        // Every attempt has reported by now; anything left was forgotten earlier.
+        // Every attempt has reported by now; anything left never will.
         for (_, running) in std::mem::take(&mut self.running) {
             if let Some(dir) = running.scratch {
                 self.cleanups.spawn_blocking(move || drop(dir));

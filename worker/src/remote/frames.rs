@@ -108,11 +108,14 @@ pub(crate) fn prepare_assignment(
     })
 }
 
-/// The first frame of a session.
-pub(crate) fn hello(
+/// The first frame of a session: the configuration, the attempts still running and
+/// the unacknowledged results that fit (see [`Unacked`](crate::remote::unacked::Unacked)).
+pub(crate) fn hello<'a>(
     cfg: &crate::remote::RemoteWorkerConfig,
     hostname: &str,
     memory_total: u64,
+    running: impl IntoIterator<Item = &'a AttemptRef>,
+    finished: &[(AttemptRef, GateResult)],
 ) -> v1::WorkerMessage {
     frame(worker_message::Msg::Hello(v1::Hello {
         worker_id: cfg.id.to_string(),
@@ -121,9 +124,12 @@ pub(crate) fn hello(
         memory_total_bytes: memory_total,
         labels: cfg.labels.clone().into_iter().collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        running: Vec::new(),
+        running: running.into_iter().map(v1::AttemptRef::from).collect(),
         memory_pressure: cfg.memory_pressure.unwrap_or(0.0),
-        finished: Vec::new(),
+        finished: finished
+            .iter()
+            .map(|(attempt, result)| finished_message(attempt, result))
+            .collect(),
     }))
 }
 
@@ -155,10 +161,16 @@ pub(crate) fn report(report: &FromWorker) -> v1::WorkerMessage {
 
 /// `AttemptFinished` for `attempt`.
 pub(crate) fn finished(attempt: &AttemptRef, result: &GateResult) -> v1::WorkerMessage {
-    frame(worker_message::Msg::Finished(v1::AttemptFinished {
+    frame(worker_message::Msg::Finished(finished_message(
+        attempt, result,
+    )))
+}
+
+fn finished_message(attempt: &AttemptRef, result: &GateResult) -> v1::AttemptFinished {
+    v1::AttemptFinished {
         attempt: Some(attempt.into()),
         result: Some(result.into()),
-    }))
+    }
 }
 
 /// `Draining { grace_ms }`.

@@ -82,10 +82,19 @@ fn assignments_and_cancels_decode_and_bad_frames_are_errors() {
     assert_eq!(
         cancel,
         Inbound::Cancel {
-            attempt: a,
+            attempt: a.clone(),
             grace: Duration::from_millis(1500),
         }
     );
+    let ack = decode(coordinator(coordinator_message::Msg::Ack(v1::ResultAck {
+        attempts: vec![(&a).into(), (&attempt(4, 1)).into()],
+    })))
+    .expect("decodes");
+    assert_eq!(ack, Inbound::Ack(vec![a.clone(), attempt(4, 1)]));
+    let bad_ack = coordinator(coordinator_message::Msg::Ack(v1::ResultAck {
+        attempts: vec![v1::AttemptRef::default()],
+    }));
+    assert!(decode(bad_ack).is_err());
     assert!(decode(v1::CoordinatorMessage { msg: None }).is_err());
     let no_attempt = coordinator(coordinator_message::Msg::Cancel(v1::CancelAttempt {
         attempt: None,
@@ -140,7 +149,16 @@ fn hello_advertises_the_configuration() {
     let mut cfg = RemoteWorkerConfig::new(vec!["http://h:1".into()], WorkerId::new("w-1"));
     cfg.slots = 4;
     cfg.labels = BTreeMap::from([("arch".to_owned(), "arm64".to_owned())]);
-    let Some(worker_message::Msg::Hello(h)) = hello(&cfg, "host-a", 4096).msg else {
+    let running = attempt(0, 2);
+    let done = (attempt(1, 1), not_run(ExitStatus::Exited(3)));
+    let msg = hello(
+        &cfg,
+        "host-a",
+        4096,
+        [&running],
+        std::slice::from_ref(&done),
+    );
+    let Some(worker_message::Msg::Hello(h)) = msg.msg else {
         panic!("not a hello");
     };
     assert_eq!(
@@ -154,7 +172,12 @@ fn hello_advertises_the_configuration() {
     );
     assert_eq!(h.labels.get("arch").map(String::as_str), Some("arm64"));
     assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
-    assert!(h.running.is_empty());
+    assert_eq!(h.running, vec![v1::AttemptRef::from(&running)]);
+    assert_eq!(h.finished.len(), 1);
+    let f = h.finished[0].clone();
+    assert_eq!(attempt_from_wire(f.attempt).expect("attempt"), done.0);
+    let result = GateResult::try_from(f.result.expect("result")).expect("decodes");
+    assert_eq!(result, done.1);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The remote worker: a session layer between a coordinator's `WorkerService.Session`
 //! stream and a [`LocalWorker`](crate::LocalWorker), which does all the executing.
 //!
-//! [`run`] connects to the first reachable coordinator URL, says `Hello`, waits for
-//! `Welcome`, then turns `Assignment`s and `CancelAttempt`s into
+//! [`run`] connects to the leader coordinator, says `Hello`, waits for `Welcome`, then
+//! turns `Assignment`s and `CancelAttempt`s into
 //! [`ToWorker`](gatehouse_common::exec::ToWorker) messages and the executor's reports
 //! into `AttemptStarted` / `AttemptFinished` frames (exactly one `Finished` per
 //! assignment: an assignment that cannot be decoded is answered `SpawnFailed`, one that
@@ -18,12 +18,34 @@
 //! temp dir, named `gatehouse-<gate>-<random>`, which is removed once the attempt has
 //! finished; nothing survives between attempts. Absolute workdirs are used as they are.
 //!
-//! **Connection loss.** When the stream fails or ends, every running attempt is killed
-//! at once (the coordinator re-queues the attempts of a lost worker) and its report
-//! dropped; then the worker reconnects with exponential backoff and jitter
-//! (`reconnect_initial` doubling up to `reconnect_max`, reset once a `Welcome` arrives)
-//! and says `Hello` again as a fresh worker. Every failed connect is logged at warn
-//! with its URL.
+//! **Finding the leader.** The configured URLs (`--coordinator`) are tried in order,
+//! one after the other; after a pass in which none gave a session, the worker waits with
+//! exponential backoff and jitter (`reconnect_initial` doubling up to `reconnect_max`,
+//! reset once a `Welcome` arrives) and starts the next pass. A coordinator that is not
+//! the leader refuses the session with `UNAVAILABLE`; when it names the leader
+//! (`gatehouse-leader` metadata, see [`gatehouse_proto::leader`]) the worker connects
+//! there next, at once, whether or not that URL is in the list; at most 3 redirects in
+//! a row are followed before the next backoff, so coordinators that name each other
+//! cannot make it spin. Without a name, the next URL is tried. Every failed
+//! connect is logged at warn with its URL.
+//!
+//! **Connection loss.** When a session fails or ends, running attempts are *not* killed:
+//! they keep running while the worker reconnects (a new leader may take them over), for
+//! at most [`RemoteWorkerConfig::orphan_grace`] (`--orphan-grace`, default 60 s). The
+//! next session's `Hello` lists them in `running`; once it is welcomed they are that
+//! session's. If no session is welcomed within the grace, they are cancelled with the
+//! executor's kill grace. Reports produced meanwhile are kept: `AttemptStarted` is sent
+//! after the next `Welcome` for attempts that still run, results as below.
+//!
+//! **Results until acknowledged.** Every finished attempt's result (including the
+//! answers to assignments that were not run) is kept from the moment it finishes until
+//! the coordinator names it in a `ResultAck`, at most 10,000 results and 256 MiB (past
+//! that the oldest are dropped with a warning). During a session each
+//! result is sent as `AttemptFinished` when it finishes; every new session's `Hello`
+//! carries all kept results in `finished` (those that do not fit 2 MiB follow as
+//! `AttemptFinished` frames right after `Welcome`). An assignment of an attempt that
+//! runs here is ignored; one whose result is kept is answered with that result instead
+//! of running the gate twice.
 //!
 //! **Drain** (the `drain` token; SIGTERM in `gatehouse worker`): the worker sends
 //! `Draining { grace_ms }`, takes no new assignments, and waits for the running attempts
@@ -31,39 +53,54 @@
 //! reports them (`Cancelled`, which the coordinator re-queues elsewhere). Once nothing
 //! runs, it closes the stream, waits (bounded) for the coordinator to close its side so
 //! the last reports are delivered, and [`run`] returns `Ok`. A drain while disconnected
-//! returns at once (nothing runs then).
+//! works the same way without the stream: running attempts get the drain grace, the
+//! worker keeps reconnecting (a session welcomed meanwhile continues the drain and
+//! delivers the results), and [`run`] returns once nothing runs and no result is left
+//! unacknowledged, or nothing runs and the grace is over (at once if nothing ran).
 //!
 //! **Shutdown** (the `shutdown` token): every attempt is killed at once, its report
-//! forwarded if the stream still lives, the stream closed, and [`run`] returns `Ok`.
+//! forwarded if a stream lives, the stream closed, and [`run`] returns `Ok`.
 //!
-//! Concurrency: [`run`] is one task (the session loop) plus the `LocalWorker` and its
-//! attempt tasks; it owns all of its state and shares none. A misbehaving coordinator
-//! can only cause log lines, `SpawnFailed` answers or a reconnect, never a panic.
+//! **What this expects of the coordinator.** It acknowledges a result (`ResultAck`)
+//! only once it is durably recorded or known to be stale, and treats a result in
+//! `Hello.finished` exactly like an `AttemptFinished` (recording each at most once). It
+//! adopts the attempts of `Hello.running` it still considers current and sends
+//! `CancelAttempt` for the others: the worker runs what it was not told to stop. It may
+//! assign an attempt only once; the worker answers a repeated assignment from its kept
+//! result, but one whose result was acknowledged is forgotten and would run again.
+//!
+//! Concurrency: [`run`] is one task (the reconnect and session loops) plus the
+//! `LocalWorker` and its attempt tasks; it owns all of its state and shares none. A
+//! misbehaving coordinator can only cause log lines, `SpawnFailed` answers or a
+//! reconnect, never a panic.
 
 mod backoff;
 mod config;
 mod executor;
 mod frames;
 mod memory;
+mod offline;
+mod reconnect;
+mod route;
 mod session;
+mod unacked;
 mod workspace;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
-use tracing::Instrument;
 
 pub use config::{LabelError, RemoteWorkerConfig, parse_label, parse_labels};
 
-use backoff::Backoff;
 use executor::Executor;
 use memory::MemoryProbe;
-use session::{SessionEnd, Worker};
+use session::Worker;
+use unacked::Unacked;
 use workspace::Workspace;
 
 /// Why the remote worker could not start or had to stop.
@@ -121,7 +158,8 @@ pub async fn run(
     drain: CancellationToken,
 ) -> Result<(), RemoteWorkerError> {
     cfg.validate()?;
-    let endpoints = cfg.endpoints()?;
+    // Every configured URL is checked before anything connects.
+    cfg.endpoints()?;
     let workspace = resolve_workspace(cfg.workspace.as_deref())?;
     let memory = MemoryProbe::new(cfg.memory_total)?;
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
@@ -136,79 +174,17 @@ pub async fn run(
         exec,
         shutdown,
         drain,
+        unacked: Unacked::default(),
+        unsent_started: BTreeSet::new(),
+        draining: None,
+        orphans: None,
     };
-    let served = serve(&mut worker, &endpoints).await;
+    let served = reconnect::serve(&mut worker).await;
     // After an error attempts may still run; kill them so the executor ends promptly.
     let _ = worker.exec.cancel_all(Duration::ZERO);
     let finished = worker.exec.finish().await;
     tracing::info!(ok = served.is_ok(), "remote worker stopped");
     served.and(finished)
-}
-
-/// Connects, runs sessions and reconnects until a drain or shutdown ends the worker.
-async fn serve(
-    worker: &mut Worker,
-    endpoints: &[(String, Endpoint)],
-) -> Result<(), RemoteWorkerError> {
-    let mut backoff = Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max);
-    loop {
-        let connected = tokio::select! {
-            biased;
-            () = worker.shutdown.cancelled() => return Ok(()),
-            () = worker.drain.cancelled() => {
-                tracing::info!("drain while disconnected; nothing runs");
-                return Ok(());
-            }
-            connected = connect_any(endpoints, worker.cfg.connect_timeout) => connected,
-        };
-        if let Some((url, channel)) = connected {
-            let span = tracing::info_span!("session", coordinator = %url);
-            let end = worker.session(channel).instrument(span).await?;
-            match end {
-                SessionEnd::Drained | SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Lost { reason, welcomed } => {
-                    tracing::warn!(coordinator = %url, %reason, "session lost");
-                    if welcomed {
-                        backoff.reset();
-                    }
-                    let bound = worker.kill_bound(Duration::ZERO);
-                    worker.exec.abandon_all(bound).await?;
-                }
-            }
-        }
-        let delay = backoff.next_delay();
-        tracing::debug!(?delay, "reconnecting after a delay");
-        tokio::select! {
-            biased;
-            () = worker.shutdown.cancelled() => return Ok(()),
-            () = worker.drain.cancelled() => return Ok(()),
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-/// Tries each coordinator in order; `None` if none could be reached (each failure is
-/// logged at warn with its URL).
-async fn connect_any(
-    endpoints: &[(String, Endpoint)],
-    timeout: Duration,
-) -> Option<(String, Channel)> {
-    for (url, endpoint) in endpoints {
-        match tokio::time::timeout(timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => {
-                tracing::info!(coordinator = %url, "connected");
-                return Some((url.clone(), channel));
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(coordinator = %url, error = %error_chain(&error),
-                    "cannot connect to the coordinator");
-            }
-            Err(_) => {
-                tracing::warn!(coordinator = %url, ?timeout, "connecting to the coordinator timed out");
-            }
-        }
-    }
-    None
 }
 
 /// A shared workspace made absolute and checked, or scratch directories under the

@@ -1,29 +1,53 @@
 //! One session with a coordinator: the handshake, then the loop that turns frames into
-//! executor messages and executor reports into frames, heartbeats, and drain.
+//! executor messages and executor reports into frames, heartbeats, acknowledgements and
+//! drain.
 //!
 //! State it owns per session: the outbox (bounded, see [`outbox_capacity`]; a full
 //! outbox means the coordinator stopped reading, and the session is treated as lost
-//! rather than letting the loop block), the inbound stream and the drain progress. The
-//! executor, memory probe and workspace belong to [`Worker`] and outlive the session.
+//! rather than letting the loop block), the inbound stream, whether `Draining` was sent,
+//! and the backlog of kept results still to send. The executor, the unacknowledged
+//! results, the drain and orphan deadlines, the memory probe and the workspace belong to
+//! [`Worker`] and outlive the session.
+//!
+//! **Handshake.** `Hello` carries the attempts still running and the unacknowledged
+//! results that fit [`HELLO_FINISHED_BYTES`]. Until `Welcome` arrives the worker is
+//! offline ([`Worker::offline`]): reports are kept, deadlines fire. A refusal naming
+//! another leader ends the session as [`SessionEnd::NotLeader`].
+//!
+//! **Once welcomed**, the worker first sends `AttemptStarted` for attempts that started
+//! while it was offline, then, paced by the outbox's free room, `AttemptFinished` for
+//! every kept result the `Hello` did not carry (too large, or finished during the
+//! handshake). Results of attempts finishing during the session are sent as they come.
+//! Every result stays kept until an `Ack` names it.
+//!
+//! An assignment of an attempt that already runs here is ignored (it reports once, when
+//! it ends); one whose result is kept is answered with that result, never run twice (the
+//! coordinator lost track of a result it had not acknowledged). An attempt whose result
+//! was acknowledged is forgotten: assigning it again runs it again.
 //!
 //! The loop `select!`s, in this order: shutdown, the drain signal, the drain deadline,
-//! executor reports, coordinator frames, the heartbeat tick. A session ends as:
+//! executor reports, coordinator frames, the heartbeat tick, then the backlog. A session
+//! ends as:
 //! - [`SessionEnd::Lost`]: the stream failed or ended, no `Welcome` came in time, or the
-//!   outbox overflowed. The caller kills the running attempts and reconnects.
-//! - [`SessionEnd::Drained`]: the drain finished (every attempt reported); the stream
-//!   was closed and the coordinator's side awaited (bounded), so the last reports are
-//!   delivered before the process exits.
+//!   outbox overflowed. The caller keeps the attempts running and reconnects.
+//! - [`SessionEnd::NotLeader`]: the coordinator does not lead (possibly naming the one
+//!   that does); nothing was sent to it beyond `Hello`.
+//! - [`SessionEnd::Drained`]: the drain finished (every attempt reported, the backlog
+//!   sent); the stream was closed and the coordinator's side awaited (bounded), so the
+//!   last reports are delivered before the process exits.
 //! - [`SessionEnd::Shutdown`]: every running attempt was killed at once and its report
 //!   forwarded (best effort, bounded), then the stream was closed the same way, with a
 //!   shorter bound on the coordinator's answer.
 
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 
-use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker};
+use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker, GateResult};
+use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::v1::worker_service_client::WorkerServiceClient;
 use gatehouse_proto::v1::{self, CoordinatorMessage, WorkerMessage};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
@@ -32,6 +56,8 @@ use tonic::transport::Channel;
 use crate::remote::executor::Executor;
 use crate::remote::frames::{self, Inbound, Welcome};
 use crate::remote::memory::MemoryProbe;
+use crate::remote::offline::{Deadline, Offline, sleep_until_some};
+use crate::remote::unacked::{HELLO_FINISHED_BYTES, Unacked};
 use crate::remote::workspace::Workspace;
 use crate::remote::{RemoteWorkerConfig, RemoteWorkerError};
 
@@ -44,7 +70,8 @@ const KILL_SLACK: Duration = Duration::from_secs(5);
 const SHUTDOWN_CLOSE: Duration = Duration::from_secs(1);
 
 /// Frames the outbox holds before the session counts as lost: a heartbeat and a couple
-/// of reports per slot, plus room for bursts.
+/// of reports per slot, plus room for bursts. The backlog only uses the first half, so
+/// live reports always find room.
 pub(crate) fn outbox_capacity(slots: u32) -> usize {
     64 + 4 * slots as usize
 }
@@ -55,6 +82,11 @@ pub(crate) enum SessionEnd {
     /// Connection or protocol failure; `welcomed` says whether the session got as far
     /// as `Welcome` (the reconnect backoff restarts then).
     Lost { reason: String, welcomed: bool },
+    /// The coordinator answered that it is not the leader; `leader` is the URL it named.
+    NotLeader {
+        leader: Option<String>,
+        reason: String,
+    },
     /// The drain completed.
     Drained,
     /// The shutdown token fired.
@@ -70,15 +102,6 @@ impl SessionEnd {
     }
 }
 
-/// Drain progress.
-#[derive(Clone, Copy, Debug)]
-struct Draining {
-    /// When running attempts get cancelled.
-    deadline: Instant,
-    /// Whether they were.
-    cancelled: bool,
-}
-
 /// What the worker keeps across sessions.
 pub(crate) struct Worker {
     pub(crate) cfg: RemoteWorkerConfig,
@@ -88,13 +111,33 @@ pub(crate) struct Worker {
     pub(crate) exec: Executor,
     pub(crate) shutdown: CancellationToken,
     pub(crate) drain: CancellationToken,
+    /// Results not acknowledged yet, across sessions.
+    pub(crate) unacked: Unacked,
+    /// Attempts whose `Started` came while no session was welcomed; announced after the
+    /// next `Welcome` if they still run.
+    pub(crate) unsent_started: BTreeSet<AttemptRef>,
+    /// Set once the drain started: when running attempts get cancelled.
+    pub(crate) draining: Option<Deadline>,
+    /// Set when a welcomed session was lost with attempts running: when they get
+    /// cancelled unless a session is welcomed first.
+    pub(crate) orphans: Option<Deadline>,
 }
 
-/// One live session's stream ends and drain state.
+/// One live session's stream ends and progress.
 struct Live {
     outbox: mpsc::Sender<WorkerMessage>,
     inbound: Streaming<CoordinatorMessage>,
-    draining: Option<Draining>,
+    /// Whether `Draining` was sent on this stream.
+    draining: bool,
+    /// Kept results still to send on this stream, oldest first.
+    backlog: VecDeque<AttemptRef>,
+}
+
+impl Live {
+    /// Whether the backlog may use the outbox now (it leaves half of it free).
+    fn backlog_ready(&self) -> bool {
+        !self.backlog.is_empty() && self.outbox.capacity() > self.outbox.max_capacity() / 2
+    }
 }
 
 /// One turn of the session loop.
@@ -105,6 +148,23 @@ enum Step {
     Report(FromWorker),
     Frame(Result<Option<CoordinatorMessage>, tonic::Status>),
     Heartbeat,
+    Backlog,
+}
+
+/// Why a handshake did not reach `Welcome`.
+enum Refused {
+    NotLeader(Option<String>, String),
+    Failed(String),
+}
+
+impl Refused {
+    fn from_status(status: &tonic::Status, context: &str) -> Self {
+        if is_not_leader(status) {
+            Self::NotLeader(leader_hint(status), status_text(status))
+        } else {
+            Self::Failed(format!("{context}{}", status_text(status)))
+        }
+    }
 }
 
 impl Worker {
@@ -113,56 +173,97 @@ impl Worker {
         grace + self.cfg.exec.pipe_drain + KILL_SLACK
     }
 
+    /// Keeps a finished attempt's result until a coordinator acknowledges it.
+    pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
+        self.unsent_started.remove(&attempt);
+        self.unacked.insert(attempt, result);
+    }
+
     /// Runs one session over a connected channel.
     pub(crate) async fn session(
         &mut self,
         channel: Channel,
     ) -> Result<SessionEnd, RemoteWorkerError> {
         let (outbox, rx) = mpsc::channel(outbox_capacity(self.cfg.slots));
-        let hello = frames::hello(&self.cfg, &self.hostname, self.memory.total());
+        let split = self.unacked.split_for_hello(HELLO_FINISHED_BYTES);
+        let hello = frames::hello(
+            &self.cfg,
+            &self.hostname,
+            self.memory.total(),
+            self.exec.running(),
+            &split.in_hello,
+        );
+        tracing::debug!(
+            running = self.exec.running_count(),
+            finished = split.in_hello.len(),
+            after_welcome = split.after_welcome.len(),
+            "hello"
+        );
+        let in_hello: HashSet<AttemptRef> = split.in_hello.into_iter().map(|(a, _)| a).collect();
         if outbox.try_send(hello).is_err() {
             return Ok(SessionEnd::lost("outbox closed before hello"));
         }
         let mut client = WorkerServiceClient::new(channel);
+        let welcome_timeout = self.cfg.welcome_timeout;
         let handshake = async {
             let mut inbound = client
                 .session(ReceiverStream::new(rx))
                 .await
-                .map_err(|s| format!("session refused: {}", status_text(&s)))?
+                .map_err(|s| Refused::from_status(&s, "session refused: "))?
                 .into_inner();
             let first = inbound
                 .message()
                 .await
-                .map_err(|s| status_text(&s))?
-                .ok_or_else(|| "stream closed before welcome".to_owned())?;
+                .map_err(|s| Refused::from_status(&s, ""))?
+                .ok_or_else(|| Refused::Failed("stream closed before welcome".to_owned()))?;
             match frames::decode(first) {
                 Ok(Inbound::Welcome(w)) => Ok((inbound, w)),
-                Ok(other) => Err(format!("expected welcome first, got {other:?}")),
-                Err(e) => Err(format!("undecodable first frame: {e}")),
+                Ok(other) => Err(Refused::Failed(format!(
+                    "expected welcome first, got {other:?}"
+                ))),
+                Err(e) => Err(Refused::Failed(format!("undecodable first frame: {e}"))),
             }
         };
-        let handshake = tokio::time::timeout(self.cfg.welcome_timeout, handshake);
-        let (inbound, welcome) = tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-            () = self.drain.cancelled() => return Ok(SessionEnd::Drained),
-            done = handshake => match done {
-                Ok(Ok(ok)) => ok,
-                Ok(Err(reason)) => return Ok(SessionEnd::Lost { reason, welcomed: false }),
-                Err(_) => {
-                    let reason = format!("no welcome within {:?}", self.cfg.welcome_timeout);
-                    return Ok(SessionEnd::Lost { reason, welcomed: false });
-                }
-            },
+        let handshake = tokio::time::timeout(welcome_timeout, handshake);
+        let (inbound, welcome) = match self.offline(handshake).await? {
+            Offline::Ended(end) => return Ok(end),
+            Offline::Done(Ok(Ok(ok))) => ok,
+            Offline::Done(Ok(Err(Refused::NotLeader(leader, reason)))) => {
+                return Ok(SessionEnd::NotLeader { leader, reason });
+            }
+            Offline::Done(Ok(Err(Refused::Failed(reason)))) => {
+                return Ok(SessionEnd::Lost {
+                    reason,
+                    welcomed: false,
+                });
+            }
+            Offline::Done(Err(_)) => {
+                let reason = format!("no welcome within {welcome_timeout:?}");
+                return Ok(SessionEnd::Lost {
+                    reason,
+                    welcomed: false,
+                });
+            }
         };
         tracing::info!(heartbeat = ?welcome.heartbeat, liveness = ?welcome.liveness,
             "session established");
+        self.welcomed();
+        let backlog = self
+            .unacked
+            .attempts()
+            .filter(|a| !in_hello.contains(a))
+            .cloned()
+            .collect();
         let mut live = Live {
             outbox,
             inbound,
-            draining: None,
+            draining: false,
+            backlog,
         };
-        let end = self.serve(&mut live, welcome).await?;
+        let end = match self.announce_started(&live) {
+            Err(end) => end,
+            Ok(()) => self.serve(&mut live, welcome).await?,
+        };
         if end == SessionEnd::Shutdown {
             self.kill_and_report(&live).await?;
         }
@@ -172,9 +273,22 @@ impl Worker {
                 self.close(live, SHUTDOWN_CLOSE.min(self.cfg.close_timeout))
                     .await
             }
-            SessionEnd::Lost { .. } => {}
+            SessionEnd::Lost { .. } | SessionEnd::NotLeader { .. } => {}
         }
         Ok(end)
+    }
+
+    /// Sends `AttemptStarted` for the attempts that started while offline and still run.
+    fn announce_started(&mut self, live: &Live) -> Result<(), SessionEnd> {
+        for attempt in std::mem::take(&mut self.unsent_started) {
+            if self.exec.is_running(&attempt) {
+                send(
+                    &live.outbox,
+                    frames::report(&FromWorker::Started { attempt }),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The session loop, until it ends.
@@ -186,11 +300,15 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(welcome.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let drain_deadline = live.draining.filter(|d| !d.cancelled).map(|d| d.deadline);
+            if let Some(end) = drained(live, &self.exec) {
+                return Ok(end);
+            }
+            let drain_deadline = self.draining.and_then(|d| d.pending());
+            let backlog_ready = live.backlog_ready();
             let step = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Step::Shutdown,
-                () = self.drain.cancelled(), if live.draining.is_none() => Step::StartDrain,
+                () = self.drain.cancelled(), if !live.draining => Step::StartDrain,
                 () = sleep_until_some(drain_deadline) => Step::DrainExpired,
                 report = self.exec.recv() => match report {
                     Some(report) => Step::Report(report),
@@ -198,28 +316,21 @@ impl Worker {
                 },
                 frame = live.inbound.message() => Step::Frame(frame),
                 _ = heartbeat.tick() => Step::Heartbeat,
+                () = std::future::ready(()), if backlog_ready => Step::Backlog,
             };
             let end = match step {
                 Step::Shutdown => Some(SessionEnd::Shutdown),
                 Step::StartDrain => self.start_drain(live),
                 Step::DrainExpired => {
-                    tracing::warn!(
-                        running = self.exec.running_count(),
-                        "drain grace expired; cancelling running attempts"
-                    );
-                    self.exec.cancel_all(self.cfg.exec.kill_grace)?;
-                    if let Some(d) = live.draining.as_mut() {
-                        d.cancelled = true;
-                    }
+                    self.drain_expired()?;
                     None
                 }
-                Step::Report(report) => send(&live.outbox, frames::report(&report))
-                    .err()
-                    .or_else(|| drained(live, &self.exec)),
+                Step::Report(report) => self.forward(live, report),
                 Step::Frame(Ok(Some(msg))) => self.on_frame(live, msg)?,
                 Step::Frame(Ok(None)) => Some(SessionEnd::lost("coordinator closed the stream")),
                 Step::Frame(Err(status)) => Some(SessionEnd::lost(status_text(&status))),
                 Step::Heartbeat => send(&live.outbox, self.heartbeat(live)).err(),
+                Step::Backlog => self.send_backlog(live),
             };
             if let Some(end) = end {
                 return Ok(end);
@@ -228,20 +339,33 @@ impl Worker {
     }
 
     fn start_drain(&mut self, live: &mut Live) -> Option<SessionEnd> {
-        let grace = self.cfg.drain_grace;
-        tracing::info!(running = self.exec.running_count(), ?grace, "draining");
-        live.draining = Some(Draining {
-            deadline: Instant::now() + grace,
-            cancelled: false,
-        });
-        send(&live.outbox, frames::draining(grace))
-            .err()
-            .or_else(|| drained(live, &self.exec))
+        let grace = self.begin_drain();
+        live.draining = true;
+        send(&live.outbox, frames::draining(grace)).err()
+    }
+
+    /// Sends an executor report, keeping a result until it is acknowledged.
+    fn forward(&mut self, live: &Live, report: FromWorker) -> Option<SessionEnd> {
+        let frame = frames::report(&report);
+        if let FromWorker::Finished { attempt, result } = report {
+            self.keep_result(attempt, result);
+        }
+        send(&live.outbox, frame).err()
+    }
+
+    /// Sends the oldest kept result of the backlog that is still unacknowledged.
+    fn send_backlog(&mut self, live: &mut Live) -> Option<SessionEnd> {
+        while let Some(attempt) = live.backlog.pop_front() {
+            if let Some(result) = self.unacked.get(&attempt) {
+                return send(&live.outbox, frames::finished(&attempt, result)).err();
+            }
+        }
+        None
     }
 
     fn heartbeat(&mut self, live: &Live) -> WorkerMessage {
         let running = self.exec.running_count();
-        let free_slots = if live.draining.is_some() {
+        let free_slots = if live.draining {
             0
         } else {
             self.cfg
@@ -280,10 +404,20 @@ impl Worker {
                 Ok(None)
             }
             Inbound::Ack(attempts) => {
-                tracing::debug!(count = attempts.len(), "results acknowledged");
+                self.on_ack(&attempts);
                 Ok(None)
             }
         }
+    }
+
+    fn on_ack(&mut self, attempts: &[AttemptRef]) {
+        let forgotten = attempts.iter().filter(|a| self.unacked.ack(a)).count();
+        tracing::debug!(
+            acked = attempts.len(),
+            forgotten,
+            kept = self.unacked.len(),
+            "results acknowledged"
+        );
     }
 
     fn on_assign(
@@ -292,17 +426,23 @@ impl Worker {
         attempt: AttemptRef,
         spec: Option<v1::GateSpec>,
     ) -> Result<Option<SessionEnd>, RemoteWorkerError> {
-        if live.draining.is_some() {
-            tracing::info!(?attempt, "assignment while draining; answered cancelled");
-            let result = frames::not_run(ExitStatus::Cancelled);
-            return Ok(send(&live.outbox, frames::finished(&attempt, &result)).err());
-        }
         if self.exec.is_running(&attempt) {
             tracing::warn!(
                 ?attempt,
-                "attempt assigned twice; ignoring the second assignment"
+                "assignment of an attempt already running here; it reports when it ends"
             );
             return Ok(None);
+        }
+        if let Some(result) = self.unacked.get(&attempt) {
+            tracing::warn!(
+                ?attempt,
+                "assignment of an attempt that already ran here; answered with its result"
+            );
+            return Ok(send(&live.outbox, frames::finished(&attempt, result)).err());
+        }
+        if live.draining {
+            tracing::info!(?attempt, "assignment while draining; answered cancelled");
+            return Ok(self.answer_not_run(live, attempt, ExitStatus::Cancelled));
         }
         if self.exec.running_count() >= self.cfg.slots as usize {
             tracing::warn!(
@@ -319,10 +459,24 @@ impl Worker {
             }
             Err(reason) => {
                 tracing::warn!(?attempt, %reason, "cannot run the assignment");
-                let result = frames::not_run(ExitStatus::SpawnFailed(reason));
-                Ok(send(&live.outbox, frames::finished(&attempt, &result)).err())
+                let status = ExitStatus::SpawnFailed(reason);
+                Ok(self.answer_not_run(live, attempt, status))
             }
         }
+    }
+
+    /// Answers an assignment that is not run with `status`; the answer is a result like
+    /// any other, kept until acknowledged.
+    fn answer_not_run(
+        &mut self,
+        live: &Live,
+        attempt: AttemptRef,
+        status: ExitStatus,
+    ) -> Option<SessionEnd> {
+        let result = frames::not_run(status);
+        let frame = frames::finished(&attempt, &result);
+        self.keep_result(attempt, result);
+        send(&live.outbox, frame).err()
     }
 
     /// Shutdown: kill everything at once and forward the reports while the stream lives.
@@ -356,8 +510,9 @@ impl Worker {
     }
 
     /// Ends the request stream and waits (bounded) for the coordinator to end its side,
-    /// which tells that everything sent was received.
-    async fn close(&self, live: Live, bound: Duration) {
+    /// which tells that everything sent was received; acknowledgements arriving
+    /// meanwhile are applied.
+    async fn close(&mut self, live: Live, bound: Duration) {
         let Live {
             outbox,
             mut inbound,
@@ -367,9 +522,12 @@ impl Worker {
         let rest = async {
             loop {
                 match inbound.message().await {
-                    Ok(Some(msg)) => {
-                        tracing::debug!(?msg, "frame after closing the stream; ignored");
-                    }
+                    Ok(Some(msg)) => match frames::decode(msg) {
+                        Ok(Inbound::Ack(attempts)) => self.on_ack(&attempts),
+                        other => {
+                            tracing::debug!(?other, "frame after closing the stream; ignored");
+                        }
+                    },
                     Ok(None) | Err(_) => return,
                 }
             }
@@ -377,12 +535,19 @@ impl Worker {
         if tokio::time::timeout(bound, rest).await.is_err() {
             tracing::warn!("coordinator did not close its side of the stream in time");
         }
+        if !self.unacked.is_empty() {
+            tracing::info!(
+                unacknowledged = self.unacked.len(),
+                "stopping with results the coordinator has not acknowledged"
+            );
+        }
     }
 }
 
-/// `Drained` once draining and nothing runs any more.
+/// `Drained` once draining, nothing runs any more and the backlog is sent.
 fn drained(live: &Live, exec: &Executor) -> Option<SessionEnd> {
-    (live.draining.is_some() && exec.running_count() == 0).then_some(SessionEnd::Drained)
+    (live.draining && exec.running_count() == 0 && live.backlog.is_empty())
+        .then_some(SessionEnd::Drained)
 }
 
 /// Queues a frame; a full or closed outbox loses the session.
@@ -391,13 +556,6 @@ fn send(outbox: &mpsc::Sender<WorkerMessage>, frame: WorkerMessage) -> Result<()
         TrySendError::Full(_) => SessionEnd::lost("coordinator is not reading the stream"),
         TrySendError::Closed(_) => SessionEnd::lost("stream closed"),
     })
-}
-
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A status with its code, for logs.

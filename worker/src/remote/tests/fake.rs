@@ -1,12 +1,14 @@
 //! An in-process fake coordinator for the session tests: a real tonic `WorkerService`
 //! on `127.0.0.1:0` that hands every session to the test, which scripts the
-//! coordinator's side frame by frame.
+//! coordinator's side frame by frame; or, as a follower, answers every session with the
+//! not-leader status (naming a leader or not) and counts the refusals.
 
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, GateResult};
 use gatehouse_common::spawn::spawn_named;
 use gatehouse_proto::convert::attempt_from_wire;
+use gatehouse_proto::leader::not_leader;
 use gatehouse_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use gatehouse_proto::v1::{
     self, CoordinatorMessage, WorkerMessage, coordinator_message, worker_message,
@@ -24,6 +26,7 @@ pub(super) const DEADLINE: Duration = Duration::from_secs(20);
 /// The fake coordinator's server.
 pub(super) struct Fake {
     pub(super) url: String,
+    /// Sessions opened (a leader) or refused (a follower).
     sessions: mpsc::Receiver<Conn>,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
@@ -37,6 +40,8 @@ pub(super) struct Conn {
 
 struct Service {
     sessions: mpsc::Sender<Conn>,
+    /// `Some(leader)`: answer every session as a follower that knows `leader` (if any).
+    follower_of: Option<Option<String>>,
 }
 
 #[tonic::async_trait]
@@ -56,18 +61,33 @@ impl WorkerService for Service {
             .send(conn)
             .await
             .map_err(|_| Status::unavailable("test over"))?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        match &self.follower_of {
+            Some(leader) => Err(not_leader(leader.as_deref())),
+            None => Ok(Response::new(ReceiverStream::new(rx))),
+        }
     }
 }
 
 impl Fake {
     pub(super) async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// A coordinator that is not the leader and names `leader` as the one that is.
+    pub(super) async fn follower(leader: Option<&str>) -> Self {
+        Self::serve(Some(leader.map(str::to_owned))).await
+    }
+
+    async fn serve(follower_of: Option<Option<String>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound address");
         let (tx, sessions) = mpsc::channel(8);
         let stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
-            .add_service(WorkerServiceServer::new(Service { sessions: tx }))
+            .add_service(WorkerServiceServer::new(Service {
+                sessions: tx,
+                follower_of,
+            }))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 stop.clone().cancelled_owned(),
@@ -80,7 +100,7 @@ impl Fake {
         }
     }
 
-    /// The next session a worker opens.
+    /// The next session a worker opens (on a follower: the next one it refused).
     pub(super) async fn accept(&mut self) -> Conn {
         tokio::time::timeout(DEADLINE, self.sessions.recv())
             .await
@@ -152,15 +172,34 @@ impl Conn {
 
     /// Reads `Hello` and answers `Welcome` with a 50 ms heartbeat.
     pub(super) async fn handshake(&mut self) -> v1::Hello {
+        let hello = self.hello().await;
+        self.welcome().await;
+        hello
+    }
+
+    /// Reads `Hello`, the first frame.
+    pub(super) async fn hello(&mut self) -> v1::Hello {
         let Some(worker_message::Msg::Hello(hello)) = self.next().await else {
             panic!("expected hello first");
         };
+        hello
+    }
+
+    /// Answers `Welcome` with a 50 ms heartbeat.
+    pub(super) async fn welcome(&self) {
         self.send(coordinator_message::Msg::Welcome(v1::Welcome {
             heartbeat_interval_ms: 50,
             liveness_timeout_ms: 1000,
         }))
         .await;
-        hello
+    }
+
+    /// Acknowledges the results of `attempts`.
+    pub(super) async fn ack(&self, attempts: &[&AttemptRef]) {
+        self.send(coordinator_message::Msg::Ack(v1::ResultAck {
+            attempts: attempts.iter().map(|a| v1::AttemptRef::from(*a)).collect(),
+        }))
+        .await;
     }
 
     pub(super) async fn assign(&self, attempt: &AttemptRef, spec: v1::GateSpec) {

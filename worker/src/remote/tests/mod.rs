@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gatehouse_common::exec::{AttemptRef, ExitStatus};
+use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::spawn::spawn_named;
+use gatehouse_proto::convert::attempt_from_wire;
 use gatehouse_proto::v1::{self, coordinator_message, worker_message};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{RemoteWorkerConfig, RemoteWorkerError, run};
-use fake::{DEADLINE, Fake};
+use fake::{Conn, DEADLINE, Fake};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -85,8 +86,88 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn stdout_text(result: &gatehouse_common::exec::GateResult) -> String {
+fn stdout_text(result: &GateResult) -> String {
     String::from_utf8_lossy(&result.stdout.bytes).into_owned()
+}
+
+/// The attempts a `Hello` lists as running.
+fn hello_running(hello: &v1::Hello) -> Vec<AttemptRef> {
+    hello
+        .running
+        .iter()
+        .map(|a| attempt_from_wire(Some(a.clone())).expect("attempt"))
+        .collect()
+}
+
+/// The results a `Hello` carries.
+fn hello_finished(hello: &v1::Hello) -> Vec<(AttemptRef, GateResult)> {
+    hello
+        .finished
+        .iter()
+        .map(|f| {
+            let attempt = attempt_from_wire(f.attempt.clone()).expect("attempt");
+            let result = f
+                .result
+                .clone()
+                .expect("result")
+                .try_into()
+                .expect("result");
+            (attempt, result)
+        })
+        .collect()
+}
+
+/// Accepts sessions and closes each before `Welcome` (so the worker stays offline and
+/// reconnects) until one's `Hello` satisfies `pred`; returns it, not yet welcomed.
+async fn hello_where(
+    fake: &mut Fake,
+    what: &str,
+    pred: impl Fn(&v1::Hello) -> bool,
+) -> (Conn, v1::Hello) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a hello with {what}"
+        );
+        let mut conn = fake.accept().await;
+        let hello = conn.hello().await;
+        if pred(&hello) {
+            return (conn, hello);
+        }
+    }
+}
+
+/// A gate that waits for the file `go` in `dir`, then appends a line to `runs` and
+/// prints `done`: it runs as long as the test wants, and says how often it ran.
+struct Gated {
+    dir: tempfile::TempDir,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn spec(&self) -> v1::GateSpec {
+        let d = self.dir.path().display();
+        let run = format!(
+            "while [ ! -e '{d}/go' ]; do sleep 0.02; done; echo run >> '{d}/runs'; echo done"
+        );
+        spec("g", &run, "")
+    }
+
+    fn release(&self) {
+        std::fs::write(self.dir.path().join("go"), "").expect("write go");
+    }
+
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
 }
 
 #[tokio::test]
@@ -254,46 +335,6 @@ async fn drain_refuses_new_work_and_cancels_after_the_grace() {
 }
 
 #[tokio::test]
-async fn a_lost_session_kills_its_attempts_and_reconnects_as_a_fresh_worker() {
-    // A port nobody listens on: bound, then released.
-    let dead = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        format!("http://{}", l.local_addr().expect("addr"))
-    };
-    let mut fake = Fake::start().await;
-    let worker = Running::start(config(vec![dead, fake.url.clone()]));
-    let mut conn = fake.accept().await;
-    conn.handshake().await;
-    let a1 = attempt(0, 1);
-    conn.assign(&a1, spec("g", "sleep 30", "")).await;
-    conn.expect_started(&a1).await;
-    drop(conn);
-
-    let mut again = fake.accept().await;
-    let hello = again.handshake().await;
-    assert!(hello.running.is_empty(), "says hello as a fresh worker");
-    let beat = again.heartbeat_where(|_| true).await;
-    assert!(
-        beat.running.is_empty(),
-        "the lost session's attempt was killed"
-    );
-    assert_eq!(beat.free_slots, 2);
-    let a2 = attempt(0, 2);
-    again.assign(&a2, spec("g", "true", "")).await;
-    again.expect_started(&a2).await;
-    assert_eq!(
-        again.expect_finished(&a2).await.status,
-        ExitStatus::Exited(0)
-    );
-
-    worker.shutdown.cancel();
-    assert!(worker.join().await.is_ok());
-    fake.stop().await;
-}
-
-#[tokio::test]
 async fn invalid_configuration_fails_at_once() {
     let never = CancellationToken::new();
     let err = run(
@@ -312,4 +353,211 @@ async fn invalid_configuration_fails_at_once() {
         .await
         .expect_err("no workspace");
     assert!(matches!(err, RemoteWorkerError::Workspace { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_lost_session_keeps_its_attempts_and_hands_them_to_the_next_session() {
+    // A port nobody listens on: bound, then released.
+    let dead = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let mut fake = Fake::start().await;
+    let worker = Running::start(config(vec![dead, fake.url.clone()]));
+    let mut conn = fake.accept().await;
+    conn.handshake().await;
+    let gate = Gated::new();
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, gate.spec()).await;
+    conn.expect_started(&a1).await;
+    drop(conn);
+
+    let mut again = fake.accept().await;
+    let hello = again.hello().await;
+    assert_eq!(
+        hello_running(&hello),
+        vec![a1.clone()],
+        "the attempt still runs"
+    );
+    assert!(hello.finished.is_empty());
+    // Finishing before or after the welcome, the result arrives once, after it.
+    gate.release();
+    again.welcome().await;
+    let result = again.expect_finished(&a1).await;
+    assert_eq!(result.status, ExitStatus::Exited(0));
+    assert_eq!(stdout_text(&result), "done\n");
+    assert_eq!(gate.runs(), 1);
+    let beat = again.heartbeat_where(|_| true).await;
+    assert!(beat.running.is_empty());
+
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn results_are_offered_in_every_hello_until_acknowledged() {
+    let mut fake = Fake::start().await;
+    let worker = Running::start(config(vec![fake.url.clone()]));
+    let mut conn = fake.accept().await;
+    conn.handshake().await;
+    let gate = Gated::new();
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, gate.spec()).await;
+    conn.expect_started(&a1).await;
+    drop(conn);
+
+    // The attempt finishes while no session is welcomed.
+    gate.release();
+    let (conn, hello) = hello_where(&mut fake, "a1 finished", |h| !h.finished.is_empty()).await;
+    assert!(hello.running.is_empty());
+    let finished = hello_finished(&hello);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].0, a1);
+    assert_eq!(finished[0].1.status, ExitStatus::Exited(0));
+    assert_eq!(stdout_text(&finished[0].1), "done\n");
+
+    // Not acknowledged: offered again. Assigned again: answered, not run twice.
+    let mut conn = conn;
+    conn.welcome().await;
+    conn.assign(&a1, gate.spec()).await;
+    let answer = conn.expect_finished(&a1).await;
+    assert_eq!(answer, finished[0].1);
+    assert_eq!(
+        gate.runs(),
+        1,
+        "an attempt with a kept result never runs again"
+    );
+    drop(conn);
+    let mut conn = fake.accept().await;
+    let hello = conn.hello().await;
+    assert_eq!(hello_finished(&hello), finished, "re-sent without an ack");
+
+    // Acknowledged: forgotten.
+    conn.welcome().await;
+    conn.ack(&[&a1]).await;
+    drop(conn);
+    let mut conn = fake.accept().await;
+    let hello = conn.hello().await;
+    assert!(
+        hello.finished.is_empty(),
+        "an acknowledged result is not re-sent"
+    );
+    conn.welcome().await;
+
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn the_orphan_grace_cancels_attempts_no_session_took_over() {
+    let mut fake = Fake::start().await;
+    let mut cfg = config(vec![fake.url.clone()]);
+    cfg.orphan_grace = Duration::from_millis(300);
+    let worker = Running::start(cfg);
+    let mut conn = fake.accept().await;
+    conn.handshake().await;
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, spec("g", "sleep 600", "")).await;
+    conn.expect_started(&a1).await;
+    drop(conn);
+
+    let (mut conn, hello) =
+        hello_where(&mut fake, "a1 cancelled", |h| !h.finished.is_empty()).await;
+    assert!(hello.running.is_empty(), "nothing runs any more");
+    let finished = hello_finished(&hello);
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].0, a1);
+    assert_eq!(finished[0].1.status, ExitStatus::Cancelled);
+    conn.welcome().await;
+    let beat = conn.heartbeat_where(|_| true).await;
+    assert_eq!(beat.free_slots, 2);
+
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_while_disconnected_waits_for_the_attempts_and_delivers_their_results() {
+    let mut fake = Fake::start().await;
+    let worker = Running::start(config(vec![fake.url.clone()]));
+    let mut conn = fake.accept().await;
+    conn.handshake().await;
+    let gate = Gated::new();
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, gate.spec()).await;
+    conn.expect_started(&a1).await;
+    drop(conn);
+
+    worker.drain.cancel();
+    gate.release();
+    let (mut conn, hello) = hello_where(&mut fake, "a1 finished", |h| !h.finished.is_empty()).await;
+    assert_eq!(hello_finished(&hello)[0].0, a1);
+    conn.welcome().await;
+    match conn.next_event().await {
+        Some(worker_message::Msg::Draining(d)) => assert!(d.grace_ms <= 30_000),
+        other => panic!("expected draining, got {other:?}"),
+    }
+    assert_eq!(
+        conn.next_event().await,
+        None,
+        "the worker closes the stream"
+    );
+    drop(conn);
+    assert!(worker.join().await.is_ok());
+    fake.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_while_disconnected_with_nothing_to_deliver_returns_at_once() {
+    let fake = Fake::start().await;
+    let url = fake.url.clone();
+    fake.stop().await;
+    let worker = Running::start(config(vec![url]));
+    worker.drain.cancel();
+    assert!(worker.join().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_not_leader_answer_sends_the_worker_to_the_leader_it_names() {
+    let mut leader = Fake::start().await;
+    let mut follower = Fake::follower(Some(&leader.url)).await;
+    // Only the follower is configured: reaching the leader takes the redirect.
+    let worker = Running::start(config(vec![follower.url.clone()]));
+    follower.accept().await;
+    let mut conn = leader.accept().await;
+    let hello = conn.handshake().await;
+    assert_eq!(hello.worker_id, "w-test");
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, spec("g", "true", "")).await;
+    conn.expect_started(&a1).await;
+    assert_eq!(
+        conn.expect_finished(&a1).await.status,
+        ExitStatus::Exited(0)
+    );
+
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    follower.stop().await;
+    leader.stop().await;
+}
+
+#[tokio::test]
+async fn a_not_leader_answer_without_a_leader_moves_on_to_the_next_url() {
+    let mut leader = Fake::start().await;
+    let mut follower = Fake::follower(None).await;
+    let worker = Running::start(config(vec![follower.url.clone(), leader.url.clone()]));
+    follower.accept().await;
+    let mut conn = leader.accept().await;
+    conn.handshake().await;
+    conn.heartbeat_where(|_| true).await;
+
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    follower.stop().await;
+    leader.stop().await;
 }

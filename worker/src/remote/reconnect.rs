@@ -1,0 +1,98 @@
+//! The worker's outer loop: pick a coordinator URL ([`Route`]), connect, run a session,
+//! and decide what comes next from how it ended, until a drain or shutdown ends the
+//! worker.
+//!
+//! Every wait of this loop (connecting, the backoff delay, the handshake) runs under
+//! [`Worker::offline`], so attempts keep running and reporting while no session is
+//! welcomed. Backoff: [`Backoff`] between passes over the URL list, reset once a session
+//! was welcomed; a redirect to the leader is followed without a delay.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+use crate::remote::backoff::Backoff;
+use crate::remote::offline::Offline;
+use crate::remote::route::{Next, Route};
+use crate::remote::session::{SessionEnd, Worker};
+use crate::remote::{RemoteWorkerError, error_chain};
+
+/// Connects, runs sessions and reconnects until a drain or shutdown ends the worker.
+pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> {
+    let mut backoff = Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max);
+    let mut route = Route::new(worker.cfg.coordinators.clone());
+    let connect_timeout = worker.cfg.connect_timeout;
+    loop {
+        let url = match route.next() {
+            Next::Connect(url) => url,
+            Next::Backoff => {
+                let delay = backoff.next_delay();
+                tracing::debug!(?delay, "reconnecting after a delay");
+                match worker.offline(tokio::time::sleep(delay)).await? {
+                    Offline::Done(()) => continue,
+                    Offline::Ended(_) => return Ok(()),
+                }
+            }
+        };
+        let endpoint = match worker.cfg.endpoint(&url) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::warn!(coordinator = %url, %error, "cannot use the coordinator URL");
+                continue;
+            }
+        };
+        let channel = match worker
+            .offline(connect(&url, endpoint, connect_timeout))
+            .await?
+        {
+            Offline::Done(Some(channel)) => channel,
+            Offline::Done(None) => continue,
+            Offline::Ended(_) => return Ok(()),
+        };
+        let span = tracing::info_span!("session", coordinator = %url);
+        match worker.session(channel).instrument(span).await? {
+            SessionEnd::Drained | SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Lost {
+                reason,
+                welcomed: true,
+            } => {
+                tracing::warn!(coordinator = %url, %reason, "session lost");
+                backoff.reset();
+                route.session_lost();
+                worker.session_lost();
+            }
+            SessionEnd::Lost {
+                reason,
+                welcomed: false,
+            } => {
+                tracing::warn!(coordinator = %url, %reason, "no session with the coordinator");
+            }
+            SessionEnd::NotLeader { leader, reason } => {
+                let following = route.not_leader(leader.clone());
+                tracing::info!(coordinator = %url, leader = ?leader, following, %reason,
+                    "the coordinator is not the leader");
+            }
+        }
+    }
+}
+
+/// Connects to one coordinator; `None` if it cannot be reached (logged at warn with its
+/// URL).
+async fn connect(url: &str, endpoint: Endpoint, timeout: Duration) -> Option<Channel> {
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => {
+            tracing::info!(coordinator = %url, "connected");
+            Some(channel)
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(coordinator = %url, error = %error_chain(&error),
+                "cannot connect to the coordinator");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(coordinator = %url, ?timeout, "connecting to the coordinator timed out");
+            None
+        }
+    }
+}
