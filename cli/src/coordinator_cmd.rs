@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use gatehouse_common::units::parse_duration;
-use gatehouse_coordinator::server::{self, CoordinatorConfig};
+use gatehouse_coordinator::ha::EtcdConfig;
+use gatehouse_coordinator::server::{self, CoordinatorConfig, StateBackend};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,26 @@ pub struct CoordinatorArgs {
     /// Finished plans kept for status and watch.
     #[arg(long, default_value_t = 100)]
     retain_plans: usize,
+    /// Standalone: keep plan state in a local store in this directory (a restarted
+    /// coordinator resumes its plans). Ignored with --etcd.
+    #[arg(long, default_value = "gatehouse-state", env = "GATEHOUSE_STATE_DIR")]
+    state_dir: PathBuf,
+    /// High availability: etcd endpoints (URL[,URL...]); replicas elect a leader and keep
+    /// plan state in etcd.
+    #[arg(long, env = "GATEHOUSE_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// With --etcd: the cluster name; keys live under /gatehouse/NAME/.
+    #[arg(long, default_value = "default", env = "GATEHOUSE_CLUSTER")]
+    cluster: String,
+    /// With --etcd: the leader's lease TTL; a leader that cannot renew it within this
+    /// time stops leading, and another takes over.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// With --etcd: the URL clients and workers use to reach this coordinator, which the
+    /// leader proclaims (default: http://HOSTNAME:PORT, or the listen address if it is
+    /// not a wildcard).
+    #[arg(long, env = "GATEHOUSE_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 /// Parses a fraction in (0, 1].
@@ -75,12 +96,42 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
     eprintln!("gatehouse coordinator listening on {bound}");
+    let state = if args.etcd.is_empty() {
+        StateBackend::Dir(args.state_dir.clone())
+    } else {
+        if args.lease_ttl < Duration::from_secs(1) {
+            anyhow::bail!("--lease-ttl must be at least 1s (etcd leases have whole seconds)");
+        }
+        let endpoints: Vec<String> = args
+            .etcd
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        StateBackend::Etcd(EtcdConfig {
+            endpoints,
+            cluster: args.cluster.clone(),
+            lease_ttl: args.lease_ttl,
+            advertise: args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| default_advertise(bound)),
+        })
+    };
     let config = CoordinatorConfig {
         heartbeat_interval: args.heartbeat_interval,
         liveness_timeout: args.liveness_timeout,
         memory_pressure: args.memory_pressure,
         kill_grace: args.kill_grace,
         retain_finished: args.retain_plans,
+        state,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();
@@ -108,6 +159,16 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         _ = sigterm.recv() => anyhow::bail!("interrupted during shutdown"),
     }
     Ok(())
+}
+
+/// `http://HOST:PORT` for the bound address; a wildcard address becomes the host name.
+fn default_advertise(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        let host = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_string());
+        format!("http://{host}:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    }
 }
 
 /// Writes `content` to a temp file next to `path`, then renames it into place, so a

@@ -4,7 +4,9 @@
 
 pub mod core;
 pub mod grpc;
+pub mod ha;
 pub mod registry;
+pub mod role;
 pub mod scheduler;
 pub mod server;
 pub mod store;

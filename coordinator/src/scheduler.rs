@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use crate::core::{
-    Command, CoreConfig, Event, PlanEvent, RunOptions, Scheduler, Timer, WorkerInfo,
+    Command, CoreConfig, Event, PlanEvent, RestoredGate, RunOptions, Scheduler, Timer, WorkerInfo,
 };
 
 /// Capacity of the scheduler's mailbox.
@@ -88,6 +88,16 @@ pub struct TransportError {
 pub trait WorkerTransport: Send + 'static {
     /// Queues `msg` for `worker`.
     fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError>;
+
+    /// Tells `worker` it may forget these results: they were stale and are ignored
+    /// (results that count are acknowledged once durable, by the registry). Executors
+    /// that keep no results need nothing.
+    fn ack_ignored(
+        &mut self,
+        _worker: &WorkerId,
+        _attempts: Vec<gatehouse_common::exec::AttemptRef>,
+    ) {
+    }
 }
 
 /// In-process transport to one local executor (used by `gatehouse run`). The channel is
@@ -131,6 +141,13 @@ pub enum WorkerEvent {
     Draining(WorkerId),
     /// The executor is gone; its attempts are re-queued.
     Lost(WorkerId),
+    /// A reconnected executor re-reported attempts kept from an earlier session (sent
+    /// right after its `Joined`).
+    Reported {
+        worker: WorkerId,
+        running: Vec<gatehouse_common::exec::AttemptRef>,
+        finished: Vec<(gatehouse_common::exec::AttemptRef, GateResult)>,
+    },
 }
 
 impl From<FromWorker> for WorkerEvent {
@@ -152,6 +169,17 @@ pub(crate) enum SchedulerMsg {
         plan: PlanId,
         force: bool,
     },
+    Restore {
+        id: PlanId,
+        plan: Arc<Plan>,
+        options: RunOptions,
+        gates: Vec<RestoredGate>,
+        cancel: Option<bool>,
+        age: Duration,
+        events: mpsc::UnboundedSender<PlanEvent>,
+        reply: oneshot::Sender<Result<(), SchedulerError>>,
+    },
+    EndRecoveryAfter(Duration),
 }
 
 /// Handle to the scheduler actor.
@@ -187,6 +215,38 @@ impl SchedulerHandle {
         self.send(SchedulerMsg::Cancel { plan, force }).await
     }
 
+    /// Resumes a plan restored from the durable log (see `core::recovery`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        &self,
+        id: PlanId,
+        plan: Arc<Plan>,
+        options: RunOptions,
+        gates: Vec<RestoredGate>,
+        cancel: Option<bool>,
+        age: Duration,
+        events: mpsc::UnboundedSender<PlanEvent>,
+    ) -> Result<(), SchedulerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(SchedulerMsg::Restore {
+            id,
+            plan,
+            options,
+            gates,
+            cancel,
+            age,
+            events,
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| SchedulerError::ShuttingDown)?
+    }
+
+    /// Gates of restored plans still in doubt after `window` run again.
+    pub async fn end_recovery_after(&self, window: Duration) -> Result<(), SchedulerError> {
+        self.send(SchedulerMsg::EndRecoveryAfter(window)).await
+    }
+
     async fn send(&self, msg: SchedulerMsg) -> Result<(), SchedulerError> {
         self.tx
             .send(msg)
@@ -218,6 +278,7 @@ pub fn spawn(
         lookups: JoinSet::new(),
         lookup_ids: HashMap::new(),
         stores: JoinSet::new(),
+        recorded: std::collections::HashSet::new(),
         shutdown,
     };
     let task = spawn_named("scheduler", actor.run());
@@ -261,6 +322,8 @@ struct SchedulerActor {
     /// Which gate each lookup task serves, so a task that fails still answers.
     lookup_ids: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
     stores: JoinSet<Result<(), CacheError>>,
+    /// Attempts whose results produced an event while handling one report.
+    recorded: std::collections::HashSet<gatehouse_common::exec::AttemptRef>,
     shutdown: CancellationToken,
 }
 
@@ -349,6 +412,28 @@ impl SchedulerActor {
             },
             WorkerEvent::Draining(worker) => Event::WorkerDraining { worker },
             WorkerEvent::Lost(worker) => Event::WorkerLost { worker },
+            WorkerEvent::Reported {
+                worker,
+                running,
+                finished,
+            } => {
+                let reported: Vec<_> = finished.iter().map(|(a, _)| a.clone()).collect();
+                self.recorded.clear();
+                self.feed(Event::AttemptsReported {
+                    worker: worker.clone(),
+                    running,
+                    finished,
+                });
+                // A result that produced no event was stale: the worker may forget it.
+                let ignored: Vec<_> = reported
+                    .into_iter()
+                    .filter(|a| !self.recorded.contains(a))
+                    .collect();
+                if !ignored.is_empty() {
+                    self.transport.ack_ignored(&worker, ignored);
+                }
+                return;
+            }
         };
         self.feed(event);
     }
@@ -382,6 +467,46 @@ impl SchedulerActor {
                 self.feed(Event::PlanSubmitted { id, plan, options });
             }
             SchedulerMsg::Cancel { plan, force } => self.feed(Event::Cancel { plan, force }),
+            SchedulerMsg::Restore {
+                id,
+                plan,
+                options,
+                gates,
+                cancel,
+                age,
+                events,
+                reply,
+            } => {
+                if self.plans.contains_key(&id) {
+                    let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
+                    return;
+                }
+                let options = RunOptions {
+                    use_cache: options.use_cache && self.cache.is_some(),
+                };
+                self.plans.insert(
+                    id.clone(),
+                    PlanDriver {
+                        keys: vec![None; plan.gates.len()],
+                        plan: plan.clone(),
+                        events,
+                        files: Arc::new(FileHashes::default()),
+                    },
+                );
+                let _ = reply.send(Ok(()));
+                self.feed(Event::PlanRestored {
+                    id,
+                    plan,
+                    options,
+                    gates,
+                    cancel,
+                    age,
+                });
+            }
+            SchedulerMsg::EndRecoveryAfter(window) => {
+                self.timers
+                    .insert_at(Timer::RecoveryWindow, Instant::now() + window);
+            }
         }
     }
 
@@ -424,6 +549,15 @@ impl SchedulerActor {
                 self.timers.insert_at(timer, self.epoch + at);
             }
             Command::Emit(event) => {
+                if let PlanEvent::Gate(g) = &event
+                    && g.result.is_some()
+                {
+                    self.recorded.insert(gatehouse_common::exec::AttemptRef {
+                        plan: g.plan.clone(),
+                        gate: g.gate,
+                        attempt: g.attempt,
+                    });
+                }
                 let (plan, last) = match &event {
                     PlanEvent::Gate(g) => (g.plan.clone(), false),
                     PlanEvent::Finished(s) => (s.plan.clone(), true),

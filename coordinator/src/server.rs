@@ -1,38 +1,63 @@
-//! Wiring of a standalone coordinator: the scheduler actor, the plan registry and the
-//! gRPC services (plans, workers, `grpc.health.v1`, server reflection) on one listener.
+//! Wiring of a coordinator: the gRPC services (plans, workers, `grpc.health.v1`, server
+//! reflection) on one listener, and the leader's components, which live for one
+//! leadership *term* ([`crate::role::Term`]).
 //!
-//! Startup order: scheduler (with the gRPC transport), registry, services, then the
-//! listener serves. Shutdown (the token fires): the server stops accepting and every
-//! session and watch stream ends (they observe the same token), the server waits for
-//! its tasks, then the registry and the scheduler stop, each with a deadline.
+//! Where plan state lives ([`StateBackend`]): in memory, in a local store
+//! (`--state-dir`; this coordinator always leads), or in etcd (`--etcd`; replicas elect
+//! a leader, see [`crate::ha`]). A term starts by reading every stored plan back
+//! (unfinished plans resume), then starts the scheduler (with the gRPC transport) and
+//! the registry, and publishes [`Role::Leading`]; the services then answer from it and
+//! `grpc.health.v1` reports the plan and worker services SERVING. A term ends on
+//! shutdown, when leadership is lost, or when the registry cannot persist (fenced):
+//! the role goes back to following first (calls get `UNAVAILABLE` naming the leader),
+//! then the term's sessions and watch streams end, then its registry and scheduler
+//! stop, each with a deadline.
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::plan::validate::MAX_PLAN_BYTES;
 use gatehouse_proto::v1::plan_service_server::PlanServiceServer;
 use gatehouse_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::CoreConfig;
 use crate::grpc::{
-    GrpcTransport, Outboxes, PlanServiceImpl, SessionConfig, WorkerDirectory, WorkerServiceImpl,
+    GrpcTransport, Outboxes, PlanServiceImpl, SessionAcks, SessionConfig, WorkerDirectory,
+    WorkerServiceImpl,
 };
-use crate::registry::{self, RegistryConfig};
+use crate::registry::{self, Durability, JournalError, RegistryConfig};
+use crate::role::{Role, RoleWatch, Term};
 use crate::scheduler::{self, SchedulerConfig};
+use crate::store::{StateStore, StoreError};
 
 /// Capacity of the channel carrying attempt reports from all sessions to the scheduler.
 pub const REPORTS_CAPACITY: usize = 4096;
 
-/// Configuration of a standalone coordinator.
+/// Where plan state is kept.
+#[derive(Clone, Debug)]
+pub enum StateBackend {
+    /// Nowhere: a restart forgets every plan (tests and benchmarks).
+    Memory,
+    /// A local store in this directory (standalone coordinator).
+    Dir(PathBuf),
+    /// etcd, with leader election among replicas.
+    Etcd(crate::ha::EtcdConfig),
+}
+
+/// Configuration of a coordinator.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
     /// How often workers send heartbeats.
     pub heartbeat_interval: Duration,
-    /// A worker silent for this long is lost; its attempts are re-queued.
+    /// A worker silent for this long is lost; its attempts are re-queued. Also how long
+    /// a new term waits for workers to re-report their attempts.
     pub liveness_timeout: Duration,
     /// Workers above this fraction of used memory get nothing new.
     pub memory_pressure: f64,
@@ -42,6 +67,8 @@ pub struct CoordinatorConfig {
     pub retain_finished: usize,
     /// How long shutdown waits for each component.
     pub shutdown_timeout: Duration,
+    /// Where plan state is kept.
+    pub state: StateBackend,
 }
 
 impl Default for CoordinatorConfig {
@@ -53,6 +80,7 @@ impl Default for CoordinatorConfig {
             kill_grace: Duration::from_secs(5),
             retain_finished: 100,
             shutdown_timeout: Duration::from_secs(10),
+            state: StateBackend::Memory,
         }
     }
 }
@@ -69,6 +97,21 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The state store cannot be opened or read.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// Leader election failed for good.
+    #[error("leader election: {0}")]
+    Election(String),
+}
+
+/// Why a term ended.
+#[derive(Debug)]
+pub enum TermEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// Leadership was lost (lease expired or the store fenced this coordinator off).
+    LostLeadership(String),
 }
 
 /// Runs a coordinator on `listener` until `shutdown` fires.
@@ -77,6 +120,196 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let (role_tx, role) = watch::channel(Role::Following { leader: None });
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let tasks = TaskTracker::new();
+    let served = serve(
+        &config,
+        listener,
+        role.clone(),
+        shutdown.clone(),
+        tasks.clone(),
+    );
+    let roles = lead_per_backend(config.clone(), local.clone(), role_tx, shutdown.clone());
+    tracing::info!(address = %local, "coordinator serving");
+    // The roles end on shutdown (the term stops) or on a fatal error, which stops the
+    // server too.
+    let roles = async {
+        let ended = roles.await;
+        shutdown.cancel();
+        ended
+    };
+    let (served, roles) = tokio::join!(served, roles);
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("health task did not end within the shutdown timeout");
+    }
+    roles?;
+    served
+}
+
+/// The gRPC server, until shutdown (graceful, bounded by the shutdown timeout).
+async fn serve(
+    config: &CoordinatorConfig,
+    listener: TcpListener,
+    role: RoleWatch,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) -> Result<(), ServerError> {
+    let plans = PlanServiceImpl::new(role.clone());
+    let session_config = SessionConfig {
+        heartbeat_interval: config.heartbeat_interval,
+        liveness_timeout: config.liveness_timeout,
+        hello_timeout: Duration::from_secs(10),
+        memory_pressure: config.memory_pressure,
+    };
+    let workers = WorkerServiceImpl::new(role.clone(), session_config);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    gatehouse_common::spawn::spawn_tracked(
+        &tasks,
+        "health",
+        mirror_health(role, health, shutdown.clone()),
+    );
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    // Twice the plan limit: documents up to this size reach `SubmitPlan`, which refuses
+    // those over the plan limit with RESOURCE_EXHAUSTED; larger requests are refused by
+    // the transport itself (OUT_OF_RANGE) before being buffered.
+    let max_message = 2 * MAX_PLAN_BYTES;
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PlanServiceServer::new(plans).max_decoding_message_size(max_message))
+        .add_service(WorkerServiceServer::new(workers))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tokio::select! {
+        served = served => served.map_err(Into::into),
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(config.shutdown_timeout).await;
+        } => {
+            tracing::warn!("connections did not close within the shutdown timeout; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with the role: the plan and worker services are
+/// SERVING only while this coordinator leads.
+async fn mirror_health(
+    mut role: RoleWatch,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let leading = matches!(&*role.borrow_and_update(), Role::Leading(_));
+        if leading {
+            health
+                .set_serving::<PlanServiceServer<PlanServiceImpl>>()
+                .await;
+            health
+                .set_serving::<WorkerServiceServer<WorkerServiceImpl>>()
+                .await;
+        } else {
+            health
+                .set_not_serving::<PlanServiceServer<PlanServiceImpl>>()
+                .await;
+            health
+                .set_not_serving::<WorkerServiceServer<WorkerServiceImpl>>()
+                .await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = role.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn lead_per_backend(
+    config: CoordinatorConfig,
+    local: String,
+    role_tx: watch::Sender<Role>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    match config.state.clone() {
+        StateBackend::Memory => {
+            lead(
+                &config,
+                None,
+                0,
+                &role_tx,
+                &shutdown,
+                std::future::pending(),
+            )
+            .await?;
+            Ok(())
+        }
+        StateBackend::Dir(dir) => {
+            let store = crate::store::LocalStore::open(&dir)?;
+            tracing::info!(dir = %dir.display(), "plan state in a local store");
+            let store: Arc<dyn StateStore> = Arc::new(store);
+            match lead(
+                &config,
+                Some(store),
+                0,
+                &role_tx,
+                &shutdown,
+                std::future::pending(),
+            )
+            .await?
+            {
+                TermEnd::Shutdown => Ok(()),
+                TermEnd::LostLeadership(why) => {
+                    Err(ServerError::ActorStopped("plan registry", why))
+                }
+            }
+        }
+        StateBackend::Etcd(etcd) => crate::ha::run(&config, etcd, local, &role_tx, &shutdown).await,
+    }
+}
+
+/// Leads for one term: reads stored plans back, starts the term's components, serves
+/// until `shutdown`, `lost` resolves, or an actor ends; then stops them in order.
+pub(crate) async fn lead(
+    config: &CoordinatorConfig,
+    store: Option<Arc<dyn StateStore>>,
+    term: i64,
+    role_tx: &watch::Sender<Role>,
+    shutdown: &CancellationToken,
+    lost: impl Future<Output = String>,
+) -> Result<TermEnd, ServerError> {
+    let restored = match &store {
+        Some(store) => {
+            let stored = store.load().await?;
+            let count = stored.len();
+            let restored = tokio::task::spawn_blocking(move || registry::restore::prepare(stored))
+                .await
+                .map_err(|e| ServerError::ActorStopped("restore", e.to_string()))?;
+            tracing::info!(
+                stored = count,
+                restored = restored.len(),
+                "plan state read back"
+            );
+            restored
+        }
+        None => Vec::new(),
+    };
     let outboxes = Outboxes::default();
     let directory = WorkerDirectory::default();
     let (reports_tx, reports) = mpsc::channel(REPORTS_CAPACITY);
@@ -97,115 +330,91 @@ pub async fn run(
         None,
         actors.clone(),
     );
-    tracing::info!("scheduler started");
     let registry_config = RegistryConfig {
         retain_finished: config.retain_finished,
+        recovery_window: config.liveness_timeout,
         ..RegistryConfig::default()
     };
-    let (registry, registry_task) = registry::spawn(registry_config, sched, actors.clone());
-    tracing::info!("plan registry started");
-
-    let tasks = TaskTracker::new();
-    let plans = PlanServiceImpl::new(registry, directory.clone(), shutdown.clone(), tasks.clone());
-    let session_config = SessionConfig {
-        heartbeat_interval: config.heartbeat_interval,
-        liveness_timeout: config.liveness_timeout,
-        hello_timeout: Duration::from_secs(10),
-        memory_pressure: config.memory_pressure,
-    };
-    let workers = WorkerServiceImpl::new(
-        reports_tx,
+    let acks: Arc<dyn registry::AckSink> =
+        Arc::new(SessionAcks::new(outboxes.clone(), directory.clone()));
+    let durability = store.map(|store| Durability {
+        store,
+        restored,
+        term,
+    });
+    let (registry, registry_task) = registry::spawn(
+        registry_config,
+        sched,
+        Some(acks),
+        durability,
+        actors.clone(),
+    );
+    let term = Arc::new(Term {
+        registry,
+        reports: reports_tx,
         outboxes,
         directory,
-        session_config,
-        shutdown.clone(),
-        tasks.clone(),
-    );
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<PlanServiceServer<PlanServiceImpl>>()
-        .await;
-    health
-        .set_serving::<WorkerServiceServer<WorkerServiceImpl>>()
-        .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gatehouse_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    // Twice the plan limit: documents up to this size reach `SubmitPlan`, which refuses
-    // those over the plan limit with RESOURCE_EXHAUSTED; larger requests are refused by
-    // the transport itself (OUT_OF_RANGE) before being buffered.
-    let max_message = 2 * MAX_PLAN_BYTES;
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    tracing::info!(address = %local, "coordinator serving");
-    let served = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(PlanServiceServer::new(plans).max_decoding_message_size(max_message))
-        .add_service(WorkerServiceServer::new(workers))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    tokio::pin!(served);
+        token: shutdown.child_token(),
+        tasks: TaskTracker::new(),
+    });
+    role_tx.send_replace(Role::Leading(term.clone()));
+    tracing::info!("leading: scheduler and plan registry started");
     tokio::pin!(sched_task);
     tokio::pin!(registry_task);
-    // Serve until shutdown; a graceful stop waits for open connections, so it gets a
-    // deadline. An actor that ends while serving is fatal: stop rather than serve a
-    // coordinator that can no longer schedule.
-    let mut failed = None;
-    let served = tokio::select! {
-        served = &mut served => served,
-        () = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(config.shutdown_timeout).await;
-        } => {
-            tracing::warn!("connections did not close within the shutdown timeout; closing them");
-            Ok(())
+    tokio::pin!(lost);
+    let mut registry_done = false;
+    let end = tokio::select! {
+        () = shutdown.cancelled() => TermEnd::Shutdown,
+        why = &mut lost => TermEnd::LostLeadership(why),
+        ended = &mut registry_task => {
+            registry_done = true;
+            match ended {
+                Ok(Err(JournalError::Store(StoreError::Fenced))) =>
+                    TermEnd::LostLeadership("another coordinator leads (fenced)".into()),
+                other => {
+                    let why = format!("{other:?}");
+                    role_tx.send_replace(Role::Following { leader: None });
+                    term.token.cancel();
+                    return Err(ServerError::ActorStopped("plan registry", why));
+                }
+            }
         }
         ended = &mut sched_task => {
-            failed = Some(ServerError::ActorStopped("scheduler", format!("{ended:?}")));
-            shutdown.cancel();
-            Ok(())
-        }
-        ended = &mut registry_task => {
-            failed = Some(ServerError::ActorStopped("plan registry", format!("{ended:?}")));
-            shutdown.cancel();
-            Ok(())
+            role_tx.send_replace(Role::Following { leader: None });
+            term.token.cancel();
+            return Err(ServerError::ActorStopped("scheduler", format!("{ended:?}")));
         }
     };
-    tracing::info!("grpc server stopped; stopping sessions");
-    tasks.close();
-    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+    tracing::info!(?end, "term ending");
+    role_tx.send_replace(Role::Following { leader: None });
+    term.token.cancel();
+    term.tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout, term.tasks.wait())
         .await
         .is_err()
     {
         tracing::warn!("sessions did not end within the shutdown timeout");
     }
     actors.cancel();
-    let tasks: [(&str, std::pin::Pin<&mut tokio::task::JoinHandle<()>>); 2] =
-        [("plan registry", registry_task), ("scheduler", sched_task)];
-    for (name, task) in tasks {
-        if task.is_finished() && failed.is_some() {
-            continue;
-        }
-        match tokio::time::timeout(config.shutdown_timeout, task).await {
-            Ok(Ok(())) => tracing::info!(component = name, "stopped"),
-            Ok(Err(e)) => tracing::error!(component = name, error = %e, "task failed"),
-            Err(_) => tracing::warn!(component = name, "did not stop within the shutdown timeout"),
+    if !registry_done {
+        match tokio::time::timeout(config.shutdown_timeout, &mut registry_task).await {
+            Ok(Ok(Ok(()))) => tracing::info!(component = "plan registry", "stopped"),
+            Ok(other) => tracing::warn!(component = "plan registry", result = ?other, "stopped"),
+            Err(_) => tracing::warn!(
+                component = "plan registry",
+                "did not stop within the shutdown timeout"
+            ),
         }
     }
-    served?;
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
+    {
+        match tokio::time::timeout(config.shutdown_timeout, &mut sched_task).await {
+            Ok(Ok(())) => tracing::info!(component = "scheduler", "stopped"),
+            Ok(Err(e)) => tracing::error!(component = "scheduler", error = %e, "task failed"),
+            Err(_) => tracing::warn!(
+                component = "scheduler",
+                "did not stop within the shutdown timeout"
+            ),
+        }
     }
+    Ok(end)
 }

@@ -24,7 +24,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+    pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log");
@@ -69,7 +69,7 @@ impl Proc {
         status.and_then(|s| s.code())
     }
 
-    fn tail(&self) -> String {
+    pub fn tail(&self) -> String {
         log_tail(&self.log, 40)
     }
 }
@@ -86,12 +86,35 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a coordinator with short heartbeat/liveness settings.
     pub fn start() -> Self {
-        let ws = Workspace::new();
-        let ready = ws.path().join("coordinator.addr");
-        let args: Vec<String> = [
+        Self::start_listening("127.0.0.1:0")
+    }
+
+    /// Starts a coordinator on a free port that [`Cluster::restart_coordinator`] reuses,
+    /// so workers given its URL find it again.
+    pub fn start_on_fixed_port() -> Self {
+        Self::start_listening(&format!("127.0.0.1:{}", super::etcd::free_ports::<1>()[0]))
+    }
+
+    /// Starts the coordinator again (after the test killed it) on the same
+    /// address and state directory, and waits until it serves.
+    pub fn restart_coordinator(&mut self) {
+        let ready = self.ws.path().join("coordinator.addr");
+        let _ = std::fs::remove_file(&ready);
+        let args = Self::coordinator_args(&self.addr, &ready);
+        self.coordinator = Proc::spawn("coordinator-2", self.ws.path(), &args);
+        wait_until(
+            "the restarted coordinator's ready file",
+            Duration::from_secs(20),
+            || ready.exists(),
+        );
+        self.wait_serving();
+    }
+
+    fn coordinator_args(listen: &str, ready: &Path) -> Vec<String> {
+        [
             "coordinator",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--ready-file",
             ready.to_str().expect("utf-8"),
             "--heartbeat-interval",
@@ -103,7 +126,13 @@ impl Cluster {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect()
+    }
+
+    fn start_listening(listen: &str) -> Self {
+        let ws = Workspace::new();
+        let ready = ws.path().join("coordinator.addr");
+        let args = Self::coordinator_args(listen, &ready);
         let coordinator = Proc::spawn("coordinator", ws.path(), &args);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

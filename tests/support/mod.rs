@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod ha;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

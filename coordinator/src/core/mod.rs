@@ -20,12 +20,15 @@
 
 mod graph;
 mod plan_run;
+mod recovery;
 pub mod summary;
 mod transitions;
 mod types;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 pub(crate) mod testkit;
 #[cfg(test)]
@@ -105,6 +108,19 @@ impl WorkerSlots {
     }
 }
 
+/// What an attempt on a worker holds there.
+#[derive(Clone, Debug)]
+struct Held {
+    worker: WorkerId,
+    /// Memory reserved for it.
+    memory: u64,
+    /// It occupies one of the worker's slots.
+    slot: bool,
+    /// Not wanted (re-reported by a worker after its gate moved on): it was cancelled,
+    /// and its result only frees the slot.
+    unwanted: bool,
+}
+
 /// Commands produced while handling one event, plus plans that may have ended.
 #[derive(Default)]
 struct Sink {
@@ -117,8 +133,8 @@ pub struct Scheduler {
     config: CoreConfig,
     plans: BTreeMap<PlanId, PlanRun>,
     workers: BTreeMap<WorkerId, WorkerSlots>,
-    /// Dispatched attempts not yet finished: who runs them and what they reserve.
-    attempts: HashMap<AttemptRef, (WorkerId, u64)>,
+    /// Attempts on workers and not finished: who runs them and what they hold.
+    attempts: HashMap<AttemptRef, Held>,
     /// The plan that got the last dispatch (round-robin cursor).
     last_served: Option<PlanId>,
     sink: Sink,
@@ -199,7 +215,22 @@ impl Scheduler {
                     run.push_ready(gate);
                 }
             }
+            Event::TimerFired(Timer::RecoveryWindow) => self.on_recovery_ended(),
             Event::Cancel { plan, force } => self.on_cancel(&plan, force),
+            Event::PlanRestored {
+                id,
+                plan,
+                options,
+                gates,
+                cancel,
+                age,
+            } => self.on_restored(now, id, plan, options, &gates, cancel, age),
+            Event::AttemptsReported {
+                worker,
+                running,
+                finished,
+            } => self.on_reported(now, &worker, running, finished),
+            Event::RecoveryEnded => self.on_recovery_ended(),
         }
         self.pump();
         self.finish_plans(now);
@@ -253,13 +284,15 @@ impl Scheduler {
         let mut lost: Vec<AttemptRef> = self
             .attempts
             .iter()
-            .filter(|(_, (w, _))| w == worker)
+            .filter(|(_, held)| held.worker == *worker)
             .map(|(a, _)| a.clone())
             .collect();
         // `attempts` is a hash map: sort so the outcome never depends on its order.
         lost.sort();
         for attempt in lost {
-            self.attempts.remove(&attempt);
+            if self.attempts.remove(&attempt).is_some_and(|h| h.unwanted) {
+                continue;
+            }
             let Some(run) = self.plans.get_mut(&attempt.plan) else {
                 continue;
             };
@@ -314,7 +347,7 @@ impl Scheduler {
     fn on_started(&mut self, attempt: &AttemptRef) {
         // Only attempts the core dispatched are looked at: a report naming anything else
         // (stale, or a gate index that does not exist) is ignored, never indexed.
-        if !self.attempts.contains_key(attempt) {
+        if self.attempts.get(attempt).is_none_or(|h| h.unwanted) {
             return;
         }
         let Some(run) = self.plans.get_mut(&attempt.plan) else {
@@ -336,10 +369,13 @@ impl Scheduler {
 
     fn on_finished(&mut self, now: Now, attempt: AttemptRef, result: GateResult) {
         match self.attempts.remove(&attempt) {
-            Some((worker, mem)) => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.free_slots += 1;
-                    w.reserved = w.reserved.saturating_sub(mem);
+            Some(held) => {
+                if let Some(w) = self.workers.get_mut(&held.worker) {
+                    w.free_slots += u32::from(held.slot);
+                    w.reserved = w.reserved.saturating_sub(held.memory);
+                }
+                if held.unwanted {
+                    return;
                 }
             }
             None => {
@@ -514,8 +550,15 @@ impl Scheduler {
             gate: g,
             attempt,
         };
-        self.attempts
-            .insert(aref.clone(), (worker_id.clone(), memory));
+        self.attempts.insert(
+            aref.clone(),
+            Held {
+                worker: worker_id.clone(),
+                memory,
+                slot: true,
+                unwanted: false,
+            },
+        );
         let spec = gate_spec(&run.plan, g);
         let ev = gate_event(
             run,

@@ -33,6 +33,12 @@ pub(crate) enum GateState {
         attempt: u32,
         then: Terminal,
     },
+    /// Restored by a new leader: it may still run on a worker that has not re-reported
+    /// yet. Attempts numbered `from` or higher are adopted when a worker reports them.
+    /// See [`super::recovery`].
+    /// `logged`: the log already shows attempt `from` running (adopting it publishes
+    /// nothing new).
+    InDoubt { from: u32, logged: bool },
     /// Ended.
     Done(Terminal),
 }
@@ -66,6 +72,8 @@ pub(crate) enum Stopping {
     FailFast,
     /// The submitter cancelled the plan.
     Cancelled,
+    /// A restored plan while its log is applied: nothing becomes ready.
+    Restoring,
 }
 
 /// One submitted plan.
@@ -92,6 +100,8 @@ pub(crate) struct PlanRun {
     pub(crate) counts: Counts,
     pub(crate) stopping: Stopping,
     pub(crate) submitted_at: Now,
+    /// How long the plan had run before it was restored here (0 unless restored).
+    pub(crate) earlier: std::time::Duration,
 }
 
 impl PlanRun {
@@ -130,6 +140,7 @@ impl PlanRun {
             counts,
             stopping: Stopping::No,
             submitted_at: now,
+            earlier: std::time::Duration::ZERO,
         }
     }
 

@@ -26,7 +26,7 @@ pub(super) fn summarize(run: &PlanRun, now: Now) -> PlanSummary {
         outcome,
         counts: c,
         merge_order,
-        duration: now.saturating_sub(run.submitted_at),
+        duration: now.saturating_sub(run.submitted_at) + run.earlier,
     }
 }
 

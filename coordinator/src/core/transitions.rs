@@ -163,7 +163,7 @@ pub(super) fn finish_gate(
     }
 }
 
-fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
+pub(super) fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     let mut newly_ready = Vec::new();
     for d in run.graph.needed_by(g) {
         newly_ready.push(d);
@@ -188,7 +188,7 @@ fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
 
 /// Skips every blocked gate that transitively waits for `failed` (through `needs`, and
 /// through item `deps` once the failed gate's item can no longer pass).
-fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {
+pub(super) fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {
     let mut stack: Vec<GateIdx> = Vec::new();
     // The gates of items that depend on a doomed item are queued once per item, not
     // once per gate of it, so propagation stays O(gates + edges).
@@ -237,7 +237,8 @@ pub(super) fn stop_plan(
             GateState::Blocked
             | GateState::CheckingCache
             | GateState::Ready
-            | GateState::Parked => {
+            | GateState::Parked
+            | GateState::InDoubt { .. } => {
                 run.gate_mut(g).state = GateState::Done(terminal);
                 run.count(terminal, false, false);
                 let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);

@@ -91,6 +91,37 @@ pub enum Event {
     },
     /// A timer set with [`Command::SetTimer`] is due.
     TimerFired(Timer),
+    /// A plan resumed from the durable log by a new leader (see [`super::recovery`]).
+    /// Gates the log shows running, or ready to run, are *in doubt* until a worker
+    /// re-reports them or [`Event::RecoveryEnded`] arrives.
+    PlanRestored {
+        /// The plan's id.
+        id: PlanId,
+        /// The plan.
+        plan: Arc<Plan>,
+        /// Submitter options.
+        options: RunOptions,
+        /// What the log says of each gate, in plan order.
+        gates: Vec<RestoredGate>,
+        /// A cancellation was recorded (`Some(force)`).
+        cancel: Option<bool>,
+        /// Time since the plan was first submitted (for the summary's duration).
+        age: Duration,
+    },
+    /// A (re)connected worker re-reported attempts it kept from an earlier session:
+    /// still running, or finished and not yet acknowledged. Arrives right after its
+    /// [`Event::WorkerJoined`].
+    AttemptsReported {
+        /// The worker.
+        worker: WorkerId,
+        /// Attempts it still runs.
+        running: Vec<AttemptRef>,
+        /// Attempts that ended, with their results.
+        finished: Vec<(AttemptRef, GateResult)>,
+    },
+    /// The window for workers to re-report attempts after a takeover is over: gates
+    /// still in doubt run again as new attempts.
+    RecoveryEnded,
     /// Cancel a plan: running gates are stopped, the rest cancelled. `force` stops them
     /// without a grace period (a second Ctrl-C).
     Cancel {
@@ -98,6 +129,31 @@ pub enum Event {
         plan: PlanId,
         /// Kill at once instead of TERM-then-KILL.
         force: bool,
+    },
+}
+
+/// What the durable log says about one gate of a restored plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoredGate {
+    /// Nothing started (or it only waited for capacity).
+    NotStarted,
+    /// It ran: the highest attempt number the log shows, and how many failed.
+    Started {
+        /// Highest attempt number in the log.
+        attempt: u32,
+        /// Failed attempts (retries used).
+        failures: u32,
+        /// That attempt's result is not in the log (it was running).
+        open: bool,
+    },
+    /// It ended; its terminal event is in the log.
+    Done {
+        /// How it ended.
+        terminal: Terminal,
+        /// From the cache.
+        cached: bool,
+        /// Passed after a failure.
+        flaky: bool,
     },
 }
 
@@ -113,6 +169,8 @@ pub enum Timer {
         /// The attempt that waits.
         attempt: u32,
     },
+    /// The recovery window after restoring plans is over (set by the driver).
+    RecoveryWindow,
 }
 
 /// Commands out of the core, carried out by the driver in order.

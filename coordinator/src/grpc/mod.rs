@@ -8,7 +8,7 @@ mod worker_service;
 
 pub use plan_service::PlanServiceImpl;
 pub use worker_service::{
-    GrpcTransport, Outboxes, SessionConfig, WorkerDirectory, WorkerServiceImpl,
+    GrpcTransport, Outboxes, SessionAcks, SessionConfig, WorkerDirectory, WorkerServiceImpl,
 };
 
 use crate::registry::RegistryError;
@@ -19,6 +19,7 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             RegistryError::BeyondEnd { .. } => tonic::Status::out_of_range(e.to_string()),
             RegistryError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+            RegistryError::TooLarge { .. } => tonic::Status::resource_exhausted(e.to_string()),
         }
     }
 }

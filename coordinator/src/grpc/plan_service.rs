@@ -14,26 +14,20 @@ use gatehouse_proto::v1::plan_service_server::PlanService;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::wire;
-use super::worker_service::WorkerDirectory;
 use crate::core::{PlanEvent, RunOptions};
-use crate::registry::RegistryHandle;
+use crate::registry::codec::PlanSource;
+use crate::role::{RoleWatch, current_term};
 
 /// Events buffered per `WatchPlan` stream before the sender waits for the client.
 const WATCH_BUFFER: usize = 256;
 
 /// The client-facing service.
 pub struct PlanServiceImpl {
-    registry: RegistryHandle,
-    workers: WorkerDirectory,
-    /// Ends `WatchPlan` streams on shutdown.
-    shutdown: CancellationToken,
-    /// Owns the `WatchPlan` stream tasks; the server waits for them at shutdown.
-    tasks: TaskTracker,
+    /// The current term's components, or who leads.
+    role: RoleWatch,
     /// Plan documents parsed at once (CPU-bound, in the blocking pool), so large
     /// submissions cannot starve worker sessions of runtime threads.
     parse_permits: tokio::sync::Semaphore,
@@ -44,17 +38,11 @@ const PARSE_PERMITS: usize = 2;
 
 impl PlanServiceImpl {
     /// A service over the registry and the worker directory.
-    pub fn new(
-        registry: RegistryHandle,
-        workers: WorkerDirectory,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    /// A service answering from the current term (`UNAVAILABLE` naming the leader
+    /// while this coordinator does not lead).
+    pub fn new(role: RoleWatch) -> Self {
         Self {
-            registry,
-            workers,
-            shutdown,
-            tasks,
+            role,
             parse_permits: tokio::sync::Semaphore::new(PARSE_PERMITS),
         }
     }
@@ -75,6 +63,7 @@ impl PlanService for PlanServiceImpl {
         &self,
         request: Request<v1::SubmitPlanRequest>,
     ) -> Result<Response<v1::SubmitPlanResponse>, Status> {
+        let term = current_term(&self.role)?;
         let req = request.into_inner();
         if req.document.len() > MAX_PLAN_BYTES {
             return Err(Status::resource_exhausted(format!(
@@ -100,11 +89,17 @@ impl PlanService for PlanServiceImpl {
             .await
             .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
         let parsed = tokio::task::spawn_blocking(move || {
-            parse_plan(&req.document, format, &source, Path::new("/"))
+            let parsed = parse_plan(&req.document, format, &source, Path::new("/"));
+            let source = PlanSource {
+                document: req.document,
+                format,
+                name: source,
+            };
+            parsed.map(|plan| (plan, source))
         })
         .await
         .map_err(|e| Status::internal(format!("plan validation failed: {e}")))?;
-        let plan = parsed.map_err(|errors| {
+        let (plan, source) = parsed.map_err(|errors| {
             let too_large = errors
                 .0
                 .iter()
@@ -118,7 +113,10 @@ impl PlanService for PlanServiceImpl {
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
         // The cluster has no shared result cache yet; plans run uncached.
         let options = RunOptions { use_cache: false };
-        let id = self.registry.submit(Arc::new(plan), options).await?;
+        let id = term
+            .registry
+            .submit(Arc::new(plan), source, options)
+            .await?;
         Ok(Response::new(v1::SubmitPlanResponse {
             plan_id: id.to_string(),
             gates,
@@ -130,8 +128,9 @@ impl PlanService for PlanServiceImpl {
         &self,
         request: Request<v1::GetPlanRequest>,
     ) -> Result<Response<v1::GetPlanResponse>, Status> {
+        let term = current_term(&self.role)?;
         let id = plan_id(request.into_inner().plan_id)?;
-        let snapshot = self.registry.get(id).await?;
+        let snapshot = term.registry.get(id).await?;
         Ok(Response::new(wire::get_plan_response(&snapshot)))
     }
 
@@ -141,18 +140,21 @@ impl PlanService for PlanServiceImpl {
         &self,
         request: Request<v1::WatchPlanRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let term = current_term(&self.role)?;
         let req = request.into_inner();
         let id = plan_id(req.plan_id)?;
         // The first batch is fetched here so an unknown plan is an error, not an empty stream.
-        let first = self
+        let first = term
             .registry
             .events_after(id.clone(), req.after_seq)
             .await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let registry = self.registry.clone();
-        let shutdown = self.shutdown.clone();
+        let registry = term.registry.clone();
+        // The stream ends with the term (shutdown, or this coordinator stops leading);
+        // the client resumes from its last sequence number on the leader.
+        let shutdown = term.token.clone();
         // The task ends when the summary was sent, the client went away, or on shutdown.
-        spawn_tracked(&self.tasks, "watch-plan", async move {
+        spawn_tracked(&term.tasks, "watch-plan", async move {
             // Every send races shutdown, so a client that stops reading cannot hold up
             // the coordinator's shutdown.
             let send = |item: Result<v1::PlanEvent, Status>| {
@@ -186,7 +188,9 @@ impl PlanService for PlanServiceImpl {
                 while *newest.borrow_and_update() <= after {
                     tokio::select! {
                         () = shutdown.cancelled() => {
-                            let _ = tx.try_send(Err(Status::unavailable("coordinator is shutting down")));
+                            let _ = tx.try_send(Err(Status::unavailable(
+                                "this coordinator stopped leading or is shutting down; resume on the leader",
+                            )));
                             return;
                         }
                         changed = newest.changed() => if changed.is_err() {
@@ -211,8 +215,9 @@ impl PlanService for PlanServiceImpl {
         &self,
         request: Request<v1::CancelPlanRequest>,
     ) -> Result<Response<v1::CancelPlanResponse>, Status> {
+        let term = current_term(&self.role)?;
         let req = request.into_inner();
-        let cancelled = self
+        let cancelled = term
             .registry
             .cancel(plan_id(req.plan_id)?, req.force)
             .await?;
@@ -223,7 +228,8 @@ impl PlanService for PlanServiceImpl {
         &self,
         _: Request<v1::ListPlansRequest>,
     ) -> Result<Response<v1::ListPlansResponse>, Status> {
-        let plans = self.registry.list().await?;
+        let term = current_term(&self.role)?;
+        let plans = term.registry.list().await?;
         Ok(Response::new(v1::ListPlansResponse {
             plans: plans.iter().map(wire::plan_info).collect(),
         }))
@@ -233,8 +239,9 @@ impl PlanService for PlanServiceImpl {
         &self,
         _: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        let term = current_term(&self.role)?;
         Ok(Response::new(v1::ListWorkersResponse {
-            workers: self.workers.snapshot(),
+            workers: term.directory.snapshot(),
         }))
     }
 }

@@ -34,10 +34,10 @@ use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::WorkerInfo;
+use crate::role::{RoleWatch, current_term};
 use crate::scheduler::{TransportError, WorkerEvent, WorkerTransport};
 
 type Outbound = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, Status>>;
@@ -93,34 +93,60 @@ pub struct SessionConfig {
 
 /// The worker-facing service.
 pub struct WorkerServiceImpl {
-    reports: mpsc::Sender<WorkerEvent>,
-    outboxes: Outboxes,
-    directory: WorkerDirectory,
+    /// The current term's components, or who leads.
+    role: RoleWatch,
     config: SessionConfig,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
     generations: Arc<AtomicU64>,
 }
 
 impl WorkerServiceImpl {
-    /// A service feeding worker membership and attempt reports to the scheduler through
-    /// `reports`, one ordered channel.
-    pub fn new(
-        reports: mpsc::Sender<WorkerEvent>,
-        outboxes: Outboxes,
-        directory: WorkerDirectory,
-        config: SessionConfig,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    /// A service feeding worker membership and attempt reports to the current term's
+    /// scheduler (one ordered channel); `UNAVAILABLE` naming the leader while this
+    /// coordinator does not lead. Sessions end with the term.
+    pub fn new(role: RoleWatch, config: SessionConfig) -> Self {
         Self {
-            reports,
+            role,
+            config,
+            generations: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+/// Sends acknowledgements of durable results to the worker's current session.
+pub struct SessionAcks {
+    outboxes: Outboxes,
+    directory: WorkerDirectory,
+}
+
+impl SessionAcks {
+    /// Acks through the sessions of one term.
+    pub fn new(outboxes: Outboxes, directory: WorkerDirectory) -> Self {
+        Self {
             outboxes,
             directory,
-            config,
-            shutdown,
-            tasks,
-            generations: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl crate::registry::AckSink for SessionAcks {
+    fn ack(&self, worker: &WorkerId, attempts: Vec<gatehouse_common::exec::AttemptRef>) {
+        // The result came through session `id#generation`; if the worker has
+        // reconnected since, its newer session gets the ack.
+        let name = super::wire::worker_name(worker);
+        let key = match self.outboxes.0.contains_key(worker) {
+            true => worker.clone(),
+            false => match self.directory.0.get(&WorkerId::new(name.clone())) {
+                Some(e) => WorkerId::new(format!("{name}#{}", e.generation)),
+                None => return,
+            },
+        };
+        if let Some(entry) = self.outboxes.0.get(&key) {
+            let ack = v1::ResultAck {
+                attempts: attempts.iter().map(Into::into).collect(),
+            };
+            let _ = entry.1.send(Ok(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Ack(ack)),
+            }));
         }
     }
 }
@@ -139,18 +165,19 @@ impl WorkerService for WorkerServiceImpl {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let term = current_term(&self.role)?;
         let inbound = request.into_inner();
         let (out, out_rx) = mpsc::unbounded_channel();
         let session = Session {
-            reports: self.reports.clone(),
-            outboxes: self.outboxes.clone(),
-            directory: self.directory.clone(),
+            reports: term.reports.clone(),
+            outboxes: term.outboxes.clone(),
+            directory: term.directory.clone(),
             config: self.config.clone(),
-            shutdown: self.shutdown.clone(),
+            shutdown: term.token.clone(),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             address,
         };
-        spawn_tracked(&self.tasks, "worker-session", session.run(inbound, out));
+        spawn_tracked(&term.tasks, "worker-session", session.run(inbound, out));
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
             out_rx,
         ))))
@@ -253,7 +280,18 @@ impl Session {
             memory_pressure: (hello.memory_pressure > 0.0 && hello.memory_pressure <= 1.0)
                 .then_some(hello.memory_pressure),
         };
-        if self.reports.send(WorkerEvent::Joined(info)).await.is_ok() {
+        let reported = reported_attempts(&hello.running, hello.finished);
+        if self.reports.send(WorkerEvent::Joined(info)).await.is_ok()
+            && self
+                .reports
+                .send(WorkerEvent::Reported {
+                    worker: key.clone(),
+                    running: reported.0,
+                    finished: reported.1,
+                })
+                .await
+                .is_ok()
+        {
             self.serve(&id, &key, &mut inbound).await;
         }
         self.leave(&id, &key).await;
@@ -360,8 +398,13 @@ impl Session {
             Msg::Finished(f) => {
                 let attempt = attempt_from_wire(f.attempt)?;
                 let result = f.result.ok_or(WireError::Missing("result"))?.try_into()?;
+                // With the worker's session key, so a stale result can be acknowledged.
                 self.reports
-                    .send(FromWorker::Finished { attempt, result }.into())
+                    .send(WorkerEvent::Reported {
+                        worker: key.clone(),
+                        running: Vec::new(),
+                        finished: vec![(attempt, result)],
+                    })
                     .await
                     .map_err(stopping)?;
             }
@@ -402,6 +445,33 @@ impl Session {
     }
 }
 
+/// The attempts a Hello re-reports; malformed entries are logged and dropped.
+#[allow(clippy::type_complexity)]
+fn reported_attempts(
+    running: &[v1::AttemptRef],
+    finished: Vec<v1::AttemptFinished>,
+) -> (
+    Vec<gatehouse_common::exec::AttemptRef>,
+    Vec<(
+        gatehouse_common::exec::AttemptRef,
+        gatehouse_common::exec::GateResult,
+    )>,
+) {
+    let running = running
+        .iter()
+        .filter_map(|a| attempt_from_wire(Some(a.clone())).ok())
+        .collect();
+    let finished = finished
+        .into_iter()
+        .filter_map(|f| {
+            let attempt = attempt_from_wire(f.attempt).ok()?;
+            let result = f.result?.try_into().ok()?;
+            Some((attempt, result))
+        })
+        .collect();
+    (running, finished)
+}
+
 fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
     if !is_valid_id(&h.worker_id) {
         return Err(WireError::Invalid {
@@ -431,6 +501,21 @@ impl GrpcTransport {
 }
 
 impl WorkerTransport for GrpcTransport {
+    fn ack_ignored(
+        &mut self,
+        worker: &WorkerId,
+        attempts: Vec<gatehouse_common::exec::AttemptRef>,
+    ) {
+        if let Some(entry) = self.outboxes.0.get(worker) {
+            let ack = v1::ResultAck {
+                attempts: attempts.iter().map(Into::into).collect(),
+            };
+            let _ = entry.1.send(Ok(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Ack(ack)),
+            }));
+        }
+    }
+
     fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
         use v1::coordinator_message::Msg;
         let unreachable = || TransportError {

@@ -5,7 +5,9 @@
 //! Every wait of this loop (connecting, the backoff delay, the handshake) runs under
 //! [`Worker::offline`], so attempts keep running and reporting while no session is
 //! welcomed. Backoff: [`Backoff`] between passes over the URL list, reset once a session
-//! was welcomed; a redirect to the leader is followed without a delay.
+//! was welcomed; a redirect to the leader is followed without a delay. While the worker holds
+//! running attempts or unacknowledged results, the delay is capped at
+//! [`HOLDING_RETRY_MAX`], so it re-reports them within a new leader's recovery window.
 
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ use crate::remote::route::{Next, Route};
 use crate::remote::session::{SessionEnd, Worker};
 use crate::remote::{RemoteWorkerError, error_chain};
 
+/// Longest backoff while the worker holds attempts or unacknowledged results.
+pub(crate) const HOLDING_RETRY_MAX: Duration = Duration::from_millis(300);
+
 /// Connects, runs sessions and reconnects until a drain or shutdown ends the worker.
 pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> {
     let mut backoff = Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max);
@@ -27,7 +32,12 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
         let url = match route.next() {
             Next::Connect(url) => url,
             Next::Backoff => {
-                let delay = backoff.next_delay();
+                let mut delay = backoff.next_delay();
+                if worker.exec.running_count() > 0 || !worker.unacked.is_empty() {
+                    // Attempts or results from a lost session wait for a new leader,
+                    // which waits only one liveness timeout for them: retry often.
+                    delay = delay.min(HOLDING_RETRY_MAX);
+                }
                 tracing::debug!(?delay, "reconnecting after a delay");
                 match worker.offline(tokio::time::sleep(delay)).await? {
                     Offline::Done(()) => continue,

@@ -1,0 +1,232 @@
+//! Resuming plans after a leader change (or a standalone coordinator's restart).
+//!
+//! The durable log says, per gate, whether it ended, ran, or never started
+//! ([`RestoredGate`]). A restored plan gets its ended gates back silently (their events
+//! are already in the log), releases what they release, and skips what depends on a
+//! failure (those skips may not have reached the log). A gate that may have been
+//! dispatched without a durable record (it was running, retrying, or all its
+//! prerequisites had passed) is *in doubt*: a worker may still be running it.
+//!
+//! Workers that reconnect re-report what they kept ([`Event::AttemptsReported`]): an
+//! in-doubt gate adopts a running attempt (or takes a finished result as its own);
+//! anything else a worker reports is unwanted and cancelled, and only frees its slot
+//! when it ends. When the driver's recovery window (one liveness timeout) is over,
+//! [`Event::RecoveryEnded`] re-queues the gates still in doubt as new attempts, numbered
+//! past any attempt that might still run unreported, so a terminal result is recorded
+//! once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::exec::{AttemptRef, GateResult};
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+
+use super::plan_run::{GateState, PlanRun, Stopping};
+use super::transitions::{gate_event, make_ready, propagate_pass, skip_dependents, stop_plan};
+use super::{
+    Command, GateStatus, Held, Now, PlanEvent, RestoredGate, RunOptions, Scheduler, Terminal,
+};
+
+impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_restored(
+        &mut self,
+        now: Now,
+        id: PlanId,
+        plan: Arc<Plan>,
+        options: RunOptions,
+        gates: &[RestoredGate],
+        cancel: Option<bool>,
+        age: Duration,
+    ) {
+        if self.plans.contains_key(&id) {
+            tracing::warn!(plan_id = %id, "plan already live; restore ignored");
+            return;
+        }
+        let mut run = PlanRun::new(id.clone(), plan, options, now);
+        run.earlier = age;
+        // Nothing may become ready while the log is applied.
+        run.stopping = Stopping::Restoring;
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        for (i, restored) in gates.iter().enumerate().take(run.gates.len()) {
+            let g = GateIdx(i as u32);
+            match *restored {
+                RestoredGate::NotStarted => {}
+                RestoredGate::Started {
+                    attempt,
+                    failures,
+                    open,
+                } => {
+                    let gr = run.gate_mut(g);
+                    gr.attempt = attempt;
+                    gr.failures = failures;
+                    gr.state = GateState::InDoubt {
+                        from: if open { attempt } else { attempt + 1 },
+                        logged: open,
+                    };
+                }
+                RestoredGate::Done {
+                    terminal,
+                    cached,
+                    flaky,
+                } => {
+                    run.gate_mut(g).state = GateState::Done(terminal);
+                    run.count(terminal, cached, flaky);
+                    if terminal == Terminal::Passed {
+                        passed.push(g);
+                    } else {
+                        failed.push((g, terminal));
+                    }
+                }
+            }
+        }
+        for &g in &passed {
+            propagate_pass(&mut run, &mut self.sink, g);
+        }
+        run.stopping = Stopping::No;
+        for &(g, _) in &failed {
+            skip_dependents(&mut run, &mut self.sink, g);
+        }
+        for gr in &mut run.gates {
+            if gr.state == GateState::Blocked && gr.pending == 0 {
+                gr.state = GateState::InDoubt {
+                    from: gr.attempt + 1,
+                    logged: false,
+                };
+            }
+        }
+        let any_failure = failed
+            .iter()
+            .any(|(_, t)| matches!(t, Terminal::Failed | Terminal::TimedOut));
+        if run.plan.policy.fail_fast && any_failure {
+            stop_plan(
+                &mut run,
+                &mut self.sink,
+                Stopping::FailFast,
+                self.config.kill_grace,
+                false,
+            );
+        }
+        if let Some(force) = cancel {
+            let grace = if force {
+                Duration::ZERO
+            } else {
+                self.config.kill_grace
+            };
+            stop_plan(&mut run, &mut self.sink, Stopping::Cancelled, grace, force);
+        }
+        if run.is_finished() {
+            self.sink.finished.push(id.clone());
+        }
+        self.plans.insert(id, run);
+    }
+
+    pub(super) fn on_reported(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        running: Vec<AttemptRef>,
+        finished: Vec<(AttemptRef, GateResult)>,
+    ) {
+        if !self.workers.contains_key(worker) {
+            return;
+        }
+        for attempt in running {
+            if self.attempts.contains_key(&attempt) {
+                continue;
+            }
+            let adopted = self.adopt(worker, &attempt, true);
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.free_slots = w.free_slots.saturating_sub(1);
+            }
+            if !adopted {
+                self.attempts.insert(
+                    attempt.clone(),
+                    Held {
+                        worker: worker.clone(),
+                        memory: 0,
+                        slot: true,
+                        unwanted: true,
+                    },
+                );
+                self.sink.cmds.push(Command::CancelAttempt {
+                    worker: worker.clone(),
+                    attempt,
+                    grace: self.config.kill_grace,
+                });
+            }
+        }
+        for (attempt, result) in finished {
+            if self.attempts.contains_key(&attempt) || self.adopt(worker, &attempt, false) {
+                self.on_finished(now, attempt, result);
+            }
+        }
+    }
+
+    /// Makes `attempt` on `worker` the current attempt of its gate if the gate is in
+    /// doubt and the attempt is recent enough; `slot`: it still runs there.
+    fn adopt(&mut self, worker: &WorkerId, attempt: &AttemptRef, slot: bool) -> bool {
+        let Some(run) = self.plans.get_mut(&attempt.plan) else {
+            return false;
+        };
+        if attempt.gate.ix() >= run.gates.len() {
+            return false;
+        }
+        let g = attempt.gate;
+        let GateState::InDoubt { from, logged } = run.gate(g).state else {
+            return false;
+        };
+        if attempt.attempt < from {
+            return false;
+        }
+        let memory = if slot { run.plan.gate(g).memory } else { 0 };
+        let gr = run.gate_mut(g);
+        gr.attempt = gr.attempt.max(attempt.attempt);
+        gr.state = GateState::Running {
+            worker: worker.clone(),
+            attempt: attempt.attempt,
+        };
+        run.running += 1;
+        if slot && !(logged && attempt.attempt == from) {
+            let ev = gate_event(
+                run,
+                g,
+                GateStatus::Running,
+                attempt.attempt,
+                Some(worker.clone()),
+            );
+            self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        }
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.reserved += memory;
+        }
+        self.attempts.insert(
+            attempt.clone(),
+            Held {
+                worker: worker.clone(),
+                memory,
+                slot,
+                unwanted: false,
+            },
+        );
+        true
+    }
+
+    pub(super) fn on_recovery_ended(&mut self) {
+        for run in self.plans.values_mut() {
+            for i in 0..run.gates.len() {
+                let g = GateIdx(i as u32);
+                if let GateState::InDoubt { from, .. } = run.gate(g).state {
+                    // The next dispatch is numbered past `from`, which may still run on
+                    // a worker that never came back.
+                    let gr = run.gate_mut(g);
+                    gr.attempt = gr.attempt.max(from);
+                    gr.state = GateState::Blocked;
+                    make_ready(run, &mut self.sink, g);
+                }
+            }
+        }
+    }
+}

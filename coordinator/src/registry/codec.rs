@@ -1,0 +1,462 @@
+//! The encoding of what the registry stores: a plan's record (its document, as
+//! submitted, and options) and chunks of its event log.
+//!
+//! Every value is framed as `[format version][compression][payload]`: the payload is
+//! bincode (serde, standard config) of a private, versioned shape (so the in-memory
+//! types can change without breaking stored state), zstd-compressed when it is larger
+//! than [`COMPRESS_ABOVE`] bytes (stdout/stderr tails compress well). A value of an
+//! unknown version or that does not decode is [`CodecError`], never a panic.
+
+use std::time::Duration;
+
+use gatehouse_common::exec::GateResult;
+use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::plan::PlanFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::core::{
+    Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, RunOptions, Terminal,
+};
+
+/// Format version written in the first byte of every value.
+const VERSION: u8 = 1;
+/// Payloads larger than this are compressed.
+pub const COMPRESS_ABOVE: usize = 512;
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+/// zstd level: fast; the payloads are small and written on the scheduling path.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A stored value that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(String);
+
+/// The plan as submitted: enough to parse and validate it again on restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanSource {
+    /// The plan document.
+    pub document: String,
+    /// Its format.
+    pub format: PlanFormat,
+    /// The name used in validation messages.
+    pub name: String,
+}
+
+/// What is stored once per plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanRecord {
+    pub source: PlanSource,
+    pub options: RunOptions,
+    pub submitted_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordV1 {
+    document: String,
+    json: bool,
+    name: String,
+    use_cache: bool,
+    submitted_unix_ms: u64,
+}
+
+/// A log chunk: which leadership term wrote it, and the events.
+#[derive(Serialize, Deserialize)]
+struct ChunkV1 {
+    term: i64,
+    events: Vec<EventV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum EventV1 {
+    Gate {
+        gate: u32,
+        status: StatusV1,
+        attempt: u32,
+        worker: Option<String>,
+        cached: bool,
+        flaky: bool,
+        result: Option<GateResult>,
+        reason: Option<String>,
+        cause: Option<u32>,
+    },
+    Finished {
+        outcome: u8,
+        counts: [u32; 8],
+        merge_order: Vec<u32>,
+        duration_ms: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+enum StatusV1 {
+    Dispatched,
+    Running,
+    Retrying { backoff_ms: u64 },
+    Waiting { reason: String },
+    Finished(u8),
+}
+
+/// Encodes a plan record.
+pub fn encode_record(record: &PlanRecord) -> Vec<u8> {
+    frame(&RecordV1 {
+        document: record.source.document.clone(),
+        json: record.source.format == PlanFormat::Json,
+        name: record.source.name.clone(),
+        use_cache: record.options.use_cache,
+        submitted_unix_ms: record.submitted_unix_ms,
+    })
+}
+
+/// Decodes a plan record.
+pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
+    let r: RecordV1 = unframe(bytes)?;
+    Ok(PlanRecord {
+        source: PlanSource {
+            document: r.document,
+            format: if r.json {
+                PlanFormat::Json
+            } else {
+                PlanFormat::Yaml
+            },
+            name: r.name,
+        },
+        options: RunOptions {
+            use_cache: r.use_cache,
+        },
+        submitted_unix_ms: r.submitted_unix_ms,
+    })
+}
+
+/// Encodes consecutive events of one plan, written in leadership term `term` (the
+/// leader's election-key create revision; 0 for a standalone coordinator).
+pub fn encode_events<'a>(term: i64, events: impl IntoIterator<Item = &'a PlanEvent>) -> Vec<u8> {
+    let events: Vec<EventV1> = events.into_iter().map(event_to_v1).collect();
+    frame(&ChunkV1 { term, events })
+}
+
+/// Decodes a chunk of events of plan `plan`.
+pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, CodecError> {
+    let chunk: ChunkV1 = unframe(bytes)?;
+    chunk
+        .events
+        .into_iter()
+        .map(|e| event_from_v1(plan, e))
+        .collect()
+}
+
+/// The term that wrote a chunk, and how many events it holds (for audits and tests).
+pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
+    let chunk: ChunkV1 = unframe(bytes)?;
+    Ok((chunk.term, chunk.events.len()))
+}
+
+fn frame<T: Serialize>(value: &T) -> Vec<u8> {
+    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("the stored shapes contain only serializable data");
+    let mut out = Vec::with_capacity(payload.len().min(COMPRESS_ABOVE) + 2);
+    out.push(VERSION);
+    if payload.len() > COMPRESS_ABOVE
+        && let Ok(compressed) = zstd::bulk::compress(&payload, ZSTD_LEVEL)
+        && compressed.len() < payload.len()
+    {
+        out.push(ZSTD);
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&compressed);
+        return out;
+    }
+    out.push(RAW);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Largest decompressed payload accepted (guards against a corrupt length).
+const MAX_PAYLOAD: u64 = 256 << 20;
+
+fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (&version, rest) = bytes
+        .split_first()
+        .ok_or_else(|| CodecError("empty value".into()))?;
+    if version != VERSION {
+        return Err(CodecError(format!(
+            "stored format version {version} is not supported (this build reads {VERSION})"
+        )));
+    }
+    let (&compression, rest) = rest
+        .split_first()
+        .ok_or_else(|| CodecError("truncated value".into()))?;
+    let owned;
+    let payload = match compression {
+        RAW => rest,
+        ZSTD => {
+            let (len, data) = rest
+                .split_at_checked(8)
+                .ok_or_else(|| CodecError("truncated value".into()))?;
+            let len = u64::from_le_bytes(len.try_into().expect("split at 8 bytes"));
+            if len > MAX_PAYLOAD {
+                return Err(CodecError(format!("payload of {len} bytes is too large")));
+            }
+            owned = zstd::bulk::decompress(data, len as usize)
+                .map_err(|e| CodecError(format!("cannot decompress: {e}")))?;
+            &owned
+        }
+        other => return Err(CodecError(format!("unknown compression {other}"))),
+    };
+    let (value, used) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        .map_err(|e| CodecError(format!("cannot decode: {e}")))?;
+    if used != payload.len() {
+        return Err(CodecError("trailing bytes after the value".into()));
+    }
+    Ok(value)
+}
+
+fn terminal_code(t: Terminal) -> u8 {
+    match t {
+        Terminal::Passed => 0,
+        Terminal::Failed => 1,
+        Terminal::TimedOut => 2,
+        Terminal::Skipped => 3,
+        Terminal::Cancelled => 4,
+    }
+}
+
+fn terminal_from(code: u8) -> Result<Terminal, CodecError> {
+    Ok(match code {
+        0 => Terminal::Passed,
+        1 => Terminal::Failed,
+        2 => Terminal::TimedOut,
+        3 => Terminal::Skipped,
+        4 => Terminal::Cancelled,
+        other => return Err(CodecError(format!("unknown terminal state {other}"))),
+    })
+}
+
+/// Reasons the core publishes; stored as text, read back as the same static strings.
+const REASONS: &[&str] = &[
+    "passed",
+    "exit_code",
+    "signal",
+    "timeout",
+    "memory",
+    "cancelled",
+    "spawn_failed",
+    "worker_lost",
+    "unschedulable",
+    "dependency_failed",
+    "fail_fast",
+];
+
+fn intern_reason(reason: &str) -> &'static str {
+    REASONS
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn event_to_v1(event: &PlanEvent) -> EventV1 {
+    match event {
+        PlanEvent::Gate(g) => EventV1::Gate {
+            gate: g.gate.0,
+            status: match &g.status {
+                GateStatus::Dispatched => StatusV1::Dispatched,
+                GateStatus::Running => StatusV1::Running,
+                GateStatus::Retrying { backoff } => StatusV1::Retrying {
+                    backoff_ms: backoff.as_millis() as u64,
+                },
+                GateStatus::Waiting { reason } => StatusV1::Waiting {
+                    reason: reason.clone(),
+                },
+                GateStatus::Finished(t) => StatusV1::Finished(terminal_code(*t)),
+            },
+            attempt: g.attempt,
+            worker: g.worker.as_ref().map(|w| w.to_string()),
+            cached: g.cached,
+            flaky: g.flaky,
+            result: g.result.clone(),
+            reason: g.reason.map(str::to_owned),
+            cause: g.cause.map(|c| c.0),
+        },
+        PlanEvent::Finished(s) => {
+            let c = s.counts;
+            EventV1::Finished {
+                outcome: match s.outcome {
+                    PlanOutcome::Passed => 0,
+                    PlanOutcome::Failed => 1,
+                    PlanOutcome::Cancelled => 2,
+                },
+                counts: [
+                    c.total,
+                    c.passed,
+                    c.failed,
+                    c.timed_out,
+                    c.skipped,
+                    c.cancelled,
+                    c.cached,
+                    c.flaky,
+                ],
+                merge_order: s.merge_order.iter().map(|i| i.0).collect(),
+                duration_ms: s.duration.as_millis() as u64,
+            }
+        }
+    }
+}
+
+fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError> {
+    Ok(match event {
+        EventV1::Gate {
+            gate,
+            status,
+            attempt,
+            worker,
+            cached,
+            flaky,
+            result,
+            reason,
+            cause,
+        } => PlanEvent::Gate(GateEvent {
+            plan: plan.clone(),
+            gate: GateIdx(gate),
+            status: match status {
+                StatusV1::Dispatched => GateStatus::Dispatched,
+                StatusV1::Running => GateStatus::Running,
+                StatusV1::Retrying { backoff_ms } => GateStatus::Retrying {
+                    backoff: Duration::from_millis(backoff_ms),
+                },
+                StatusV1::Waiting { reason } => GateStatus::Waiting { reason },
+                StatusV1::Finished(t) => GateStatus::Finished(terminal_from(t)?),
+            },
+            attempt,
+            worker: worker.map(WorkerId::new),
+            cached,
+            flaky,
+            result,
+            reason: reason.as_deref().map(intern_reason),
+            cause: cause.map(GateIdx),
+        }),
+        EventV1::Finished {
+            outcome,
+            counts: c,
+            merge_order,
+            duration_ms,
+        } => PlanEvent::Finished(PlanSummary {
+            plan: plan.clone(),
+            outcome: match outcome {
+                0 => PlanOutcome::Passed,
+                1 => PlanOutcome::Failed,
+                2 => PlanOutcome::Cancelled,
+                other => return Err(CodecError(format!("unknown plan outcome {other}"))),
+            },
+            counts: Counts {
+                total: c[0],
+                passed: c[1],
+                failed: c[2],
+                timed_out: c[3],
+                skipped: c[4],
+                cancelled: c[5],
+                cached: c[6],
+                flaky: c[7],
+            },
+            merge_order: merge_order.into_iter().map(ItemIdx).collect(),
+            duration: Duration::from_millis(duration_ms),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_common::exec::ExitStatus;
+
+    use super::*;
+
+    fn gate_event(status: GateStatus, output: usize) -> PlanEvent {
+        let mut result = crate::core::testkit::result(ExitStatus::Exited(2));
+        result.stderr.bytes = vec![b'e'; output];
+        PlanEvent::Gate(GateEvent {
+            plan: PlanId::new("p-1"),
+            gate: GateIdx(7),
+            status,
+            attempt: 2,
+            worker: Some(WorkerId::new("w-1")),
+            cached: false,
+            flaky: true,
+            result: Some(result),
+            reason: Some("exit_code"),
+            cause: Some(GateIdx(3)),
+        })
+    }
+
+    #[test]
+    fn events_round_trip_small_and_compressed() {
+        let plan = PlanId::new("p-1");
+        let events = vec![
+            gate_event(GateStatus::Running, 0),
+            gate_event(
+                GateStatus::Retrying {
+                    backoff: Duration::from_millis(1500),
+                },
+                10,
+            ),
+            gate_event(GateStatus::Finished(Terminal::TimedOut), 100_000),
+            PlanEvent::Finished(PlanSummary {
+                plan: plan.clone(),
+                outcome: PlanOutcome::Failed,
+                counts: Counts {
+                    total: 9,
+                    failed: 1,
+                    ..Counts::default()
+                },
+                merge_order: vec![ItemIdx(0), ItemIdx(2)],
+                duration: Duration::from_millis(1234),
+            }),
+        ];
+        let bytes = encode_events(7, &events);
+        assert!(
+            bytes.len() < 10_000,
+            "100 kB of output compresses: {}",
+            bytes.len()
+        );
+        assert_eq!(chunk_term(&bytes).expect("term"), (7, 4));
+        let back = decode_events(&plan, &bytes).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{events:?}"));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let record = PlanRecord {
+            source: PlanSource {
+                document: "gates: []\n".repeat(200),
+                format: PlanFormat::Json,
+                name: "plan.json".into(),
+            },
+            options: RunOptions { use_cache: true },
+            submitted_unix_ms: 42,
+        };
+        let back = decode_record(&encode_record(&record)).expect("decodes");
+        assert_eq!(back, record);
+    }
+
+    #[test]
+    fn damaged_values_are_errors_not_panics() {
+        let good = encode_events(1, &[gate_event(GateStatus::Running, 2000)]);
+        let plan = PlanId::new("p-1");
+        let mut wrong_version = good.clone();
+        wrong_version[0] = 9;
+        let err = decode_events(&plan, &wrong_version).expect_err("version");
+        assert!(err.to_string().contains("version 9"), "{err}");
+        for cut in [0, 1, 5, good.len() / 2, good.len() - 1] {
+            assert!(decode_events(&plan, &good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = good;
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0xff;
+        assert!(decode_events(&plan, &flipped).is_err());
+        assert!(decode_record(b"\x01\x00\xff\xff").is_err());
+    }
+
+    #[test]
+    fn unknown_reasons_read_back_as_unknown() {
+        assert_eq!(intern_reason("worker_lost"), "worker_lost");
+        assert_eq!(intern_reason("something_new"), "unknown");
+    }
+}

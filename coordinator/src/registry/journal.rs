@@ -1,0 +1,331 @@
+//! Group commit of the registry's writes to the [`StateStore`].
+//!
+//! State it owns: the writes not yet committed, in order, and at most one commit in
+//! flight (a child task). Writes that arrive while a commit is in flight wait and go
+//! out together in the next one, so a burst of gate transitions costs a few store
+//! transactions rather than one round trip each. Consecutive events of one plan are
+//! coalesced into one log chunk (at most [`MAX_CHUNK_BYTES`] encoded); a commit is
+//! split into transactions that respect the store's limits (etcd: 128 operations and
+//! about 1.4 MB per transaction), applied in order.
+//!
+//! Every write may carry [`Waiter`]s that fire once it is durable: the `SubmitPlan`
+//! answer, and the acknowledgement of a worker's result. Each commit also reports, per
+//! plan, the newest event now durable (the registry serves watchers only that far). A store that is unavailable is
+//! retried with backoff (writes keep queueing; nothing is acknowledged meanwhile); a
+//! fenced or failing store ends the commit with an error, and the registry stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::exec::AttemptRef;
+use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::spawn::spawn_named;
+use tokio::task::JoinHandle;
+
+use super::codec;
+use crate::core::PlanEvent;
+use crate::store::{StateStore, StoreError, StoreOp};
+
+/// Largest encoded log chunk: several fit in one etcd transaction.
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// First delay before retrying an unavailable store; doubles up to [`RETRY_MAX`].
+const RETRY_INITIAL: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Receives acknowledgements of durable results (sent on to the worker's session).
+pub trait AckSink: Send + Sync + 'static {
+    /// These attempts' results of `worker` are durable.
+    fn ack(&self, worker: &WorkerId, attempts: Vec<AttemptRef>);
+}
+
+/// What to do once a write is durable.
+pub enum Waiter {
+    /// Run this (answer a caller).
+    Then(Box<dyn FnOnce() + Send>),
+    /// Acknowledge a worker's result.
+    Ack(WorkerId, AttemptRef),
+}
+
+enum Pending {
+    Op(StoreOp),
+    Events {
+        plan: PlanId,
+        first_seq: u64,
+        events: Vec<PlanEvent>,
+    },
+}
+
+/// Counters of what the journal did (for logs, tests and benchmarks).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JournalStats {
+    /// Store transactions applied.
+    pub transactions: u64,
+    /// Operations in them.
+    pub operations: u64,
+    /// Bytes written (keys excluded).
+    pub bytes: u64,
+}
+
+/// Why the journal cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the commit task failed: {0}")]
+    Task(String),
+}
+
+type Commit = JoinHandle<Result<JournalStats, StoreError>>;
+
+/// The group-commit queue. Not an actor: the registry drives it from its loop.
+pub struct Journal {
+    store: Arc<dyn StateStore>,
+    /// The leadership term written into every log chunk.
+    term: i64,
+    acks: Option<Arc<dyn AckSink>>,
+    pending: Vec<Pending>,
+    /// Plan -> index in `pending` of its open event chunk.
+    open_chunk: HashMap<PlanId, usize>,
+    waiters: Vec<Waiter>,
+    /// Per plan, the newest event sequence number queued.
+    marks: HashMap<PlanId, u64>,
+    in_flight: Option<(Commit, Vec<Waiter>, HashMap<PlanId, u64>)>,
+    pub stats: JournalStats,
+}
+
+impl Journal {
+    pub fn new(store: Arc<dyn StateStore>, acks: Option<Arc<dyn AckSink>>, term: i64) -> Self {
+        Self {
+            store,
+            term,
+            acks,
+            pending: Vec::new(),
+            open_chunk: HashMap::new(),
+            waiters: Vec::new(),
+            marks: HashMap::new(),
+            in_flight: None,
+            stats: JournalStats::default(),
+        }
+    }
+
+    /// The largest value one write may have (a plan record must fit; keys are short).
+    pub fn max_value_bytes(&self) -> usize {
+        self.store.limits().max_bytes.saturating_sub(1024)
+    }
+
+    /// Queues an operation.
+    pub fn push_op(&mut self, op: StoreOp, waiter: Option<Waiter>) {
+        if let StoreOp::DeletePlan { plan } | StoreOp::PutPlan { plan, .. } = &op {
+            self.open_chunk.remove(plan);
+        }
+        self.pending.push(Pending::Op(op));
+        self.waiters.extend(waiter);
+    }
+
+    /// Queues event `seq` of `plan`.
+    pub fn push_event(
+        &mut self,
+        plan: &PlanId,
+        seq: u64,
+        event: PlanEvent,
+        waiter: Option<Waiter>,
+    ) {
+        self.marks.insert(plan.clone(), seq);
+        match self.open_chunk.get(plan).map(|&i| &mut self.pending[i]) {
+            Some(Pending::Events { events, .. }) => events.push(event),
+            _ => {
+                self.open_chunk.insert(plan.clone(), self.pending.len());
+                self.pending.push(Pending::Events {
+                    plan: plan.clone(),
+                    first_seq: seq,
+                    events: vec![event],
+                });
+            }
+        }
+        self.waiters.extend(waiter);
+    }
+
+    /// Starts a commit of everything queued if none is in flight.
+    pub fn flush(&mut self) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if self.pending.is_empty() {
+            // Nothing to write: waiters queued behind no write are durable already.
+            let waiters = std::mem::take(&mut self.waiters);
+            self.fire(waiters);
+            return;
+        }
+        self.open_chunk.clear();
+        let term = self.term;
+        let ops: Vec<StoreOp> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .flat_map(|p| into_ops(term, p))
+            .collect();
+        let txns = split(ops, &self.store.limits());
+        let store = self.store.clone();
+        let task = spawn_named("state-commit", commit(store, txns));
+        self.in_flight = Some((
+            task,
+            std::mem::take(&mut self.waiters),
+            std::mem::take(&mut self.marks),
+        ));
+    }
+
+    /// Waits for the commit in flight (pending forever if there is none); returns, per
+    /// plan, the newest event sequence number that is now durable.
+    pub async fn committed(&mut self) -> Result<HashMap<PlanId, u64>, JournalError> {
+        let Some((task, _, _)) = &mut self.in_flight else {
+            return std::future::pending().await;
+        };
+        let outcome = task.await;
+        let (_, waiters, marks) = self.in_flight.take().expect("a commit was in flight");
+        let stats = outcome.map_err(|e| JournalError::Task(e.to_string()))??;
+        self.stats.transactions += stats.transactions;
+        self.stats.operations += stats.operations;
+        self.stats.bytes += stats.bytes;
+        self.fire(waiters);
+        self.flush();
+        Ok(marks)
+    }
+
+    /// Waits until everything queued so far is durable (or the store fails).
+    pub async fn drain(&mut self) -> Result<(), JournalError> {
+        self.flush();
+        while !self.idle() {
+            self.committed().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is queued or in flight.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_none() && self.pending.is_empty()
+    }
+
+    fn fire(&self, waiters: Vec<Waiter>) {
+        let mut acks: HashMap<WorkerId, Vec<AttemptRef>> = HashMap::new();
+        for w in waiters {
+            match w {
+                Waiter::Then(f) => f(),
+                Waiter::Ack(worker, attempt) => acks.entry(worker).or_default().push(attempt),
+            }
+        }
+        if let Some(sink) = &self.acks {
+            for (worker, attempts) in acks {
+                sink.ack(&worker, attempts);
+            }
+        }
+    }
+}
+
+fn into_ops(term: i64, p: Pending) -> Vec<StoreOp> {
+    match p {
+        Pending::Op(op) => vec![op],
+        Pending::Events {
+            plan,
+            first_seq,
+            events,
+        } => chunk(term, &plan, first_seq, &events),
+    }
+}
+
+/// Encodes events into chunks of at most [`MAX_CHUNK_BYTES`] (a single event larger
+/// than that is a chunk of its own).
+fn chunk(term: i64, plan: &PlanId, first_seq: u64, events: &[PlanEvent]) -> Vec<StoreOp> {
+    let bytes = codec::encode_events(term, events);
+    if bytes.len() <= MAX_CHUNK_BYTES || events.len() == 1 {
+        return vec![StoreOp::AppendEvents {
+            plan: plan.clone(),
+            first_seq,
+            chunk: bytes,
+        }];
+    }
+    let half = events.len() / 2;
+    let mut ops = chunk(term, plan, first_seq, &events[..half]);
+    ops.extend(chunk(term, plan, first_seq + half as u64, &events[half..]));
+    ops
+}
+
+/// Packs ops, in order, into transactions within the store's limits (sized as the
+/// store counts them).
+fn split(ops: Vec<StoreOp>, limits: &crate::store::StoreLimits) -> Vec<Vec<StoreOp>> {
+    let mut txns: Vec<Vec<StoreOp>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = op.size();
+        if !current.is_empty() && !limits.admits(current.len() + 1, bytes + size) {
+            txns.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(op);
+    }
+    if !current.is_empty() {
+        txns.push(current);
+    }
+    txns
+}
+
+async fn commit(
+    store: Arc<dyn StateStore>,
+    txns: Vec<Vec<StoreOp>>,
+) -> Result<JournalStats, StoreError> {
+    let mut stats = JournalStats::default();
+    for txn in txns {
+        let mut delay = RETRY_INITIAL;
+        loop {
+            match store.apply(&txn).await {
+                Ok(()) => break,
+                Err(StoreError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, retry_in = ?delay, "state store unavailable; retrying the commit");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        stats.transactions += 1;
+        stats.operations += txn.len() as u64;
+        stats.bytes += crate::store::batch_size(&txn) as u64;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreLimits;
+
+    fn put(n: usize) -> StoreOp {
+        StoreOp::PutPlan {
+            plan: PlanId::new(format!("p-{n}")),
+            record: vec![0; n],
+        }
+    }
+
+    #[test]
+    fn transactions_respect_the_op_and_byte_limits_in_order() {
+        // Each op is its record plus a key of about 15 bytes.
+        let limits = StoreLimits {
+            max_ops: 3,
+            max_bytes: 1000,
+        };
+        let ops = vec![put(10), put(11), put(12), put(13), put(960), put(14)];
+        let txns = split(ops, &limits);
+        let sizes: Vec<Vec<usize>> = txns
+            .iter()
+            .map(|t| {
+                t.iter()
+                    .map(|op| match op {
+                        StoreOp::PutPlan { record, .. } => record.len(),
+                        _ => 0,
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(sizes, vec![vec![10, 11, 12], vec![13], vec![960], vec![14]]);
+    }
+}

@@ -1,0 +1,790 @@
+//! The plan registry actor: the coordinator's record of every submitted plan.
+//!
+//! State it owns: per plan, the validated plan, its event log (every published event
+//! but `Dispatched`, with a gap-free sequence number from 1), the latest event of each
+//! gate, the summary once finished, and a `watch` channel announcing the newest sequence
+//! number. Finished plans are kept until [`RegistryConfig::retain_finished`] newer ones
+//! finished.
+//!
+//! Accepts [`RegistryMsg`] through [`RegistryHandle`] (mailbox bounded at
+//! [`MAILBOX_CAPACITY`]) and the scheduler's events for all plans on one unbounded
+//! channel (the scheduler never waits on it; it carries at most gates × (attempts + 3)
+//! events per plan). It submits and cancels plans through the scheduler's handle; the
+//! scheduler never calls back into the registry except through that channel, so there
+//! is no cycle of waiting actors.
+//!
+//! Memory: the log keeps each attempt's result with stdout dropped and stderr cut to its
+//! last [`RegistryConfig::stderr_tail_bytes`] (the dropped counts say how much).
+//!
+//! Durability (when given a [`StateStore`]): every accepted plan, every logged event
+//! and every cancellation goes through the [`journal::Journal`] (group commit).
+//! `SubmitPlan` and `CancelPlan` are answered, and workers' results acknowledged
+//! ([`AckSink`]), only once durable. At start the registry takes the plans read back
+//! from the store ([`restore::prepare`]): their logs are served again as they were, and
+//! the unfinished ones resume in the scheduler (see `core::recovery`), which waits
+//! [`RegistryConfig::recovery_window`] for workers to re-report their attempts. If the
+//! store fails for good (fenced: another coordinator leads) the registry stops and its
+//! task ends with the error.
+//!
+//! Shutdown: the loop ends when its token fires or every handle is dropped; queued
+//! requests are answered with [`RegistryError::ShuttingDown`].
+
+pub mod codec;
+pub mod journal;
+pub mod restore;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gatehouse_common::cache::unix_ms_now;
+use gatehouse_common::exec::GateResult;
+use gatehouse_common::ids::PlanId;
+use gatehouse_common::plan::Plan;
+use gatehouse_common::spawn::spawn_named;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{GateEvent, GateStatus, PlanEvent, PlanSummary, RunOptions};
+use crate::scheduler::{SchedulerError, SchedulerHandle};
+use crate::store::{StateStore, StoreOp};
+use codec::{PlanRecord as StoredRecord, PlanSource};
+pub use journal::{AckSink, JournalError};
+use journal::{Journal, Waiter};
+use restore::Restored;
+
+/// Capacity of the registry's mailbox.
+pub const MAILBOX_CAPACITY: usize = 1024;
+/// Most events returned by one [`RegistryHandle::events_after`] call.
+pub const MAX_BATCH: usize = 1024;
+/// How long shutdown waits for queued state writes.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Registry tunables.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Finished plans kept for `GetPlan`/`WatchPlan` before the oldest is forgotten.
+    pub retain_finished: usize,
+    /// Bytes of stderr kept per attempt result in the log.
+    pub stderr_tail_bytes: usize,
+    /// After restoring plans, how long workers get to re-report their attempts before
+    /// the gates in doubt run again (one liveness timeout).
+    pub recovery_window: std::time::Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            retain_finished: 100,
+            stderr_tail_bytes: 4096,
+            recovery_window: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No plan with this id (never submitted, or forgotten after it finished).
+    #[error("no plan with id {0}")]
+    NotFound(PlanId),
+    /// A sequence number past the newest event of the plan.
+    #[error("plan {plan} has {newest} events; cannot resume after {after}")]
+    BeyondEnd {
+        /// The plan.
+        plan: PlanId,
+        /// The sequence number asked for.
+        after: u64,
+        /// The newest sequence number.
+        newest: u64,
+    },
+    /// The registry or the scheduler is shutting down.
+    #[error("coordinator is shutting down")]
+    ShuttingDown,
+    /// The plan's stored record would exceed what the state store takes in one value.
+    #[error(
+        "the plan is too large to store: {bytes} bytes compressed, the state store takes at most {max}"
+    )]
+    TooLarge {
+        /// Encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl From<SchedulerError> for RegistryError {
+    fn from(_: SchedulerError) -> Self {
+        RegistryError::ShuttingDown
+    }
+}
+
+/// Summary information of one plan.
+#[derive(Clone, Debug)]
+pub struct PlanInfo {
+    pub id: PlanId,
+    pub name: String,
+    pub total_gates: u32,
+    pub submitted_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    pub summary: Option<PlanSummary>,
+    /// Gates in a terminal state so far, by state name.
+    pub counts: crate::core::Counts,
+}
+
+/// A consistent view of one plan.
+#[derive(Clone, Debug)]
+pub struct PlanSnapshot {
+    pub info: PlanInfo,
+    pub plan: Arc<Plan>,
+    /// The latest event of each gate (`None`: nothing happened to it yet).
+    pub gates: Vec<Option<GateEvent>>,
+}
+
+/// Durable events after a sequence number.
+pub struct EventBatch {
+    pub plan: Arc<Plan>,
+    /// `(seq, event)` in order, at most [`MAX_BATCH`].
+    pub events: Vec<(u64, PlanEvent)>,
+    /// Announces the newest durable sequence number of the plan.
+    pub newest: watch::Receiver<u64>,
+    /// The plan has finished and its log is durable and complete.
+    pub finished: bool,
+}
+
+pub(crate) enum RegistryMsg {
+    Submit {
+        plan: Arc<Plan>,
+        source: PlanSource,
+        options: RunOptions,
+        reply: oneshot::Sender<Result<PlanId, RegistryError>>,
+    },
+    Get {
+        id: PlanId,
+        reply: oneshot::Sender<Result<PlanSnapshot, RegistryError>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<PlanInfo>>,
+    },
+    EventsAfter {
+        id: PlanId,
+        after: u64,
+        reply: oneshot::Sender<Result<EventBatch, RegistryError>>,
+    },
+    Cancel {
+        id: PlanId,
+        force: bool,
+        reply: oneshot::Sender<Result<bool, RegistryError>>,
+    },
+}
+
+/// Handle to the registry actor.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    tx: mpsc::Sender<RegistryMsg>,
+}
+
+impl RegistryHandle {
+    /// Accepts a validated plan and starts it; returns its new id.
+    /// Answers once the plan is durable.
+    pub async fn submit(
+        &self,
+        plan: Arc<Plan>,
+        source: PlanSource,
+        options: RunOptions,
+    ) -> Result<PlanId, RegistryError> {
+        self.ask(|reply| RegistryMsg::Submit {
+            plan,
+            source,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// A snapshot of one plan.
+    pub async fn get(&self, id: PlanId) -> Result<PlanSnapshot, RegistryError> {
+        self.ask(|reply| RegistryMsg::Get { id, reply }).await?
+    }
+
+    /// Every known plan, newest first.
+    pub async fn list(&self) -> Result<Vec<PlanInfo>, RegistryError> {
+        self.ask(|reply| RegistryMsg::List { reply }).await
+    }
+
+    /// Events with a sequence number greater than `after`.
+    pub async fn events_after(&self, id: PlanId, after: u64) -> Result<EventBatch, RegistryError> {
+        self.ask(|reply| RegistryMsg::EventsAfter { id, after, reply })
+            .await?
+    }
+
+    /// Cancels a plan; `Ok(false)` if it had already finished.
+    pub async fn cancel(&self, id: PlanId, force: bool) -> Result<bool, RegistryError> {
+        self.ask(|reply| RegistryMsg::Cancel { id, force, reply })
+            .await?
+    }
+
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<T>) -> RegistryMsg,
+    ) -> Result<T, RegistryError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(msg(reply))
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)?;
+        rx.await.map_err(|_| RegistryError::ShuttingDown)
+    }
+}
+
+/// What the registry persists to, and what it starts from.
+pub struct Durability {
+    /// The store.
+    pub store: Arc<dyn StateStore>,
+    /// Plans read back from the store.
+    pub restored: Vec<Restored>,
+    /// The leadership term written into log chunks (0 when standalone).
+    pub term: i64,
+}
+
+/// Starts the registry (memory-only when `durability` is `None`). The task ends with
+/// an error if the state store fails for good.
+pub fn spawn(
+    config: RegistryConfig,
+    scheduler: SchedulerHandle,
+    acks: Option<Arc<dyn AckSink>>,
+    durability: Option<Durability>,
+    shutdown: CancellationToken,
+) -> (RegistryHandle, JoinHandle<Result<(), JournalError>>) {
+    let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (journal, restored) = match durability {
+        Some(d) => (
+            Some(Journal::new(d.store, acks.clone(), d.term)),
+            d.restored,
+        ),
+        None => (None, Vec::new()),
+    };
+    let actor = RegistryActor {
+        config,
+        scheduler,
+        mailbox,
+        events,
+        events_tx,
+        plans: HashMap::new(),
+        order: VecDeque::new(),
+        finished: VecDeque::new(),
+        journal,
+        acks,
+        shutdown,
+    };
+    let actor = (actor, restored);
+    (
+        RegistryHandle { tx },
+        spawn_named("plan-registry", async move {
+            let (actor, restored) = actor;
+            actor.run(restored).await
+        }),
+    )
+}
+
+struct PlanRecord {
+    plan: Arc<Plan>,
+    submitted_unix_ms: u64,
+    finished_unix_ms: Option<u64>,
+    /// Event `seq` is `log[seq - 1]`.
+    log: Vec<PlanEvent>,
+    latest: Vec<Option<GateEvent>>,
+    summary: Option<PlanSummary>,
+    counts: crate::core::Counts,
+    /// Events up to this sequence number are durable (served to watchers).
+    durable: u64,
+    /// Announces `durable`.
+    newest: watch::Sender<u64>,
+}
+
+struct RegistryActor {
+    config: RegistryConfig,
+    scheduler: SchedulerHandle,
+    mailbox: mpsc::Receiver<RegistryMsg>,
+    events: mpsc::UnboundedReceiver<PlanEvent>,
+    /// Cloned into every submission.
+    events_tx: mpsc::UnboundedSender<PlanEvent>,
+    plans: HashMap<PlanId, PlanRecord>,
+    /// Plan ids in submission order (for listing newest first).
+    order: VecDeque<PlanId>,
+    /// Finished plan ids, oldest first (for retention).
+    finished: VecDeque<PlanId>,
+    /// Group commit to the state store (`None`: memory only).
+    journal: Option<Journal>,
+    /// Acknowledges workers' results (after the journal made them durable).
+    acks: Option<Arc<dyn AckSink>>,
+    shutdown: CancellationToken,
+}
+
+impl RegistryActor {
+    async fn run(mut self, restored: Vec<Restored>) -> Result<(), JournalError> {
+        let resumed = self.restore(restored).await;
+        if resumed > 0 {
+            tracing::info!(plans = resumed, window = ?self.config.recovery_window,
+                "resumed unfinished plans; waiting for workers to re-report their attempts");
+            let _ = self
+                .scheduler
+                .end_recovery_after(self.config.recovery_window)
+                .await;
+        }
+        let mut outcome = Ok(());
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                committed = committed(&mut self.journal) => match committed {
+                    Ok(marks) => self.durable(marks),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot persist plan state; the registry stops");
+                        outcome = Err(e);
+                        break;
+                    }
+                },
+                Some(event) = self.events.recv() => {
+                    self.record(event);
+                    // Take everything already queued into the same commit.
+                    while let Ok(event) = self.events.try_recv() {
+                        self.record(event);
+                    }
+                }
+                msg = self.mailbox.recv() => match msg {
+                    Some(msg) => self.on_msg(msg).await,
+                    None => break,
+                },
+            }
+            if let Some(j) = &mut self.journal {
+                j.flush();
+            }
+        }
+        self.mailbox.close();
+        while let Ok(msg) = self.mailbox.try_recv() {
+            reject(msg);
+        }
+        if outcome.is_ok()
+            && let Some(j) = &mut self.journal
+        {
+            // Shutdown: what is queued becomes durable if the store lets it in time.
+            match tokio::time::timeout(DRAIN_TIMEOUT, j.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "pending plan state not persisted"),
+                Err(_) => {
+                    tracing::warn!("pending plan state not persisted within the shutdown timeout")
+                }
+            }
+        }
+        if let Some(j) = &self.journal {
+            tracing::info!(
+                transactions = j.stats.transactions,
+                operations = j.stats.operations,
+                bytes = j.stats.bytes,
+                "state store writes"
+            );
+        }
+        outcome
+    }
+
+    /// Takes plans read back from the store; returns how many resume running.
+    async fn restore(&mut self, restored: Vec<Restored>) -> usize {
+        let mut resumed = 0;
+        for r in restored {
+            let id = r.id.clone();
+            let gates = r.gates();
+            let finished = r.finished();
+            let mut record = new_record(r.plan.clone(), r.record.submitted_unix_ms);
+            for event in r.log {
+                apply(&mut record, event, self.config.stderr_tail_bytes);
+            }
+            record.durable = record.log.len() as u64;
+            record.newest.send_replace(record.durable);
+            self.plans.insert(id.clone(), record);
+            self.order.push_back(id.clone());
+            if finished {
+                self.finished.push_back(id);
+                continue;
+            }
+            let age = std::time::Duration::from_millis(
+                unix_ms_now().saturating_sub(r.record.submitted_unix_ms),
+            );
+            let resumed_ok = self
+                .scheduler
+                .restore(
+                    id.clone(),
+                    r.plan,
+                    r.record.options,
+                    gates,
+                    r.cancel,
+                    age,
+                    self.events_tx.clone(),
+                )
+                .await;
+            match resumed_ok {
+                Ok(()) => resumed += 1,
+                Err(e) => tracing::error!(plan_id = %id, error = %e, "cannot resume plan"),
+            }
+        }
+        self.enforce_retention();
+        resumed
+    }
+
+    async fn on_msg(&mut self, msg: RegistryMsg) {
+        match msg {
+            RegistryMsg::Submit {
+                plan,
+                source,
+                options,
+                reply,
+            } => {
+                let mut id = new_plan_id();
+                while self.plans.contains_key(&id) {
+                    id = new_plan_id();
+                }
+                let record = new_record(plan.clone(), unix_ms_now());
+                let stored = self.journal.as_ref().map(|j| {
+                    let bytes = codec::encode_record(&StoredRecord {
+                        source,
+                        options: options.clone(),
+                        submitted_unix_ms: record.submitted_unix_ms,
+                    });
+                    (bytes, j.max_value_bytes())
+                });
+                if let Some((bytes, max)) = &stored
+                    && bytes.len() > *max
+                {
+                    let _ = reply.send(Err(RegistryError::TooLarge {
+                        bytes: bytes.len(),
+                        max: *max,
+                    }));
+                    return;
+                }
+                // The record is queued before any event of the plan can be.
+                let mut reply = Some(reply);
+                if let (Some(j), Some((bytes, _))) = (&mut self.journal, stored) {
+                    let (tx, rx) = oneshot::channel::<()>();
+                    j.push_op(
+                        StoreOp::PutPlan {
+                            plan: id.clone(),
+                            record: bytes,
+                        },
+                        Some(Waiter::Then(Box::new(move || {
+                            let _ = tx.send(());
+                        }))),
+                    );
+                    let waiting = reply.take().expect("set above");
+                    let answer = id.clone();
+                    // Answered once durable; if the registry stops first the caller
+                    // sees the coordinator shutting down.
+                    spawn_named("submit-reply", async move {
+                        let answer = match rx.await {
+                            Ok(()) => Ok(answer),
+                            Err(_) => Err(RegistryError::ShuttingDown),
+                        };
+                        let _ = waiting.send(answer);
+                    });
+                }
+                self.plans.insert(id.clone(), record);
+                self.order.push_back(id.clone());
+                let submitted = self
+                    .scheduler
+                    .submit(id.clone(), plan, options, self.events_tx.clone())
+                    .await;
+                match submitted {
+                    Ok(_) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(id));
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing half-submitted is kept.
+                        self.plans.remove(&id);
+                        self.order.retain(|x| *x != id);
+                        if let Some(j) = &mut self.journal {
+                            j.push_op(StoreOp::DeletePlan { plan: id }, None);
+                        }
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
+            }
+            RegistryMsg::Get { id, reply } => {
+                let _ = reply.send(self.snapshot(&id));
+            }
+            RegistryMsg::List { reply } => {
+                let list = self
+                    .order
+                    .iter()
+                    .rev()
+                    .filter_map(|id| self.info(id))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            RegistryMsg::EventsAfter { id, after, reply } => {
+                let batch = match self.plans.get(&id) {
+                    None => Err(RegistryError::NotFound(id)),
+                    Some(r) if after > r.log.len() as u64 => Err(RegistryError::BeyondEnd {
+                        plan: id,
+                        after,
+                        newest: r.log.len() as u64,
+                    }),
+                    Some(r) => {
+                        // Only durable events are served: a watcher never sees an event
+                        // that a new leader would not have.
+                        let durable = usize::try_from(r.durable).unwrap_or(usize::MAX);
+                        let start = usize::try_from(after).unwrap_or(usize::MAX).min(durable);
+                        let end = (start + MAX_BATCH).min(durable);
+                        Ok(EventBatch {
+                            plan: r.plan.clone(),
+                            events: (start..end)
+                                .map(|i| (i as u64 + 1, r.log[i].clone()))
+                                .collect(),
+                            newest: r.newest.subscribe(),
+                            finished: r.summary.is_some() && durable == r.log.len(),
+                        })
+                    }
+                };
+                let _ = reply.send(batch);
+            }
+            RegistryMsg::Cancel { id, force, reply } => {
+                let result = match self.plans.get(&id) {
+                    None => Err(RegistryError::NotFound(id.clone())),
+                    Some(r) if r.summary.is_some() => Ok(false),
+                    Some(_) => self
+                        .scheduler
+                        .cancel(id.clone(), force)
+                        .await
+                        .map(|()| true)
+                        .map_err(Into::into),
+                };
+                if let (Ok(true), Some(j)) = (&result, &mut self.journal) {
+                    j.push_op(
+                        StoreOp::PutCancel { plan: id, force },
+                        Some(Waiter::Then(Box::new(move || drop(reply.send(result))))),
+                    );
+                    return;
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn record(&mut self, event: PlanEvent) {
+        let plan_id = match &event {
+            PlanEvent::Gate(g) => g.plan.clone(),
+            PlanEvent::Finished(s) => s.plan.clone(),
+        };
+        let Some(r) = self.plans.get_mut(&plan_id) else {
+            return;
+        };
+        let ack = match &event {
+            PlanEvent::Gate(g)
+                if g.result.is_some()
+                    && matches!(
+                        g.status,
+                        GateStatus::Finished(_) | GateStatus::Retrying { .. }
+                    ) =>
+            {
+                g.worker.clone().map(|w| {
+                    let attempt = gatehouse_common::exec::AttemptRef {
+                        plan: plan_id.clone(),
+                        gate: g.gate,
+                        attempt: g.attempt,
+                    };
+                    Waiter::Ack(w, attempt)
+                })
+            }
+            _ => None,
+        };
+        let finished = matches!(event, PlanEvent::Finished(_));
+        let Some(seq) = apply(r, event, self.config.stderr_tail_bytes) else {
+            return;
+        };
+        match &mut self.journal {
+            Some(j) => {
+                let logged = r.log.last().cloned().expect("apply logged an event");
+                j.push_event(&plan_id, seq, logged, ack);
+            }
+            None => {
+                r.durable = seq;
+                r.newest.send_replace(seq);
+                if let (Some(sink), Some(Waiter::Ack(worker, attempt))) = (&self.acks, ack) {
+                    sink.ack(&worker, vec![attempt]);
+                }
+            }
+        }
+        if finished {
+            self.finished.push_back(plan_id);
+            self.enforce_retention();
+        }
+    }
+
+    /// Events up to these sequence numbers are durable: watchers may see them.
+    fn durable(&mut self, marks: HashMap<PlanId, u64>) {
+        for (plan, seq) in marks {
+            if let Some(r) = self.plans.get_mut(&plan) {
+                r.durable = r.durable.max(seq);
+                r.newest.send_replace(r.durable);
+            }
+        }
+    }
+
+    /// Forgets the oldest finished plans beyond the retention count.
+    fn enforce_retention(&mut self) {
+        while self.finished.len() > self.config.retain_finished {
+            if let Some(old) = self.finished.pop_front() {
+                self.plans.remove(&old);
+                self.order.retain(|x| *x != old);
+                if let Some(j) = &mut self.journal {
+                    j.push_op(StoreOp::DeletePlan { plan: old }, None);
+                }
+            }
+        }
+    }
+
+    fn info(&self, id: &PlanId) -> Option<PlanInfo> {
+        let r = self.plans.get(id)?;
+        Some(PlanInfo {
+            id: id.clone(),
+            name: r.plan.name.clone(),
+            total_gates: r.plan.gates.len() as u32,
+            submitted_unix_ms: r.submitted_unix_ms,
+            finished_unix_ms: r.finished_unix_ms,
+            summary: r.summary.clone(),
+            counts: r.counts,
+        })
+    }
+
+    fn snapshot(&self, id: &PlanId) -> Result<PlanSnapshot, RegistryError> {
+        let r = self
+            .plans
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        Ok(PlanSnapshot {
+            info: self
+                .info(id)
+                .ok_or_else(|| RegistryError::NotFound(id.clone()))?,
+            plan: r.plan.clone(),
+            gates: r.latest.clone(),
+        })
+    }
+}
+
+fn new_record(plan: Arc<Plan>, submitted_unix_ms: u64) -> PlanRecord {
+    PlanRecord {
+        latest: vec![None; plan.gates.len()],
+        counts: crate::core::Counts {
+            total: plan.gates.len() as u32,
+            ..Default::default()
+        },
+        plan,
+        submitted_unix_ms,
+        finished_unix_ms: None,
+        log: Vec::new(),
+        summary: None,
+        durable: 0,
+        newest: watch::channel(0).0,
+    }
+}
+
+/// Applies one event to a plan's record; returns its sequence number if it was logged.
+fn apply(r: &mut PlanRecord, mut event: PlanEvent, stderr_tail_bytes: usize) -> Option<u64> {
+    match &mut event {
+        PlanEvent::Gate(g) => {
+            if let Some(result) = &mut g.result {
+                trim(result, stderr_tail_bytes);
+            }
+            if let GateStatus::Finished(t) = g.status {
+                r.counts.record(t, g.cached, g.flaky);
+            }
+            r.latest[g.gate.ix()] = Some(g.clone());
+            if g.status == GateStatus::Dispatched {
+                // The `Running` event follows at once; clients gain nothing from
+                // this one, and leaving it out keeps logs and streams a third smaller.
+                return None;
+            }
+        }
+        PlanEvent::Finished(s) => {
+            r.summary = Some(s.clone());
+            r.finished_unix_ms = Some(unix_ms_now());
+        }
+    }
+    r.log.push(event);
+    Some(r.log.len() as u64)
+}
+
+async fn committed(journal: &mut Option<Journal>) -> Result<HashMap<PlanId, u64>, JournalError> {
+    match journal {
+        Some(j) => j.committed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn reject(msg: RegistryMsg) {
+    match msg {
+        RegistryMsg::Submit { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
+        RegistryMsg::Get { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
+        RegistryMsg::List { reply } => drop(reply.send(Vec::new())),
+        RegistryMsg::EventsAfter { reply, .. } => {
+            drop(reply.send(Err(RegistryError::ShuttingDown)))
+        }
+        RegistryMsg::Cancel { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
+    }
+}
+
+/// Drops stdout and keeps the last `keep` bytes of stderr, counting what was dropped.
+fn trim(result: &mut GateResult, keep: usize) {
+    result.stdout.dropped += result.stdout.bytes.len() as u64;
+    result.stdout.bytes = Vec::new();
+    let len = result.stderr.bytes.len();
+    if len > keep {
+        result.stderr.bytes.drain(..len - keep);
+        result.stderr.dropped += (len - keep) as u64;
+    }
+}
+
+/// A new plan id: `p-<unix ms in base 36>-<counter>`, unique for this coordinator.
+fn new_plan_id() -> PlanId {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut ms = unix_ms_now();
+    let mut digits = Vec::new();
+    while ms > 0 {
+        let d = (ms % 36) as u8;
+        digits.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        ms /= 36;
+    }
+    digits.reverse();
+    PlanId::new(format!("p-{}-{n}", String::from_utf8_lossy(&digits)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_ids_are_unique_and_valid() {
+        let a = new_plan_id();
+        let b = new_plan_id();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("p-"));
+        assert!(gatehouse_common::ids::is_valid_id(a.as_str()));
+    }
+
+    #[test]
+    fn trimming_keeps_the_stderr_tail_and_counts_drops() {
+        let mut r = crate::core::testkit::result(gatehouse_common::exec::ExitStatus::Exited(1));
+        r.stdout.bytes = vec![b'o'; 100];
+        r.stderr.bytes = b"0123456789".to_vec();
+        trim(&mut r, 4);
+        assert!(r.stdout.bytes.is_empty());
+        assert_eq!(r.stdout.dropped, 100);
+        assert_eq!(r.stderr.bytes, b"6789");
+        assert_eq!(r.stderr.dropped, 6);
+    }
+}

@@ -1,0 +1,315 @@
+//! High availability against a real etcd: leader failover mid-plan, a paused leader
+//! stepping down, etcd restarting mid-plan, a standalone coordinator restarted from its
+//! state directory, and an independent etcd client watching the election.
+//!
+//! Each test starts its own etcd (`tests/support/etcd.rs`) on free loopback ports; with
+//! `GATEHOUSE_SKIP_ETCD=1` they return early with a message.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::process::Stdio;
+use std::time::Duration;
+
+use gatehouse_coordinator::registry::codec;
+use gatehouse_proto::v1;
+use support::cluster::{Cluster, terminals};
+use support::ha::{ELECTION, HaCluster};
+use support::{RunResult, is_terminal, wait_until};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+const PYRAMID: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/merge-pyramid.yaml"
+);
+
+/// Terminal state of each gate in NDJSON output (panics on a gate with two).
+fn terminal_states(lines: &[serde_json::Value]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for l in lines {
+        if l["event"] == "gate" && is_terminal(&l["state"]) {
+            let gate = l["gate"].as_str().expect("gate").to_string();
+            let state = l["state"].as_str().expect("state").to_string();
+            assert!(
+                out.insert(gate.clone(), state).is_none(),
+                "{gate} ended twice"
+            );
+        }
+    }
+    out
+}
+
+/// Lines written so far to an NDJSON file (the last, partial one left out).
+fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn pyramid_states_of_gatehouse_run(c: &HaCluster) -> BTreeMap<String, String> {
+    let local = RunResult::from_output(
+        c.ws.cmd(&["run", "--json", "--no-cache", PYRAMID])
+            .output()
+            .expect("run"),
+    );
+    terminal_states(&local.lines)
+}
+
+#[test]
+fn killing_the_leader_mid_pyramid_loses_nothing_and_the_watch_follows() {
+    let Some(mut c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    c.add_worker("w1", &["--slots", "2", "--workspace", EXAMPLES]);
+    c.add_worker("w2", &["--slots", "2", "--workspace", EXAMPLES]);
+    let expected = pyramid_states_of_gatehouse_run(&c);
+    let leader = c.wait_leader(None);
+    let out_path = c.ws.path().join("submit.ndjson");
+    let mut submit = c
+        .cli(&["submit", "--watch", "--json", PYRAMID])
+        .stdout(File::create(&out_path).expect("create"))
+        .stderr(File::create(c.ws.path().join("submit.err")).expect("create"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    wait_until(
+        "two gates to finish before the failover",
+        Duration::from_secs(30),
+        || terminal_states(&read_lines(&out_path)).len() >= 2,
+    );
+    c.coordinators[leader].signal("KILL");
+    let new_leader = c.wait_leader(Some(leader));
+    assert_ne!(new_leader, leader);
+    let mut code = None;
+    wait_until("submit --watch to end", Duration::from_secs(90), || {
+        code = submit.try_wait().expect("try_wait").map(|s| s.code());
+        code.is_some()
+    });
+    let err = std::fs::read_to_string(c.ws.path().join("submit.err")).unwrap_or_default();
+    let lines = read_lines(&out_path);
+    assert_eq!(
+        code.flatten(),
+        Some(1),
+        "the pyramid fails on pr-105; stderr: {err}"
+    );
+    assert_eq!(terminal_states(&lines), expected, "stderr: {err}");
+    // Gates running at the failover were adopted from the workers, not run again.
+    let reruns: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "gate" && is_terminal(&l["state"]))
+        .filter(|l| l["attempt"].as_u64().unwrap_or(0) > 1)
+        .map(|l| l["gate"].to_string())
+        .collect();
+    assert!(
+        reruns.is_empty(),
+        "gates ran again after the failover: {reruns:?}"
+    );
+    let last = lines.last().expect("output");
+    assert_eq!(last["event"], "summary", "{last}");
+    // Every gate was shown running at most once per attempt: no event repeated.
+    let mut shown: Vec<String> = lines
+        .iter()
+        .filter(|l| l["event"] == "gate")
+        .map(|l| format!("{}/{}/{}", l["gate"], l["state"], l["attempt"]))
+        .collect();
+    let n = shown.len();
+    shown.sort();
+    shown.dedup();
+    assert_eq!(
+        shown.len(),
+        n,
+        "an event was shown twice across the failover"
+    );
+}
+
+#[test]
+fn a_paused_leader_steps_down_and_nothing_it_writes_after_takeover_survives() {
+    let Some(mut c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    c.add_worker("w1", &["--slots", "2"]);
+    let old = c.wait_leader(None);
+    let old_term = c.leader_key().expect("leader key").create_revision;
+    let plan = "version: 1\nname: chain\ngates:\n".to_string()
+        + &(0..6)
+            .map(|i| {
+                let needs = if i > 0 {
+                    format!("\n    needs: [g{}]", i - 1)
+                } else {
+                    String::new()
+                };
+                format!("  - id: g{i}\n    run: sleep 0.7{needs}\n")
+            })
+            .collect::<String>();
+    let id = c.submit(old, &plan).expect("submit");
+    std::thread::sleep(Duration::from_millis(800));
+    c.coordinators[old].signal("STOP");
+    let new = c.wait_leader(Some(old));
+    let new_term = c.leader_key().expect("leader key").create_revision;
+    assert_ne!(new_term, old_term);
+    // The old leader is still paused: anything it writes from now on comes after the
+    // takeover.
+    let takeover = c.etcd_revision();
+    c.coordinators[old].signal("CONT");
+    wait_until(
+        "the old leader to step down",
+        Duration::from_secs(20),
+        || !c.serving(old) && c.serving(new),
+    );
+    // The plan completes under the new leader.
+    let done = c.cli(&["watch", "--json", &id]).output().expect("watch");
+    let result = RunResult::from_output(done);
+    assert_eq!(result.summary()["outcome"], "passed", "{}", result.stderr);
+    assert_eq!(terminal_states(&result.lines).len(), 6);
+    // Every log chunk the old leader wrote was written before the new term began.
+    let chunks = c.etcd_range(&format!("/gatehouse/itest/plans/{id}/log/"));
+    assert!(!chunks.is_empty());
+    let mut new_chunks = 0;
+    for kv in &chunks {
+        let (term, _) = codec::chunk_term(&kv.value).expect("chunk decodes");
+        if term == old_term {
+            assert!(
+                kv.mod_revision <= takeover,
+                "{} was written by the old leader after the takeover",
+                kv.key
+            );
+        } else {
+            assert_eq!(term, new_term, "{}: unknown term", kv.key);
+            new_chunks += 1;
+        }
+    }
+    assert!(new_chunks > 0, "the new leader wrote the rest of the log");
+    let old_log = std::fs::read_to_string(&c.coordinators[old].log).expect("log");
+    assert!(
+        old_log.contains("stopped leading"),
+        "the old leader says it stepped down"
+    );
+}
+
+#[test]
+fn restarting_etcd_mid_plan_lets_the_plan_complete() {
+    let Some(mut c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    c.add_worker("w1", &["--slots", "2"]);
+    let leader = c.wait_leader(None);
+    let plan = "version: 1\nname: etcd-restart\ngates:\n".to_string()
+        + &(0..8)
+            .map(|i| {
+                let needs = if i > 0 {
+                    format!("\n    needs: [g{}]", i - 1)
+                } else {
+                    String::new()
+                };
+                format!("  - id: g{i}\n    run: sleep 0.5{needs}\n")
+            })
+            .collect::<String>();
+    let id = c.submit(leader, &plan).expect("submit");
+    std::thread::sleep(Duration::from_millis(1200));
+    c.etcd.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    c.etcd.start_again();
+    let result = RunResult::from_output(c.cli(&["watch", "--json", &id]).output().expect("watch"));
+    assert_eq!(result.summary()["outcome"], "passed", "{}", result.stderr);
+    let states = terminal_states(&result.lines);
+    assert_eq!(states.len(), 8);
+    assert!(states.values().all(|s| s == "passed"), "{states:?}");
+}
+
+#[test]
+fn etcdctl_elect_listen_sees_the_proclaimed_leader_change() {
+    let Some(c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    let leader = c.wait_leader(None);
+    let out_path = c.ws.path().join("elect.out");
+    let mut listen = support::KillOnDrop(
+        std::process::Command::new(support::etcd::etcdctl())
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &c.etcd.endpoint(),
+                "elect",
+                "--listen",
+                ELECTION,
+            ])
+            .stdout(File::create(&out_path).expect("create"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcdctl"),
+    );
+    let first = c.url(leader);
+    wait_until(
+        "etcdctl to print the leader",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&out_path)
+                .unwrap_or_default()
+                .contains(&first)
+        },
+    );
+    c.coordinators[leader].signal("KILL");
+    let next = c.wait_leader(Some(leader));
+    let second = c.url(next);
+    wait_until(
+        "etcdctl to print the new leader",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&out_path)
+                .unwrap_or_default()
+                .contains(&second)
+        },
+    );
+    let _ = listen.0.kill();
+}
+
+#[test]
+fn a_standalone_coordinator_killed_mid_plan_resumes_from_its_state_dir() {
+    let mut c = Cluster::start_on_fixed_port();
+    c.add_worker("w1", &["--slots", "2"]);
+    let plan = "version: 1\nname: restart\ngates:\n".to_string()
+        + &(0..6)
+            .map(|i| {
+                let needs = if i > 0 {
+                    format!("\n    needs: [g{}]", i - 1)
+                } else {
+                    String::new()
+                };
+                format!("  - id: g{i}\n    run: sleep 0.5{needs}\n")
+            })
+            .collect::<String>();
+    let id = c.submit(&plan).expect("submit");
+    let mut seen = Vec::new();
+    wait_until("two gates to pass", Duration::from_secs(20), || {
+        seen = c
+            .get(&id)
+            .gates
+            .iter()
+            .filter(|g| g.state == v1::GateState::Passed as i32)
+            .map(|g| g.gate_id.clone())
+            .collect();
+        seen.len() >= 2
+    });
+    c.coordinator.signal("KILL");
+    c.coordinator.wait_exit(Duration::from_secs(10));
+    c.restart_coordinator();
+    let events = c.watch(&id, 0);
+    let t = terminals(&events);
+    assert_eq!(t.len(), 6, "every gate ended exactly once: {t:?}");
+    assert!(
+        t.values().all(|g| g.state == v1::GateState::Passed as i32),
+        "{t:?}"
+    );
+    for gate in &seen {
+        assert_eq!(
+            t[gate].attempt, 1,
+            "{gate} passed before the kill and did not run again"
+        );
+    }
+    // The replay is the full log: sequence numbers from 1 without gaps, ending in the summary.
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    support::cluster::summary(&events);
+}
