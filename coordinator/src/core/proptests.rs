@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use gatehouse_common::cache::CacheEntry;
-use gatehouse_common::exec::ExitStatus;
+use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateId, GateIdx, WorkerId};
 use gatehouse_common::plan::{Plan, Policy};
 use proptest::prelude::*;
@@ -251,5 +251,182 @@ proptest! {
         }
         prop_assert!(sim.core.running_attempts() == 0);
         let _ = (WorkerId::new("unused"), Duration::ZERO);
+    }
+}
+
+/// Finishes, fires and re-reports at random until the plan's summary is out.
+fn drive_to_end(sim: &mut Sim, rng: &mut TestRng) -> Result<(), TestCaseError> {
+    let mut steps = 0;
+    while sim.summary.is_none() {
+        steps += 1;
+        prop_assert!(steps < 10_000, "no progress");
+        if !sim.running.is_empty() && (sim.timers.is_empty() || rng.random_bool(0.8)) {
+            let i = rng.random_range(0..sim.running.len());
+            let (_, attempt) = sim.running.remove(i);
+            let status = if sim.cancels.contains(&attempt) {
+                ExitStatus::Cancelled
+            } else {
+                match rng.random_range(0..10u32) {
+                    0..=6 => ExitStatus::Exited(0),
+                    7 => ExitStatus::TimedOut,
+                    _ => ExitStatus::Exited(1),
+                }
+            };
+            sim.feed(Event::GateFinished {
+                attempt,
+                result: result(status),
+            });
+        } else if !sim.timers.is_empty() {
+            sim.fire_timer();
+        } else {
+            prop_assert!(false, "stuck: nothing running, no timers, no summary");
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A new leader restores a plan from any durable prefix of its log, with any subset
+    /// of the attempts still running re-reported; every gate still ends exactly once
+    /// (in the log or after the restore) and the invariants hold.
+    #[test]
+    fn a_plan_restored_from_any_log_prefix_ends_once_per_gate(
+        (policy, flat_form, spec) in arb_plan(),
+        seed in any::<u64>(),
+        cut_steps in 0usize..30,
+        durable_fraction in 0.0f64..=1.0,
+        window_first in any::<bool>(),
+    ) {
+        let plan = build(policy.clone(), flat_form, &spec);
+        let workers = [worker("w0", 3, 64 * 1024 * MI)];
+        let mut rng = TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&seed.to_le_bytes());
+            s
+        });
+        // The old leader runs part of the plan.
+        let mut old = Sim::new(CoreConfig::default(), &workers);
+        old.submit(plan.clone(), false);
+        let mut old_results: Vec<(AttemptRef, ExitStatus)> = Vec::new();
+        let mut started: HashSet<AttemptRef> = HashSet::new();
+        for _ in 0..cut_steps {
+            // Workers report every attempt started (so the log has `Running` events).
+            for (_, a) in old.running.clone() {
+                if started.insert(a.clone()) {
+                    old.feed(Event::GateStarted { attempt: a });
+                }
+            }
+            if old.summary.is_some() || old.running.is_empty() {
+                if !old.timers.is_empty() { old.fire_timer(); continue; }
+                break;
+            }
+            let i = rng.random_range(0..old.running.len());
+            let (_, attempt) = old.running.remove(i);
+            let status = if rng.random_bool(0.75) { ExitStatus::Exited(0) } else { ExitStatus::Exited(1) };
+            old_results.push((attempt.clone(), status.clone()));
+            old.feed(Event::GateFinished { attempt, result: result(status) });
+        }
+        prop_assume!(old.summary.is_none());
+        // What reached the log: a prefix of the published events (Dispatched is not logged).
+        let log: Vec<PlanEvent> = old.events.iter()
+            .filter(|e| e.status != GateStatus::Dispatched)
+            .cloned()
+            .map(PlanEvent::Gate)
+            .collect();
+        let durable = ((log.len() as f64) * durable_fraction) as usize;
+        let log = &log[..durable.min(log.len())];
+        let gates = crate::registry::restore::gate_states(&plan, log);
+        // The new leader restores it; the worker re-reports some of what it still runs.
+        let mut new = Sim::new(CoreConfig::default(), &workers);
+        new.feed(Event::PlanRestored {
+            id: new.plan.clone(),
+            plan: plan.clone(),
+            options: RunOptions { use_cache: false },
+            gates,
+            cancel: None,
+            age: Duration::ZERO,
+        });
+        if window_first {
+            new.feed(Event::RecoveryEnded);
+        }
+        let reported: Vec<AttemptRef> = old.running.iter()
+            .filter(|_| rng.random_bool(0.7))
+            .map(|(_, a)| a.clone())
+            .collect();
+        // Results the worker had not seen acknowledged are sent again.
+        let resent: Vec<(AttemptRef, GateResult)> = old_results.iter()
+            .filter(|_| rng.random_bool(0.5))
+            .map(|(a, st)| (a.clone(), result(st.clone())))
+            .collect();
+        let known: Vec<AttemptRef> = reported.iter().cloned()
+            .chain(resent.iter().map(|(a, _)| a.clone()))
+            .collect();
+        new.feed(Event::AttemptsReported {
+            worker: WorkerId::new("w0"),
+            running: reported.clone(),
+            finished: resent,
+        });
+        for a in reported {
+            new.running.push((WorkerId::new("w0"), a));
+        }
+        if !window_first {
+            new.feed(Event::RecoveryEnded);
+        }
+        drive_to_end(&mut new, &mut rng)?;
+        // Every gate ends exactly once across the durable log and the new leader.
+        let mut ends = vec![0u32; plan.gates.len()];
+        let mut state = vec![None; plan.gates.len()];
+        for e in log.iter().filter_map(|e| match e { PlanEvent::Gate(g) => Some(g), _ => None })
+            .chain(new.events.iter())
+        {
+            if let GateStatus::Finished(t) = e.status {
+                ends[e.gate.ix()] += 1;
+                state[e.gate.ix()] = Some(t);
+            }
+        }
+        for (g, n) in ends.iter().enumerate() {
+            prop_assert_eq!(*n, 1, "gate {} ended {} times", g, n);
+        }
+        let summary = new.summary.clone().expect("summary");
+        let passed = state.iter().filter(|s| **s == Some(Terminal::Passed)).count() as u32;
+        prop_assert_eq!(summary.counts.passed, passed);
+        prop_assert_eq!(summary.counts.total as usize, plan.gates.len());
+        // No attempt number is handed out twice when workers re-report within the
+        // window: the new leader numbers past every attempt the log shows or a worker
+        // reported. (A report after the window may name a number handed out since; the
+        // same attempt on the same worker is one execution, which the worker answers
+        // once, and on another worker it is refused — see `core::recovery`.)
+        let old_max: HashMap<u32, u32> = log.iter()
+            .filter_map(|e| match e { PlanEvent::Gate(g) => Some((g.gate.0, g.attempt)), _ => None })
+            .chain(known.iter().map(|a| (a.gate.0, a.attempt)))
+            .fold(HashMap::new(), |mut m, (g, a)| { let e = m.entry(g).or_insert(0); *e = (*e).max(a); m });
+        for cmd in new.log.iter().filter(|_| !window_first) {
+            if let Command::Dispatch { assignment, .. } = cmd {
+                let a = &assignment.attempt;
+                prop_assert!(a.attempt > old_max.get(&a.gate.0).copied().unwrap_or(0),
+                    "gate {} attempt {} reuses a number of the old leader; log {:?}; known {:?}; new events {:?}",
+                    a.gate.0, a.attempt,
+                    log.iter().filter_map(|e| match e { PlanEvent::Gate(g) if g.gate.0 == a.gate.0 => Some((g.status.clone(), g.attempt)), _ => None }).collect::<Vec<_>>(),
+                    known.iter().filter(|k| k.gate == a.gate).collect::<Vec<_>>(),
+                    new.events.iter().filter(|g| g.gate == a.gate).map(|g| (g.status.clone(), g.attempt)).collect::<Vec<_>>());
+            }
+        }
+        // Nothing ran before its prerequisites passed, before or after the restore.
+        let prereq = prerequisites(&plan);
+        for cmd in &new.log {
+            if let Command::Dispatch { assignment, .. } = cmd {
+                for p in &prereq[assignment.attempt.gate.ix()] {
+                    prop_assert_eq!(state[p.ix()], Some(Terminal::Passed));
+                }
+            }
+        }
+        // Unwanted attempts (cancelled when re-reported) may end after the summary; once
+        // they have, nothing is held on the worker.
+        for (_, attempt) in std::mem::take(&mut new.running) {
+            new.feed(Event::GateFinished { attempt, result: result(ExitStatus::Cancelled) });
+        }
+        prop_assert!(new.core.running_attempts() == 0);
     }
 }

@@ -12,8 +12,14 @@
 //! anything else a worker reports is unwanted and cancelled, and only frees its slot
 //! when it ends. When the driver's recovery window (one liveness timeout) is over,
 //! [`Event::RecoveryEnded`] re-queues the gates still in doubt as new attempts, numbered
-//! past any attempt that might still run unreported, so a terminal result is recorded
-//! once.
+//! past any attempt the log shows, so a terminal result is recorded once.
+//!
+//! Attempt numbers: an attempt number a worker reports is never handed out again for that
+//! gate. An attempt nobody reports before the window ends cannot be known; if its worker
+//! comes back later, the same attempt reference can name two executions. On the same
+//! worker that is one execution (the worker runs an attempt once and answers a repeated
+//! assignment with its result); from another worker than the one the core assigned it
+//! to, a report is refused (a running copy is cancelled, a result ignored).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,8 +139,20 @@ impl Scheduler {
         if !self.workers.contains_key(worker) {
             return;
         }
+        // A number a worker reported is never handed out again for that gate.
+        for attempt in running.iter().chain(finished.iter().map(|(a, _)| a)) {
+            self.raise_attempt_floor(attempt);
+        }
         for attempt in running {
-            if self.attempts.contains_key(&attempt) {
+            if let Some(held) = self.attempts.get(&attempt) {
+                if held.worker != *worker {
+                    // The same attempt on another worker (a stale copy): stop this one.
+                    self.sink.cmds.push(Command::CancelAttempt {
+                        worker: worker.clone(),
+                        attempt,
+                        grace: self.config.kill_grace,
+                    });
+                }
                 continue;
             }
             let adopted = self.adopt(worker, &attempt, true);
@@ -159,9 +177,24 @@ impl Scheduler {
             }
         }
         for (attempt, result) in finished {
-            if self.attempts.contains_key(&attempt) || self.adopt(worker, &attempt, false) {
+            let ours = match self.attempts.get(&attempt) {
+                Some(held) => held.worker == *worker,
+                None => self.adopt(worker, &attempt, false),
+            };
+            if ours {
                 self.on_finished(now, attempt, result);
             }
+        }
+    }
+
+    /// Makes the next attempt of `attempt`'s gate numbered above it.
+    fn raise_attempt_floor(&mut self, attempt: &AttemptRef) {
+        if let Some(run) = self.plans.get_mut(&attempt.plan)
+            && attempt.gate.ix() < run.gates.len()
+            && !matches!(run.gate(attempt.gate).state, GateState::Done(_))
+        {
+            let gr = run.gate_mut(attempt.gate);
+            gr.attempt = gr.attempt.max(attempt.attempt);
         }
     }
 
