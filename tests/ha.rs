@@ -313,3 +313,26 @@ fn a_standalone_coordinator_killed_mid_plan_resumes_from_its_state_dir() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     support::cluster::summary(&events);
 }
+
+#[test]
+fn a_leader_shut_down_with_sigterm_resigns_and_another_takes_over_at_once() {
+    // A long lease: a takeover within it shows the leader resigned rather than expired.
+    let Some(mut c) = HaCluster::start(2, "30s") else {
+        return;
+    };
+    let leader = c.wait_leader(None);
+    let started = std::time::Instant::now();
+    c.coordinators[leader].signal("TERM");
+    assert_eq!(
+        c.coordinators[leader].wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "a graceful shutdown exits 0"
+    );
+    let next = c.wait_leader(Some(leader));
+    assert_ne!(next, leader);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took over after {:?}, not after the 30 s lease",
+        started.elapsed()
+    );
+}

@@ -23,7 +23,6 @@ use gatehouse_proto::v1::plan_service_server::PlanServiceServer;
 use gatehouse_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -195,7 +194,9 @@ async fn serve(
         .add_service(PlanServiceServer::new(plans).max_decoding_message_size(max_message))
         .add_service(WorkerServiceServer::new(workers))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Small frames (acks, heartbeats' answers, assignments) must not wait for
+            // the peer's delayed ACK: without TCP_NODELAY each stalls about 40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     tokio::select! {

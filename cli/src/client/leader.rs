@@ -38,7 +38,7 @@ use super::connect::{Coordinator, CoordinatorUrls, parse_url};
 use super::error::{ClientError, status_message};
 
 /// How long a command keeps looking for the leader by default: a leader change takes up
-/// to about two lease TTLs (10 s each by default), plus room for a slow start.
+/// to about two lease TTLs (5 s each by default), plus room for a slow start.
 pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redirects to a named leader followed in a row before the next backoff.
 pub const MAX_REDIRECTS: u32 = 3;

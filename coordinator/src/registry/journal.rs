@@ -1,9 +1,10 @@
 //! Group commit of the registry's writes to the [`StateStore`].
 //!
 //! State it owns: the writes not yet committed, in order, and at most one commit in
-//! flight (a child task). Writes that arrive while a commit is in flight wait and go
-//! out together in the next one, so a burst of gate transitions costs a few store
-//! transactions rather than one round trip each. Consecutive events of one plan are
+//! flight (a child task). Writes that arrive while a commit is in flight, or within the
+//! *linger* ([`DEFAULT_LINGER`]) after the first queued one, go out together in one
+//! commit, so a stream of gate transitions costs a few store transactions rather than
+//! one round trip each. Consecutive events of one plan are
 //! coalesced into one log chunk (at most [`MAX_CHUNK_BYTES`] encoded); a commit is
 //! split into transactions that respect the store's limits (etcd: 128 operations and
 //! about 1.4 MB per transaction), applied in order.
@@ -27,6 +28,12 @@ use super::codec;
 use crate::core::PlanEvent;
 use crate::store::{StateStore, StoreError, StoreOp};
 
+/// How long a write may wait for others to join its commit (the *linger*): at most this
+/// much latency is added to acknowledgements and watchers, never to scheduling, which
+/// does not wait for durability.
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(5);
+/// Queued operations that start a commit at once, linger or not.
+const FLUSH_AT_OPS: usize = 256;
 /// Largest encoded log chunk: several fit in one etcd transaction.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// First delay before retrying an unavailable store; doubles up to [`RETRY_MAX`].
@@ -83,6 +90,12 @@ pub struct Journal {
     store: Arc<dyn StateStore>,
     /// The leadership term written into every log chunk.
     term: i64,
+    /// How long the first queued write waits for company before a commit starts.
+    linger: Duration,
+    /// When the oldest write still queued was queued.
+    pending_since: Option<tokio::time::Instant>,
+    /// Writes queued (events count one each).
+    pending_count: usize,
     acks: Option<Arc<dyn AckSink>>,
     pending: Vec<Pending>,
     /// Plan -> index in `pending` of its open event chunk.
@@ -95,10 +108,18 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(store: Arc<dyn StateStore>, acks: Option<Arc<dyn AckSink>>, term: i64) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        acks: Option<Arc<dyn AckSink>>,
+        term: i64,
+        linger: Duration,
+    ) -> Self {
         Self {
             store,
             term,
+            linger,
+            pending_since: None,
+            pending_count: 0,
             acks,
             pending: Vec::new(),
             open_chunk: HashMap::new(),
@@ -121,6 +142,32 @@ impl Journal {
         }
         self.pending.push(Pending::Op(op));
         self.waiters.extend(waiter);
+        self.queued();
+    }
+
+    fn queued(&mut self) {
+        self.pending_count += 1;
+        self.pending_since
+            .get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// When the queued writes should be committed (`None`: nothing queued, or a commit
+    /// is in flight, whose end flushes).
+    pub fn due(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        self.pending_since.map(|since| since + self.linger)
+    }
+
+    /// Starts a commit if the queued writes have lingered long enough or are many.
+    pub fn flush_if_due(&mut self) {
+        let due = self
+            .due()
+            .is_some_and(|at| at <= tokio::time::Instant::now());
+        if due || self.pending_count >= FLUSH_AT_OPS {
+            self.flush();
+        }
     }
 
     /// Queues event `seq` of `plan`.
@@ -144,6 +191,7 @@ impl Journal {
             }
         }
         self.waiters.extend(waiter);
+        self.queued();
     }
 
     /// Starts a commit of everything queued if none is in flight.
@@ -158,6 +206,8 @@ impl Journal {
             return;
         }
         self.open_chunk.clear();
+        self.pending_since = None;
+        self.pending_count = 0;
         let term = self.term;
         let ops: Vec<StoreOp> = std::mem::take(&mut self.pending)
             .into_iter()
@@ -186,7 +236,7 @@ impl Journal {
         self.stats.operations += stats.operations;
         self.stats.bytes += stats.bytes;
         self.fire(waiters);
-        self.flush();
+        self.flush_if_due();
         Ok(marks)
     }
 
@@ -296,8 +346,78 @@ async fn commit(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::store::StoreLimits;
+    use crate::store::{StoreLimits, StoredPlan};
+
+    /// Counts applies; never fails.
+    #[derive(Default)]
+    struct CountingStore {
+        applies: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl StateStore for CountingStore {
+        async fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+            self.applies.lock().expect("not poisoned").push(ops.len());
+            Ok(())
+        }
+        async fn load(&self) -> Result<Vec<StoredPlan>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn limits(&self) -> StoreLimits {
+            StoreLimits {
+                max_ops: 64,
+                max_bytes: 1 << 20,
+            }
+        }
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    fn event(plan: &PlanId, gate: u32) -> PlanEvent {
+        PlanEvent::Gate(crate::core::GateEvent {
+            plan: plan.clone(),
+            gate: gatehouse_common::ids::GateIdx(gate),
+            status: crate::core::GateStatus::Running,
+            attempt: 1,
+            worker: None,
+            cached: false,
+            flaky: false,
+            result: None,
+            reason: None,
+            cause: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_within_the_linger_share_one_commit_and_report_durable_marks() {
+        let store = Arc::new(CountingStore::default());
+        let mut j = Journal::new(store.clone(), None, 7, Duration::from_millis(5));
+        let (a, b) = (PlanId::new("p-a"), PlanId::new("p-b"));
+        j.push_op(
+            StoreOp::PutPlan {
+                plan: a.clone(),
+                record: vec![1],
+            },
+            None,
+        );
+        j.flush_if_due();
+        assert!(j.due().is_some(), "the first write lingers");
+        for seq in 1..=3 {
+            j.push_event(&a, seq, event(&a, seq as u32), None);
+        }
+        j.push_event(&b, 1, event(&b, 0), None);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        j.flush_if_due();
+        let marks = j.committed().await.expect("commit");
+        assert_eq!(marks, HashMap::from([(a.clone(), 3), (b.clone(), 1)]));
+        // One transaction: the record and one chunk per plan.
+        assert_eq!(*store.applies.lock().expect("not poisoned"), vec![3]);
+        assert!(j.idle());
+    }
 
     fn put(n: usize) -> StoreOp {
         StoreOp::PutPlan {

@@ -31,14 +31,13 @@
 
 pub mod codec;
 pub mod journal;
+mod record;
 pub mod restore;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use gatehouse_common::cache::unix_ms_now;
-use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::PlanId;
 use gatehouse_common::plan::Plan;
 use gatehouse_common::spawn::spawn_named;
@@ -52,6 +51,7 @@ use crate::store::{StateStore, StoreOp};
 use codec::{PlanRecord as StoredRecord, PlanSource};
 pub use journal::{AckSink, JournalError};
 use journal::{Journal, Waiter};
+use record::{PlanRecord, apply, new_plan_id, new_record};
 use restore::Restored;
 
 /// Capacity of the registry's mailbox.
@@ -71,6 +71,8 @@ pub struct RegistryConfig {
     /// After restoring plans, how long workers get to re-report their attempts before
     /// the gates in doubt run again (one liveness timeout).
     pub recovery_window: std::time::Duration,
+    /// How long a state write waits for others to share its commit.
+    pub commit_linger: std::time::Duration,
 }
 
 impl Default for RegistryConfig {
@@ -79,6 +81,7 @@ impl Default for RegistryConfig {
             retain_finished: 100,
             stderr_tail_bytes: 4096,
             recovery_window: std::time::Duration::from_secs(5),
+            commit_linger: journal::DEFAULT_LINGER,
         }
     }
 }
@@ -261,7 +264,12 @@ pub fn spawn(
     let (events_tx, events) = mpsc::unbounded_channel();
     let (journal, restored) = match durability {
         Some(d) => (
-            Some(Journal::new(d.store, acks.clone(), d.term)),
+            Some(Journal::new(
+                d.store,
+                acks.clone(),
+                d.term,
+                config.commit_linger,
+            )),
             d.restored,
         ),
         None => (None, Vec::new()),
@@ -287,21 +295,6 @@ pub fn spawn(
             actor.run(restored).await
         }),
     )
-}
-
-struct PlanRecord {
-    plan: Arc<Plan>,
-    submitted_unix_ms: u64,
-    finished_unix_ms: Option<u64>,
-    /// Event `seq` is `log[seq - 1]`.
-    log: Vec<PlanEvent>,
-    latest: Vec<Option<GateEvent>>,
-    summary: Option<PlanSummary>,
-    counts: crate::core::Counts,
-    /// Events up to this sequence number are durable (served to watchers).
-    durable: u64,
-    /// Announces `durable`.
-    newest: watch::Sender<u64>,
 }
 
 struct RegistryActor {
@@ -336,9 +329,11 @@ impl RegistryActor {
         }
         let mut outcome = Ok(());
         loop {
+            let due = self.journal.as_ref().and_then(Journal::due);
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
+                () = linger(due) => {}
                 committed = committed(&mut self.journal) => match committed {
                     Ok(marks) => self.durable(marks),
                     Err(e) => {
@@ -360,7 +355,7 @@ impl RegistryActor {
                 },
             }
             if let Some(j) = &mut self.journal {
-                j.flush();
+                j.flush_if_due();
             }
         }
         self.mailbox.close();
@@ -675,47 +670,12 @@ impl RegistryActor {
     }
 }
 
-fn new_record(plan: Arc<Plan>, submitted_unix_ms: u64) -> PlanRecord {
-    PlanRecord {
-        latest: vec![None; plan.gates.len()],
-        counts: crate::core::Counts {
-            total: plan.gates.len() as u32,
-            ..Default::default()
-        },
-        plan,
-        submitted_unix_ms,
-        finished_unix_ms: None,
-        log: Vec::new(),
-        summary: None,
-        durable: 0,
-        newest: watch::channel(0).0,
+/// Sleeps until `due` (forever if `None`).
+async fn linger(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-}
-
-/// Applies one event to a plan's record; returns its sequence number if it was logged.
-fn apply(r: &mut PlanRecord, mut event: PlanEvent, stderr_tail_bytes: usize) -> Option<u64> {
-    match &mut event {
-        PlanEvent::Gate(g) => {
-            if let Some(result) = &mut g.result {
-                trim(result, stderr_tail_bytes);
-            }
-            if let GateStatus::Finished(t) = g.status {
-                r.counts.record(t, g.cached, g.flaky);
-            }
-            r.latest[g.gate.ix()] = Some(g.clone());
-            if g.status == GateStatus::Dispatched {
-                // The `Running` event follows at once; clients gain nothing from
-                // this one, and leaving it out keeps logs and streams a third smaller.
-                return None;
-            }
-        }
-        PlanEvent::Finished(s) => {
-            r.summary = Some(s.clone());
-            r.finished_unix_ms = Some(unix_ms_now());
-        }
-    }
-    r.log.push(event);
-    Some(r.log.len() as u64)
 }
 
 async fn committed(journal: &mut Option<Journal>) -> Result<HashMap<PlanId, u64>, JournalError> {
@@ -734,57 +694,5 @@ fn reject(msg: RegistryMsg) {
             drop(reply.send(Err(RegistryError::ShuttingDown)))
         }
         RegistryMsg::Cancel { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
-    }
-}
-
-/// Drops stdout and keeps the last `keep` bytes of stderr, counting what was dropped.
-fn trim(result: &mut GateResult, keep: usize) {
-    result.stdout.dropped += result.stdout.bytes.len() as u64;
-    result.stdout.bytes = Vec::new();
-    let len = result.stderr.bytes.len();
-    if len > keep {
-        result.stderr.bytes.drain(..len - keep);
-        result.stderr.dropped += (len - keep) as u64;
-    }
-}
-
-/// A new plan id: `p-<unix ms in base 36>-<counter>`, unique for this coordinator.
-fn new_plan_id() -> PlanId {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut ms = unix_ms_now();
-    let mut digits = Vec::new();
-    while ms > 0 {
-        let d = (ms % 36) as u8;
-        digits.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
-        ms /= 36;
-    }
-    digits.reverse();
-    PlanId::new(format!("p-{}-{n}", String::from_utf8_lossy(&digits)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_ids_are_unique_and_valid() {
-        let a = new_plan_id();
-        let b = new_plan_id();
-        assert_ne!(a, b);
-        assert!(a.as_str().starts_with("p-"));
-        assert!(gatehouse_common::ids::is_valid_id(a.as_str()));
-    }
-
-    #[test]
-    fn trimming_keeps_the_stderr_tail_and_counts_drops() {
-        let mut r = crate::core::testkit::result(gatehouse_common::exec::ExitStatus::Exited(1));
-        r.stdout.bytes = vec![b'o'; 100];
-        r.stderr.bytes = b"0123456789".to_vec();
-        trim(&mut r, 4);
-        assert!(r.stdout.bytes.is_empty());
-        assert_eq!(r.stdout.dropped, 100);
-        assert_eq!(r.stderr.bytes, b"6789");
-        assert_eq!(r.stderr.dropped, 6);
     }
 }

@@ -1,0 +1,130 @@
+//! One plan's record in the registry: its log, the latest event of each gate, counts,
+//! summary, and how far the log is durable; and the small pure helpers that maintain it
+//! (applying an event, trimming results, new plan ids).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gatehouse_common::cache::unix_ms_now;
+use gatehouse_common::exec::GateResult;
+use gatehouse_common::ids::PlanId;
+use gatehouse_common::plan::Plan;
+use tokio::sync::watch;
+
+use crate::core::{GateEvent, GateStatus, PlanEvent, PlanSummary};
+
+/// What the registry keeps of one plan.
+pub(super) struct PlanRecord {
+    pub(super) plan: Arc<Plan>,
+    pub(super) submitted_unix_ms: u64,
+    pub(super) finished_unix_ms: Option<u64>,
+    /// Event `seq` is `log[seq - 1]`.
+    pub(super) log: Vec<PlanEvent>,
+    pub(super) latest: Vec<Option<GateEvent>>,
+    pub(super) summary: Option<PlanSummary>,
+    pub(super) counts: crate::core::Counts,
+    /// Events up to this sequence number are durable (served to watchers).
+    pub(super) durable: u64,
+    /// Announces `durable`.
+    pub(super) newest: watch::Sender<u64>,
+}
+
+/// An empty record of a plan submitted at `submitted_unix_ms`.
+pub(super) fn new_record(plan: Arc<Plan>, submitted_unix_ms: u64) -> PlanRecord {
+    PlanRecord {
+        latest: vec![None; plan.gates.len()],
+        counts: crate::core::Counts {
+            total: plan.gates.len() as u32,
+            ..Default::default()
+        },
+        plan,
+        submitted_unix_ms,
+        finished_unix_ms: None,
+        log: Vec::new(),
+        summary: None,
+        durable: 0,
+        newest: watch::channel(0).0,
+    }
+}
+
+/// Applies one event to a plan's record; returns its sequence number if it was logged.
+pub(super) fn apply(
+    r: &mut PlanRecord,
+    mut event: PlanEvent,
+    stderr_tail_bytes: usize,
+) -> Option<u64> {
+    match &mut event {
+        PlanEvent::Gate(g) => {
+            if let Some(result) = &mut g.result {
+                trim(result, stderr_tail_bytes);
+            }
+            if let GateStatus::Finished(t) = g.status {
+                r.counts.record(t, g.cached, g.flaky);
+            }
+            r.latest[g.gate.ix()] = Some(g.clone());
+            if g.status == GateStatus::Dispatched {
+                // The `Running` event follows at once; clients gain nothing from
+                // this one, and leaving it out keeps logs and streams a third smaller.
+                return None;
+            }
+        }
+        PlanEvent::Finished(s) => {
+            r.summary = Some(s.clone());
+            r.finished_unix_ms = Some(unix_ms_now());
+        }
+    }
+    r.log.push(event);
+    Some(r.log.len() as u64)
+}
+
+/// Drops stdout and keeps the last `keep` bytes of stderr, counting what was dropped.
+fn trim(result: &mut GateResult, keep: usize) {
+    result.stdout.dropped += result.stdout.bytes.len() as u64;
+    result.stdout.bytes = Vec::new();
+    let len = result.stderr.bytes.len();
+    if len > keep {
+        result.stderr.bytes.drain(..len - keep);
+        result.stderr.dropped += (len - keep) as u64;
+    }
+}
+
+/// A new plan id: `p-<unix ms in base 36>-<counter>`, unique for this coordinator.
+pub(super) fn new_plan_id() -> PlanId {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut ms = unix_ms_now();
+    let mut digits = Vec::new();
+    while ms > 0 {
+        let d = (ms % 36) as u8;
+        digits.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        ms /= 36;
+    }
+    digits.reverse();
+    PlanId::new(format!("p-{}-{n}", String::from_utf8_lossy(&digits)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_ids_are_unique_and_valid() {
+        let a = new_plan_id();
+        let b = new_plan_id();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("p-"));
+        assert!(gatehouse_common::ids::is_valid_id(a.as_str()));
+    }
+
+    #[test]
+    fn trimming_keeps_the_stderr_tail_and_counts_drops() {
+        let mut r = crate::core::testkit::result(gatehouse_common::exec::ExitStatus::Exited(1));
+        r.stdout.bytes = vec![b'o'; 100];
+        r.stderr.bytes = b"0123456789".to_vec();
+        trim(&mut r, 4);
+        assert!(r.stdout.bytes.is_empty());
+        assert_eq!(r.stdout.dropped, 100);
+        assert_eq!(r.stderr.bytes, b"6789");
+        assert_eq!(r.stderr.dropped, 6);
+    }
+}
