@@ -2,7 +2,8 @@
 """Distributed throughput: the 10,000-gate `true` DAG through one coordinator and two
 workers on loopback, against `gatehouse run` on the same DAG at the same parallelism.
 
-Starts `gatehouse coordinator --listen 127.0.0.1:0` and two `gatehouse worker --slots S`
+Starts `gatehouse coordinator --listen 127.0.0.1:0 --state-dir TMP/state` (its durable
+plan state goes to a temp dir, removed at the end) and two `gatehouse worker --slots S`
 processes (S = jobs / 2), waits until both are connected, then alternates, after one
 warm-up round:
 
@@ -74,7 +75,9 @@ def main(argv: list[str]) -> int:
         ready = Path(logs.name) / "coordinator.addr"
         log = open(Path(logs.name) / "coordinator.log", "w")
         coord = subprocess.Popen(
-            [str(gh), "coordinator", "--listen", "127.0.0.1:0", "--ready-file", str(ready)],
+            [str(gh), "coordinator", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+             # Durable plan state: in the temp dir, not ./gatehouse-state in the cwd.
+             "--state-dir", str(Path(logs.name) / "state")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         procs.append(coord)
         wait_for("the coordinator's ready file", 20, ready.exists)
