@@ -24,6 +24,18 @@ const PYRAMID: &str = concat!(
     "/../examples/merge-pyramid.yaml"
 );
 
+/// A plan of `n` gates `g0`..`g{n-1}`, each needing the one before and sleeping `secs`.
+fn chain(name: &str, n: usize, secs: &str) -> String {
+    let mut plan = format!("version: 1\nname: {name}\ngates:\n");
+    for i in 0..n {
+        plan += &format!("  - id: g{i}\n    run: sleep {secs}\n");
+        if i > 0 {
+            plan += &format!("    needs: [g{}]\n", i - 1);
+        }
+    }
+    plan
+}
+
 /// Terminal state of each gate in NDJSON output (panics on a gate with two).
 fn terminal_states(lines: &[serde_json::Value]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -132,17 +144,7 @@ fn a_paused_leader_steps_down_and_nothing_it_writes_after_takeover_survives() {
     c.add_worker("w1", &["--slots", "2"]);
     let old = c.wait_leader(None);
     let old_term = c.leader_key().expect("leader key").create_revision;
-    let plan = "version: 1\nname: chain\ngates:\n".to_string()
-        + &(0..6)
-            .map(|i| {
-                let needs = if i > 0 {
-                    format!("\n    needs: [g{}]", i - 1)
-                } else {
-                    String::new()
-                };
-                format!("  - id: g{i}\n    run: sleep 0.7{needs}\n")
-            })
-            .collect::<String>();
+    let plan = chain("chain", 6, "0.7");
     let id = c.submit(old, &plan).expect("submit");
     std::thread::sleep(Duration::from_millis(800));
     c.coordinators[old].signal("STOP");
@@ -195,17 +197,7 @@ fn restarting_etcd_mid_plan_lets_the_plan_complete() {
     };
     c.add_worker("w1", &["--slots", "2"]);
     let leader = c.wait_leader(None);
-    let plan = "version: 1\nname: etcd-restart\ngates:\n".to_string()
-        + &(0..8)
-            .map(|i| {
-                let needs = if i > 0 {
-                    format!("\n    needs: [g{}]", i - 1)
-                } else {
-                    String::new()
-                };
-                format!("  - id: g{i}\n    run: sleep 0.5{needs}\n")
-            })
-            .collect::<String>();
+    let plan = chain("etcd-restart", 8, "0.5");
     let id = c.submit(leader, &plan).expect("submit");
     std::thread::sleep(Duration::from_millis(1200));
     c.etcd.stop();
@@ -269,17 +261,7 @@ fn etcdctl_elect_listen_sees_the_proclaimed_leader_change() {
 fn a_standalone_coordinator_killed_mid_plan_resumes_from_its_state_dir() {
     let mut c = Cluster::start_on_fixed_port();
     c.add_worker("w1", &["--slots", "2"]);
-    let plan = "version: 1\nname: restart\ngates:\n".to_string()
-        + &(0..6)
-            .map(|i| {
-                let needs = if i > 0 {
-                    format!("\n    needs: [g{}]", i - 1)
-                } else {
-                    String::new()
-                };
-                format!("  - id: g{i}\n    run: sleep 0.5{needs}\n")
-            })
-            .collect::<String>();
+    let plan = chain("restart", 6, "0.5");
     let id = c.submit(&plan).expect("submit");
     let mut seen = Vec::new();
     wait_until("two gates to pass", Duration::from_secs(20), || {

@@ -447,22 +447,10 @@ impl SchedulerActor {
                 events,
                 reply,
             } => {
-                if self.plans.contains_key(&id) {
+                let Some(options) = self.register(&id, &plan, options, events) else {
                     let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
                     return;
-                }
-                let options = RunOptions {
-                    use_cache: options.use_cache && self.cache.is_some(),
                 };
-                self.plans.insert(
-                    id.clone(),
-                    PlanDriver {
-                        keys: vec![None; plan.gates.len()],
-                        plan: plan.clone(),
-                        events,
-                        files: Arc::new(FileHashes::default()),
-                    },
-                );
                 let _ = reply.send(Ok(id.clone()));
                 self.feed(Event::PlanSubmitted { id, plan, options });
             }
@@ -477,22 +465,10 @@ impl SchedulerActor {
                 events,
                 reply,
             } => {
-                if self.plans.contains_key(&id) {
+                let Some(options) = self.register(&id, &plan, options, events) else {
                     let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
                     return;
-                }
-                let options = RunOptions {
-                    use_cache: options.use_cache && self.cache.is_some(),
                 };
-                self.plans.insert(
-                    id.clone(),
-                    PlanDriver {
-                        keys: vec![None; plan.gates.len()],
-                        plan: plan.clone(),
-                        events,
-                        files: Arc::new(FileHashes::default()),
-                    },
-                );
                 let _ = reply.send(Ok(()));
                 self.feed(Event::PlanRestored {
                     id,
@@ -508,6 +484,32 @@ impl SchedulerActor {
                     .insert_at(Timer::RecoveryWindow, Instant::now() + window);
             }
         }
+    }
+
+    /// Sets up the driver's state of a new live plan; `None` if the id is live already.
+    /// Returns the options the core gets (no cache without one).
+    fn register(
+        &mut self,
+        id: &PlanId,
+        plan: &Arc<Plan>,
+        options: RunOptions,
+        events: mpsc::UnboundedSender<PlanEvent>,
+    ) -> Option<RunOptions> {
+        if self.plans.contains_key(id) {
+            return None;
+        }
+        self.plans.insert(
+            id.clone(),
+            PlanDriver {
+                keys: vec![None; plan.gates.len()],
+                plan: plan.clone(),
+                events,
+                files: Arc::new(FileHashes::default()),
+            },
+        );
+        Some(RunOptions {
+            use_cache: options.use_cache && self.cache.is_some(),
+        })
     }
 
     /// Runs one event through the core and carries out the commands (which may feed

@@ -202,37 +202,16 @@ impl Cluster {
     }
 
     pub fn client(&self) -> PlanServiceClient<Channel> {
-        let url = self.url();
-        self.rt.block_on(async {
-            let channel = Channel::from_shared(url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect");
-            PlanServiceClient::new(channel)
-        })
+        plan_client(&self.rt, &self.url())
     }
 
     pub fn list_workers(&self) -> Vec<v1::WorkerStatus> {
-        let mut c = self.client();
-        self.rt
-            .block_on(c.list_workers(v1::ListWorkersRequest {}))
-            .map(|r| r.into_inner().workers)
-            .unwrap_or_default()
+        list_workers(&self.rt, &self.url())
     }
 
     /// Submits a plan document over gRPC; returns its id.
     pub fn submit(&self, document: &str) -> Result<String, tonic::Status> {
-        let mut c = self.client();
-        let req = v1::SubmitPlanRequest {
-            document: document.into(),
-            format: v1::PlanFormat::Yaml as i32,
-            source_name: "plan.yaml".into(),
-            no_cache: true,
-        };
-        self.rt
-            .block_on(c.submit_plan(req))
-            .map(|r| r.into_inner().plan_id)
+        submit(&self.rt, &self.url(), document)
     }
 
     /// Every event of a plan after `after`, until its summary.
@@ -292,6 +271,43 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A plan client connected to `url`.
+pub fn plan_client(rt: &tokio::runtime::Runtime, url: &str) -> PlanServiceClient<Channel> {
+    rt.block_on(async {
+        let channel = Channel::from_shared(url.to_string())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        PlanServiceClient::new(channel)
+    })
+}
+
+/// The workers the coordinator at `url` lists (none if it does not answer).
+pub fn list_workers(rt: &tokio::runtime::Runtime, url: &str) -> Vec<v1::WorkerStatus> {
+    let mut c = plan_client(rt, url);
+    rt.block_on(c.list_workers(v1::ListWorkersRequest {}))
+        .map(|r| r.into_inner().workers)
+        .unwrap_or_default()
+}
+
+/// Submits a YAML plan document to the coordinator at `url`, uncached; returns its id.
+pub fn submit(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    document: &str,
+) -> Result<String, tonic::Status> {
+    let mut c = plan_client(rt, url);
+    let req = v1::SubmitPlanRequest {
+        document: document.into(),
+        format: v1::PlanFormat::Yaml as i32,
+        source_name: "plan.yaml".into(),
+        no_cache: true,
+    };
+    rt.block_on(c.submit_plan(req))
+        .map(|r| r.into_inner().plan_id)
 }
 
 /// The summary of a list of events (panics unless the last event is one).

@@ -10,7 +10,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use gatehouse_proto::v1;
-use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use tonic::transport::Channel;
 
 use super::cluster::Proc;
@@ -166,38 +165,13 @@ impl HaCluster {
         );
     }
 
-    pub fn client(&self, i: usize) -> PlanServiceClient<Channel> {
-        let url = self.url(i);
-        self.rt.block_on(async {
-            let channel = Channel::from_shared(url)
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect");
-            PlanServiceClient::new(channel)
-        })
-    }
-
     pub fn list_workers(&self, i: usize) -> Vec<v1::WorkerStatus> {
-        let mut c = self.client(i);
-        self.rt
-            .block_on(c.list_workers(v1::ListWorkersRequest {}))
-            .map(|r| r.into_inner().workers)
-            .unwrap_or_default()
+        super::cluster::list_workers(&self.rt, &self.url(i))
     }
 
     /// Submits to coordinator `i`.
     pub fn submit(&self, i: usize, document: &str) -> Result<String, tonic::Status> {
-        let mut c = self.client(i);
-        let req = v1::SubmitPlanRequest {
-            document: document.into(),
-            format: v1::PlanFormat::Yaml as i32,
-            source_name: "plan.yaml".into(),
-            no_cache: true,
-        };
-        self.rt
-            .block_on(c.submit_plan(req))
-            .map(|r| r.into_inner().plan_id)
+        super::cluster::submit(&self.rt, &self.url(i), document)
     }
 
     /// A `gatehouse` client command given every coordinator URL.
