@@ -355,14 +355,12 @@ impl Scheduler {
         };
         if let GateState::Running { worker, attempt: a } = &run.gate(attempt.gate).state
             && *a == attempt.attempt
+            && run.gate(attempt.gate).announced != *a
         {
-            let ev = gate_event(
-                run,
-                attempt.gate,
-                GateStatus::Running,
-                *a,
-                Some(worker.clone()),
-            );
+            let a = *a;
+            let worker = worker.clone();
+            run.gate_mut(attempt.gate).announced = a;
+            let ev = gate_event(run, attempt.gate, GateStatus::Running, a, Some(worker));
             self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
         }
     }

@@ -36,9 +36,7 @@ pub(crate) enum GateState {
     /// Restored by a new leader: it may still run on a worker that has not re-reported
     /// yet. Attempts numbered `from` or higher are adopted when a worker reports them.
     /// See [`super::recovery`].
-    /// `logged`: the log already shows attempt `from` running (adopting it publishes
-    /// nothing new).
-    InDoubt { from: u32, logged: bool },
+    InDoubt { from: u32 },
     /// Ended.
     Done(Terminal),
 }
@@ -58,6 +56,9 @@ pub(crate) struct GateRun {
     /// Whether a "waiting" event was already published for the current wait.
     /// The reason last published in a `Waiting` event (published again only if it changes).
     pub(crate) waiting_reason: Option<String>,
+    /// The attempt whose `Running` event was published (0: none), so a start reported
+    /// again after a coordinator change is not published twice.
+    pub(crate) announced: u32,
     /// The failed result of the last attempt while in `Backoff` (reported if the plan
     /// stops before the retry).
     pub(crate) last_failure: Option<GateResult>,
@@ -117,6 +118,7 @@ impl PlanRun {
                 failures: 0,
                 losses: 0,
                 waiting_reason: None,
+                announced: 0,
                 last_failure: None,
             })
             .collect();

@@ -68,9 +68,11 @@ impl Scheduler {
                     let gr = run.gate_mut(g);
                     gr.attempt = attempt;
                     gr.failures = failures;
+                    if open {
+                        gr.announced = attempt;
+                    }
                     gr.state = GateState::InDoubt {
                         from: if open { attempt } else { attempt + 1 },
-                        logged: open,
                     };
                 }
                 RestoredGate::Done {
@@ -99,7 +101,6 @@ impl Scheduler {
             if gr.state == GateState::Blocked && gr.pending == 0 {
                 gr.state = GateState::InDoubt {
                     from: gr.attempt + 1,
-                    logged: false,
                 };
             }
         }
@@ -208,7 +209,7 @@ impl Scheduler {
             return false;
         }
         let g = attempt.gate;
-        let GateState::InDoubt { from, logged } = run.gate(g).state else {
+        let GateState::InDoubt { from } = run.gate(g).state else {
             return false;
         };
         if attempt.attempt < from {
@@ -222,7 +223,8 @@ impl Scheduler {
             attempt: attempt.attempt,
         };
         run.running += 1;
-        if slot && !(logged && attempt.attempt == from) {
+        if slot && run.gate(g).announced != attempt.attempt {
+            run.gate_mut(g).announced = attempt.attempt;
             let ev = gate_event(
                 run,
                 g,
@@ -251,7 +253,7 @@ impl Scheduler {
         for run in self.plans.values_mut() {
             for i in 0..run.gates.len() {
                 let g = GateIdx(i as u32);
-                if let GateState::InDoubt { from, .. } = run.gate(g).state {
+                if let GateState::InDoubt { from } = run.gate(g).state {
                     // The next dispatch is numbered past `from`, which may still run on
                     // a worker that never came back.
                     let gr = run.gate_mut(g);

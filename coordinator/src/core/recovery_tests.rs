@@ -262,3 +262,25 @@ fn a_retrying_gate_keeps_its_failures_and_ends_flaky() {
     let ev = sim.terminal(0);
     assert!(ev.flaky);
 }
+
+#[test]
+fn a_start_reported_again_after_adoption_is_published_once() {
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w1", 1, 1024 * MI)]);
+    restore(&mut sim, plan, vec![RestoredGate::NotStarted], None);
+    let a1 = aref(&sim, 0, 1);
+    // Dispatched by the old leader, started while the worker was disconnected: the
+    // worker re-reports it running, then sends the start it could not send before.
+    sim.feed(Event::AttemptsReported {
+        worker: w1(),
+        running: vec![a1.clone()],
+        finished: vec![],
+    });
+    sim.feed(Event::GateStarted { attempt: a1 });
+    let running = sim
+        .events
+        .iter()
+        .filter(|e| e.status == GateStatus::Running)
+        .count();
+    assert_eq!(running, 1, "{:?}", sim.events);
+}
