@@ -337,3 +337,88 @@ async fn bad_configuration_is_refused() {
         .err();
     assert!(matches!(err, Some(StoreError::InvalidConfig(_))), "{err:?}");
 }
+
+/// The registry's group commit over a fenced etcd store: a deposed leader's queued
+/// writes are refused as a whole, and the journal reports it (the registry then stops
+/// and the term ends).
+#[tokio::test]
+async fn a_deposed_leaders_journal_is_fenced_and_writes_nothing() {
+    use gatehouse_coordinator::registry::journal;
+    use gatehouse_coordinator::registry::journal::{Journal, JournalError};
+
+    let Some(fixture) = etcd_fixture() else {
+        return;
+    };
+    let store = fixture.store("journal").await;
+    let mut raw = store.client();
+    let leader_key = "/gatehouse/journal/election/me";
+    raw.put(leader_key, "http://me", None)
+        .await
+        .expect("put leader key");
+    let term = create_revision(&mut raw, leader_key).await;
+    let fenced = store.fenced(Fence {
+        key: leader_key.into(),
+        create_revision: term,
+    });
+    let mut j = Journal::new(
+        std::sync::Arc::new(fenced),
+        None,
+        term,
+        journal::DEFAULT_LINGER,
+    );
+    let plan = PlanId::new("p-1");
+    j.push_op(put_plan("p-1", b"record"), None);
+    j.flush();
+    j.committed().await.expect("the leader's first commit");
+    assert!(exists(&mut raw, "/gatehouse/journal/plans/p-1/record").await);
+
+    // A new leader takes over: the election key is another one now.
+    raw.delete(leader_key, None).await.expect("delete");
+    raw.put(leader_key, "http://other", None)
+        .await
+        .expect("re-put");
+    let event = |gate: u32| {
+        gatehouse_coordinator::core::PlanEvent::Gate(gatehouse_coordinator::core::GateEvent {
+            plan: plan.clone(),
+            gate: gatehouse_common::ids::GateIdx(gate),
+            status: gatehouse_coordinator::core::GateStatus::Running,
+            attempt: 1,
+            worker: None,
+            cached: false,
+            flaky: false,
+            result: None,
+            reason: None,
+            cause: None,
+        })
+    };
+    j.push_event(&plan, 1, event(0), None);
+    j.push_event(&plan, 2, event(1), None);
+    j.push_op(
+        StoreOp::PutCancel {
+            plan: plan.clone(),
+            force: false,
+        },
+        None,
+    );
+    j.flush();
+    let err = j.committed().await.err();
+    assert!(
+        matches!(err, Some(JournalError::Store(StoreError::Fenced))),
+        "got {err:?}"
+    );
+    let log = raw
+        .get(
+            "/gatehouse/journal/plans/p-1/log/",
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .expect("get log");
+    assert_eq!(log.count(), 0, "no chunk of the deposed leader was written");
+    assert!(!exists(&mut raw, "/gatehouse/journal/plans/p-1/cancel").await);
+    // What it wrote while it led is intact.
+    let record = raw
+        .get("/gatehouse/journal/plans/p-1/record", None)
+        .await
+        .expect("get record");
+    assert_eq!(record.kvs()[0].value(), b"record");
+}
