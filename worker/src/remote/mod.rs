@@ -26,8 +26,9 @@
 //! (`gatehouse-leader` metadata, see [`gatehouse_proto::leader`]) the worker connects
 //! there next, at once, whether or not that URL is in the list; at most 3 redirects in
 //! a row are followed before the next backoff, so coordinators that name each other
-//! cannot make it spin. Without a name, the next URL is tried. Every failed
-//! connect is logged at warn with its URL.
+//! cannot make it spin. Without a name, the next URL is tried. A URL that cannot be
+//! reached is logged at warn once, until a connect to it succeeds again (the retries in
+//! between at debug).
 //!
 //! **Connection loss.** When a session fails or ends, running attempts are *not* killed:
 //! they keep running while the worker reconnects (a new leader may take them over), for

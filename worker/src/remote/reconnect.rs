@@ -28,6 +28,8 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
     let mut backoff = Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max);
     let mut route = Route::new(worker.cfg.coordinators.clone());
     let connect_timeout = worker.cfg.connect_timeout;
+    // URLs whose last connect failed (warned about once).
+    let mut unreachable: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let url = match route.next() {
             Next::Connect(url) => url,
@@ -52,12 +54,22 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 continue;
             }
         };
-        let channel = match worker
-            .offline(connect(&url, endpoint, connect_timeout))
-            .await?
-        {
-            Offline::Done(Some(channel)) => channel,
-            Offline::Done(None) => continue,
+        let channel = match worker.offline(connect(endpoint, connect_timeout)).await? {
+            Offline::Done(Ok(channel)) => {
+                tracing::info!(coordinator = %url, "connected");
+                unreachable.remove(&url);
+                channel
+            }
+            Offline::Done(Err(error)) => {
+                // Once per URL and outage at warn; the retries every few hundred
+                // milliseconds while a leader is elected would drown the log.
+                if unreachable.insert(url.clone()) {
+                    tracing::warn!(coordinator = %url, %error, "cannot connect to the coordinator; retrying");
+                } else {
+                    tracing::debug!(coordinator = %url, %error, "cannot connect to the coordinator");
+                }
+                continue;
+            }
             Offline::Ended(_) => return Ok(()),
         };
         let span = tracing::info_span!("session", coordinator = %url);
@@ -87,22 +99,11 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
     }
 }
 
-/// Connects to one coordinator; `None` if it cannot be reached (logged at warn with its
-/// URL).
-async fn connect(url: &str, endpoint: Endpoint, timeout: Duration) -> Option<Channel> {
+/// Connects to one coordinator within `timeout`; the error says why it could not.
+async fn connect(endpoint: Endpoint, timeout: Duration) -> Result<Channel, String> {
     match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Ok(Ok(channel)) => {
-            tracing::info!(coordinator = %url, "connected");
-            Some(channel)
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(coordinator = %url, error = %error_chain(&error),
-                "cannot connect to the coordinator");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(coordinator = %url, ?timeout, "connecting to the coordinator timed out");
-            None
-        }
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(error)) => Err(error_chain(&error)),
+        Err(_) => Err(format!("no connection within {timeout:?}")),
     }
 }
