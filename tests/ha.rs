@@ -146,7 +146,9 @@ fn a_paused_leader_steps_down_and_nothing_it_writes_after_takeover_survives() {
     let old_term = c.leader_key().expect("leader key").create_revision;
     let plan = chain("chain", 6, "0.7");
     let id = c.submit(old, &plan).expect("submit");
-    std::thread::sleep(Duration::from_millis(800));
+    wait_until("the first gate to pass", Duration::from_secs(20), || {
+        c.passed_gates(old, &id) >= 1
+    });
     c.coordinators[old].signal("STOP");
     let new = c.wait_leader(Some(old));
     let new_term = c.leader_key().expect("leader key").create_revision;
@@ -199,9 +201,17 @@ fn restarting_etcd_mid_plan_lets_the_plan_complete() {
     let leader = c.wait_leader(None);
     let plan = chain("etcd-restart", 8, "0.5");
     let id = c.submit(leader, &plan).expect("submit");
-    std::thread::sleep(Duration::from_millis(1200));
+    wait_until("two gates to pass", Duration::from_secs(20), || {
+        c.passed_gates(leader, &id) >= 2
+    });
     c.etcd.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // Without etcd the leader cannot prove it leads: once its lease would have run out
+    // it stops (and so dispatches nothing), and no replica serves.
+    wait_until(
+        "the leader to stop leading without etcd",
+        Duration::from_secs(20),
+        || (0..c.addrs.len()).all(|i| !c.serving(i)),
+    );
     c.etcd.start_again();
     let result = RunResult::from_output(c.cli(&["watch", "--json", &id]).output().expect("watch"));
     assert_eq!(result.summary()["outcome"], "passed", "{}", result.stderr);

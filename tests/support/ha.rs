@@ -169,6 +169,25 @@ impl HaCluster {
         super::cluster::list_workers(&self.rt, &self.url(i))
     }
 
+    /// Gates of `plan` that passed, as coordinator `i` reports them (0 if it does not
+    /// answer).
+    pub fn passed_gates(&self, i: usize, plan: &str) -> usize {
+        let mut c = super::cluster::plan_client(&self.rt, &self.url(i));
+        let req = v1::GetPlanRequest {
+            plan_id: plan.into(),
+        };
+        self.rt
+            .block_on(c.get_plan(req))
+            .map(|r| {
+                r.into_inner()
+                    .gates
+                    .iter()
+                    .filter(|g| g.state == v1::GateState::Passed as i32)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Submits to coordinator `i`.
     pub fn submit(&self, i: usize, document: &str) -> Result<String, tonic::Status> {
         super::cluster::submit(&self.rt, &self.url(i), document)
