@@ -20,6 +20,7 @@ use crate::ids::GateId;
 
 pub mod disk;
 pub mod key;
+pub mod placement;
 
 pub use disk::DiskCache;
 pub use key::{FileHashes, compute_key};
