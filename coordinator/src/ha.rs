@@ -55,7 +55,6 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub(crate) async fn run(
     config: &CoordinatorConfig,
     etcd: EtcdConfig,
-    _local: String,
     role_tx: &watch::Sender<Role>,
     shutdown: &CancellationToken,
 ) -> Result<(), ServerError> {
@@ -118,17 +117,10 @@ pub(crate) async fn run(
             create_revision: key.rev(),
         }));
         let lost = lease.lost.clone();
-        let ended = lead(
-            config,
-            Some(fenced),
-            key.rev(),
-            role_tx,
-            shutdown,
-            async move {
-                lost.cancelled().await;
-                "the leader lease could not be renewed".to_string()
-            },
-        )
+        let ended = lead(config, fenced, key.rev(), role_tx, shutdown, async move {
+            lost.cancelled().await;
+            "the leader lease could not be renewed".to_string()
+        })
         .await;
         step_down(&store, key, lease).await;
         match ended {

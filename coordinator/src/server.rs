@@ -2,7 +2,7 @@
 //! reflection) on one listener, and the leader's components, which live for one
 //! leadership *term* ([`crate::role::Term`]).
 //!
-//! Where plan state lives ([`StateBackend`]): in memory, in a local store
+//! Where plan state lives ([`StateBackend`]): in a local store
 //! (`--state-dir`; this coordinator always leads), or in etcd (`--etcd`; replicas elect
 //! a leader, see [`crate::ha`]). A term starts by reading every stored plan back
 //! (unfinished plans resume), then starts the scheduler (with the gRPC transport) and
@@ -42,8 +42,6 @@ pub const REPORTS_CAPACITY: usize = 4096;
 /// Where plan state is kept.
 #[derive(Clone, Debug)]
 pub enum StateBackend {
-    /// Nowhere: a restart forgets every plan (tests and benchmarks).
-    Memory,
     /// A local store in this directory (standalone coordinator).
     Dir(PathBuf),
     /// etcd, with leader election among replicas.
@@ -79,7 +77,7 @@ impl Default for CoordinatorConfig {
             kill_grace: Duration::from_secs(5),
             retain_finished: 100,
             shutdown_timeout: Duration::from_secs(10),
-            state: StateBackend::Memory,
+            state: StateBackend::Dir(PathBuf::from("gatehouse-state")),
         }
     }
 }
@@ -132,7 +130,7 @@ pub async fn run(
         shutdown.clone(),
         tasks.clone(),
     );
-    let roles = lead_per_backend(config.clone(), local.clone(), role_tx, shutdown.clone());
+    let roles = lead_per_backend(config.clone(), role_tx, shutdown.clone());
     tracing::info!(address = %local, "coordinator serving");
     // The roles end on shutdown (the term stops) or on a fatal error, which stops the
     // server too.
@@ -244,30 +242,17 @@ async fn mirror_health(
 
 async fn lead_per_backend(
     config: CoordinatorConfig,
-    local: String,
     role_tx: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     match config.state.clone() {
-        StateBackend::Memory => {
-            lead(
-                &config,
-                None,
-                0,
-                &role_tx,
-                &shutdown,
-                std::future::pending(),
-            )
-            .await?;
-            Ok(())
-        }
         StateBackend::Dir(dir) => {
             let store = crate::store::LocalStore::open(&dir)?;
             tracing::info!(dir = %dir.display(), "plan state in a local store");
             let store: Arc<dyn StateStore> = Arc::new(store);
             match lead(
                 &config,
-                Some(store),
+                store,
                 0,
                 &role_tx,
                 &shutdown,
@@ -281,7 +266,7 @@ async fn lead_per_backend(
                 }
             }
         }
-        StateBackend::Etcd(etcd) => crate::ha::run(&config, etcd, local, &role_tx, &shutdown).await,
+        StateBackend::Etcd(etcd) => crate::ha::run(&config, etcd, &role_tx, &shutdown).await,
     }
 }
 
@@ -289,28 +274,22 @@ async fn lead_per_backend(
 /// until `shutdown`, `lost` resolves, or an actor ends; then stops them in order.
 pub(crate) async fn lead(
     config: &CoordinatorConfig,
-    store: Option<Arc<dyn StateStore>>,
+    store: Arc<dyn StateStore>,
     term: i64,
     role_tx: &watch::Sender<Role>,
     shutdown: &CancellationToken,
     lost: impl Future<Output = String>,
 ) -> Result<TermEnd, ServerError> {
-    let restored = match &store {
-        Some(store) => {
-            let stored = store.load().await?;
-            let count = stored.len();
-            let restored = tokio::task::spawn_blocking(move || registry::restore::prepare(stored))
-                .await
-                .map_err(|e| ServerError::ActorStopped("restore", e.to_string()))?;
-            tracing::info!(
-                stored = count,
-                restored = restored.len(),
-                "plan state read back"
-            );
-            restored
-        }
-        None => Vec::new(),
-    };
+    let stored = store.load().await?;
+    let count = stored.len();
+    let restored = tokio::task::spawn_blocking(move || registry::restore::prepare(stored))
+        .await
+        .map_err(|e| ServerError::ActorStopped("restore", e.to_string()))?;
+    tracing::info!(
+        stored = count,
+        restored = restored.len(),
+        "plan state read back"
+    );
     let outboxes = Outboxes::default();
     let directory = WorkerDirectory::default();
     let (reports_tx, reports) = mpsc::channel(REPORTS_CAPACITY);
@@ -338,7 +317,7 @@ pub(crate) async fn lead(
     };
     let acks: Arc<dyn registry::AckSink> =
         Arc::new(SessionAcks::new(outboxes.clone(), directory.clone()));
-    let durability = store.map(|store| Durability {
+    let durability = Some(Durability {
         store,
         restored,
         term,
