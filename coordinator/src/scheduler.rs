@@ -198,16 +198,14 @@ impl SchedulerHandle {
         options: RunOptions,
         events: mpsc::UnboundedSender<PlanEvent>,
     ) -> Result<PlanId, SchedulerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(SchedulerMsg::Submit {
+        self.ask(|reply| SchedulerMsg::Submit {
             id,
             plan,
             options,
             events,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| SchedulerError::ShuttingDown)?
+        .await
     }
 
     /// Cancels a plan (`force`: kill running gates without a grace period).
@@ -227,8 +225,7 @@ impl SchedulerHandle {
         age: Duration,
         events: mpsc::UnboundedSender<PlanEvent>,
     ) -> Result<(), SchedulerError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(SchedulerMsg::Restore {
+        self.ask(|reply| SchedulerMsg::Restore {
             id,
             plan,
             options,
@@ -238,13 +235,22 @@ impl SchedulerHandle {
             events,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| SchedulerError::ShuttingDown)?
+        .await
     }
 
     /// Gates of restored plans still in doubt after `window` run again.
     pub async fn end_recovery_after(&self, window: Duration) -> Result<(), SchedulerError> {
         self.send(SchedulerMsg::EndRecoveryAfter(window)).await
+    }
+
+    /// Sends a request and waits for its answer.
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, SchedulerError>>) -> SchedulerMsg,
+    ) -> Result<T, SchedulerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(msg(reply)).await?;
+        rx.await.map_err(|_| SchedulerError::ShuttingDown)?
     }
 
     async fn send(&self, msg: SchedulerMsg) -> Result<(), SchedulerError> {
@@ -278,7 +284,7 @@ pub fn spawn(
         lookups: JoinSet::new(),
         lookup_ids: HashMap::new(),
         stores: JoinSet::new(),
-        recorded: std::collections::HashSet::new(),
+        recorded: None,
         shutdown,
     };
     let task = spawn_named("scheduler", actor.run());
@@ -322,8 +328,9 @@ struct SchedulerActor {
     /// Which gate each lookup task serves, so a task that fails still answers.
     lookup_ids: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
     stores: JoinSet<Result<(), CacheError>>,
-    /// Attempts whose results produced an event while handling one report.
-    recorded: std::collections::HashSet<gatehouse_common::exec::AttemptRef>,
+    /// While a worker's report is handled (and only then): the attempts whose results
+    /// produced an event.
+    recorded: Option<std::collections::HashSet<gatehouse_common::exec::AttemptRef>>,
     shutdown: CancellationToken,
 }
 
@@ -418,16 +425,17 @@ impl SchedulerActor {
                 finished,
             } => {
                 let reported: Vec<_> = finished.iter().map(|(a, _)| a.clone()).collect();
-                self.recorded.clear();
+                self.recorded = Some(std::collections::HashSet::new());
                 self.feed(Event::AttemptsReported {
                     worker: worker.clone(),
                     running,
                     finished,
                 });
+                let recorded = self.recorded.take().unwrap_or_default();
                 // A result that produced no event was stale: the worker may forget it.
                 let ignored: Vec<_> = reported
                     .into_iter()
-                    .filter(|a| !self.recorded.contains(a))
+                    .filter(|a| !recorded.contains(a))
                     .collect();
                 if !ignored.is_empty() {
                     self.transport.ack_ignored(&worker, ignored);
@@ -551,10 +559,10 @@ impl SchedulerActor {
                 self.timers.insert_at(timer, self.epoch + at);
             }
             Command::Emit(event) => {
-                if let PlanEvent::Gate(g) = &event
+                if let (Some(recorded), PlanEvent::Gate(g)) = (&mut self.recorded, &event)
                     && g.result.is_some()
                 {
-                    self.recorded.insert(gatehouse_common::exec::AttemptRef {
+                    recorded.insert(gatehouse_common::exec::AttemptRef {
                         plan: g.plan.clone(),
                         gate: g.gate,
                         attempt: g.attempt,
