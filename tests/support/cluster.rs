@@ -161,22 +161,7 @@ impl Cluster {
 
     fn wait_serving(&self) {
         let url = self.url();
-        let serving = |rt: &tokio::runtime::Runtime| {
-            rt.block_on(async {
-                let Ok(channel) = Channel::from_shared(url.clone())
-                    .expect("url")
-                    .connect()
-                    .await
-                else {
-                    return false;
-                };
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                let req = tonic_health::pb::HealthCheckRequest {
-                    service: "gatehouse.v1.PlanService".into(),
-                };
-                matches!(health.check(req).await, Ok(r) if r.get_ref().status == 1)
-            })
-        };
+        let serving = |rt: &tokio::runtime::Runtime| plan_service_serving(rt, &url);
         wait_until(
             "the coordinator to serve (grpc health)",
             Duration::from_secs(20),
@@ -186,12 +171,11 @@ impl Cluster {
 
     /// Starts a worker with `extra` flags and waits until the coordinator lists it.
     pub fn add_worker(&mut self, id: &str, extra: &[&str]) -> usize {
-        let mut args: Vec<String> = ["worker", "--coordinator", &self.url(), "--id", id]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.workers.push(Proc::spawn(id, self.ws.path(), &args));
+        self.workers.push(Proc::spawn(
+            id,
+            self.ws.path(),
+            &worker_args(&self.url(), id, extra),
+        ));
         let want = id.to_string();
         wait_until(
             &format!("worker {id} to join"),
@@ -271,6 +255,38 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// `gatehouse worker` arguments for worker `id` of the coordinators at `urls`.
+pub fn worker_args(urls: &str, id: &str, extra: &[&str]) -> Vec<String> {
+    ["worker", "--coordinator", urls, "--id", id]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Whether the coordinator at `url` reports `gatehouse.v1.PlanService` SERVING on
+/// `grpc.health.v1` (standalone: it is up; HA: it leads). Bounded by 1 s.
+pub fn plan_service_serving(rt: &tokio::runtime::Runtime, url: &str) -> bool {
+    rt.block_on(async {
+        let endpoint = Channel::from_shared(url.to_string())
+            .expect("url")
+            .connect_timeout(Duration::from_millis(500));
+        let Ok(Ok(channel)) =
+            tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await
+        else {
+            return false;
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: "gatehouse.v1.PlanService".into(),
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), health.check(req)).await,
+            Ok(Ok(r)) if r.get_ref().status == 1
+        )
+    })
 }
 
 /// A plan client connected to `url`.

@@ -10,7 +10,6 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use gatehouse_proto::v1;
-use tonic::transport::Channel;
 
 use super::cluster::Proc;
 use super::etcd::{EtcdServer, etcdctl};
@@ -106,25 +105,7 @@ impl HaCluster {
 
     /// Whether coordinator `i` reports its plan service SERVING (it leads).
     pub fn serving(&self, i: usize) -> bool {
-        let url = self.url(i);
-        self.rt.block_on(async {
-            let endpoint = Channel::from_shared(url)
-                .expect("url")
-                .connect_timeout(Duration::from_millis(500));
-            let Ok(Ok(channel)) =
-                tokio::time::timeout(Duration::from_secs(1), endpoint.connect()).await
-            else {
-                return false;
-            };
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let req = tonic_health::pb::HealthCheckRequest {
-                service: "gatehouse.v1.PlanService".into(),
-            };
-            matches!(
-                tokio::time::timeout(Duration::from_secs(1), health.check(req)).await,
-                Ok(Ok(r)) if r.get_ref().status == 1
-            )
-        })
+        super::cluster::plan_service_serving(&self.rt, &self.url(i))
     }
 
     /// Waits until exactly one coordinator leads, other than `not`; returns it.
@@ -146,11 +127,7 @@ impl HaCluster {
 
     /// Starts a worker given every coordinator URL; waits until the leader lists it.
     pub fn add_worker(&mut self, id: &str, extra: &[&str]) {
-        let mut args: Vec<String> = ["worker", "--coordinator", &self.urls(), "--id", id]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = super::cluster::worker_args(&self.urls(), id, extra);
         self.workers.push(Proc::spawn(id, self.ws.path(), &args));
         let want = id.to_string();
         wait_until(

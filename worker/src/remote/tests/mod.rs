@@ -40,6 +40,18 @@ fn spec(gate: &str, run: &str, workdir: &str) -> v1::GateSpec {
     }
 }
 
+/// Accepts the worker's session, assigns `spec` as attempt 1 of gate 0, waits until it
+/// started, then drops the session with the attempt still running.
+async fn lose_session_while_running(fake: &mut Fake, spec: v1::GateSpec) -> AttemptRef {
+    let mut conn = fake.accept().await;
+    conn.handshake().await;
+    let a1 = attempt(0, 1);
+    conn.assign(&a1, spec).await;
+    conn.expect_started(&a1).await;
+    drop(conn);
+    a1
+}
+
 fn config(urls: Vec<String>) -> RemoteWorkerConfig {
     let mut cfg = RemoteWorkerConfig::new(urls, WorkerId::new("w-test"));
     cfg.slots = 2;
@@ -366,13 +378,8 @@ async fn a_lost_session_keeps_its_attempts_and_hands_them_to_the_next_session() 
     };
     let mut fake = Fake::start().await;
     let worker = Running::start(config(vec![dead, fake.url.clone()]));
-    let mut conn = fake.accept().await;
-    conn.handshake().await;
     let gate = Gated::new();
-    let a1 = attempt(0, 1);
-    conn.assign(&a1, gate.spec()).await;
-    conn.expect_started(&a1).await;
-    drop(conn);
+    let a1 = lose_session_while_running(&mut fake, gate.spec()).await;
 
     let mut again = fake.accept().await;
     let hello = again.hello().await;
@@ -401,13 +408,8 @@ async fn a_lost_session_keeps_its_attempts_and_hands_them_to_the_next_session() 
 async fn results_are_offered_in_every_hello_until_acknowledged() {
     let mut fake = Fake::start().await;
     let worker = Running::start(config(vec![fake.url.clone()]));
-    let mut conn = fake.accept().await;
-    conn.handshake().await;
     let gate = Gated::new();
-    let a1 = attempt(0, 1);
-    conn.assign(&a1, gate.spec()).await;
-    conn.expect_started(&a1).await;
-    drop(conn);
+    let a1 = lose_session_while_running(&mut fake, gate.spec()).await;
 
     // The attempt finishes while no session is welcomed.
     gate.release();
@@ -458,12 +460,7 @@ async fn the_orphan_grace_cancels_attempts_no_session_took_over() {
     let mut cfg = config(vec![fake.url.clone()]);
     cfg.orphan_grace = Duration::from_millis(300);
     let worker = Running::start(cfg);
-    let mut conn = fake.accept().await;
-    conn.handshake().await;
-    let a1 = attempt(0, 1);
-    conn.assign(&a1, spec("g", "sleep 600", "")).await;
-    conn.expect_started(&a1).await;
-    drop(conn);
+    let a1 = lose_session_while_running(&mut fake, spec("g", "sleep 600", "")).await;
 
     let (mut conn, hello) =
         hello_where(&mut fake, "a1 cancelled", |h| !h.finished.is_empty()).await;
@@ -485,13 +482,8 @@ async fn the_orphan_grace_cancels_attempts_no_session_took_over() {
 async fn a_drain_while_disconnected_waits_for_the_attempts_and_delivers_their_results() {
     let mut fake = Fake::start().await;
     let worker = Running::start(config(vec![fake.url.clone()]));
-    let mut conn = fake.accept().await;
-    conn.handshake().await;
     let gate = Gated::new();
-    let a1 = attempt(0, 1);
-    conn.assign(&a1, gate.spec()).await;
-    conn.expect_started(&a1).await;
-    drop(conn);
+    let a1 = lose_session_while_running(&mut fake, gate.spec()).await;
 
     worker.drain.cancel();
     gate.release();
