@@ -458,53 +458,35 @@ impl RegistryActor {
                     }));
                     return;
                 }
-                // The record is queued before any event of the plan can be.
-                let mut reply = Some(reply);
-                if let (Some(j), Some((bytes, _))) = (&mut self.journal, stored) {
-                    let (tx, rx) = oneshot::channel::<()>();
-                    j.push_op(
-                        StoreOp::PutPlan {
-                            plan: id.clone(),
-                            record: bytes,
-                        },
-                        Some(Waiter::Then(Box::new(move || {
-                            let _ = tx.send(());
-                        }))),
-                    );
-                    let waiting = reply.take().expect("set above");
-                    let answer = id.clone();
-                    // Answered once durable; if the registry stops first the caller
-                    // sees the coordinator shutting down.
-                    spawn_named("submit-reply", async move {
-                        let answer = match rx.await {
-                            Ok(()) => Ok(answer),
-                            Err(_) => Err(RegistryError::ShuttingDown),
-                        };
-                        let _ = waiting.send(answer);
-                    });
-                }
                 self.plans.insert(id.clone(), record);
                 self.order.push_back(id.clone());
                 let submitted = self
                     .scheduler
                     .submit(id.clone(), plan, options, self.events_tx.clone())
                     .await;
-                match submitted {
-                    Ok(_) => {
-                        if let Some(reply) = reply {
+                if let Err(e) = submitted {
+                    // Nothing half-submitted is kept.
+                    self.plans.remove(&id);
+                    self.order.retain(|x| *x != id);
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+                // The plan's events reach this loop only after this handler returns, so
+                // the record is queued before any of them. The answer waits until the
+                // record is durable; if the registry stops first, the dropped reply
+                // tells the caller the coordinator is shutting down.
+                match (&mut self.journal, stored) {
+                    (Some(j), Some((bytes, _))) => j.push_op(
+                        StoreOp::PutPlan {
+                            plan: id.clone(),
+                            record: bytes,
+                        },
+                        Some(Waiter::Then(Box::new(move || {
                             let _ = reply.send(Ok(id));
-                        }
-                    }
-                    Err(e) => {
-                        // Nothing half-submitted is kept.
-                        self.plans.remove(&id);
-                        self.order.retain(|x| *x != id);
-                        if let Some(j) = &mut self.journal {
-                            j.push_op(StoreOp::DeletePlan { plan: id }, None);
-                        }
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(e.into()));
-                        }
+                        }))),
+                    ),
+                    _ => {
+                        let _ = reply.send(Ok(id));
                     }
                 }
             }
