@@ -141,12 +141,7 @@ impl crate::registry::AckSink for SessionAcks {
             },
         };
         if let Some(entry) = self.outboxes.0.get(&key) {
-            let ack = v1::ResultAck {
-                attempts: attempts.iter().map(Into::into).collect(),
-            };
-            let _ = entry.1.send(Ok(v1::CoordinatorMessage {
-                msg: Some(v1::coordinator_message::Msg::Ack(ack)),
-            }));
+            let _ = entry.1.send(Ok(ack_frame(&attempts)));
         }
     }
 }
@@ -472,6 +467,15 @@ fn reported_attempts(
     (running, finished)
 }
 
+/// The frame acknowledging `attempts`' results.
+fn ack_frame(attempts: &[gatehouse_common::exec::AttemptRef]) -> v1::CoordinatorMessage {
+    v1::CoordinatorMessage {
+        msg: Some(v1::coordinator_message::Msg::Ack(v1::ResultAck {
+            attempts: attempts.iter().map(Into::into).collect(),
+        })),
+    }
+}
+
 fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
     if !is_valid_id(&h.worker_id) {
         return Err(WireError::Invalid {
@@ -507,12 +511,7 @@ impl WorkerTransport for GrpcTransport {
         attempts: Vec<gatehouse_common::exec::AttemptRef>,
     ) {
         if let Some(entry) = self.outboxes.0.get(worker) {
-            let ack = v1::ResultAck {
-                attempts: attempts.iter().map(Into::into).collect(),
-            };
-            let _ = entry.1.send(Ok(v1::CoordinatorMessage {
-                msg: Some(v1::coordinator_message::Msg::Ack(ack)),
-            }));
+            let _ = entry.1.send(Ok(ack_frame(&attempts)));
         }
     }
 
