@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
+        PathBuf::from("gatehouse/v1/cache.proto"),
         PathBuf::from("gatehouse/v1/common.proto"),
         PathBuf::from("gatehouse/v1/plan.proto"),
         PathBuf::from("gatehouse/v1/worker.proto"),

@@ -57,6 +57,14 @@ pub struct CoordinatorArgs {
     /// not a wildcard).
     #[arg(long, env = "GATEHOUSE_ADVERTISE")]
     advertise: Option<String>,
+    /// Cache nodes (workers started with --cache-listen) that hold each cache entry.
+    #[arg(long, value_name = "N", default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=gatehouse_proto::cache::MAX_REPLICAS as i64))]
+    cache_replicas: u32,
+    /// A cache lookup with no hit by then counts as a miss and the gate runs; a slow
+    /// or hung cache node never holds a gate up longer.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    cache_timeout: Duration,
 }
 
 /// Parses a fraction in (0, 1].
@@ -132,6 +140,8 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         kill_grace: args.kill_grace,
         retain_finished: args.retain_plans,
         state,
+        cache_replicas: args.cache_replicas as usize,
+        cache_timeout: args.cache_timeout,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

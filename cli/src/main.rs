@@ -2,6 +2,7 @@
 
 mod client;
 mod coordinator_cmd;
+mod remote_cache;
 mod render;
 mod run;
 mod validate;
@@ -70,6 +71,15 @@ enum Command {
     Plans(client::PlansArgs),
     /// List the workers connected to a coordinator.
     Workers(client::WorkersArgs),
+    /// Inspect the cluster's shared result cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Hits, misses, hit rate, entries, bytes and evictions per cache node and in total.
+    Stats(client::CacheStatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +106,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => client::cancel(args),
         Command::Plans(args) => client::plans(args),
         Command::Workers(args) => client::workers(args),
+        Command::Cache(CacheCommand::Stats(args)) => client::cache_stats(args),
     };
     ExitCode::from(code)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use gatehouse_common::cache::tiered::Tiered;
 use gatehouse_common::cache::{DiskCache, ResultCache};
 use gatehouse_common::ids::{PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
@@ -44,6 +45,16 @@ pub struct RunArgs {
     /// Result cache directory (default: <plan dir>/.gatehouse/cache).
     #[arg(long, env = "GATEHOUSE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Also use a cluster's shared result cache, through any of its cache nodes
+    /// (http://host:port of a worker started with --cache-listen): results are looked
+    /// up locally first, then there, and written to both.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "GATEHOUSE_CACHE",
+        conflicts_with = "no_cache"
+    )]
+    cache: Option<String>,
     /// Print only the summary.
     #[arg(long, short)]
     quiet: bool,
@@ -111,6 +122,7 @@ async fn run(
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
 
+    let mut remote = None;
     let cache: Option<Arc<dyn ResultCache>> = if args.no_cache {
         None
     } else {
@@ -120,7 +132,17 @@ async fn run(
             .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("cache"));
         let cache = DiskCache::open(&dir)
             .with_context(|| format!("cannot open the result cache at {}", dir.display()))?;
-        Some(Arc::new(cache))
+        match &args.cache {
+            None => Some(Arc::new(cache)),
+            Some(url) => {
+                let far = crate::remote_cache::connect(url).await?;
+                remote = Some(far.clone());
+                Some(Arc::new(Tiered::new(
+                    Arc::new(cache),
+                    far as Arc<dyn ResultCache>,
+                )))
+            }
+        }
     };
 
     let shutdown = CancellationToken::new();
@@ -213,6 +235,9 @@ async fn run(
 
     sched_shutdown.cancel();
     sched_task.await.context("scheduler task failed")?;
+    if let Some(remote) = remote {
+        remote.close(Duration::from_secs(2)).await;
+    }
     worker_shutdown.cancel();
     worker_task.await.context("executor task failed")?;
 

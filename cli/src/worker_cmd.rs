@@ -19,6 +19,7 @@ use std::time::Duration;
 use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_worker::ExecConfig;
+use gatehouse_worker::cache::{CacheNodeConfig, StoreConfig};
 use gatehouse_worker::remote::{self, RemoteWorkerConfig, RemoteWorkerError, parse_labels};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,27 @@ pub struct WorkerArgs {
     /// (cancellations from the coordinator carry their own grace).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     kill_grace: Duration,
+    /// Serve part of the cluster's shared result cache on this address (port 0 picks a
+    /// free port) [default: not a cache node]. Every worker writes passed results to
+    /// the cache nodes either way.
+    #[arg(long, value_name = "ADDR")]
+    cache_listen: Option<std::net::SocketAddr>,
+    /// The URL other processes reach this cache node at [default: http://<listen
+    /// address>, with the host name for 0.0.0.0 or ::].
+    #[arg(long, value_name = "URL", requires = "cache_listen")]
+    cache_advertise: Option<String>,
+    /// Bytes of cache entries this node keeps in memory.
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = parse_size)]
+    cache_memory: u64,
+    /// Also keep cache entries on disk in this directory (they survive restarts).
+    #[arg(long, value_name = "DIR", requires = "cache_listen")]
+    cache_dir: Option<PathBuf>,
+    /// Bytes of cache entries kept in --cache-dir.
+    #[arg(long, value_name = "SIZE", default_value = "10Gi", value_parser = parse_size)]
+    cache_disk: u64,
+    /// Cache entries older than this are dropped (counted from when they were written).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    cache_ttl: Duration,
 }
 
 /// Runs the worker until it drained (0), was stopped by a second signal (130), got
@@ -115,6 +137,18 @@ fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
         kill_grace: args.kill_grace,
         ..ExecConfig::default()
     };
+    if args.cache_ttl.is_zero() {
+        return Err("invalid --cache-ttl: must be above 0".into());
+    }
+    cfg.cache_node = args.cache_listen.map(|listen| CacheNodeConfig {
+        listen,
+        advertise: args.cache_advertise,
+        store: StoreConfig {
+            memory_bytes: args.cache_memory,
+            disk: args.cache_dir.map(|dir| (dir, args.cache_disk)),
+            ttl: args.cache_ttl,
+        },
+    });
     Ok(cfg)
 }
 

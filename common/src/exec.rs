@@ -117,6 +117,10 @@ pub struct Assignment {
     pub attempt: AttemptRef,
     /// What to run.
     pub spec: Arc<GateSpec>,
+    /// In a cluster: the gate's cache key, when the executor should write a passed
+    /// result to the shared cache (`None` otherwise, and always for `gatehouse run`,
+    /// whose scheduler writes its own cache).
+    pub cache_key: Option<crate::cache::CacheKey>,
 }
 
 /// Scheduler -> executor.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::{Outboxes, WorkerDirectory};
+use crate::grpc::{CacheMembers, Outboxes, WorkerDirectory};
 use crate::registry::RegistryHandle;
 use crate::scheduler::WorkerEvent;
 
@@ -25,6 +25,8 @@ pub struct Term {
     pub outboxes: Outboxes,
     /// Connected workers, for `ListWorkers`.
     pub directory: WorkerDirectory,
+    /// The cache nodes among them.
+    pub cache_members: CacheMembers,
     /// Fires when the term ends: sessions and watch streams of the term end with it.
     pub token: CancellationToken,
     /// Owns the term's session and watch-stream tasks (awaited when the term ends).

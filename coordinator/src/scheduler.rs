@@ -52,6 +52,13 @@ pub struct SchedulerConfig {
     pub max_cache_lookups: usize,
     /// How long shutdown waits for pending cache writes.
     pub drain_timeout: Duration,
+    /// Executors write passed results to the cache themselves (the cluster's workers):
+    /// assignments carry the gate's cache key and the scheduler writes nothing.
+    pub executors_store: bool,
+    /// Whether gates' `inputs` files are visible here and can be hashed into keys. In
+    /// the cluster they are not (they live on the workers): a gate with `inputs` then
+    /// runs uncached, and so do the gates that depend on it.
+    pub hash_inputs: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -60,6 +67,8 @@ impl Default for SchedulerConfig {
             core: CoreConfig::default(),
             max_cache_lookups: 32,
             drain_timeout: Duration::from_secs(10),
+            executors_store: false,
+            hash_inputs: true,
         }
     }
 }
@@ -284,6 +293,7 @@ pub fn spawn(
         lookups: JoinSet::new(),
         lookup_ids: HashMap::new(),
         stores: JoinSet::new(),
+        flights: Flights::default(),
         recorded: None,
         shutdown,
     };
@@ -300,6 +310,8 @@ struct PlanDriver {
     keys: Vec<Option<CacheKey>>,
     /// Input file hashes memoised for this run.
     files: Arc<FileHashes>,
+    /// Whether the plan runs with the cache.
+    use_cache: bool,
 }
 
 /// Outcome of one lookup task.
@@ -328,6 +340,8 @@ struct SchedulerActor {
     /// Which gate each lookup task serves, so a task that fails still answers.
     lookup_ids: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
     stores: JoinSet<Result<(), CacheError>>,
+    /// Keys being computed by a running gate, and the gates waiting for their result.
+    flights: Flights,
     /// While a worker's report is handled (and only then): the attempts whose results
     /// produced an event.
     recorded: Option<std::collections::HashSet<gatehouse_common::exec::AttemptRef>>,
@@ -513,6 +527,7 @@ impl SchedulerActor {
                 plan: plan.clone(),
                 events,
                 files: Arc::new(FileHashes::default()),
+                use_cache: options.use_cache && self.cache.is_some(),
             },
         );
         Some(RunOptions {
@@ -535,7 +550,13 @@ impl SchedulerActor {
 
     fn execute(&mut self, cmd: Command, queue: &mut VecDeque<Event>) {
         match cmd {
-            Command::Dispatch { worker, assignment } => {
+            Command::Dispatch {
+                worker,
+                mut assignment,
+            } => {
+                if self.config.executors_store {
+                    assignment.cache_key = self.cacheable_key(&assignment.attempt);
+                }
                 if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
                     tracing::warn!(worker_id = %e.worker, "dispatch failed; declaring the worker lost");
                     queue.push_back(Event::WorkerLost { worker: e.worker });
@@ -554,7 +575,11 @@ impl SchedulerActor {
                 }
             }
             Command::CheckCache { plan, gate } => self.lookup_queue.push_back((plan, gate)),
-            Command::StoreResult { plan, gate, result } => self.store(&plan, gate, result),
+            Command::StoreResult { plan, gate, result } => {
+                if !self.config.executors_store {
+                    self.store(&plan, gate, result);
+                }
+            }
             Command::SetTimer { at, timer } => {
                 self.timers.insert_at(timer, self.epoch + at);
             }
@@ -567,6 +592,11 @@ impl SchedulerActor {
                         gate: g.gate,
                         attempt: g.attempt,
                     });
+                }
+                if let PlanEvent::Gate(g) = &event
+                    && let crate::core::GateStatus::Finished(terminal) = g.status
+                {
+                    self.land(&g.plan, g.gate, terminal, g.result.as_ref(), queue);
                 }
                 let (plan, last) = match &event {
                     PlanEvent::Gate(g) => (g.plan.clone(), false),
@@ -593,7 +623,8 @@ impl SchedulerActor {
                 continue;
             };
             let plan = driver.plan.clone();
-            let deps = dependency_keys(&plan, gate, &driver.keys);
+            let keyable = self.config.hash_inputs || plan.gate(gate).inputs.is_empty();
+            let deps = dependency_keys(&plan, gate, &driver.keys).filter(|_| keyable);
             let files = driver.files.clone();
             let cache = self.cache.clone();
             let served = (plan_id.clone(), gate);
@@ -633,14 +664,64 @@ impl SchedulerActor {
     }
 
     fn on_lookup(&mut self, lookup: Lookup) {
-        if let Some(driver) = self.plans.get_mut(&lookup.plan) {
-            driver.keys[lookup.gate.ix()] = lookup.key;
+        let Some(driver) = self.plans.get_mut(&lookup.plan) else {
+            return;
+        };
+        driver.keys[lookup.gate.ix()] = lookup.key;
+        let cacheable = driver.plan.gate(lookup.gate).cache;
+        // Single flight: a miss on a key that a running gate is computing waits for
+        // that gate instead of running the same thing again.
+        if let (None, Some(key), true) = (&lookup.hit, lookup.key, cacheable)
+            && !self.flights.join(key, (lookup.plan.clone(), lookup.gate))
+        {
+            tracing::debug!(plan_id = %lookup.plan, gate = lookup.gate.0, key = %key,
+                "an identical gate is running; waiting for its result");
+            return;
         }
         self.feed(Event::CacheChecked {
             plan: lookup.plan,
             gate: lookup.gate,
             hit: lookup.hit,
         });
+    }
+
+    /// A gate ended: if it was computing a key others wait for, a pass answers them as
+    /// cache hits; anything else lets the next waiter run it.
+    fn land(
+        &mut self,
+        plan: &PlanId,
+        gate: GateIdx,
+        terminal: crate::core::Terminal,
+        result: Option<&GateResult>,
+        queue: &mut VecDeque<Event>,
+    ) {
+        let passed = match (terminal, result) {
+            (crate::core::Terminal::Passed, Some(result)) => Some(result),
+            _ => None,
+        };
+        let Some((key, waiters)) = self.flights.land(plan, gate, passed.is_some()) else {
+            return;
+        };
+        let producer = self.plans.get(plan).map(|d| d.plan.gate(gate).id.clone());
+        for (plan, gate) in waiters {
+            let hit = passed.zip(producer.clone()).map(|(result, producer)| {
+                Box::new(CacheEntry {
+                    result: result.clone(),
+                    producer,
+                    created_unix_ms: unix_ms_now(),
+                })
+            });
+            tracing::debug!(plan_id = %plan, gate = gate.0, key = %key, hit = hit.is_some(),
+                "identical gate ended");
+            queue.push_back(Event::CacheChecked { plan, gate, hit });
+        }
+    }
+
+    /// The key an assignment's result is cached under by its executor, if any.
+    fn cacheable_key(&self, attempt: &gatehouse_common::exec::AttemptRef) -> Option<CacheKey> {
+        let driver = self.plans.get(&attempt.plan)?;
+        let cached = driver.use_cache && driver.plan.gate(attempt.gate).cache;
+        cached.then(|| driver.keys[attempt.gate.ix()]).flatten()
     }
 
     fn store(&mut self, plan: &PlanId, gate: GateIdx, result: GateResult) {
@@ -679,5 +760,103 @@ fn log_store(stored: Result<Result<(), CacheError>, tokio::task::JoinError>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
         Err(e) => tracing::warn!(error = %e, "cache write task failed"),
+    }
+}
+
+/// Single flight on cache keys: the gate that missed a key first runs it (the leader);
+/// others that miss the same key meanwhile wait for the leader to end.
+#[derive(Default)]
+struct Flights {
+    /// Key -> the gates waiting for its leader, oldest first.
+    waiting: HashMap<CacheKey, VecDeque<(PlanId, GateIdx)>>,
+    /// Leader gate -> the key it computes.
+    leaders: HashMap<(PlanId, GateIdx), CacheKey>,
+    /// Waiting gate -> the key it waits for.
+    waiters: HashMap<(PlanId, GateIdx), CacheKey>,
+}
+
+impl Flights {
+    /// `gate` missed `key`: `true` if it leads (runs it now), `false` if it waits.
+    fn join(&mut self, key: CacheKey, gate: (PlanId, GateIdx)) -> bool {
+        match self.waiting.get_mut(&key) {
+            Some(queue) => {
+                self.waiters.insert(gate.clone(), key);
+                queue.push_back(gate);
+                false
+            }
+            None => {
+                self.waiting.insert(key, VecDeque::new());
+                self.leaders.insert(gate, key);
+                true
+            }
+        }
+    }
+
+    /// `gate` ended (`passed` or not). If it led a key: its waiters to answer (all of
+    /// them after a pass; otherwise the oldest, which leads from now on). A waiter that
+    /// ended by itself (its plan was cancelled) just leaves the queue.
+    fn land(
+        &mut self,
+        plan: &PlanId,
+        gate: GateIdx,
+        passed: bool,
+    ) -> Option<(CacheKey, Vec<(PlanId, GateIdx)>)> {
+        let id = (plan.clone(), gate);
+        if let Some(key) = self.waiters.remove(&id) {
+            if let Some(queue) = self.waiting.get_mut(&key) {
+                queue.retain(|g| *g != id);
+            }
+            return None;
+        }
+        let key = self.leaders.remove(&id)?;
+        let mut queue = self.waiting.remove(&key).unwrap_or_default();
+        for g in &queue {
+            self.waiters.remove(g);
+        }
+        if passed {
+            return Some((key, queue.into()));
+        }
+        let next = queue.pop_front()?;
+        self.leaders.insert(next.clone(), key);
+        for g in &queue {
+            self.waiters.insert(g.clone(), key);
+        }
+        self.waiting.insert(key, queue);
+        Some((key, vec![next]))
+    }
+}
+
+#[cfg(test)]
+mod flight_tests {
+    use super::*;
+
+    fn gate(plan: &str, g: u32) -> (PlanId, GateIdx) {
+        (PlanId::new(plan), GateIdx(g))
+    }
+
+    #[test]
+    fn waiters_get_the_pass_or_take_over_in_order_and_can_leave() {
+        let key = CacheKey([1; 32]);
+        let mut f = Flights::default();
+        assert!(f.join(key, gate("p1", 0)), "the first miss leads");
+        assert!(!f.join(key, gate("p2", 0)));
+        assert!(!f.join(key, gate("p3", 0)));
+        assert!(!f.join(key, gate("p4", 0)));
+        // p3's plan was cancelled while it waited: it just leaves.
+        assert_eq!(f.land(&PlanId::new("p3"), GateIdx(0), false), None);
+        // The leader failed: the oldest waiter runs it now.
+        assert_eq!(
+            f.land(&PlanId::new("p1"), GateIdx(0), false),
+            Some((key, vec![gate("p2", 0)]))
+        );
+        // A gate that neither leads nor waits changes nothing.
+        assert_eq!(f.land(&PlanId::new("p9"), GateIdx(0), true), None);
+        // The new leader passed: everyone left gets its result.
+        assert_eq!(
+            f.land(&PlanId::new("p2"), GateIdx(0), true),
+            Some((key, vec![gate("p4", 0)]))
+        );
+        assert!(f.waiting.is_empty() && f.leaders.is_empty() && f.waiters.is_empty());
+        assert!(f.join(key, gate("p5", 0)), "a later miss leads again");
     }
 }

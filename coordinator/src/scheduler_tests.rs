@@ -314,3 +314,126 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
     shutdown.cancel();
     task.await.expect("task");
 }
+
+/// Submits the same plan twice at once; answers each assignment with `status` after
+/// a delay (so the other plan's lookup of the same key happens while it runs). Returns
+/// both summaries and how many attempts were dispatched.
+async fn identical_plans_at_once(status: ExitStatus) -> (Vec<PlanSummary>, usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
+    let mut h = start(Some(cache));
+    h.reports
+        .send(WorkerEvent::Joined(worker("w", 4, 4096 * MI)))
+        .await
+        .expect("join");
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    for p in ["p1", "p2"] {
+        let options = RunOptions { use_cache: true };
+        h.handle
+            .submit(PlanId::new(p), plan.clone(), options, tx.clone())
+            .await
+            .expect("submit");
+    }
+    let (mut summaries, mut dispatched) = (Vec::new(), 0);
+    while summaries.len() < 2 {
+        tokio::select! {
+            Some((_, msg)) = h.to_worker.recv() => {
+                if let ToWorker::Assign(a) = msg {
+                    dispatched += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let attempt = a.attempt.clone();
+                    let r = result(status.clone());
+                    h.reports.send(FromWorker::Finished { attempt, result: r }.into()).await.expect("report");
+                }
+            }
+            Some(ev) = events.recv() => {
+                if let PlanEvent::Finished(s) = ev {
+                    summaries.push(s);
+                }
+            }
+        }
+    }
+    h.stop().await;
+    (summaries, dispatched)
+}
+
+#[tokio::test]
+async fn identical_gates_of_concurrent_plans_run_once() {
+    let (summaries, dispatched) = identical_plans_at_once(ExitStatus::Exited(0)).await;
+    assert_eq!(dispatched, 2, "each of the two gates ran once");
+    let cached: u32 = summaries.iter().map(|s| s.counts.cached).sum();
+    assert_eq!(
+        cached, 2,
+        "the other plan's two gates were served from the first"
+    );
+    assert!(summaries.iter().all(|s| s.outcome == PlanOutcome::Passed));
+}
+
+#[tokio::test]
+async fn a_failed_leader_lets_the_waiting_gate_run_itself() {
+    let (summaries, dispatched) = identical_plans_at_once(ExitStatus::Exited(1)).await;
+    // `a` failed in the first plan; the second ran its own `a` rather than reuse a
+    // failure; `b` was skipped in both.
+    assert_eq!(dispatched, 2);
+    assert!(summaries.iter().all(|s| s.outcome == PlanOutcome::Failed));
+    assert!(summaries.iter().all(|s| s.counts.cached == 0));
+}
+
+#[tokio::test]
+async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written_here() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let config = SchedulerConfig {
+        executors_store: true,
+        ..SchedulerConfig::default()
+    };
+    let (handle, task) = scheduler::spawn(
+        config,
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        Some(cache.clone() as Arc<dyn gatehouse_common::cache::ResultCache>),
+        shutdown.clone(),
+    );
+    reports
+        .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
+        .await
+        .expect("join");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    handle
+        .submit(
+            PlanId::new("p"),
+            plan,
+            RunOptions { use_cache: true },
+            events_tx,
+        )
+        .await
+        .expect("submit");
+    let Some((_, ToWorker::Assign(a))) = to_worker.recv().await else {
+        panic!("no assignment");
+    };
+    let key = a.cache_key.expect("the assignment carries the key");
+    let attempt = a.attempt.clone();
+    let r = result(ExitStatus::Exited(0));
+    reports
+        .send(FromWorker::Finished { attempt, result: r }.into())
+        .await
+        .expect("report");
+    while let Some(ev) = events.recv().await {
+        if matches!(ev, PlanEvent::Finished(_)) {
+            break;
+        }
+    }
+    shutdown.cancel();
+    task.await.expect("scheduler");
+    use gatehouse_common::cache::ResultCache;
+    assert_eq!(
+        cache.get(&key).await.expect("get"),
+        None,
+        "the executor writes, not the scheduler"
+    );
+}

@@ -26,10 +26,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use gatehouse_proto::cache::{ClientConfig, ClusterCache};
+
 use crate::core::CoreConfig;
 use crate::grpc::{
-    GrpcTransport, Outboxes, PlanServiceImpl, SessionAcks, SessionConfig, WorkerDirectory,
-    WorkerServiceImpl,
+    CacheMembers, GrpcTransport, Outboxes, PlanServiceImpl, SessionAcks, SessionConfig,
+    WorkerDirectory, WorkerServiceImpl,
 };
 use crate::registry::{self, Durability, JournalError, RegistryConfig};
 use crate::role::{Role, RoleWatch, Term};
@@ -66,6 +68,10 @@ pub struct CoordinatorConfig {
     pub shutdown_timeout: Duration,
     /// Where plan state is kept.
     pub state: StateBackend,
+    /// Replicas of each entry of the shared result cache (`--cache-replicas`).
+    pub cache_replicas: usize,
+    /// A cache lookup without a hit by then is a miss (`--cache-timeout`).
+    pub cache_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -78,6 +84,8 @@ impl Default for CoordinatorConfig {
             retain_finished: 100,
             shutdown_timeout: Duration::from_secs(10),
             state: StateBackend::Dir(PathBuf::from("gatehouse-state")),
+            cache_replicas: 2,
+            cache_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -292,6 +300,14 @@ pub(crate) async fn lead(
     );
     let outboxes = Outboxes::default();
     let directory = WorkerDirectory::default();
+    let cache_members = CacheMembers::new(config.cache_replicas);
+    let cache = Arc::new(ClusterCache::new(
+        ClientConfig {
+            lookup_timeout: config.cache_timeout,
+            ..ClientConfig::default()
+        },
+        cache_members.subscribe(),
+    ));
     let (reports_tx, reports) = mpsc::channel(REPORTS_CAPACITY);
     let actors = CancellationToken::new();
     let sched_config = SchedulerConfig {
@@ -301,13 +317,17 @@ pub(crate) async fn lead(
             memory_pressure: config.memory_pressure,
             ..CoreConfig::default()
         },
+        // Lookups are batched per cache node; many in flight make big batches.
+        max_cache_lookups: 256,
+        executors_store: true,
+        hash_inputs: false,
         ..SchedulerConfig::default()
     };
     let (sched, sched_task) = scheduler::spawn(
         sched_config,
         Box::new(GrpcTransport::new(outboxes.clone())),
         reports,
-        None,
+        Some(cache.clone() as Arc<dyn gatehouse_common::cache::ResultCache>),
         actors.clone(),
     );
     let registry_config = RegistryConfig {
@@ -334,6 +354,7 @@ pub(crate) async fn lead(
         reports: reports_tx,
         outboxes,
         directory,
+        cache_members,
         token: shutdown.child_token(),
         tasks: TaskTracker::new(),
     });
@@ -396,5 +417,7 @@ pub(crate) async fn lead(
             ),
         }
     }
+    // The scheduler writes nothing (workers do); this only stops read-repairs.
+    cache.close(Duration::from_millis(500)).await;
     Ok(end)
 }

@@ -2,6 +2,7 @@
 //! `docs/api.md`) and the conversions between wire and domain types. Generated code
 //! lives only here; other crates convert at their gRPC edge with [`convert`].
 
+pub mod cache;
 pub mod convert;
 pub mod leader;
 

@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         inbox.send(ToWorker::Assign(Assignment {
             attempt: attempt(i),
             spec: Arc::clone(&spec),
+            cache_key: None,
         }))
     };
     let start = Instant::now();

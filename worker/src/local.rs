@@ -178,7 +178,7 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
     cancel: CancelSignal,
     reports: mpsc::Sender<R>,
 ) -> AttemptRef {
-    let Assignment { attempt, spec } = assignment;
+    let Assignment { attempt, spec, .. } = assignment;
     let mut guard = FinishGuard {
         attempt: Some(attempt.clone()),
         reports: reports.clone(),

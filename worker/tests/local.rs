@@ -48,6 +48,7 @@ impl Harness {
         let assignment = Assignment {
             attempt: attempt.clone(),
             spec: Arc::new(spec),
+            cache_key: None,
         };
         self.inbox
             .send(ToWorker::Assign(assignment))

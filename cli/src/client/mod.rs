@@ -8,6 +8,7 @@
 //! [`Renderer`] as `gatehouse run`, so the output is the same. Each command runs on a
 //! current-thread runtime of its own; nothing is left running when it returns.
 
+mod cache_stats;
 mod connect;
 mod error;
 #[cfg(test)]
@@ -21,6 +22,8 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use cache_stats::{CacheStatsArgs, cache_stats};
 
 use gatehouse_common::ids::PlanId;
 use gatehouse_common::units::parse_duration;

@@ -1,14 +1,8 @@
-//! [`DiskCache`]: the local result cache of `gatehouse run`, one file per entry.
+//! [`DiskCache`]: the local result cache of `gatehouse run`, one file per entry, and
+//! the disk tier of a cache node (through the blocking `*_raw` functions).
 //!
-//! Layout: `<dir>/v1/<first 2 hex digits of the key>/<64 hex digits>`. An entry file is
-//!
-//! ```text
-//! b"GHCACHE" FORMAT_VERSION (8 bytes) | key (32) | BLAKE3(payload) (32) | payload
-//! ```
-//!
-//! where the payload is the zstd-compressed (level 3) bincode (standard config, serde)
-//! encoding of the [`CacheEntry`]. The key is stored so an entry copied or renamed to
-//! another key's path is not served for it.
+//! Layout: `<dir>/v1/<first 2 hex digits of the key>/<64 hex digits>`. An entry file
+//! holds the entry's encoded bytes exactly as [`super::codec`] describes them.
 //!
 //! Failure handling: a missing file is a miss. A file that is too large
 //! ([`MAX_ENTRY_BYTES`]), has another magic or version, was written for another key,
@@ -29,20 +23,8 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
+use super::codec::{FORMAT_VERSION, MAX_ENTRY_BYTES, check_entry, decode_entry, encode_entry};
 use super::{CacheEntry, CacheError, CacheKey, ResultCache};
-
-/// Magic bytes at the start of every entry file.
-const MAGIC: [u8; 7] = *b"GHCACHE";
-/// Version of the entry file format (also the `v1` directory name).
-pub const FORMAT_VERSION: u8 = 1;
-/// Magic + version, key, checksum.
-const PREFIX_LEN: usize = MAGIC.len() + 1 + 32 + 32;
-/// Entry files larger than this are rejected (as corrupt on read, as an error on write).
-pub const MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
-/// Upper bound of a decompressed payload, against decompression bombs.
-const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
-/// zstd compression level of payloads.
-const ZSTD_LEVEL: i32 = 3;
 
 /// A [`ResultCache`] in a local directory. Cheap to clone; clones share the directory.
 #[derive(Clone, Debug)]
@@ -91,39 +73,10 @@ impl ResultCache for DiskCache {
     }
 }
 
-/// Why an entry file was treated as a miss.
-#[derive(Debug, thiserror::Error)]
-enum Corrupt {
-    #[error("entry file is larger than {MAX_ENTRY_BYTES} bytes")]
-    TooLarge,
-    #[error("entry file is shorter than its {PREFIX_LEN} byte header")]
-    Truncated,
-    #[error("unknown magic or format version")]
-    Header,
-    #[error("entry was written for key {0}")]
-    KeyMismatch(CacheKey),
-    #[error("payload checksum mismatch")]
-    Checksum,
-    #[error("cannot decompress payload: {0}")]
-    Decompress(io::Error),
-    #[error("decompressed payload is larger than {MAX_DECODED_BYTES} bytes")]
-    DecodedTooLarge,
-    #[error("cannot decode payload: {0}")]
-    Decode(bincode::error::DecodeError),
-    #[error("payload has {0} trailing bytes")]
-    Trailing(usize),
-}
-
 fn read_entry(path: &Path, key: &CacheKey) -> Result<Option<CacheEntry>, CacheError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(path, e)),
+    let Some(bytes) = read_file(path)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_ENTRY_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, e))?;
     match decode_entry(key, &bytes) {
         Ok(entry) => Ok(Some(entry)),
         Err(reason) => {
@@ -134,74 +87,123 @@ fn read_entry(path: &Path, key: &CacheKey) -> Result<Option<CacheEntry>, CacheEr
 }
 
 fn write_entry(path: &Path, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
-    let bytes = encode_entry(key, entry)?;
+    write_file(path, &encode_entry(key, entry)?)
+}
+
+/// The file's bytes (at most one more than [`MAX_ENTRY_BYTES`]); `None` if it is absent.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, CacheError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_ENTRY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Writes `bytes` to a temporary file next to `path` and renames it over `path`.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let mut tmp = NamedTempFile::new_in(dir).map_err(|e| io_error(dir, e))?;
-    tmp.write_all(&bytes).map_err(|e| io_error(tmp.path(), e))?;
+    tmp.write_all(bytes).map_err(|e| io_error(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| io_error(path, e.error))?;
     Ok(())
 }
 
-/// The complete entry file for `entry` under `key`.
-fn encode_entry(key: &CacheKey, entry: &CacheEntry) -> Result<Vec<u8>, CacheError> {
-    let plain = bincode::serde::encode_to_vec(entry, bincode::config::standard())
-        .map_err(|e| CacheError::Encode(e.to_string()))?;
-    let payload = zstd::bulk::compress(&plain, ZSTD_LEVEL)
-        .map_err(|e| CacheError::Encode(format!("zstd compression failed: {e}")))?;
-    let total = PREFIX_LEN + payload.len();
-    if total as u64 > MAX_ENTRY_BYTES {
-        return Err(CacheError::Encode(format!(
-            "entry is {total} bytes compressed, more than the {MAX_ENTRY_BYTES} byte limit"
-        )));
-    }
-    let mut bytes = Vec::with_capacity(total);
-    bytes.extend_from_slice(&MAGIC);
-    bytes.push(FORMAT_VERSION);
-    bytes.extend_from_slice(&key.0);
-    bytes.extend_from_slice(blake3::hash(&payload).as_bytes());
-    bytes.extend_from_slice(&payload);
-    Ok(bytes)
+/// An entry file found by [`DiskCache::scan_raw`].
+#[derive(Clone, Debug)]
+pub struct ScannedEntry {
+    /// The key its name spells.
+    pub key: CacheKey,
+    /// Its size in bytes.
+    pub len: u64,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
 }
 
-/// Checks and decodes an entry file read for `key`.
-fn decode_entry(key: &CacheKey, bytes: &[u8]) -> Result<CacheEntry, Corrupt> {
-    if bytes.len() as u64 > MAX_ENTRY_BYTES {
-        return Err(Corrupt::TooLarge);
+/// Blocking access to encoded entries, for a cache node's disk tier (call from
+/// `spawn_blocking`). Bytes are checked with [`check_entry`] on the way in and out:
+/// a damaged file reads as absent (and is removed), never as an error.
+impl DiskCache {
+    /// The checked encoded entry of `key`, or `None`.
+    pub fn read_raw(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.entry_path(key);
+        let Some(bytes) = read_file(&path)? else {
+            return Ok(None);
+        };
+        match check_entry(key, &bytes) {
+            Ok(_) => Ok(Some(bytes)),
+            Err(reason) => {
+                tracing::warn!(key = %key, path = %path.display(), %reason, "removing corrupt cache entry");
+                let _ = fs::remove_file(&path);
+                Ok(None)
+            }
+        }
     }
-    if bytes.len() < PREFIX_LEN {
-        return Err(Corrupt::Truncated);
+
+    /// Stores already encoded (and checked) bytes under `key`, atomically.
+    pub fn write_raw(&self, key: &CacheKey, bytes: &[u8]) -> Result<(), CacheError> {
+        write_file(&self.entry_path(key), bytes)
     }
-    let (header, rest) = bytes.split_at(MAGIC.len() + 1);
-    if header[..MAGIC.len()] != MAGIC || header[MAGIC.len()] != FORMAT_VERSION {
-        return Err(Corrupt::Header);
+
+    /// Removes `key`'s entry; an absent entry is not an error.
+    pub fn remove_raw(&self, key: &CacheKey) -> Result<(), CacheError> {
+        let path = self.entry_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path, e)),
+            _ => Ok(()),
+        }
     }
-    let (stored_key, rest) = rest.split_at(32);
-    if stored_key != key.0 {
-        let mut other = [0; 32];
-        other.copy_from_slice(stored_key);
-        return Err(Corrupt::KeyMismatch(CacheKey(other)));
+
+    /// Every entry file (by name; contents are checked when read). Temporary files and
+    /// foreign names are skipped.
+    pub fn scan_raw(&self) -> Result<Vec<ScannedEntry>, CacheError> {
+        let mut found = Vec::new();
+        let shards = fs::read_dir(&self.root).map_err(|e| io_error(&self.root, e))?;
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(key) = name.to_str().and_then(parse_hex_key) else {
+                    continue;
+                };
+                let Ok(meta) = file.metadata() else {
+                    continue;
+                };
+                if meta.is_file() {
+                    found.push(ScannedEntry {
+                        key,
+                        len: meta.len(),
+                        modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    });
+                }
+            }
+        }
+        Ok(found)
     }
-    let (checksum, payload) = rest.split_at(32);
-    if blake3::hash(payload).as_bytes() != checksum {
-        return Err(Corrupt::Checksum);
+}
+
+/// The key a 64-digit lowercase hex file name spells.
+fn parse_hex_key(name: &str) -> Option<CacheKey> {
+    if name.len() != 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
     }
-    let mut plain = Vec::new();
-    zstd::stream::read::Decoder::with_buffer(payload)
-        .map_err(Corrupt::Decompress)?
-        .take(MAX_DECODED_BYTES as u64 + 1)
-        .read_to_end(&mut plain)
-        .map_err(Corrupt::Decompress)?;
-    if plain.len() > MAX_DECODED_BYTES {
-        return Err(Corrupt::DecodedTooLarge);
+    let mut key = [0u8; 32];
+    for (i, pair) in name.as_bytes().chunks(2).enumerate() {
+        let hex = std::str::from_utf8(pair).ok()?;
+        key[i] = u8::from_str_radix(hex, 16).ok()?;
     }
-    let config = bincode::config::standard().with_limit::<MAX_DECODED_BYTES>();
-    let (entry, used) =
-        bincode::serde::decode_from_slice(&plain, config).map_err(Corrupt::Decode)?;
-    if used != plain.len() {
-        return Err(Corrupt::Trailing(plain.len() - used));
-    }
-    Ok(entry)
+    Some(CacheKey(key))
 }
 
 fn io_error(path: &Path, source: io::Error) -> CacheError {
@@ -217,6 +219,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::cache::codec::{MAGIC, PREFIX_LEN};
     use crate::exec::{ExitStatus, GateResult, OutputTail};
     use crate::ids::GateId;
 
@@ -373,5 +376,30 @@ mod tests {
             vec![std::ffi::OsString::from(KEY.to_hex())],
             "no temp files remain"
         );
+    }
+
+    #[tokio::test]
+    async fn raw_access_scans_checks_and_removes() {
+        let (_dir, cache) = cache();
+        let other = CacheKey([0x01; 32]);
+        cache.put(&KEY, &entry("a")).await.expect("put");
+        let bytes = encode_entry(&other, &entry("b")).expect("encode");
+        cache.write_raw(&other, &bytes).expect("write");
+        assert_eq!(cache.read_raw(&other).expect("read"), Some(bytes));
+        let mut keys: Vec<_> = cache
+            .scan_raw()
+            .expect("scan")
+            .iter()
+            .map(|e| e.key)
+            .collect();
+        keys.sort();
+        assert_eq!(keys, vec![other, KEY]);
+        // A damaged file reads as absent and is removed.
+        fs::write(cache.entry_path(&KEY), b"junk").expect("write");
+        assert_eq!(cache.read_raw(&KEY).expect("read"), None);
+        assert!(!cache.entry_path(&KEY).exists());
+        cache.remove_raw(&other).expect("remove");
+        cache.remove_raw(&other).expect("removing twice is fine");
+        assert!(cache.scan_raw().expect("scan").is_empty());
     }
 }

@@ -18,10 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::exec::GateResult;
 use crate::ids::GateId;
 
+pub mod codec;
 pub mod disk;
 pub mod key;
 pub mod placement;
+pub mod tiered;
 
+pub use codec::Corrupt;
 pub use disk::DiskCache;
 pub use key::{FileHashes, compute_key};
 

@@ -570,6 +570,7 @@ impl Scheduler {
             assignment: Assignment {
                 attempt: aref,
                 spec: Arc::new(spec),
+                cache_key: None,
             },
         });
         self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));

@@ -2,10 +2,12 @@
 //! encodes the reply; state lives in the actors (`scheduler`, `registry`) and in the
 //! worker session tasks.
 
+mod cache_members;
 mod plan_service;
 pub mod wire;
 mod worker_service;
 
+pub use cache_members::CacheMembers;
 pub use plan_service::PlanServiceImpl;
 pub use worker_service::{
     GrpcTransport, Outboxes, SessionAcks, SessionConfig, WorkerDirectory, WorkerServiceImpl,

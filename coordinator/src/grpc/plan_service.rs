@@ -65,6 +65,7 @@ impl PlanService for PlanServiceImpl {
     ) -> Result<Response<v1::SubmitPlanResponse>, Status> {
         let term = current_term(&self.role)?;
         let req = request.into_inner();
+        let no_cache = req.no_cache;
         if req.document.len() > MAX_PLAN_BYTES {
             return Err(Status::resource_exhausted(format!(
                 "plan document is {} bytes, more than the limit of {MAX_PLAN_BYTES}",
@@ -111,8 +112,9 @@ impl PlanService for PlanServiceImpl {
             }
         })?;
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
-        // The cluster has no shared result cache yet; plans run uncached.
-        let options = RunOptions { use_cache: false };
+        let options = RunOptions {
+            use_cache: !no_cache,
+        };
         let id = term
             .registry
             .submit(Arc::new(plan), source, options)

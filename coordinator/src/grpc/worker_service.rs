@@ -167,6 +167,7 @@ impl WorkerService for WorkerServiceImpl {
             reports: term.reports.clone(),
             outboxes: term.outboxes.clone(),
             directory: term.directory.clone(),
+            cache_members: term.cache_members.clone(),
             config: self.config.clone(),
             shutdown: term.token.clone(),
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
@@ -184,6 +185,7 @@ struct Session {
     reports: mpsc::Sender<WorkerEvent>,
     outboxes: Outboxes,
     directory: WorkerDirectory,
+    cache_members: super::CacheMembers,
     config: SessionConfig,
     shutdown: CancellationToken,
     generation: u64,
@@ -254,6 +256,7 @@ impl Session {
                     last_heartbeat_age_ms: 0,
                     labels: hello.labels.clone(),
                     version: hello.version.clone(),
+                    cache_url: hello.cache_url.clone(),
                 },
                 last_heartbeat: Instant::now(),
             },
@@ -265,7 +268,10 @@ impl Session {
             })),
         };
         let _ = out.send(Ok(welcome));
-        drop(out);
+        if !hello.cache_url.is_empty() {
+            self.cache_members
+                .join(id.as_str(), self.generation, &hello.cache_url);
+        }
         let info = WorkerInfo {
             id: key.clone(),
             slots: hello.slots,
@@ -287,7 +293,7 @@ impl Session {
                 .await
                 .is_ok()
         {
-            self.serve(&id, &key, &mut inbound).await;
+            self.serve(&id, &key, &mut inbound, &out).await;
         }
         self.leave(&id, &key).await;
     }
@@ -298,8 +304,11 @@ impl Session {
         id: &WorkerId,
         key: &WorkerId,
         inbound: &mut Streaming<v1::WorkerMessage>,
+        out: &Outbound,
     ) {
         let mut deadline = Instant::now() + self.config.liveness_timeout;
+        let mut members = self.cache_members.subscribe();
+        members.mark_changed();
         loop {
             // Biased: a frame that is already there counts before the deadline is judged,
             // so a busy coordinator never declares a talking worker lost.
@@ -307,6 +316,13 @@ impl Session {
                 biased;
                 () = self.shutdown.cancelled() => return,
                 frame = inbound.message() => frame,
+                Ok(()) = members.changed() => {
+                    let frame = members.borrow_and_update().to_wire();
+                    let _ = out.send(Ok(v1::CoordinatorMessage {
+                        msg: Some(v1::coordinator_message::Msg::CacheMembers(frame)),
+                    }));
+                    continue;
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(worker_id = %id, timeout = ?self.config.liveness_timeout,
                         "no heartbeat within the liveness timeout; declaring the worker lost");
@@ -432,6 +448,7 @@ impl Session {
     /// replaced them) and declares the worker lost.
     async fn leave(&self, id: &WorkerId, key: &WorkerId) {
         self.outboxes.0.remove(key);
+        self.cache_members.leave(id.as_str(), self.generation);
         self.directory
             .0
             .remove_if(id, |_, e| e.generation == self.generation);
@@ -483,6 +500,12 @@ fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
             reason: format!("{:?} is not [A-Za-z0-9._-]{{1,128}}", h.worker_id),
         });
     }
+    if !h.cache_url.is_empty() {
+        gatehouse_proto::cache::check_url(&h.cache_url).map_err(|reason| WireError::Invalid {
+            field: "hello.cache_url",
+            reason,
+        })?;
+    }
     if h.slots == 0 {
         return Err(WireError::Invalid {
             field: "hello.slots",
@@ -529,6 +552,7 @@ impl WorkerTransport for GrpcTransport {
                     spec: Some(a.spec.as_ref().into()),
                     deadline_unix_ms: deadline,
                     traceparent: String::new(),
+                    cache_key: a.cache_key.map(|k| k.0.to_vec()).unwrap_or_default(),
                 })
             }
             ToWorker::Cancel { attempt, grace } => Msg::Cancel(v1::CancelAttempt {

@@ -65,6 +65,10 @@ pub struct RemoteWorkerConfig {
     pub close_timeout: Duration,
     /// Settings of the executor that runs the attempts.
     pub exec: ExecConfig,
+    /// Serve part of the shared result cache (`--cache-listen`); `None`: not a node.
+    pub cache_node: Option<crate::cache::CacheNodeConfig>,
+    /// How this worker writes passed results to the cache's replicas.
+    pub cache_client: gatehouse_proto::cache::ClientConfig,
 }
 
 impl RemoteWorkerConfig {
@@ -88,6 +92,8 @@ impl RemoteWorkerConfig {
             keepalive: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             exec: ExecConfig::default(),
+            cache_node: None,
+            cache_client: gatehouse_proto::cache::ClientConfig::default(),
         }
     }
 

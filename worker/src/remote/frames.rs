@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
+use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::{Assignment, AttemptRef, ExitStatus, FromWorker, GateResult};
+use gatehouse_proto::cache::{Membership, key_from_wire};
 use gatehouse_proto::convert::{WireError, attempt_from_wire, gate_spec_from_wire};
 use gatehouse_proto::v1::{self, coordinator_message, worker_message};
 use tempfile::TempDir;
@@ -39,6 +41,8 @@ pub(crate) enum Inbound {
     Assign {
         attempt: AttemptRef,
         spec: Option<v1::GateSpec>,
+        /// Where to cache the result if it passes (a malformed key is dropped).
+        cache_key: Option<CacheKey>,
     },
     Cancel {
         attempt: AttemptRef,
@@ -46,6 +50,8 @@ pub(crate) enum Inbound {
     },
     /// The coordinator durably recorded these attempts' results.
     Ack(Vec<AttemptRef>),
+    /// The cache's current membership.
+    CacheMembers(Membership),
 }
 
 /// Decodes one coordinator frame.
@@ -61,7 +67,14 @@ pub(crate) fn decode(msg: v1::CoordinatorMessage) -> Result<Inbound, WireError> 
         coordinator_message::Msg::Assign(a) => Ok(Inbound::Assign {
             attempt: attempt_from_wire(a.attempt)?,
             spec: a.spec,
+            cache_key: match a.cache_key.is_empty() {
+                true => None,
+                false => key_from_wire(&a.cache_key).ok(),
+            },
         }),
+        coordinator_message::Msg::CacheMembers(m) => {
+            Ok(Inbound::CacheMembers(Membership::from_wire(&m)?))
+        }
         coordinator_message::Msg::Cancel(c) => Ok(Inbound::Cancel {
             attempt: attempt_from_wire(c.attempt)?,
             grace: Duration::from_millis(c.grace_ms),
@@ -102,6 +115,7 @@ pub(crate) fn prepare_assignment(
         assignment: Assignment {
             attempt,
             spec: spec.into(),
+            cache_key: None,
         },
         memory,
         scratch: dir.scratch,
@@ -112,6 +126,7 @@ pub(crate) fn prepare_assignment(
 /// the unacknowledged results that fit (see [`Unacked`](crate::remote::unacked::Unacked)).
 pub(crate) fn hello<'a>(
     cfg: &crate::remote::RemoteWorkerConfig,
+    cache_url: Option<&str>,
     hostname: &str,
     memory_total: u64,
     running: impl IntoIterator<Item = &'a AttemptRef>,
@@ -126,6 +141,7 @@ pub(crate) fn hello<'a>(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         running: running.into_iter().map(v1::AttemptRef::from).collect(),
         memory_pressure: cfg.memory_pressure.unwrap_or(0.0),
+        cache_url: cache_url.unwrap_or_default().to_owned(),
         finished: finished
             .iter()
             .map(|(attempt, result)| finished_message(attempt, result))

@@ -70,8 +70,29 @@ fn assignments_and_cancels_decode_and_bad_frames_are_errors() {
         Inbound::Assign {
             attempt: a.clone(),
             spec: Some(wire_spec("sub")),
+            cache_key: None,
         }
     );
+    // A cache key travels as 32 bytes; anything else is dropped, not an error.
+    let keyed = |key: Vec<u8>| {
+        decode(coordinator(coordinator_message::Msg::Assign(
+            v1::Assignment {
+                attempt: Some((&a).into()),
+                spec: Some(wire_spec("sub")),
+                cache_key: key,
+                ..Default::default()
+            },
+        )))
+        .expect("decodes")
+    };
+    let Inbound::Assign { cache_key, .. } = keyed(vec![7; 32]) else {
+        panic!("not an assignment");
+    };
+    assert_eq!(cache_key, Some(gatehouse_common::cache::CacheKey([7; 32])));
+    let Inbound::Assign { cache_key, .. } = keyed(vec![7; 31]) else {
+        panic!("not an assignment");
+    };
+    assert_eq!(cache_key, None);
     let cancel = decode(coordinator(coordinator_message::Msg::Cancel(
         v1::CancelAttempt {
             attempt: Some((&a).into()),
@@ -153,6 +174,7 @@ fn hello_advertises_the_configuration() {
     let done = (attempt(1, 1), not_run(ExitStatus::Exited(3)));
     let msg = hello(
         &cfg,
+        Some("http://10.0.0.1:7701"),
         "host-a",
         4096,
         [&running],
@@ -172,6 +194,7 @@ fn hello_advertises_the_configuration() {
     );
     assert_eq!(h.labels.get("arch").map(String::as_str), Some("arm64"));
     assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(h.cache_url, "http://10.0.0.1:7701");
     assert_eq!(h.running, vec![v1::AttemptRef::from(&running)]);
     assert_eq!(h.finished.len(), 1);
     let f = h.finished[0].clone();

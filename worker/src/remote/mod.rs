@@ -92,7 +92,11 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use gatehouse_proto::cache::{ClusterCache, Membership};
+use tokio::sync::watch;
 
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +152,13 @@ pub enum RemoteWorkerError {
     /// The executor task panicked.
     #[error("the executor task failed: {0}")]
     ExecutorFailed(String),
+    /// The cache node could not start.
+    #[error(transparent)]
+    CacheNode(#[from] crate::cache::CacheNodeError),
 }
+
+/// How long a stopping worker lets its pending cache writes finish.
+const CACHE_FLUSH: Duration = Duration::from_secs(2);
 
 /// Runs the remote worker until a drain completes or `shutdown` fires (see the module
 /// docs). Fails only on invalid configuration or an executor failure; coordinators that
@@ -164,10 +174,37 @@ pub async fn run(
     let workspace = resolve_workspace(cfg.workspace.as_deref())?;
     let memory = MemoryProbe::new(cfg.memory_total)?;
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
+    let (members, members_rx) = watch::channel(Arc::new(Membership::default()));
+    let cache = Arc::new(ClusterCache::new(
+        cfg.cache_client.clone(),
+        members_rx.clone(),
+    ));
+    // The cache node outlives the sessions; it stops after the worker is done.
+    let node_stop = CancellationToken::new();
+    let node = match cfg.cache_node.clone() {
+        Some(node) => Some(
+            crate::cache::start_node(
+                cfg.id.to_string(),
+                &hostname,
+                node,
+                members_rx,
+                Some(cache.clone()),
+                node_stop.clone(),
+            )
+            .await
+            .map_err(RemoteWorkerError::CacheNode)?,
+        ),
+        None => None,
+    };
     let exec = Executor::start(cfg.exec.clone(), 64 + 2 * cfg.slots as usize);
     tracing::info!(worker_id = %cfg.id, slots = cfg.slots, memory_total = memory.total(),
-        workspace = ?workspace.shared(), "remote worker starting");
+        workspace = ?workspace.shared(), cache_url = ?node.as_ref().map(|n| &n.url),
+        "remote worker starting");
     let mut worker = Worker {
+        cache: cache.clone(),
+        members,
+        cache_url: node.as_ref().map(|n| n.url.clone()),
+        cache_keys: std::collections::HashMap::new(),
         cfg,
         hostname,
         workspace,
@@ -184,6 +221,12 @@ pub async fn run(
     // After an error attempts may still run; kill them so the executor ends promptly.
     let _ = worker.exec.cancel_all(Duration::ZERO);
     let finished = worker.exec.finish().await;
+    // Cache writes of the last results get a moment to reach their replicas.
+    cache.close(CACHE_FLUSH).await;
+    node_stop.cancel();
+    if let Some(node) = node {
+        let _ = node.task.await;
+    }
     tracing::info!(ok = served.is_ok(), "remote worker stopped");
     served.and(finished)
 }

@@ -39,14 +39,18 @@
 //!   forwarded (best effort, bounded), then the stream was closed the same way, with a
 //!   shorter bound on the coordinator's answer.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use gatehouse_common::cache::{CacheEntry, CacheKey, unix_ms_now};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker, GateResult};
+use gatehouse_common::ids::GateId;
+use gatehouse_proto::cache::{ClusterCache, Membership};
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::v1::worker_service_client::WorkerServiceClient;
 use gatehouse_proto::v1::{self, CoordinatorMessage, WorkerMessage};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +125,14 @@ pub(crate) struct Worker {
     /// Set when a welcomed session was lost with attempts running: when they get
     /// cancelled unless a session is welcomed first.
     pub(crate) orphans: Option<Deadline>,
+    /// Writes passed results to the shared cache.
+    pub(crate) cache: std::sync::Arc<ClusterCache>,
+    /// The cache membership, as the last coordinator sent it (kept across sessions).
+    pub(crate) members: watch::Sender<std::sync::Arc<Membership>>,
+    /// This worker's CacheService URL, if it is a cache node.
+    pub(crate) cache_url: Option<String>,
+    /// Running attempts whose passed result goes to the cache: key and gate id.
+    pub(crate) cache_keys: HashMap<AttemptRef, (CacheKey, GateId)>,
 }
 
 /// One live session's stream ends and progress.
@@ -174,7 +186,21 @@ impl Worker {
     }
 
     /// Keeps a finished attempt's result until a coordinator acknowledges it.
+    /// A passed result that carries a cache key is also written to the shared cache
+    /// (in the background; see `gatehouse_proto::cache`).
     pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
+        if let Some((key, gate)) = self.cache_keys.remove(&attempt)
+            && result.status.passed()
+        {
+            let entry = CacheEntry {
+                result: result.clone(),
+                producer: gate,
+                created_unix_ms: unix_ms_now(),
+            };
+            if let Err(e) = self.cache.put_detached(&key, &entry) {
+                tracing::warn!(?attempt, error = %e, "cannot cache the result");
+            }
+        }
         self.unsent_started.remove(&attempt);
         self.unacked.insert(attempt, result);
     }
@@ -188,6 +214,7 @@ impl Worker {
         let split = self.unacked.split_for_hello(HELLO_FINISHED_BYTES);
         let hello = frames::hello(
             &self.cfg,
+            self.cache_url.as_deref(),
             &self.hostname,
             self.memory.total(),
             self.exec.running(),
@@ -393,7 +420,20 @@ impl Worker {
                 tracing::warn!("second welcome from the coordinator; ignored");
                 Ok(None)
             }
-            Inbound::Assign { attempt, spec } => self.on_assign(live, attempt, spec),
+            Inbound::Assign {
+                attempt,
+                spec,
+                cache_key,
+            } => self.on_assign(live, attempt, spec, cache_key),
+            Inbound::CacheMembers(members) => {
+                tracing::debug!(
+                    epoch = members.epoch(),
+                    nodes = members.len(),
+                    "cache membership"
+                );
+                self.members.send_replace(std::sync::Arc::new(members));
+                Ok(None)
+            }
             Inbound::Cancel { attempt, grace } => {
                 if self.exec.is_running(&attempt) {
                     tracing::debug!(?attempt, ?grace, "cancel");
@@ -425,6 +465,7 @@ impl Worker {
         live: &Live,
         attempt: AttemptRef,
         spec: Option<v1::GateSpec>,
+        cache_key: Option<CacheKey>,
     ) -> Result<Option<SessionEnd>, RemoteWorkerError> {
         if self.exec.is_running(&attempt) {
             tracing::warn!(
@@ -454,6 +495,10 @@ impl Worker {
         match frames::prepare_assignment(&self.workspace, attempt.clone(), spec) {
             Ok(prepared) => {
                 tracing::debug!(?attempt, gate = %prepared.assignment.spec.gate, "assigned");
+                if let Some(key) = cache_key {
+                    let gate = prepared.assignment.spec.gate.clone();
+                    self.cache_keys.insert(attempt.clone(), (key, gate));
+                }
                 self.exec.assign(prepared)?;
                 Ok(None)
             }

@@ -1,0 +1,47 @@
+//! `gatehouse run --cache URL`: a client of a cluster's shared result cache, reached
+//! through one of its cache nodes. The node's `Stats` names the membership it last
+//! received from its coordinator; that membership is used for the whole run (a run
+//! does not follow later changes). A node that has no membership yet is used alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership, check_url};
+use gatehouse_proto::v1;
+use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
+use tonic::transport::Endpoint;
+
+/// How long finding the membership may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the cache behind the node at `url`.
+pub async fn connect(url: &str) -> anyhow::Result<Arc<ClusterCache>> {
+    check_url(url).map_err(|e| anyhow::anyhow!("invalid --cache URL: {e}"))?;
+    let endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CONNECT_TIMEOUT);
+    let stats = async {
+        let channel = endpoint.connect().await?;
+        let answer = CacheServiceClient::new(channel)
+            .stats(v1::StatsRequest {})
+            .await?;
+        anyhow::Ok(answer.into_inner())
+    };
+    let stats = tokio::time::timeout(CONNECT_TIMEOUT, stats)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
+        .and_then(|r| r)
+        .with_context(|| format!("cannot reach the cache node {url}"))?;
+    let members = match stats.members {
+        Some(m) if !m.nodes.is_empty() => Membership::from_wire(&m)
+            .with_context(|| format!("the cache node {url} sent an unusable member list"))?,
+        _ => {
+            let id = stats.node.map(|n| n.node_id).unwrap_or_default();
+            Membership::new(0, 1, [(id, url.to_owned())])
+        }
+    };
+    tracing::info!(%url, nodes = members.len(), replicas = members.replicas(), "using the shared cache");
+    let (_, rx) = tokio::sync::watch::channel(Arc::new(members));
+    Ok(Arc::new(ClusterCache::new(ClientConfig::default(), rx)))
+}

@@ -1,0 +1,243 @@
+//! The cache client ([`ClusterCache`]) against real cache nodes (this crate's service
+//! over real loopback sockets), and against a node that accepts connections but never
+//! answers (what a SIGSTOPped process looks like to its peers).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gatehouse_common::cache::codec::encode_entry;
+use gatehouse_common::cache::{CacheEntry, CacheKey, ResultCache, unix_ms_now};
+use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
+use gatehouse_common::ids::GateId;
+use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership};
+use gatehouse_proto::v1;
+use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{CacheNodeConfig, StoreConfig, start_node};
+
+struct Node {
+    id: String,
+    url: String,
+}
+
+/// Starts `n` cache nodes on loopback.
+async fn nodes(n: usize, stop: &CancellationToken) -> Vec<Node> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("node-{i}");
+        let (_, members) = watch::channel(Arc::new(Membership::default()));
+        let config = CacheNodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise: None,
+            store: StoreConfig::default(),
+        };
+        let node = start_node(id.clone(), "localhost", config, members, None, stop.clone())
+            .await
+            .expect("start node");
+        out.push(Node { id, url: node.url });
+    }
+    out
+}
+
+fn client(nodes: &[(String, String)], replicas: usize, config: ClientConfig) -> ClusterCache {
+    let members = Membership::new(1, replicas, nodes.iter().cloned());
+    let (_, rx) = watch::channel(Arc::new(members));
+    ClusterCache::new(config, rx)
+}
+
+fn pairs(nodes: &[Node]) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.url.clone()))
+        .collect()
+}
+
+fn key(i: u32) -> CacheKey {
+    CacheKey(*blake3::hash(&i.to_le_bytes()).as_bytes())
+}
+
+fn entry(stdout: Vec<u8>) -> CacheEntry {
+    CacheEntry {
+        result: GateResult {
+            status: ExitStatus::Exited(0),
+            duration: Duration::from_millis(7),
+            peak_memory: Some(1 << 20),
+            stdout: OutputTail {
+                bytes: stdout,
+                dropped: 0,
+            },
+            stderr: OutputTail::default(),
+        },
+        producer: GateId::new("pr-1/test"),
+        created_unix_ms: unix_ms_now(),
+    }
+}
+
+async fn stats(url: &str) -> v1::CacheNodeStats {
+    let mut c = CacheServiceClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    c.stats(v1::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner()
+        .node
+        .expect("node stats")
+}
+
+#[tokio::test]
+async fn entries_go_to_r_replicas_and_come_back() {
+    let stop = CancellationToken::new();
+    let nodes = nodes(3, &stop).await;
+    let cache = client(&pairs(&nodes), 2, ClientConfig::default());
+    for i in 0..30 {
+        cache
+            .put(&key(i), &entry(vec![i as u8; 10]))
+            .await
+            .expect("put");
+    }
+    for i in 0..30 {
+        let got = cache.get(&key(i)).await.expect("get").expect("hit");
+        assert_eq!(got.result.stdout.bytes, vec![i as u8; 10]);
+    }
+    assert_eq!(cache.get(&key(99)).await.expect("get"), None);
+    // Each entry is on exactly two of the three nodes.
+    let mut puts = 0;
+    for n in &nodes {
+        let s = stats(&n.url).await;
+        puts += s.puts;
+        assert_eq!(s.memory_entries, s.puts);
+    }
+    assert_eq!(puts, 60);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn large_entries_travel_in_chunks() {
+    let stop = CancellationToken::new();
+    let nodes = nodes(2, &stop).await;
+    let cache = client(&pairs(&nodes), 2, ClientConfig::default());
+    // About 3 MiB after compression (xorshift noise): three chunks each way.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let big = entry(noise);
+    assert!(encode_entry(&key(1), &big).expect("encode").len() > 2 << 20);
+    cache.put(&key(1), &big).await.expect("put");
+    assert_eq!(cache.get(&key(1)).await.expect("get"), Some(big));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_an_entry_gets_it_back() {
+    let stop = CancellationToken::new();
+    let nodes = nodes(2, &stop).await;
+    let all = pairs(&nodes);
+    // Written while only node-0 was a member.
+    let early = client(&all[..1], 2, ClientConfig::default());
+    early
+        .put(&key(5), &entry(b"x".to_vec()))
+        .await
+        .expect("put");
+    assert_eq!(stats(&nodes[1].url).await.puts, 0);
+    let cache = client(&all, 2, ClientConfig::default());
+    assert!(cache.get(&key(5)).await.expect("get").is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&nodes[1].url).await.puts == 0 {
+        assert!(Instant::now() < deadline, "no read-repair");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache.stats().repairs.load(Ordering::Relaxed), 1);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
+    let stop = CancellationToken::new();
+    let live = nodes(1, &stop).await;
+    // Accepts TCP connections and never says anything: a stopped process.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_url = format!("http://{}", hung.local_addr().expect("addr"));
+    let mut all = pairs(&live);
+    all.push(("hung".into(), hung_url));
+    let timeout = Duration::from_millis(200);
+    let config = ClientConfig {
+        lookup_timeout: timeout,
+        put_timeout: Duration::from_millis(300),
+        put_attempts: 1,
+        ..ClientConfig::default()
+    };
+    let cache = client(&all, 2, config);
+    // R = 2 over two nodes: every key lives on both.
+    cache
+        .put(&key(1), &entry(b"ok".to_vec()))
+        .await
+        .expect("the live replica takes it");
+    // A hit from the live replica does not wait for the hung one.
+    let t = Instant::now();
+    assert!(cache.get(&key(1)).await.expect("get").is_some());
+    assert!(t.elapsed() < timeout, "hit took {:?}", t.elapsed());
+    // A miss waits at most the timeout...
+    let t = Instant::now();
+    assert_eq!(cache.get(&key(2)).await.expect("get"), None);
+    assert!(
+        t.elapsed() < timeout + Duration::from_millis(150),
+        "miss took {:?}",
+        t.elapsed()
+    );
+    // ... and then the hung node is skipped: a hundred misses take far less than one
+    // timeout each.
+    let t = Instant::now();
+    for i in 100..200 {
+        assert_eq!(cache.get(&key(i)).await.expect("get"), None);
+    }
+    assert!(
+        t.elapsed() < timeout * 5,
+        "100 misses took {:?}",
+        t.elapsed()
+    );
+    assert!(cache.stats().put_failures.load(Ordering::Relaxed) >= 1);
+    drop(hung);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_lookups_are_batched() {
+    let stop = CancellationToken::new();
+    let nodes = nodes(2, &stop).await;
+    let cache = Arc::new(client(&pairs(&nodes), 2, ClientConfig::default()));
+    for i in 0..2000 {
+        cache
+            .put_detached(&key(i), &entry(Vec::new()))
+            .expect("queue");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().puts.load(Ordering::Relaxed) < 4000 {
+        assert!(Instant::now() < deadline, "writes did not land");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2000 {
+        let cache = cache.clone();
+        tasks.spawn(async move { cache.get(&key(i)).await.expect("get").is_some() });
+    }
+    let mut hits = 0;
+    while let Some(hit) = tasks.join_next().await {
+        hits += usize::from(hit.expect("task"));
+    }
+    assert_eq!(hits, 2000);
+    assert_eq!(cache.stats().errors.load(Ordering::Relaxed), 0);
+    cache.close(Duration::from_secs(1)).await;
+    stop.cancel();
+}

@@ -1,0 +1,130 @@
+//! The worker as a cache node: a [`NodeStore`] served as `gatehouse.v1.CacheService`
+//! (see `docs/cache.md`). A worker with [`CacheNodeConfig`] (`--cache-listen`) binds
+//! the port before it says `Hello`, advertises the URL in `Hello.cache_url`, and the
+//! coordinator adds it to the membership it distributes.
+//!
+//! Every worker, cache node or not, writes the results of passed gates that carry a
+//! cache key to the key's replicas through a
+//! [`ClusterCache`](gatehouse_proto::cache::ClusterCache) that follows the membership
+//! its sessions receive.
+
+pub mod service;
+pub mod store;
+
+#[cfg(test)]
+mod client_tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::spawn::spawn_named;
+use gatehouse_proto::cache::{ClusterCache, Membership};
+use gatehouse_proto::v1::cache_service_server::CacheServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use service::CacheServiceImpl;
+pub use store::{NodeStore, StoreConfig, StoreStats};
+
+/// How a worker serves its part of the cache.
+#[derive(Clone, Debug)]
+pub struct CacheNodeConfig {
+    /// Where the CacheService listens (`--cache-listen`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The URL other processes reach it at (`--cache-advertise`); by default
+    /// `http://<listen address>:<bound port>`, with the host name when the listen
+    /// address is unspecified (0.0.0.0 or ::).
+    pub advertise: Option<String>,
+    /// The store's sizes and TTL.
+    pub store: StoreConfig,
+}
+
+/// Why the cache node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheNodeError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen for the cache on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store cannot be opened (its directory).
+    #[error("cannot open the cache store: {0}")]
+    Store(#[from] gatehouse_common::cache::CacheError),
+    /// `--cache-advertise` is not a usable URL.
+    #[error("invalid cache advertise URL: {0}")]
+    Advertise(String),
+}
+
+/// A running cache node.
+pub struct CacheNode {
+    /// The advertised URL.
+    pub url: String,
+    /// The server task; it ends once `shutdown` fires and connections closed.
+    pub task: JoinHandle<()>,
+}
+
+/// Most bytes of one message the service takes (a chunk of at most 1 MiB plus framing).
+const MAX_MESSAGE: usize = 2 * gatehouse_proto::cache::CHUNK_BYTES + 4096;
+
+/// Binds, opens the store and serves it until `shutdown`.
+pub async fn start_node(
+    node_id: String,
+    hostname: &str,
+    config: CacheNodeConfig,
+    members: watch::Receiver<Arc<Membership>>,
+    client: Option<Arc<ClusterCache>>,
+    shutdown: CancellationToken,
+) -> Result<CacheNode, CacheNodeError> {
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CacheNodeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| CacheNodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let url = match config.advertise {
+        Some(url) => {
+            gatehouse_proto::cache::check_url(&url).map_err(CacheNodeError::Advertise)?;
+            url
+        }
+        None if bound.ip().is_unspecified() => format!("http://{hostname}:{}", bound.port()),
+        None => format!("http://{bound}"),
+    };
+    let store = Arc::new(NodeStore::open(config.store).await?);
+    let service = CacheServiceImpl::new(node_id, store, members, client);
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            CacheServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracing::info!(%url, listen = %bound, "cache node serving");
+    let task = spawn_named("cache-server", async move {
+        tokio::select! {
+            served = server => if let Err(e) = served {
+                tracing::error!(error = %e, "cache server failed");
+            },
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } => tracing::debug!("cache connections did not close in time; closing them"),
+        }
+    });
+    Ok(CacheNode { url, task })
+}

@@ -1,0 +1,519 @@
+//! [`NodeStore`]: what one cache node holds. A bounded memory tier over an optional
+//! bounded disk tier, both [`moka`] caches weighted by bytes (moka's TinyLFU admission
+//! and LRU eviction), with a TTL counted from when the entry was first written.
+//!
+//! - **Memory tier**: encoded entries (`Arc<[u8]>`, shared with the RPCs that send
+//!   them), at most [`StoreConfig::memory_bytes`].
+//! - **Disk tier** (with [`StoreConfig::disk`]): one file per entry in the
+//!   [`DiskCache`] layout, indexed by a moka cache of sizes bounded by the disk budget;
+//!   when the index evicts or expires a key, its file is deleted. At startup the
+//!   directory is scanned: files older than the TTL are deleted, the rest indexed with
+//!   what is left of their TTL (from the file's mtime). A `put` writes both tiers; a
+//!   `get` that misses memory reads the file and promotes it.
+//!
+//! Entries are checked ([`check_entry`]) when stored and when read from disk; damaged
+//! bytes are refused or dropped, never served. The store never decodes an entry.
+//!
+//! Concurrency: all methods take `&self`; moka is internally synchronised, and disk
+//! I/O runs in `spawn_blocking`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use gatehouse_common::cache::codec::check_entry;
+use gatehouse_common::cache::{CacheError, CacheKey, Corrupt, DiskCache};
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+/// Bookkeeping bytes counted per entry on top of its encoded size.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// Sizes and lifetime of a node's store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Bytes of encoded entries the memory tier holds at most.
+    pub memory_bytes: u64,
+    /// The disk tier's directory and byte budget.
+    pub disk: Option<(PathBuf, u64)>,
+    /// Entries older than this are gone (counted from when they were first written).
+    pub ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            disk: None,
+            ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The node's counters (monotonic since start).
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub puts: AtomicU64,
+    pub rejected: AtomicU64,
+    pub evictions: AtomicU64,
+    pub expirations: AtomicU64,
+}
+
+/// A snapshot of the store's size and counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub puts: u64,
+    pub rejected: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub memory_entries: u64,
+    pub memory_bytes: u64,
+    pub disk_entries: u64,
+    pub disk_bytes: u64,
+}
+
+/// A stored entry and when it was first written (for its TTL).
+#[derive(Clone)]
+struct Held<T> {
+    value: T,
+    written: SystemTime,
+}
+
+/// Per-entry TTL from the entry's write time.
+struct Ttl(Duration);
+
+impl<T> moka::Expiry<CacheKey, Held<T>> for Ttl {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        held: &Held<T>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let age = SystemTime::now()
+            .duration_since(held.written)
+            .unwrap_or(Duration::ZERO);
+        Some(self.0.saturating_sub(age))
+    }
+}
+
+struct DiskTier {
+    files: DiskCache,
+    /// key -> encoded size; its evictions delete files.
+    index: Cache<CacheKey, Held<u64>>,
+}
+
+/// One node's store (see the module docs).
+pub struct NodeStore {
+    config: StoreConfig,
+    memory: Cache<CacheKey, Held<Arc<[u8]>>>,
+    disk: Option<DiskTier>,
+    counters: Arc<StoreCounters>,
+}
+
+fn weight(bytes: u64) -> u32 {
+    u32::try_from(bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+impl NodeStore {
+    /// Opens the store, scanning (and pruning) the disk tier if there is one.
+    pub async fn open(config: StoreConfig) -> Result<Self, CacheError> {
+        let counters = Arc::new(StoreCounters::default());
+        let c = counters.clone();
+        let memory = Cache::builder()
+            .max_capacity(config.memory_bytes)
+            .weigher(|_, h: &Held<Arc<[u8]>>| weight(h.value.len() as u64))
+            .expire_after(Ttl(config.ttl))
+            .eviction_listener(move |_, _, cause| count_removal(&c, cause))
+            .build();
+        let disk = match &config.disk {
+            None => None,
+            Some((dir, budget)) => Some(open_disk(dir.clone(), *budget, config.ttl).await?),
+        };
+        Ok(Self {
+            config,
+            memory,
+            disk,
+            counters,
+        })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The encoded entry of `key`, if held and not expired.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<[u8]>> {
+        let found = match self.memory.get(key).await {
+            Some(held) => Some(held.value),
+            None => self.get_from_disk(key).await,
+        };
+        let counter = match found {
+            Some(_) => &self.counters.hits,
+            None => &self.counters.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    async fn get_from_disk(&self, key: &CacheKey) -> Option<Arc<[u8]>> {
+        let disk = self.disk.as_ref()?;
+        let held = disk.index.get(key).await?;
+        let files = disk.files.clone();
+        let k = *key;
+        let read = tokio::task::spawn_blocking(move || files.read_raw(&k)).await;
+        match read {
+            Ok(Ok(Some(bytes))) => {
+                let bytes: Arc<[u8]> = bytes.into();
+                let promoted = Held {
+                    value: bytes.clone(),
+                    written: held.written,
+                };
+                self.memory.insert(*key, promoted).await;
+                Some(bytes)
+            }
+            Ok(Ok(None)) => {
+                disk.index.invalidate(key).await;
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(key = %key, error = %e, "cannot read a cache entry from disk");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cache disk read task failed");
+                None
+            }
+        }
+    }
+
+    /// Stores `bytes` under `key` after checking their framing; a refused entry is
+    /// counted in `rejected` and changes nothing.
+    pub async fn put(&self, key: CacheKey, bytes: Arc<[u8]>) -> Result<(), Corrupt> {
+        if let Err(reason) = check_entry(&key, &bytes) {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(reason);
+        }
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let written = SystemTime::now();
+        if let Some(disk) = &self.disk {
+            let (files, b) = (disk.files.clone(), bytes.clone());
+            let wrote = tokio::task::spawn_blocking(move || files.write_raw(&key, &b)).await;
+            match wrote {
+                Ok(Ok(())) => {
+                    let held = Held {
+                        value: bytes.len() as u64,
+                        written,
+                    };
+                    disk.index.insert(key, held).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(key = %key, error = %e, "cannot write a cache entry to disk")
+                }
+                Err(e) => tracing::error!(error = %e, "cache disk write task failed"),
+            }
+        }
+        self.memory
+            .insert(
+                key,
+                Held {
+                    value: bytes,
+                    written,
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Sizes and counters, after applying pending evictions.
+    pub async fn stats(&self) -> StoreStats {
+        self.memory.run_pending_tasks().await;
+        let (disk_entries, disk_bytes) = match &self.disk {
+            Some(d) => {
+                d.index.run_pending_tasks().await;
+                (d.index.entry_count(), d.index.weighted_size())
+            }
+            None => (0, 0),
+        };
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            hits: load(&c.hits),
+            misses: load(&c.misses),
+            puts: load(&c.puts),
+            rejected: load(&c.rejected),
+            evictions: load(&c.evictions),
+            expirations: load(&c.expirations),
+            memory_entries: self.memory.entry_count(),
+            memory_bytes: self.memory.weighted_size(),
+            disk_entries,
+            disk_bytes,
+        }
+    }
+}
+
+fn count_removal(counters: &StoreCounters, cause: RemovalCause) {
+    let counter = match cause {
+        RemovalCause::Size => &counters.evictions,
+        RemovalCause::Expired => &counters.expirations,
+        RemovalCause::Explicit | RemovalCause::Replaced => return,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn open_disk(dir: PathBuf, budget: u64, ttl: Duration) -> Result<DiskTier, CacheError> {
+    let files = tokio::task::spawn_blocking(move || {
+        let files = DiskCache::open(dir)?;
+        let scanned = files.scan_raw()?;
+        Ok::<_, CacheError>((files, scanned))
+    })
+    .await
+    .map_err(|e| CacheError::Io {
+        path: "cache directory scan".into(),
+        source: std::io::Error::other(e),
+    })??;
+    let (files, scanned) = files;
+    let deleter = files.clone();
+    let index = Cache::builder()
+        .max_capacity(budget)
+        .weigher(|_, h: &Held<u64>| weight(h.value))
+        .expire_after(Ttl(ttl))
+        .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
+            if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                // A small unlink; the listener runs during the index's maintenance.
+                if let Err(e) = deleter.remove_raw(&key) {
+                    tracing::warn!(key = %key, error = %e, "cannot delete an evicted cache file");
+                }
+            }
+        })
+        .build();
+    let now = SystemTime::now();
+    let (mut kept, mut pruned) = (0u64, 0u64);
+    for entry in scanned {
+        let age = now.duration_since(entry.modified).unwrap_or(Duration::ZERO);
+        if age >= ttl {
+            let _ = files.remove_raw(&entry.key);
+            pruned += 1;
+            continue;
+        }
+        let held = Held {
+            value: entry.len,
+            written: entry.modified,
+        };
+        index.insert(entry.key, held).await;
+        kept += 1;
+    }
+    index.run_pending_tasks().await;
+    tracing::info!(dir = %files.root().display(), kept, pruned, "cache disk tier opened");
+    Ok(DiskTier { files, index })
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_common::cache::codec::encode_entry;
+    use gatehouse_common::cache::{CacheEntry, unix_ms_now};
+    use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
+    use gatehouse_common::ids::GateId;
+
+    use super::*;
+
+    fn key(i: u32) -> CacheKey {
+        let mut k = [0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        CacheKey(k)
+    }
+
+    /// An encoded entry of about `size` bytes (random-ish output defeats compression).
+    fn encoded(k: &CacheKey, size: usize) -> Arc<[u8]> {
+        // xorshift64: incompressible enough that zstd keeps about `size` bytes.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(k.0[0]) ^ (size as u64) << 8;
+        let noise: Vec<u8> = (0..size)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let entry = CacheEntry {
+            result: GateResult {
+                status: ExitStatus::Exited(0),
+                duration: Duration::from_millis(3),
+                peak_memory: None,
+                stdout: OutputTail {
+                    bytes: noise,
+                    dropped: 0,
+                },
+                stderr: OutputTail::default(),
+            },
+            producer: GateId::new("g"),
+            created_unix_ms: unix_ms_now(),
+        };
+        encode_entry(k, &entry).expect("encode").into()
+    }
+
+    fn memory_only(memory_bytes: u64, ttl: Duration) -> StoreConfig {
+        StoreConfig {
+            memory_bytes,
+            disk: None,
+            ttl,
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_and_serves_checked_entries() {
+        let store = NodeStore::open(memory_only(1 << 20, Duration::from_secs(60)))
+            .await
+            .expect("open");
+        let bytes = encoded(&key(1), 100);
+        store.put(key(1), bytes.clone()).await.expect("put");
+        assert_eq!(store.get(&key(1)).await.as_deref(), Some(&bytes[..]));
+        assert_eq!(store.get(&key(2)).await, None);
+        let s = store.stats().await;
+        assert_eq!((s.hits, s.misses, s.puts, s.memory_entries), (1, 1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn damaged_or_misfiled_entries_are_refused() {
+        let store = NodeStore::open(memory_only(1 << 20, Duration::from_secs(60)))
+            .await
+            .expect("open");
+        let good = encoded(&key(1), 100);
+        let mut flipped = good.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            store.put(key(1), flipped.into()).await,
+            Err(Corrupt::Checksum)
+        ));
+        // Right bytes, wrong key.
+        assert!(matches!(
+            store.put(key(2), good.clone()).await,
+            Err(Corrupt::KeyMismatch(_))
+        ));
+        // Another format version.
+        let mut other = good.to_vec();
+        other[7] += 1;
+        assert!(matches!(
+            store.put(key(1), other.into()).await,
+            Err(Corrupt::Header)
+        ));
+        assert_eq!(store.get(&key(1)).await, None);
+        assert_eq!(store.stats().await.rejected, 3);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_ttl() {
+        let store = NodeStore::open(memory_only(1 << 20, Duration::from_millis(300)))
+            .await
+            .expect("open");
+        store.put(key(1), encoded(&key(1), 10)).await.expect("put");
+        assert!(store.get(&key(1)).await.is_some());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.get(&key(1)).await, None);
+        // moka's timer wheel removes expired entries on a ~1 s granularity.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let s = loop {
+            let s = store.stats().await;
+            if s.expirations == 1 || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!((s.memory_entries, s.expirations), (0, 1), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn memory_stays_within_its_byte_bound() {
+        let bound = 256 * 1024;
+        let store = NodeStore::open(memory_only(bound, Duration::from_secs(60)))
+            .await
+            .expect("open");
+        for i in 0..100 {
+            store
+                .put(key(i), encoded(&key(i), 16 * 1024))
+                .await
+                .expect("put");
+        }
+        let s = store.stats().await;
+        assert!(s.memory_bytes <= bound, "{} > {bound}", s.memory_bytes);
+        assert!(s.memory_entries < 100 && s.memory_entries > 0, "{s:?}");
+        assert_eq!(s.evictions, 100 - s.memory_entries, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn the_disk_tier_survives_a_restart_and_stays_within_its_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |disk: u64| StoreConfig {
+            // Memory holds about two entries: the rest must come from disk.
+            memory_bytes: 40 * 1024,
+            disk: Some((dir.path().to_path_buf(), disk)),
+            ttl: Duration::from_secs(3600),
+        };
+        let store = NodeStore::open(config(10 << 20)).await.expect("open");
+        let entries: Vec<_> = (0..20).map(|i| encoded(&key(i), 16 * 1024)).collect();
+        for (i, bytes) in entries.iter().enumerate() {
+            store.put(key(i as u32), bytes.clone()).await.expect("put");
+        }
+        drop(store);
+        let store = NodeStore::open(config(10 << 20)).await.expect("reopen");
+        for (i, bytes) in entries.iter().enumerate() {
+            let got = store.get(&key(i as u32)).await;
+            assert_eq!(got.as_deref(), Some(&bytes[..]), "entry {i}");
+        }
+        assert_eq!(store.stats().await.disk_entries, 20);
+        drop(store);
+        // Reopened with room for about 5 entries: the rest are evicted and deleted.
+        let budget = 5 * 17 * 1024;
+        let store = NodeStore::open(config(budget)).await.expect("reopen small");
+        let s = store.stats().await;
+        assert!(s.disk_bytes <= budget && s.disk_entries <= 5, "{s:?}");
+        let files = DiskCache::open(dir.path())
+            .expect("open")
+            .scan_raw()
+            .expect("scan");
+        assert_eq!(
+            files.len() as u64,
+            s.disk_entries,
+            "evicted files are deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_files_are_pruned_at_startup_and_damaged_ones_are_misses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |ttl: Duration| StoreConfig {
+            memory_bytes: 1 << 20,
+            disk: Some((dir.path().to_path_buf(), 1 << 20)),
+            ttl,
+        };
+        let store = NodeStore::open(config(Duration::from_secs(3600)))
+            .await
+            .expect("open");
+        store.put(key(1), encoded(&key(1), 10)).await.expect("put");
+        store.put(key(2), encoded(&key(2), 10)).await.expect("put");
+        drop(store);
+        let files = DiskCache::open(dir.path()).expect("open");
+        std::fs::write(files.entry_path(&key(2)), b"torn").expect("damage");
+        let store = NodeStore::open(config(Duration::from_secs(3600)))
+            .await
+            .expect("reopen");
+        assert!(store.get(&key(1)).await.is_some());
+        assert_eq!(store.get(&key(2)).await, None, "a damaged file is a miss");
+        drop(store);
+        std::thread::sleep(Duration::from_millis(1100));
+        let store = NodeStore::open(config(Duration::from_secs(1)))
+            .await
+            .expect("reopen");
+        assert_eq!(store.get(&key(1)).await, None);
+        assert!(
+            files.scan_raw().expect("scan").is_empty(),
+            "expired files are deleted"
+        );
+    }
+}
