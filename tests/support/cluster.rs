@@ -89,6 +89,11 @@ impl Cluster {
         Self::start_listening("127.0.0.1:0")
     }
 
+    /// Starts a coordinator that declares silent workers lost only after `liveness`.
+    pub fn start_with_liveness(liveness: &str) -> Self {
+        Self::start_with("127.0.0.1:0", liveness)
+    }
+
     /// Starts a coordinator on a free port that [`Cluster::restart_coordinator`] reuses,
     /// so workers given its URL find it again.
     pub fn start_on_fixed_port() -> Self {
@@ -111,6 +116,10 @@ impl Cluster {
     }
 
     fn coordinator_args(listen: &str, ready: &Path) -> Vec<String> {
+        Self::coordinator_args_with(listen, ready, "1500ms")
+    }
+
+    fn coordinator_args_with(listen: &str, ready: &Path, liveness: &str) -> Vec<String> {
         [
             "coordinator",
             "--listen",
@@ -120,7 +129,7 @@ impl Cluster {
             "--heartbeat-interval",
             "200ms",
             "--liveness-timeout",
-            "1500ms",
+            liveness,
             "--kill-grace",
             "1s",
         ]
@@ -130,9 +139,13 @@ impl Cluster {
     }
 
     fn start_listening(listen: &str) -> Self {
+        Self::start_with(listen, "1500ms")
+    }
+
+    fn start_with(listen: &str, liveness: &str) -> Self {
         let ws = Workspace::new();
         let ready = ws.path().join("coordinator.addr");
-        let args = Self::coordinator_args(listen, &ready);
+        let args = Self::coordinator_args_with(listen, &ready, liveness);
         let coordinator = Proc::spawn("coordinator", ws.path(), &args);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -315,12 +328,22 @@ pub fn submit(
     url: &str,
     document: &str,
 ) -> Result<String, tonic::Status> {
+    submit_with(rt, url, document, false)
+}
+
+/// Submits a plan document, with the result cache if `cached`; returns its id.
+pub fn submit_with(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    document: &str,
+    cached: bool,
+) -> Result<String, tonic::Status> {
     let mut c = plan_client(rt, url);
     let req = v1::SubmitPlanRequest {
         document: document.into(),
         format: v1::PlanFormat::Yaml as i32,
         source_name: "plan.yaml".into(),
-        no_cache: true,
+        no_cache: !cached,
     };
     rt.block_on(c.submit_plan(req))
         .map(|r| r.into_inner().plan_id)

@@ -302,6 +302,7 @@ pub fn workers_json(workers: &[v1::WorkerStatus]) -> Value {
                 "last_heartbeat_age_ms": w.last_heartbeat_age_ms,
                 "labels": w.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "version": w.version,
+                "cache_url": w.cache_url,
             })
         })
         .collect();
