@@ -17,7 +17,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to the cache behind the node at `url`.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<ClusterCache>> {
-    check_url(url).map_err(|e| anyhow::anyhow!("invalid --cache URL: {e}"))?;
+    check_url(url).map_err(|e| anyhow::anyhow!("invalid cache URL: {e}"))?;
     let endpoint = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CONNECT_TIMEOUT);

@@ -82,6 +82,12 @@ pub fn main(args: RunArgs) -> u8 {
         eprintln!("error: --workers must be at least 1");
         return EXIT_INVALID;
     }
+    if let Some(url) = &args.cache
+        && let Err(e) = gatehouse_proto::cache::check_url(url)
+    {
+        eprintln!("error: invalid --cache URL: {e}");
+        return EXIT_INVALID;
+    }
     let labels =
         match gatehouse_worker::remote::parse_labels(args.labels.iter().map(String::as_str)) {
             Ok(labels) => labels,
@@ -132,10 +138,21 @@ async fn run(
             .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("cache"));
         let cache = DiskCache::open(&dir)
             .with_context(|| format!("cannot open the result cache at {}", dir.display()))?;
-        match &args.cache {
+        // An unreachable shared cache is not a reason to fail the run: like a cache
+        // miss, it only costs time.
+        let far = match &args.cache {
+            None => None,
+            Some(url) => match crate::remote_cache::connect(url).await {
+                Ok(far) => Some(far),
+                Err(e) => {
+                    eprintln!("warning: {e:#}; running with the local cache only");
+                    None
+                }
+            },
+        };
+        match far {
             None => Some(Arc::new(cache)),
-            Some(url) => {
-                let far = crate::remote_cache::connect(url).await?;
+            Some(far) => {
                 remote = Some(far.clone());
                 Some(Arc::new(Tiered::new(
                     Arc::new(cache),
