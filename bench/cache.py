@@ -37,22 +37,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402  (the generator and timer are shared)
     BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+from local_cluster import LocalCluster, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(what: str, timeout: float, cond) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def pyramid(items: int, seed: int, commits: dict[int, str]) -> tuple[str, list[int | None]]:
@@ -106,23 +98,13 @@ def main(argv: list[str]) -> int:
     needs = generate_dag(args.size, default_layers(args.size), args.seed)
     write_plan(plan, f"bench-cache-{args.size}", gate_ids(args.size), needs, distinct=True)
 
-    procs: list[subprocess.Popen] = []
     logs = tempfile.TemporaryDirectory()
+    cluster = None
     try:
-        ready = Path(logs.name) / "coordinator.addr"
-        log = open(Path(logs.name) / "coordinator.log", "w")
-        procs.append(subprocess.Popen(
-            [str(gh), "coordinator", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
-             "--state-dir", str(Path(logs.name) / "state")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        wait_for("the coordinator's ready file", 20, ready.exists)
-        url = "http://" + ready.read_text().strip()
-        for i in range(2):
-            wlog = open(Path(logs.name) / f"w{i}.log", "w")
-            procs.append(subprocess.Popen(
-                [str(gh), "worker", "--coordinator", url, "--id", f"bench-w{i}",
-                 "--slots", "1", "--workspace", str(out), "--cache-listen", "127.0.0.1:0"],
-                stdout=wlog, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        cluster = LocalCluster(gh, Path(logs.name), [
+            ["--slots", "1", "--workspace", str(out), "--cache-listen", "127.0.0.1:0"]
+            for _ in range(2)])
+        url = cluster.url
 
         def stats() -> dict:
             r = subprocess.run([str(gh), "cache", "stats", "--json", "--coordinator", url],
@@ -190,13 +172,8 @@ def main(argv: list[str]) -> int:
                  >= 2 * args.size + 2 * 4 * args.items)
         second = submit_json(gh, url, pyr, out)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if cluster:
+            cluster.close()
         logs.cleanup()
 
     cm, rm = statistics.median(walls["cluster"]), statistics.median(walls["run"])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,16 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402  (the generator and timer are shared)
     BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+from local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(what: str, timeout: float, cond) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -69,32 +61,12 @@ def main(argv: list[str]) -> int:
     write_plan(plan, f"bench-{args.size}", gate_ids(args.size), needs)
     slots = max(1, args.jobs // 2)
 
-    procs: list[subprocess.Popen] = []
     logs = tempfile.TemporaryDirectory()
+    cluster = None
     try:
-        ready = Path(logs.name) / "coordinator.addr"
-        log = open(Path(logs.name) / "coordinator.log", "w")
-        coord = subprocess.Popen(
-            [str(gh), "coordinator", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
-             # Durable plan state: in the temp dir, not ./gatehouse-state in the cwd.
-             "--state-dir", str(Path(logs.name) / "state")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(coord)
-        wait_for("the coordinator's ready file", 20, ready.exists)
-        url = "http://" + ready.read_text().strip()
-        for i in range(2):
-            wlog = open(Path(logs.name) / f"w{i}.log", "w")
-            procs.append(subprocess.Popen(
-                [str(gh), "worker", "--coordinator", url, "--id", f"bench-w{i}",
-                 "--slots", str(slots), "--workspace", str(out)],
-                stdout=wlog, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-
-        def connected() -> bool:
-            r = subprocess.run([str(gh), "workers", "--json", "--coordinator", url],
-                               capture_output=True, text=True)
-            return r.returncode == 0 and r.stdout.count('"worker_id"') >= 2
-        wait_for("both workers to connect", 20, connected)
-
+        cluster = LocalCluster(gh, Path(logs.name), [
+            ["--slots", str(slots), "--workspace", str(out)] for _ in range(2)])
+        coord, url = cluster.coordinator, cluster.url
         cluster_cmd = [str(gh), "submit", "--watch", "--quiet", "--no-cache",
                        "--coordinator", url, str(plan)]
         run_cmd = [str(gh), "run", "--no-cache", "-j", str(args.jobs), "--quiet", str(plan)]
@@ -109,13 +81,8 @@ def main(argv: list[str]) -> int:
                   f"run {walls['run'][-1] if rnd else 0:.3f}s", file=sys.stderr)
         hwm = vm_hwm_kib(coord.pid)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if cluster:
+            cluster.close()
         logs.cleanup()
 
     cm, rm = statistics.median(walls["cluster"]), statistics.median(walls["run"])

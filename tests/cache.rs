@@ -13,21 +13,22 @@ use serde_json::Value;
 use support::cluster::{Cluster, submit_with, summary};
 use support::{RunResult, wait_until};
 
-/// Three cache nodes (R = 2, the default) that also run gates.
-fn cache_cluster(liveness: Option<&str>, extra: &[&[&str]]) -> Cluster {
-    let mut c = match liveness {
-        Some(l) => Cluster::start_with_liveness(l),
-        None => Cluster::start(),
-    };
+/// Adds one cache node per entry of `extra` (more flags each) that also runs gates, and
+/// waits until the coordinator knows them all as cache nodes.
+fn cache_cluster(mut c: Cluster, extra: &[&[&str]]) -> Cluster {
     for (i, more) in extra.iter().enumerate() {
         let mut args = vec!["--slots", "2", "--cache-listen", "127.0.0.1:0"];
         args.extend_from_slice(more);
         c.add_worker(&format!("w{i}"), &args);
     }
-    let nodes = extra.len();
+    wait_for_nodes(&c, extra.len());
+    c
+}
+
+fn wait_for_nodes(c: &Cluster, nodes: usize) {
     wait_until(
-        "every worker to be a cache node",
-        Duration::from_secs(10),
+        &format!("{nodes} cache nodes"),
+        Duration::from_secs(20),
         || {
             c.list_workers()
                 .iter()
@@ -36,7 +37,6 @@ fn cache_cluster(liveness: Option<&str>, extra: &[&[&str]]) -> Cluster {
                 == nodes
         },
     );
-    c
 }
 
 /// A DAG of `n` gates (each needs the previous two), each counting its runs in
@@ -103,8 +103,8 @@ fn wait_for_puts(c: &Cluster, n: u64) {
 }
 
 #[test]
-fn a_second_run_is_all_hits_and_survives_losing_a_node() {
-    let c = cache_cluster(None, &[&[], &[], &[]]);
+fn a_second_run_is_all_hits_and_survives_losing_a_node_and_the_coordinator() {
+    let mut c = cache_cluster(Cluster::start_on_fixed_port(), &[&[], &[], &[]]);
     let gates = 12;
     let doc = counted_plan(c.ws.path(), gates, "a");
 
@@ -116,6 +116,12 @@ fn a_second_run_is_all_hits_and_survives_losing_a_node() {
     assert_eq!(summary(&first).counts.as_ref().expect("counts").cached, 0);
     // Every passed gate went to R = 2 replicas.
     wait_for_puts(&c, 2 * gates as u64);
+    // A new coordinator (nothing in memory; the workers come back to it): what follows
+    // can only come from the cache nodes.
+    c.coordinator.signal("KILL");
+    let _ = c.coordinator.wait_exit(Duration::from_secs(5));
+    c.restart_coordinator();
+    wait_for_nodes(&c, 3);
 
     let second = run_cached(&c, &doc);
     let counts = summary(&second).counts.expect("counts");
@@ -169,7 +175,7 @@ fn a_second_run_is_all_hits_and_survives_losing_a_node() {
 
 #[test]
 fn plans_sharing_gates_run_each_shared_gate_once() {
-    let c = cache_cluster(None, &[&[], &[]]);
+    let c = cache_cluster(Cluster::start(), &[&[], &[]]);
     let dir = c.ws.path();
     // `lint` and `build` are the same in both plans (same command, same key); each
     // plan also has a test of its own. The shared gates take a while, so both plans
@@ -210,7 +216,10 @@ fn a_hung_cache_node_does_not_stall_scheduling() {
     // Liveness 30 s: the stopped node stays a member for the whole test, as a node
     // that hangs without its session breaking would. It has too little memory for any
     // gate (256 MiB by default), so only its cache role matters.
-    let c = cache_cluster(Some("30s"), &[&[], &[], &["--memory", "128Mi"]]);
+    let c = cache_cluster(
+        Cluster::start_with_liveness("30s"),
+        &[&[], &[], &["--memory", "128Mi"]],
+    );
     let chain = |salt: &str| {
         let mut doc =
             format!("version: 1\nname: chain\npolicy:\n  cache_salt: \"{salt}\"\ngates:\n");

@@ -223,7 +223,11 @@ async fn main() {
     let (wall, lat) = load(a.entries, a.concurrency, move |i| {
         let (c, e) = (c.clone(), e.clone());
         async move {
-            c.put(&key(i), &e[i]).await.expect("put");
+            let bytes = gatehouse_common::cache::codec::encode_entry(&key(i), &e[i]);
+            assert!(
+                c.put_bytes(&key(i), bytes.expect("encode").into()).await,
+                "put"
+            );
         }
     })
     .await;

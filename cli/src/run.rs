@@ -254,6 +254,13 @@ async fn run(
     sched_task.await.context("scheduler task failed")?;
     if let Some(remote) = remote {
         remote.close(Duration::from_secs(2)).await;
+        let failed = remote
+            .stats()
+            .put_failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if failed > 0 {
+            eprintln!("warning: {failed} results could not be written to the shared cache");
+        }
     }
     worker_shutdown.cancel();
     worker_task.await.context("executor task failed")?;

@@ -492,6 +492,9 @@ impl SchedulerActor {
                     return;
                 };
                 let _ = reply.send(Ok(()));
+                if options.use_cache {
+                    self.restore_keys(&id);
+                }
                 self.feed(Event::PlanRestored {
                     id,
                     plan,
@@ -613,6 +616,45 @@ impl SchedulerActor {
         }
     }
 
+    /// Computes every key of a restored plan up front: gates that passed before the
+    /// failover are never looked up again, and without their keys every gate that
+    /// depends on them would run uncached. Only when keys do not hash files (the
+    /// coordinator), so this is pure hashing, in dependency order.
+    fn restore_keys(&mut self, id: &PlanId) {
+        if self.config.hash_inputs {
+            return;
+        }
+        let Some(driver) = self.plans.get_mut(id) else {
+            return;
+        };
+        let plan = driver.plan.clone();
+        let n = plan.gates.len();
+        let mut dependents: Vec<Vec<GateIdx>> = vec![Vec::new(); n];
+        let mut blocking = vec![0usize; n];
+        for g in (0..n as u32).map(GateIdx) {
+            for d in plan.prerequisites(g) {
+                dependents[d.ix()].push(g);
+                blocking[g.ix()] += 1;
+            }
+        }
+        let mut ready: VecDeque<GateIdx> = (0..n as u32)
+            .map(GateIdx)
+            .filter(|g| blocking[g.ix()] == 0)
+            .collect();
+        while let Some(g) = ready.pop_front() {
+            let keyable = plan.gate(g).inputs.is_empty();
+            driver.keys[g.ix()] = dependency_keys(&plan, g, &driver.keys)
+                .filter(|_| keyable)
+                .and_then(|deps| compute_key(&plan, g, &deps, &driver.files).ok());
+            for &d in &dependents[g.ix()] {
+                blocking[d.ix()] -= 1;
+                if blocking[d.ix()] == 0 {
+                    ready.push_back(d);
+                }
+            }
+        }
+    }
+
     /// Starts queued cache lookups while below the concurrency limit.
     fn start_lookups(&mut self) {
         while self.lookups.len() < self.config.max_cache_lookups {
@@ -622,6 +664,10 @@ impl SchedulerActor {
             let Some(driver) = self.plans.get(&plan_id) else {
                 continue;
             };
+            // A gate that stopped waiting (its plan was cancelled) needs no lookup.
+            if !self.core.awaits_cache(&plan_id, gate) {
+                continue;
+            }
             let plan = driver.plan.clone();
             let keyable = self.config.hash_inputs || plan.gate(gate).inputs.is_empty();
             let deps = dependency_keys(&plan, gate, &driver.keys).filter(|_| keyable);
@@ -669,6 +715,17 @@ impl SchedulerActor {
         };
         driver.keys[lookup.gate.ix()] = lookup.key;
         let cacheable = driver.plan.gate(lookup.gate).cache;
+        // Only a gate that still waits may lead or join a flight: one that ended while
+        // its lookup ran (cancel, fail-fast) would never land and would hold the key.
+        if !self.core.awaits_cache(&lookup.plan, lookup.gate) {
+            return;
+        }
+        // A gate with this key passed moments ago here; its result may not have
+        // reached the cache yet (executors write it in the background).
+        let mut lookup = lookup;
+        if let (None, Some(key), true) = (&lookup.hit, lookup.key, cacheable) {
+            lookup.hit = self.flights.recent.get(&key).map(Box::new);
+        }
         // Single flight: a miss on a key that a running gate is computing waits for
         // that gate instead of running the same thing again.
         if let (None, Some(key), true) = (&lookup.hit, lookup.key, cacheable)
@@ -699,10 +756,20 @@ impl SchedulerActor {
             (crate::core::Terminal::Passed, Some(result)) => Some(result),
             _ => None,
         };
-        let Some((key, waiters)) = self.flights.land(plan, gate, passed.is_some()) else {
+        let core = &self.core;
+        let waiting = |g: &(PlanId, GateIdx)| core.awaits_cache(&g.0, g.1);
+        let Some((key, waiters)) = self.flights.land(plan, gate, passed.is_some(), waiting) else {
             return;
         };
         let producer = self.plans.get(plan).map(|d| d.plan.gate(gate).id.clone());
+        if let (Some(result), Some(producer)) = (passed, &producer) {
+            let entry = CacheEntry {
+                result: result.clone(),
+                producer: producer.clone(),
+                created_unix_ms: unix_ms_now(),
+            };
+            self.flights.recent.insert(key, entry);
+        }
         for (plan, gate) in waiters {
             let hit = passed.zip(producer.clone()).map(|(result, producer)| {
                 Box::new(CacheEntry {
@@ -763,16 +830,42 @@ fn log_store(stored: Result<Result<(), CacheError>, tokio::task::JoinError>) {
     }
 }
 
+/// How long a passed result stays in [`Flights::recent`].
+const RECENT_FOR: Duration = Duration::from_secs(60);
+/// Bytes of output tails [`Flights::recent`] holds at most.
+const RECENT_BYTES: u64 = 64 << 20;
+
 /// Single flight on cache keys: the gate that missed a key first runs it (the leader);
-/// others that miss the same key meanwhile wait for the leader to end.
-#[derive(Default)]
+/// others that miss the same key meanwhile wait for the leader to end. A leader's
+/// pass is also kept for a minute (bounded by bytes), so a gate whose lookup started
+/// before the pass and missed — the executor's write was still on its way — does not
+/// run it again.
 struct Flights {
+    recent: moka::sync::Cache<CacheKey, CacheEntry>,
     /// Key -> the gates waiting for its leader, oldest first.
     waiting: HashMap<CacheKey, VecDeque<(PlanId, GateIdx)>>,
     /// Leader gate -> the key it computes.
     leaders: HashMap<(PlanId, GateIdx), CacheKey>,
     /// Waiting gate -> the key it waits for.
     waiters: HashMap<(PlanId, GateIdx), CacheKey>,
+}
+
+impl Default for Flights {
+    fn default() -> Self {
+        Self {
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_BYTES)
+                .weigher(|_, e: &CacheEntry| {
+                    let tails = e.result.stdout.bytes.len() + e.result.stderr.bytes.len();
+                    u32::try_from(tails + 256).unwrap_or(u32::MAX)
+                })
+                .time_to_live(RECENT_FOR)
+                .build(),
+            waiting: HashMap::new(),
+            leaders: HashMap::new(),
+            waiters: HashMap::new(),
+        }
+    }
 }
 
 impl Flights {
@@ -795,11 +888,13 @@ impl Flights {
     /// `gate` ended (`passed` or not). If it led a key: its waiters to answer (all of
     /// them after a pass; otherwise the oldest, which leads from now on). A waiter that
     /// ended by itself (its plan was cancelled) just leaves the queue.
+    /// Waiters for which `waiting` is false are dropped (never promoted).
     fn land(
         &mut self,
         plan: &PlanId,
         gate: GateIdx,
         passed: bool,
+        waiting: impl Fn(&(PlanId, GateIdx)) -> bool,
     ) -> Option<(CacheKey, Vec<(PlanId, GateIdx)>)> {
         let id = (plan.clone(), gate);
         if let Some(key) = self.waiters.remove(&id) {
@@ -813,6 +908,7 @@ impl Flights {
         for g in &queue {
             self.waiters.remove(g);
         }
+        queue.retain(&waiting);
         if passed {
             return Some((key, queue.into()));
         }
@@ -843,20 +939,43 @@ mod flight_tests {
         assert!(!f.join(key, gate("p3", 0)));
         assert!(!f.join(key, gate("p4", 0)));
         // p3's plan was cancelled while it waited: it just leaves.
-        assert_eq!(f.land(&PlanId::new("p3"), GateIdx(0), false), None);
+        assert_eq!(
+            f.land(&PlanId::new("p3"), GateIdx(0), false, |_| true),
+            None
+        );
         // The leader failed: the oldest waiter runs it now.
         assert_eq!(
-            f.land(&PlanId::new("p1"), GateIdx(0), false),
+            f.land(&PlanId::new("p1"), GateIdx(0), false, |_| true),
             Some((key, vec![gate("p2", 0)]))
         );
         // A gate that neither leads nor waits changes nothing.
-        assert_eq!(f.land(&PlanId::new("p9"), GateIdx(0), true), None);
+        assert_eq!(f.land(&PlanId::new("p9"), GateIdx(0), true, |_| true), None);
         // The new leader passed: everyone left gets its result.
         assert_eq!(
-            f.land(&PlanId::new("p2"), GateIdx(0), true),
+            f.land(&PlanId::new("p2"), GateIdx(0), true, |_| true),
             Some((key, vec![gate("p4", 0)]))
         );
         assert!(f.waiting.is_empty() && f.leaders.is_empty() && f.waiters.is_empty());
         assert!(f.join(key, gate("p5", 0)), "a later miss leads again");
+    }
+
+    #[test]
+    fn a_waiter_that_stopped_waiting_is_never_promoted() {
+        let key = CacheKey([2; 32]);
+        let mut f = Flights::default();
+        assert!(f.join(key, gate("p1", 0)));
+        assert!(!f.join(key, gate("p2", 0)));
+        assert!(!f.join(key, gate("p3", 0)));
+        // p2 no longer waits (its plan ended without a terminal event reaching us).
+        let waiting = |g: &(PlanId, GateIdx)| g.0 != PlanId::new("p2");
+        assert_eq!(
+            f.land(&PlanId::new("p1"), GateIdx(0), false, waiting),
+            Some((key, vec![gate("p3", 0)]))
+        );
+        assert_eq!(
+            f.land(&PlanId::new("p3"), GateIdx(0), true, |_| true),
+            Some((key, vec![]))
+        );
+        assert!(f.waiting.is_empty() && f.leaders.is_empty() && f.waiters.is_empty());
     }
 }

@@ -437,3 +437,252 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
         "the executor writes, not the scheduler"
     );
 }
+
+/// A cache that answers every lookup with a miss, after a delay for one key.
+struct SlowMissFor(gatehouse_common::cache::CacheKey, Duration);
+
+#[async_trait::async_trait]
+impl gatehouse_common::cache::ResultCache for SlowMissFor {
+    async fn get(
+        &self,
+        key: &gatehouse_common::cache::CacheKey,
+    ) -> Result<Option<gatehouse_common::cache::CacheEntry>, gatehouse_common::cache::CacheError>
+    {
+        if *key == self.0 {
+            tokio::time::sleep(self.1).await;
+        }
+        Ok(None)
+    }
+
+    async fn put(
+        &self,
+        _: &gatehouse_common::cache::CacheKey,
+        _: &gatehouse_common::cache::CacheEntry,
+    ) -> Result<(), gatehouse_common::cache::CacheError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
+    // Gate `a` (no dependencies) has the same key in every plan below; its lookups are
+    // slow, everything else answers at once.
+    let p1 = flat(Policy::default(), &[g("a", &[])]);
+    let key = gatehouse_common::cache::compute_key(
+        &p1,
+        gatehouse_common::ids::GateIdx(0),
+        &[],
+        &Default::default(),
+    )
+    .expect("key");
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let (handle, task) = scheduler::spawn(
+        SchedulerConfig::default(),
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        Some(Arc::new(SlowMissFor(key, Duration::from_millis(300)))),
+        shutdown.clone(),
+    );
+    reports
+        .send(WorkerEvent::Joined(worker("w", 8, 4096 * MI)))
+        .await
+        .expect("join");
+    let on = || RunOptions { use_cache: true };
+    let (events_tx, _events) = mpsc::unbounded_channel();
+    let finish = |a: &gatehouse_common::exec::Assignment, status: ExitStatus| {
+        WorkerEvent::from(FromWorker::Finished {
+            attempt: a.attempt.clone(),
+            result: result(status),
+        })
+    };
+    // p1's `a` leads the key and runs (held).
+    handle
+        .submit(PlanId::new("p1"), p1.clone(), on(), events_tx.clone())
+        .await
+        .expect("submit p1");
+    let a1 = next_assignment(&mut to_worker).await.expect("p1's a runs");
+    // p2: `x` and `y` run at once; `a` is still being looked up when p2 is cancelled,
+    // and p2 stays live until `x` and `y` have stopped.
+    let p2 = flat(Policy::default(), &[g("x", &[]), g("y", &[]), g("a", &[])]);
+    handle
+        .submit(PlanId::new("p2"), p2, on(), events_tx.clone())
+        .await
+        .expect("submit p2");
+    let x = next_assignment(&mut to_worker).await.expect("x or y");
+    let y = next_assignment(&mut to_worker).await.expect("x or y");
+    handle
+        .cancel(PlanId::new("p2"), false)
+        .await
+        .expect("cancel");
+    // `a`'s lookup comes back (a miss) while p2 waits for `x` and `y` to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for stopped in [&x, &y] {
+        reports
+            .send(finish(stopped, ExitStatus::Cancelled))
+            .await
+            .expect("report");
+    }
+    // p1's `a` fails: nothing may be left waiting on, or leading, its key.
+    reports
+        .send(finish(&a1, ExitStatus::Exited(1)))
+        .await
+        .expect("report");
+    // A third plan with the same gate must run it.
+    handle
+        .submit(PlanId::new("p3"), p1, on(), events_tx)
+        .await
+        .expect("submit p3");
+    let a3 = next_assignment(&mut to_worker).await;
+    assert!(
+        a3.is_some_and(|a| a.attempt.plan == PlanId::new("p3")),
+        "p3's gate never ran: a gate that ended kept the key"
+    );
+    shutdown.cancel();
+    task.await.expect("scheduler");
+}
+
+/// The next assignment sent to the executor (cancellations are skipped), or `None` if
+/// none comes within 5 s.
+async fn next_assignment(
+    rx: &mut mpsc::UnboundedReceiver<(WorkerId, ToWorker)>,
+) -> Option<gatehouse_common::exec::Assignment> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some((_, ToWorker::Assign(a)))) => return Some(a),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let config = SchedulerConfig {
+        executors_store: true,
+        hash_inputs: false,
+        ..SchedulerConfig::default()
+    };
+    let (handle, task) = scheduler::spawn(
+        config,
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        Some(cache as Arc<dyn gatehouse_common::cache::ResultCache>),
+        shutdown.clone(),
+    );
+    reports
+        .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
+        .await
+        .expect("join");
+    // `a` passed under the previous leader; `b` needs it and has not started.
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let (events_tx, _events) = mpsc::unbounded_channel();
+    let gates = vec![
+        crate::core::RestoredGate::Done {
+            terminal: Terminal::Passed,
+            cached: false,
+            flaky: false,
+        },
+        crate::core::RestoredGate::NotStarted,
+    ];
+    handle
+        .restore(
+            PlanId::new("p"),
+            plan,
+            RunOptions { use_cache: true },
+            gates,
+            None,
+            Duration::ZERO,
+            events_tx,
+        )
+        .await
+        .expect("restore");
+    // `b` may have been dispatched without a record: it runs once the window is over.
+    handle
+        .end_recovery_after(Duration::ZERO)
+        .await
+        .expect("end recovery");
+    let b = next_assignment(&mut to_worker).await.expect("b runs");
+    assert_eq!(b.spec.gate.as_str(), "b");
+    assert!(
+        b.cache_key.is_some(),
+        "b's key needs a's, which was computed before the failover"
+    );
+    shutdown.cancel();
+    task.await.expect("scheduler");
+}
+
+#[tokio::test]
+async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_result() {
+    let p = flat(Policy::default(), &[g("a", &[])]);
+    let key = gatehouse_common::cache::compute_key(
+        &p,
+        gatehouse_common::ids::GateIdx(0),
+        &[],
+        &Default::default(),
+    )
+    .expect("key");
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    // The cache never has the entry (as if the executor's write had not landed yet).
+    let (handle, task) = scheduler::spawn(
+        SchedulerConfig::default(),
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        Some(Arc::new(SlowMissFor(key, Duration::from_millis(300)))),
+        shutdown.clone(),
+    );
+    reports
+        .send(WorkerEvent::Joined(worker("w", 4, 4096 * MI)))
+        .await
+        .expect("join");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let on = || RunOptions { use_cache: true };
+    handle
+        .submit(PlanId::new("p1"), p.clone(), on(), events_tx.clone())
+        .await
+        .expect("submit p1");
+    let a1 = next_assignment(&mut to_worker).await.expect("p1's a runs");
+    // p2's lookup of the same key starts while p1's `a` runs and ends after it passed.
+    handle
+        .submit(PlanId::new("p2"), p, on(), events_tx)
+        .await
+        .expect("submit p2");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    reports
+        .send(
+            FromWorker::Finished {
+                attempt: a1.attempt.clone(),
+                result: result(ExitStatus::Exited(0)),
+            }
+            .into(),
+        )
+        .await
+        .expect("report");
+    let mut cached = 0;
+    let mut finished = 0;
+    while finished < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(PlanEvent::Finished(s))) => {
+                finished += 1;
+                cached += s.counts.cached;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("a plan did not finish"),
+        }
+    }
+    assert_eq!(cached, 1, "p2's `a` reused p1's pass");
+    assert!(
+        to_worker.try_recv().is_err(),
+        "p2's `a` was dispatched again"
+    );
+    shutdown.cancel();
+    task.await.expect("scheduler");
+}

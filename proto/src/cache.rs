@@ -29,7 +29,7 @@ use gatehouse_common::cache::codec::{MAX_ENTRY_BYTES, check_entry, decode_entry,
 use gatehouse_common::cache::placement::Placement;
 use gatehouse_common::cache::{CacheEntry, CacheError, CacheKey, ResultCache};
 use gatehouse_common::spawn::spawn_tracked;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -178,9 +178,9 @@ pub struct ClientConfig {
     pub in_flight: usize,
     /// How long a node that timed out or failed is skipped by lookups.
     pub suspect_for: Duration,
-    /// Entries queued for one node beyond which new writes to it are dropped (counted
-    /// as failed).
-    pub max_queued_puts: usize,
+    /// Bytes of entries queued for one node (including writes waiting to be retried)
+    /// beyond which new writes to it are dropped, counted as failed.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for ClientConfig {
@@ -193,7 +193,7 @@ impl Default for ClientConfig {
             max_batch: 256,
             in_flight: 4,
             suspect_for: Duration::from_secs(2),
-            max_queued_puts: 10_000,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -249,7 +249,9 @@ struct PutReq {
 struct Node {
     gets: mpsc::UnboundedSender<GetReq>,
     puts: mpsc::UnboundedSender<PutReq>,
-    queued_puts: Arc<AtomicU64>,
+    /// Bytes of this node's writes not settled yet (queued, in flight or waiting for
+    /// a retry).
+    queued_bytes: Arc<AtomicU64>,
     suspect_until: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -305,22 +307,40 @@ impl ClusterCache {
         self.members.borrow().clone()
     }
 
-    /// Lets queued and running writes finish for at most `bound`, then stops every
-    /// task. Lookups after this are misses.
+    /// Lets queued writes (retries included) settle for at most `bound`, then stops
+    /// every task. Lookups and writes after this are no-ops (misses).
     pub async fn close(&self, bound: Duration) {
+        // No new node clients from here on (see `replicas`).
+        self.shared.tasks.close();
+        let deadline = Instant::now() + bound;
+        loop {
+            let pending: u64 = self
+                .nodes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .values()
+                .map(|n| n.queued_bytes.load(Ordering::Relaxed))
+                .sum();
+            if pending == 0 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    ?bound,
+                    pending_bytes = pending,
+                    "cache writes still pending at shutdown; dropped"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.shared.stop.cancel();
         self.nodes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .1
             .clear();
-        self.shared.tasks.close();
-        if tokio::time::timeout(bound, self.shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(?bound, "cache writes still pending at shutdown; dropped");
-        }
-        self.shared.stop.cancel();
         self.shared.tasks.wait().await;
     }
 
@@ -505,7 +525,7 @@ impl ClusterCache {
         let node = Node {
             gets,
             puts: puts.clone(),
-            queued_puts: Arc::new(AtomicU64::new(0)),
+            queued_bytes: Arc::new(AtomicU64::new(0)),
             suspect_until: Arc::new(Mutex::new(None)),
         };
         let link = Link {
@@ -522,7 +542,7 @@ impl ClusterCache {
         spawn_tracked(
             &self.shared.tasks,
             "cache-put-batcher",
-            link.put_loop(put_rx, puts.downgrade(), node.queued_puts.clone()),
+            link.put_loop(put_rx, puts.downgrade(), node.queued_bytes.clone()),
         );
         Some(node)
     }
@@ -557,20 +577,29 @@ impl Repairer {
         reply: Option<oneshot::Sender<bool>>,
     ) {
         let stats = &self.shared.stats;
-        let queued = node.queued_puts.fetch_add(1, Ordering::Relaxed);
+        let size = bytes.len() as u64;
         let req = PutReq {
             key,
             bytes,
             attempt: 1,
             reply,
         };
-        if queued >= self.shared.config.max_queued_puts as u64 {
-            node.queued_puts.fetch_sub(1, Ordering::Relaxed);
+        // A node that just failed or timed out gets nothing for a while: its queue
+        // would only grow (the entry is written back by read-repair later).
+        if node.suspect() {
             ClientStats::bump(&stats.put_failures);
-            tracing::warn!(key = %key, "cache write queue full; write dropped");
+            tracing::debug!(key = %key, "cache node is suspect; write dropped");
+            answer_put(req, false);
+            return;
+        }
+        let queued = node.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > self.shared.config.max_queued_bytes {
+            node.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            ClientStats::bump(&stats.put_failures);
+            tracing::warn!(key = %key, queued, "cache write queue full; write dropped");
             answer_put(req, false);
         } else if let Err(mpsc::error::SendError(req)) = node.puts.send(req) {
-            node.queued_puts.fetch_sub(1, Ordering::Relaxed);
+            node.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             ClientStats::bump(&stats.put_failures);
             answer_put(req, false);
         }
@@ -606,6 +635,38 @@ struct Link {
     suspect_until: Arc<Mutex<Option<Instant>>>,
 }
 
+/// Waits for a first request and a free RPC slot, then takes whatever else is queued
+/// while `room` (told of each request taken) says the batch has room. `None` once the
+/// channel is closed and drained, or the client stops.
+async fn next_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    mut room: impl FnMut(&T) -> bool,
+) -> Option<(OwnedSemaphorePermit, Vec<T>)> {
+    let first = tokio::select! {
+        () = stop.cancelled() => return None,
+        first = rx.recv() => first?,
+    };
+    let permit = tokio::select! {
+        () = stop.cancelled() => return None,
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+    };
+    // Whatever queued while waiting for a slot goes in the same RPC.
+    let mut more = room(&first);
+    let mut batch = vec![first];
+    while more {
+        match rx.try_recv() {
+            Ok(req) => {
+                more = room(&req);
+                batch.push(req);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((permit, batch))
+}
+
 impl Link {
     fn mark(&self, healthy: bool) {
         let mut until = self
@@ -617,22 +678,18 @@ impl Link {
 
     async fn get_loop(self, mut rx: mpsc::UnboundedReceiver<GetReq>) {
         let slots = Arc::new(Semaphore::new(self.shared.config.in_flight.max(1)));
+        let max = self.shared.config.max_batch.clamp(1, MAX_GET_KEYS);
         loop {
-            let first = tokio::select! {
-                () = self.shared.stop.cancelled() => return,
-                first = rx.recv() => match first { Some(f) => f, None => return },
+            let mut taken = 0;
+            let room = |_: &GetReq| {
+                taken += 1;
+                taken < max
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let Some((permit, mut batch)) =
+                next_batch(&mut rx, &slots, &self.shared.stop, room).await
+            else {
                 return;
             };
-            // Whatever queued while waiting for a slot goes in the same RPC.
-            let mut batch = vec![first];
-            while batch.len() < self.shared.config.max_batch.clamp(1, MAX_GET_KEYS) {
-                match rx.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
             batch.retain(|r| !r.reply.is_closed());
             if batch.is_empty() {
                 continue;
@@ -645,6 +702,9 @@ impl Link {
         }
     }
 
+    /// One `Get` RPC for `batch`. Each key is answered as soon as its last chunk
+    /// arrives; keys still open when the stream fails or times out are `Failed`. The
+    /// node becomes suspect only if it sent nothing at all.
     async fn get_batch(&self, batch: Vec<GetReq>) {
         let timeout = self.shared.config.lookup_timeout;
         let mut request = tonic::Request::new(v1::GetRequest {
@@ -652,52 +712,60 @@ impl Link {
         });
         request.set_timeout(timeout);
         let mut client = self.client.clone();
-        let answers = tokio::select! {
+        let mut open: Vec<Option<oneshot::Sender<Answer>>> =
+            batch.into_iter().map(|r| Some(r.reply)).collect();
+        let mut progress = false;
+        let outcome = tokio::select! {
             () = self.shared.stop.cancelled() => return,
-            answers = tokio::time::timeout(timeout, async {
+            outcome = tokio::time::timeout(timeout, async {
                 let mut stream = client.get(request).await?.into_inner();
-                let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
-                let mut partial: Vec<u8> = Vec::new();
+                // The entry being reassembled: its index and bytes so far.
+                let mut partial: Option<(usize, Vec<u8>)> = None;
                 while let Some(chunk) = stream.message().await? {
+                    progress = true;
                     let i = chunk.index as usize;
-                    if i >= answers.len() {
+                    let Some(slot) = open.get_mut(i) else {
                         return Err(tonic::Status::internal("chunk index out of range"));
-                    }
+                    };
                     if !chunk.found {
-                        answers[i] = Some(Answer::Missing);
+                        partial = None;
+                        if let Some(reply) = slot.take() {
+                            let _ = reply.send(Answer::Missing);
+                        }
                         continue;
                     }
-                    partial.extend_from_slice(&chunk.data);
-                    if partial.len() as u64 > MAX_ENTRY_BYTES {
+                    let bytes = match &mut partial {
+                        Some((at, bytes)) if *at == i => bytes,
+                        _ => &mut partial.insert((i, Vec::new())).1,
+                    };
+                    bytes.extend_from_slice(&chunk.data);
+                    if bytes.len() as u64 > MAX_ENTRY_BYTES {
                         return Err(tonic::Status::internal("entry exceeds the size limit"));
                     }
-                    if chunk.last {
-                        answers[i] = Some(Answer::Found(std::mem::take(&mut partial)));
+                    if chunk.last
+                        && let Some((_, bytes)) = partial.take()
+                        && let Some(reply) = slot.take()
+                    {
+                        let _ = reply.send(Answer::Found(bytes));
                     }
                 }
-                Ok(answers)
-            }) => answers,
+                Ok(())
+            }) => outcome,
         };
-        let answers = match answers {
-            Ok(Ok(answers)) => {
-                self.mark(true);
-                answers
-            }
+        match outcome {
+            Ok(Ok(())) => self.mark(true),
             Ok(Err(status)) => {
                 tracing::debug!(url = %self.url, %status, "cache lookup failed");
-                self.mark(false);
-                Vec::new()
+                self.mark(progress);
             }
             Err(_) => {
-                tracing::debug!(url = %self.url, ?timeout, "cache lookup timed out");
-                self.mark(false);
-                Vec::new()
+                tracing::debug!(url = %self.url, ?timeout, progress, "cache lookup timed out");
+                self.mark(progress);
             }
-        };
-        let mut answers = answers.into_iter();
-        for req in batch {
-            let answer = answers.next().flatten().unwrap_or(Answer::Failed);
-            let _ = req.reply.send(answer);
+        }
+        // Keys the stream never answered.
+        for reply in open.into_iter().flatten() {
+            let _ = reply.send(Answer::Failed);
         }
     }
 
@@ -708,75 +776,75 @@ impl Link {
         queued: Arc<AtomicU64>,
     ) {
         let slots = Arc::new(Semaphore::new(self.shared.config.in_flight.max(1)));
-        // Stops when every sender is gone (the node left the membership or the client
+        // Ends when every sender is gone (the node left the membership or the client
         // closed) and the queue is empty, or at once when the client stops.
         loop {
-            let first = tokio::select! {
-                () = self.shared.stop.cancelled() => return,
-                first = rx.recv() => match first { Some(f) => f, None => return },
+            let mut bytes = 0;
+            let room = |req: &PutReq| {
+                bytes += req.bytes.len();
+                bytes < PUT_BATCH_BYTES
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let Some((permit, batch)) = next_batch(&mut rx, &slots, &self.shared.stop, room).await
+            else {
                 return;
             };
-            let mut bytes = first.bytes.len();
-            let mut batch = vec![first];
-            while bytes < PUT_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(req) => {
-                        bytes += req.bytes.len();
-                        batch.push(req);
-                    }
-                    Err(_) => break,
-                }
-            }
             let link = self.clone();
             let requeue = requeue.clone();
             let queued = queued.clone();
             spawn_tracked(&self.shared.tasks, "cache-put", async move {
                 let ok = link.put_batch(&batch).await;
                 drop(permit);
-                let stats = &link.shared.stats;
-                for mut req in batch {
-                    if ok {
-                        queued.fetch_sub(1, Ordering::Relaxed);
-                        ClientStats::bump(&stats.puts);
-                        answer_put(req, true);
-                        continue;
-                    }
-                    if req.attempt >= link.shared.config.put_attempts.max(1) {
-                        queued.fetch_sub(1, Ordering::Relaxed);
-                        ClientStats::bump(&stats.put_failures);
-                        tracing::warn!(url = %link.url, key = %req.key, attempts = req.attempt,
-                            "cache write failed; giving up on this replica");
-                        answer_put(req, false);
-                        continue;
-                    }
-                    let backoff = link.shared.config.put_backoff * 2u32.pow(req.attempt - 1);
-                    req.attempt += 1;
-                    let (link, requeue, queued) = (link.clone(), requeue.clone(), queued.clone());
-                    spawn_tracked(&link.shared.tasks.clone(), "cache-put-retry", async move {
-                        tokio::select! {
-                            () = link.shared.stop.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        match requeue.upgrade() {
-                            Some(tx) => {
-                                if let Err(mpsc::error::SendError(req)) = tx.send(req) {
-                                    queued.fetch_sub(1, Ordering::Relaxed);
-                                    ClientStats::bump(&link.shared.stats.put_failures);
-                                    answer_put(req, false);
-                                }
-                            }
-                            None => {
-                                queued.fetch_sub(1, Ordering::Relaxed);
-                                ClientStats::bump(&link.shared.stats.put_failures);
-                                answer_put(req, false);
-                            }
-                        }
-                    });
+                for req in batch {
+                    link.after_put(req, ok, &requeue, &queued);
                 }
             });
         }
+    }
+
+    /// Settles one write after its RPC: done, retried after a backoff, or given up.
+    fn after_put(
+        &self,
+        mut req: PutReq,
+        ok: bool,
+        requeue: &mpsc::WeakUnboundedSender<PutReq>,
+        queued: &Arc<AtomicU64>,
+    ) {
+        let stats = &self.shared.stats;
+        let size = req.bytes.len() as u64;
+        if ok {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            ClientStats::bump(&stats.puts);
+            answer_put(req, true);
+            return;
+        }
+        if req.attempt >= self.shared.config.put_attempts.max(1) {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            ClientStats::bump(&stats.put_failures);
+            tracing::warn!(url = %self.url, key = %req.key, attempts = req.attempt,
+                "cache write failed; giving up on this replica");
+            answer_put(req, false);
+            return;
+        }
+        let backoff = self.shared.config.put_backoff * 2u32.pow(req.attempt - 1);
+        req.attempt += 1;
+        let (link, requeue, queued) = (self.clone(), requeue.clone(), queued.clone());
+        spawn_tracked(&self.shared.tasks, "cache-put-retry", async move {
+            tokio::select! {
+                () = link.shared.stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            // The node's senders live until the client closes (which waits for queued
+            // writes) or the node leaves the membership (then the write is moot).
+            let sent = match requeue.upgrade() {
+                Some(tx) => tx.send(req).map_err(|e| e.0),
+                None => Err(req),
+            };
+            if let Err(req) = sent {
+                queued.fetch_sub(size, Ordering::Relaxed);
+                ClientStats::bump(&link.shared.stats.put_failures);
+                answer_put(req, false);
+            }
+        });
     }
 
     /// One `Put` RPC carrying `batch`; `true` if the node took it (entries it rejects
@@ -836,17 +904,11 @@ impl ResultCache for ClusterCache {
         Ok(self.get_entry(key).await)
     }
 
-    /// Writes to every replica and waits (bounded by the retries); an error only if no
-    /// replica took the entry.
+    /// Queues the entry for every replica and returns: a write never waits for a
+    /// slow node (see [`ClusterCache::put_detached`]; [`ClusterCache::close`] lets
+    /// queued writes finish).
     async fn put(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
-        let bytes: Arc<[u8]> = encode_entry(key, entry)?.into();
-        match self.put_bytes(key, bytes).await {
-            true => Ok(()),
-            false => Err(CacheError::Io {
-                path: format!("cache replicas of {key}"),
-                source: std::io::Error::other("no replica stored the entry"),
-            }),
-        }
+        self.put_detached(key, entry)
     }
 }
 

@@ -168,6 +168,14 @@ impl Scheduler {
         self.attempts.len()
     }
 
+    /// Whether gate `gate` of live plan `plan` waits for a cache answer
+    /// ([`Event::CacheChecked`]); an answer for any other gate is ignored.
+    pub fn awaits_cache(&self, plan: &PlanId, gate: GateIdx) -> bool {
+        self.plans.get(plan).is_some_and(|run| {
+            gate.ix() < run.gates.len() && run.gate(gate).state == GateState::CheckingCache
+        })
+    }
+
     /// The plan of a live plan run.
     pub fn plan(&self, id: &PlanId) -> Option<&Arc<Plan>> {
         self.plans.get(id).map(|r| &r.plan)

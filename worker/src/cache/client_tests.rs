@@ -76,6 +76,12 @@ fn entry(stdout: Vec<u8>) -> CacheEntry {
     }
 }
 
+/// Writes `entry` to every replica of `key` and waits; whether one stored it.
+async fn put_and_wait(cache: &ClusterCache, key: &CacheKey, entry: &CacheEntry) -> bool {
+    let bytes = encode_entry(key, entry).expect("encode");
+    cache.put_bytes(key, bytes.into()).await
+}
+
 async fn stats(url: &str) -> v1::CacheNodeStats {
     let mut c = CacheServiceClient::connect(url.to_owned())
         .await
@@ -94,10 +100,10 @@ async fn entries_go_to_r_replicas_and_come_back() {
     let nodes = nodes(3, &stop).await;
     let cache = client(&pairs(&nodes), 2, ClientConfig::default());
     for i in 0..30 {
-        cache
-            .put(&key(i), &entry(vec![i as u8; 10]))
-            .await
-            .expect("put");
+        assert!(
+            put_and_wait(&cache, &key(i), &entry(vec![i as u8; 10])).await,
+            "put"
+        );
     }
     for i in 0..30 {
         let got = cache.get(&key(i)).await.expect("get").expect("hit");
@@ -120,19 +126,10 @@ async fn large_entries_travel_in_chunks() {
     let stop = CancellationToken::new();
     let nodes = nodes(2, &stop).await;
     let cache = client(&pairs(&nodes), 2, ClientConfig::default());
-    // About 3 MiB after compression (xorshift noise): three chunks each way.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let big = entry(noise);
+    // About 3 MiB after compression: three chunks each way.
+    let big = entry(super::noise(1, 3 << 20));
     assert!(encode_entry(&key(1), &big).expect("encode").len() > 2 << 20);
-    cache.put(&key(1), &big).await.expect("put");
+    assert!(put_and_wait(&cache, &key(1), &big).await, "put");
     assert_eq!(cache.get(&key(1)).await.expect("get"), Some(big));
     stop.cancel();
 }
@@ -144,10 +141,10 @@ async fn a_replica_that_missed_an_entry_gets_it_back() {
     let all = pairs(&nodes);
     // Written while only node-0 was a member.
     let early = client(&all[..1], 2, ClientConfig::default());
-    early
-        .put(&key(5), &entry(b"x".to_vec()))
-        .await
-        .expect("put");
+    assert!(
+        put_and_wait(&early, &key(5), &entry(b"x".to_vec())).await,
+        "put"
+    );
     assert_eq!(stats(&nodes[1].url).await.puts, 0);
     let cache = client(&all, 2, ClientConfig::default());
     assert!(cache.get(&key(5)).await.expect("get").is_some());
@@ -180,10 +177,10 @@ async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
     };
     let cache = client(&all, 2, config);
     // R = 2 over two nodes: every key lives on both.
-    cache
-        .put(&key(1), &entry(b"ok".to_vec()))
-        .await
-        .expect("the live replica takes it");
+    assert!(
+        put_and_wait(&cache, &key(1), &entry(b"ok".to_vec())).await,
+        "the live replica takes it"
+    );
     // A hit from the live replica does not wait for the hung one.
     let t = Instant::now();
     assert!(cache.get(&key(1)).await.expect("get").is_some());

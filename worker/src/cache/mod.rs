@@ -95,13 +95,14 @@ pub async fn start_node(
             source,
         })?;
     let url = match config.advertise {
-        Some(url) => {
-            gatehouse_proto::cache::check_url(&url).map_err(CacheNodeError::Advertise)?;
-            url
-        }
+        Some(url) => url,
         None if bound.ip().is_unspecified() => format!("http://{hostname}:{}", bound.port()),
         None => format!("http://{bound}"),
     };
+    // Also the default: a host name that makes no valid URL must stop the worker here,
+    // not get every session refused.
+    gatehouse_proto::cache::check_url(&url)
+        .map_err(|e| CacheNodeError::Advertise(format!("{e} (set --cache-advertise)")))?;
     let store = Arc::new(NodeStore::open(config.store).await?);
     let service = CacheServiceImpl::new(node_id, store, members, client);
     let server = tonic::transport::Server::builder()
@@ -127,4 +128,19 @@ pub async fn start_node(
         }
     });
     Ok(CacheNode { url, task })
+}
+
+/// `size` bytes of xorshift64 noise from `seed`: incompressible enough that zstd keeps
+/// about `size` bytes, so tests control entry sizes.
+#[cfg(test)]
+pub(crate) fn noise(seed: u64, size: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }

@@ -84,8 +84,17 @@ struct Held<T> {
     written: SystemTime,
 }
 
-/// Per-entry TTL from the entry's write time.
+/// Per-entry TTL from the entry's last write (a rewrite starts it again).
 struct Ttl(Duration);
+
+impl Ttl {
+    fn left<T>(&self, held: &Held<T>) -> Option<Duration> {
+        let age = SystemTime::now()
+            .duration_since(held.written)
+            .unwrap_or(Duration::ZERO);
+        Some(self.0.saturating_sub(age))
+    }
+}
 
 impl<T> moka::Expiry<CacheKey, Held<T>> for Ttl {
     fn expire_after_create(
@@ -94,10 +103,17 @@ impl<T> moka::Expiry<CacheKey, Held<T>> for Ttl {
         held: &Held<T>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let age = SystemTime::now()
-            .duration_since(held.written)
-            .unwrap_or(Duration::ZERO);
-        Some(self.0.saturating_sub(age))
+        self.left(held)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        held: &Held<T>,
+        _updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.left(held)
     }
 }
 
@@ -132,7 +148,9 @@ impl NodeStore {
             .build();
         let disk = match &config.disk {
             None => None,
-            Some((dir, budget)) => Some(open_disk(dir.clone(), *budget, config.ttl).await?),
+            Some((dir, budget)) => {
+                Some(open_disk(dir.clone(), *budget, config.ttl, counters.clone()).await?)
+            }
         };
         Ok(Self {
             config,
@@ -190,6 +208,11 @@ impl NodeStore {
                 None
             }
         }
+    }
+
+    /// Counts an entry refused before it reached the store (too large).
+    pub fn count_rejected(&self) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Stores `bytes` under `key` after checking their framing; a refused entry is
@@ -266,7 +289,12 @@ fn count_removal(counters: &StoreCounters, cause: RemovalCause) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-async fn open_disk(dir: PathBuf, budget: u64, ttl: Duration) -> Result<DiskTier, CacheError> {
+async fn open_disk(
+    dir: PathBuf,
+    budget: u64,
+    ttl: Duration,
+    counters: Arc<StoreCounters>,
+) -> Result<DiskTier, CacheError> {
     let files = tokio::task::spawn_blocking(move || {
         let files = DiskCache::open(dir)?;
         let scanned = files.scan_raw()?;
@@ -284,6 +312,7 @@ async fn open_disk(dir: PathBuf, budget: u64, ttl: Duration) -> Result<DiskTier,
         .weigher(|_, h: &Held<u64>| weight(h.value))
         .expire_after(Ttl(ttl))
         .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
+            count_removal(&counters, cause);
             if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
                 // A small unlink; the listener runs during the index's maintenance.
                 if let Err(e) = deleter.remove_raw(&key) {
@@ -330,16 +359,7 @@ mod tests {
 
     /// An encoded entry of about `size` bytes (random-ish output defeats compression).
     fn encoded(k: &CacheKey, size: usize) -> Arc<[u8]> {
-        // xorshift64: incompressible enough that zstd keeps about `size` bytes.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(k.0[0]) ^ (size as u64) << 8;
-        let noise: Vec<u8> = (0..size)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = crate::cache::noise(u64::from(k.0[0]) ^ (size as u64) << 8, size);
         let entry = CacheEntry {
             result: GateResult {
                 status: ExitStatus::Exited(0),
