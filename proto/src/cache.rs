@@ -10,12 +10,14 @@
 //! [`PUT_BATCH_BYTES`]). One lookup alone costs one RPC; ten thousand at once cost a
 //! few dozen. Nothing waits for a batch to fill.
 //!
-//! **Failure.** A node that times out or fails is *suspect* for
-//! [`ClientConfig::suspect_for`]: lookups skip it (a miss unless another replica has the
-//! entry), so a hung node costs one timeout, not one per lookup. Lookups never fail:
-//! a timeout, an error or a damaged entry is a miss. Writes are retried
-//! ([`ClientConfig::put_attempts`]); one that still fails is counted in
-//! [`ClientStats::put_failures`], never reported as a gate failure.
+//! **Failure.** A node whose RPC fails or times out without answering anything is
+//! *suspect* for [`ClientConfig::suspect_for`]: lookups skip it (a miss unless another
+//! replica has the entry) and writes to it are dropped, so a hung node costs one
+//! timeout, not one per lookup, and cannot fill a queue. Lookups never fail: a
+//! timeout, an error or a damaged entry is a miss. Writes are retried
+//! ([`ClientConfig::put_attempts`]) and bounded per node
+//! ([`ClientConfig::max_queued_bytes`]); one that is dropped or still fails is counted
+//! in [`ClientStats::put_failures`], never reported as a gate failure.
 //!
 //! **Tasks.** Batchers and RPCs are tasks of the client's tracker; [`ClusterCache::close`]
 //! lets queued writes finish for a bounded time and stops them.
@@ -25,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gatehouse_common::cache::codec::{MAX_ENTRY_BYTES, check_entry, decode_entry, encode_entry};
+use gatehouse_common::cache::codec::{MAX_ENTRY_BYTES, decode_entry, encode_entry};
 use gatehouse_common::cache::placement::Placement;
 use gatehouse_common::cache::{CacheEntry, CacheError, CacheKey, ResultCache};
 use gatehouse_common::spawn::spawn_tracked;
@@ -910,11 +912,6 @@ impl ResultCache for ClusterCache {
     async fn put(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
         self.put_detached(key, entry)
     }
-}
-
-/// Checks bytes received for `key` (for servers): the payload framing is intact.
-pub fn verify(key: &CacheKey, bytes: &[u8]) -> Result<(), gatehouse_common::cache::Corrupt> {
-    check_entry(key, bytes).map(|_| ())
 }
 
 /// A 32-byte key from the wire.
