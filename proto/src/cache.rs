@@ -4,11 +4,12 @@
 //! key in parallel (first hit wins, bounded by a short timeout, with read-repair) and
 //! writes an entry to all of them (with retries). See `docs/cache.md`.
 //!
-//! **Batching.** Each node has a batcher task per direction: requests queue while up
-//! to [`ClientConfig::in_flight`] RPCs to that node are running, and the next RPC takes
-//! everything queued (up to [`ClientConfig::max_batch`] keys, or entries up to
-//! [`PUT_BATCH_BYTES`]). One lookup alone costs one RPC; ten thousand at once cost a
-//! few dozen. Nothing waits for a batch to fill.
+//! **Batching.** Each node has a batcher task per direction: a request waits a short
+//! linger ([`ClientConfig::lookup_linger`], 1 ms; [`ClientConfig::put_linger`], 10 ms)
+//! and while up to [`ClientConfig::in_flight`] RPCs to that node are running, and the
+//! next RPC takes everything queued (up to [`ClientConfig::max_batch`] keys, or entries
+//! up to [`PUT_BATCH_BYTES`]). Ten thousand lookups at once cost a few dozen RPCs, and
+//! results that trickle in one by one share a write.
 //!
 //! **Failure.** A node whose RPC fails or times out without answering anything is
 //! *suspect* for [`ClientConfig::suspect_for`]: lookups skip it (a miss unless another
@@ -174,6 +175,10 @@ pub struct ClientConfig {
     pub put_attempts: u32,
     /// Wait before the first retry of a write (doubling).
     pub put_backoff: Duration,
+    /// How long a write waits for others to join its `Put` RPC.
+    pub put_linger: Duration,
+    /// How long a lookup waits for others to join its `Get` RPC.
+    pub lookup_linger: Duration,
     /// Keys per `Get` RPC.
     pub max_batch: usize,
     /// RPCs in flight per node and direction.
@@ -192,6 +197,8 @@ impl Default for ClientConfig {
             put_timeout: Duration::from_secs(5),
             put_attempts: 3,
             put_backoff: Duration::from_millis(200),
+            put_linger: Duration::from_millis(10),
+            lookup_linger: Duration::from_millis(1),
             max_batch: 256,
             in_flight: 4,
             suspect_for: Duration::from_secs(2),
@@ -644,12 +651,21 @@ async fn next_batch<T>(
     rx: &mut mpsc::UnboundedReceiver<T>,
     slots: &Arc<Semaphore>,
     stop: &CancellationToken,
+    linger: Duration,
     mut room: impl FnMut(&T) -> bool,
 ) -> Option<(OwnedSemaphorePermit, Vec<T>)> {
     let first = tokio::select! {
         () = stop.cancelled() => return None,
         first = rx.recv() => first?,
     };
+    if !linger.is_zero() {
+        // Let more requests join this RPC (writes are not waited for; a short delay
+        // saves an RPC per entry when results trickle in one by one).
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(linger) => {}
+        }
+    }
     let permit = tokio::select! {
         () = stop.cancelled() => return None,
         permit = slots.clone().acquire_owned() => permit.ok()?,
@@ -687,8 +703,14 @@ impl Link {
                 taken += 1;
                 taken < max
             };
-            let Some((permit, mut batch)) =
-                next_batch(&mut rx, &slots, &self.shared.stop, room).await
+            let Some((permit, mut batch)) = next_batch(
+                &mut rx,
+                &slots,
+                &self.shared.stop,
+                self.shared.config.lookup_linger,
+                room,
+            )
+            .await
             else {
                 return;
             };
@@ -786,7 +808,9 @@ impl Link {
                 bytes += req.bytes.len();
                 bytes < PUT_BATCH_BYTES
             };
-            let Some((permit, batch)) = next_batch(&mut rx, &slots, &self.shared.stop, room).await
+            let linger = self.shared.config.put_linger;
+            let Some((permit, batch)) =
+                next_batch(&mut rx, &slots, &self.shared.stop, linger, room).await
             else {
                 return;
             };
