@@ -48,12 +48,19 @@ struct Harness {
 }
 
 fn start(cache: Option<Arc<DiskCache>>) -> Harness {
+    let cache = cache.map(|c| c as Arc<dyn gatehouse_common::cache::ResultCache>);
+    start_with(SchedulerConfig::default(), cache)
+}
+
+fn start_with(
+    config: SchedulerConfig,
+    cache: Option<Arc<dyn gatehouse_common::cache::ResultCache>>,
+) -> Harness {
     let (tx, to_worker) = mpsc::unbounded_channel();
     let (reports, reports_rx) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
-    let cache = cache.map(|c| c as Arc<dyn gatehouse_common::cache::ResultCache>);
     let (handle, task) = scheduler::spawn(
-        SchedulerConfig::default(),
+        config,
         Box::new(ChanTransport(tx)),
         reports_rx,
         cache,
@@ -384,20 +391,17 @@ async fn a_failed_leader_lets_the_waiting_gate_run_itself() {
 async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written_here() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
-    let (tx, mut to_worker) = mpsc::unbounded_channel();
-    let (reports, reports_rx) = mpsc::channel(16);
-    let shutdown = CancellationToken::new();
     let config = SchedulerConfig {
         executors_store: true,
         ..SchedulerConfig::default()
     };
-    let (handle, task) = scheduler::spawn(
-        config,
-        Box::new(ChanTransport(tx)),
-        reports_rx,
-        Some(cache.clone() as Arc<dyn gatehouse_common::cache::ResultCache>),
-        shutdown.clone(),
-    );
+    let Harness {
+        handle,
+        task,
+        mut to_worker,
+        reports,
+        shutdown,
+    } = start_with(config, Some(cache.clone()));
     reports
         .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
         .await
@@ -463,32 +467,40 @@ impl gatehouse_common::cache::ResultCache for SlowMissFor {
     }
 }
 
-#[tokio::test]
-async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
-    // Gate `a` (no dependencies) has the same key in every plan below; its lookups are
-    // slow, everything else answers at once.
-    let p1 = flat(Policy::default(), &[g("a", &[])]);
+/// A scheduler whose cache misses everything, slowly (300 ms) for the key of `plan`'s
+/// first gate, with one worker of `slots` slots.
+async fn start_slow_for_first_gate(
+    plan: &Arc<gatehouse_common::plan::Plan>,
+    slots: u32,
+) -> Harness {
     let key = gatehouse_common::cache::compute_key(
-        &p1,
+        plan,
         gatehouse_common::ids::GateIdx(0),
         &[],
         &Default::default(),
     )
     .expect("key");
-    let (tx, mut to_worker) = mpsc::unbounded_channel();
-    let (reports, reports_rx) = mpsc::channel(16);
-    let shutdown = CancellationToken::new();
-    let (handle, task) = scheduler::spawn(
-        SchedulerConfig::default(),
-        Box::new(ChanTransport(tx)),
-        reports_rx,
-        Some(Arc::new(SlowMissFor(key, Duration::from_millis(300)))),
-        shutdown.clone(),
-    );
-    reports
-        .send(WorkerEvent::Joined(worker("w", 8, 4096 * MI)))
+    let slow = Arc::new(SlowMissFor(key, Duration::from_millis(300)));
+    let h = start_with(SchedulerConfig::default(), Some(slow));
+    h.reports
+        .send(WorkerEvent::Joined(worker("w", slots, 4096 * MI)))
         .await
         .expect("join");
+    h
+}
+
+#[tokio::test]
+async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
+    // Gate `a` (no dependencies) has the same key in every plan below; its lookups are
+    // slow, everything else answers at once.
+    let p1 = flat(Policy::default(), &[g("a", &[])]);
+    let Harness {
+        handle,
+        task,
+        mut to_worker,
+        reports,
+        shutdown,
+    } = start_slow_for_first_gate(&p1, 8).await;
     let on = || RunOptions { use_cache: true };
     let (events_tx, _events) = mpsc::unbounded_channel();
     let finish = |a: &gatehouse_common::exec::Assignment, status: ExitStatus| {
@@ -561,21 +573,18 @@ async fn next_assignment(
 async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
-    let (tx, mut to_worker) = mpsc::unbounded_channel();
-    let (reports, reports_rx) = mpsc::channel(16);
-    let shutdown = CancellationToken::new();
     let config = SchedulerConfig {
         executors_store: true,
         hash_inputs: false,
         ..SchedulerConfig::default()
     };
-    let (handle, task) = scheduler::spawn(
-        config,
-        Box::new(ChanTransport(tx)),
-        reports_rx,
-        Some(cache as Arc<dyn gatehouse_common::cache::ResultCache>),
-        shutdown.clone(),
-    );
+    let Harness {
+        handle,
+        task,
+        mut to_worker,
+        reports,
+        shutdown,
+    } = start_with(config, Some(cache));
     reports
         .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
         .await
@@ -620,29 +629,15 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
 
 #[tokio::test]
 async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_result() {
-    let p = flat(Policy::default(), &[g("a", &[])]);
-    let key = gatehouse_common::cache::compute_key(
-        &p,
-        gatehouse_common::ids::GateIdx(0),
-        &[],
-        &Default::default(),
-    )
-    .expect("key");
-    let (tx, mut to_worker) = mpsc::unbounded_channel();
-    let (reports, reports_rx) = mpsc::channel(16);
-    let shutdown = CancellationToken::new();
     // The cache never has the entry (as if the executor's write had not landed yet).
-    let (handle, task) = scheduler::spawn(
-        SchedulerConfig::default(),
-        Box::new(ChanTransport(tx)),
-        reports_rx,
-        Some(Arc::new(SlowMissFor(key, Duration::from_millis(300)))),
-        shutdown.clone(),
-    );
-    reports
-        .send(WorkerEvent::Joined(worker("w", 4, 4096 * MI)))
-        .await
-        .expect("join");
+    let p = flat(Policy::default(), &[g("a", &[])]);
+    let Harness {
+        handle,
+        task,
+        mut to_worker,
+        reports,
+        shutdown,
+    } = start_slow_for_first_gate(&p, 4).await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let on = || RunOptions { use_cache: true };
     handle

@@ -409,10 +409,10 @@ impl ClusterCache {
         // the lookup's deadline) once the others answer, get the entry written back.
         let bytes: Arc<[u8]> = bytes.into();
         for url in &missed {
-            self.repair(&replicas, url, key, &bytes);
+            self.writer().repair(&replicas, url, key, &bytes);
         }
         if !waiting.is_empty() {
-            let (replicas, key, client) = (replicas.clone(), *key, self.repairer());
+            let (replicas, key, client) = (replicas.clone(), *key, self.writer());
             spawn_tracked(&self.shared.tasks, "cache-read-repair", async move {
                 while !waiting.is_empty() {
                     let next = futures_select(&mut waiting);
@@ -429,21 +429,11 @@ impl ClusterCache {
         Some(entry)
     }
 
-    /// A handle that can write back entries after the lookup returned.
-    fn repairer(&self) -> Repairer {
-        Repairer {
+    /// A handle that writes entries, also from background tasks.
+    fn writer(&self) -> Writer {
+        Writer {
             shared: self.shared.clone(),
         }
-    }
-
-    fn repair(
-        &self,
-        replicas: &[(String, Arc<Node>)],
-        url: &str,
-        key: &CacheKey,
-        bytes: &Arc<[u8]>,
-    ) {
-        self.repairer().repair(replicas, url, key, bytes);
     }
 
     /// Queues `entry` for every replica of `key` and returns at once; failures are
@@ -451,7 +441,7 @@ impl ClusterCache {
     pub fn put_detached(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
         let bytes: Arc<[u8]> = encode_entry(key, entry)?.into();
         for (_, node) in self.replicas(key) {
-            self.enqueue_put(&node, *key, bytes.clone(), None);
+            self.writer().enqueue_put(&node, *key, bytes.clone(), None);
         }
         Ok(())
     }
@@ -466,7 +456,8 @@ impl ClusterCache {
         let mut replies = Vec::new();
         for (_, node) in &replicas {
             let (tx, rx) = oneshot::channel();
-            self.enqueue_put(node, *key, bytes.clone(), Some(tx));
+            self.writer()
+                .enqueue_put(node, *key, bytes.clone(), Some(tx));
             replies.push(rx);
         }
         let mut any = false;
@@ -474,16 +465,6 @@ impl ClusterCache {
             any |= rx.await.unwrap_or(false);
         }
         any
-    }
-
-    fn enqueue_put(
-        &self,
-        node: &Node,
-        key: CacheKey,
-        bytes: Arc<[u8]>,
-        reply: Option<oneshot::Sender<bool>>,
-    ) {
-        self.repairer().enqueue_put(node, key, bytes, reply);
     }
 
     /// The clients of `key`'s replicas (created on first use).
@@ -559,13 +540,13 @@ impl ClusterCache {
     }
 }
 
-/// Writes entries to nodes on behalf of a [`ClusterCache`], also from its background
-/// tasks.
-struct Repairer {
+/// Writes entries to nodes (new results and read-repairs) for a [`ClusterCache`], also
+/// from its background tasks.
+struct Writer {
     shared: Arc<Shared>,
 }
 
-impl Repairer {
+impl Writer {
     fn repair(
         &self,
         replicas: &[(String, Arc<Node>)],
