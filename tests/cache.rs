@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gatehouse_proto::v1;
+use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
 use serde_json::Value;
 use support::cluster::{Cluster, submit_with, summary};
 use support::{RunResult, wait_until};
@@ -25,18 +26,36 @@ fn cache_cluster(mut c: Cluster, extra: &[&[&str]]) -> Cluster {
     c
 }
 
+/// Waits until the coordinator lists `nodes` cache nodes and every one of them has
+/// received that membership (it reaches workers within about 100 ms; a result written
+/// before then goes to the replicas of the older membership).
 fn wait_for_nodes(c: &Cluster, nodes: usize) {
     wait_until(
         &format!("{nodes} cache nodes"),
         Duration::from_secs(20),
         || {
-            c.list_workers()
-                .iter()
-                .filter(|w| !w.cache_url.is_empty())
-                .count()
-                == nodes
+            let urls: Vec<String> = c
+                .list_workers()
+                .into_iter()
+                .map(|w| w.cache_url)
+                .filter(|u| !u.is_empty())
+                .collect();
+            urls.len() == nodes && urls.iter().all(|u| members_seen_by(c, u) == nodes)
         },
     );
+}
+
+/// How many nodes the membership last received by the cache node at `url` names.
+fn members_seen_by(c: &Cluster, url: &str) -> usize {
+    c.rt.block_on(async {
+        let Ok(mut client) = CacheServiceClient::connect(url.to_owned()).await else {
+            return 0;
+        };
+        match client.stats(v1::StatsRequest {}).await {
+            Ok(r) => r.into_inner().members.map_or(0, |m| m.nodes.len()),
+            Err(_) => 0,
+        }
+    })
 }
 
 /// A DAG of `n` gates (each needs the previous two), each counting its runs in

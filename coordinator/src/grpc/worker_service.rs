@@ -26,10 +26,11 @@ use gatehouse_common::exec::{FromWorker, ToWorker};
 
 use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::spawn::spawn_tracked;
+use gatehouse_proto::cache::Membership;
 use gatehouse_proto::convert::{WireError, attempt_from_wire};
 use gatehouse_proto::v1;
 use gatehouse_proto::v1::worker_service_server::WorkerService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -41,6 +42,17 @@ use crate::role::{RoleWatch, current_term};
 use crate::scheduler::{TransportError, WorkerEvent, WorkerTransport};
 
 type Outbound = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, Status>>;
+
+/// How often a session forwards cache membership changes at most.
+const MEMBERS_EVERY: Duration = Duration::from_millis(100);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Session key (`worker-id#generation`, the id the scheduler knows the session by) ->
 /// (session generation, the session's outbound queue).
@@ -307,8 +319,18 @@ impl Session {
         out: &Outbound,
     ) {
         let mut deadline = Instant::now() + self.config.liveness_timeout;
+        // The cache membership: sent now, then at most every MEMBERS_EVERY while it
+        // changes, so N workers joining at once cost each session a few frames rather
+        // than N (every frame names every node).
         let mut members = self.cache_members.subscribe();
-        members.mark_changed();
+        let send_members = |members: &mut watch::Receiver<Arc<Membership>>| {
+            let frame = members.borrow_and_update().to_wire();
+            let _ = out.send(Ok(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::CacheMembers(frame)),
+            }));
+        };
+        send_members(&mut members);
+        let mut members_due: Option<Instant> = None;
         loop {
             // Biased: a frame that is already there counts before the deadline is judged,
             // so a busy coordinator never declares a talking worker lost.
@@ -316,11 +338,13 @@ impl Session {
                 biased;
                 () = self.shutdown.cancelled() => return,
                 frame = inbound.message() => frame,
-                Ok(()) = members.changed() => {
-                    let frame = members.borrow_and_update().to_wire();
-                    let _ = out.send(Ok(v1::CoordinatorMessage {
-                        msg: Some(v1::coordinator_message::Msg::CacheMembers(frame)),
-                    }));
+                Ok(()) = members.changed(), if members_due.is_none() => {
+                    members_due = Some(Instant::now() + MEMBERS_EVERY);
+                    continue;
+                }
+                () = sleep_until_some(members_due) => {
+                    members_due = None;
+                    send_members(&mut members);
                     continue;
                 }
                 () = tokio::time::sleep_until(deadline) => {
