@@ -434,3 +434,54 @@ fn gates_with_labels_run_only_where_the_labels_match() {
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_a_bad_level_is_a_usage_error() {
+    let ws = Workspace::new();
+    let plan = ws.write(
+        "p.yaml",
+        "version: 1\nname: p\ngates:\n  - id: a\n    run: \"true\"\n",
+    );
+    let plan = plan.to_str().expect("utf-8");
+    let out = ws
+        .cmd(&[
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "run",
+            "-q",
+            "--no-cache",
+            plan,
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "debug logs expected");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert!(v["message"].is_string(), "{line}");
+    }
+    // Pretty logs into a pipe carry no terminal colour codes.
+    let out = ws
+        .cmd(&["--log-level", "debug", "run", "-q", "--no-cache", plan])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    assert!(!out.stderr.is_empty() && !out.stderr.contains(&0x1b));
+    let out = ws
+        .cmd(&["--log-level", "bogus[=", "run", plan])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --log-level"));
+}

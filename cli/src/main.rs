@@ -39,6 +39,16 @@ struct Cli {
         env = "GATEHOUSE_LOG_LEVEL"
     )]
     log_level: String,
+    /// Format of those diagnostics: pretty (colored on a terminal) or json (one object
+    /// per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "GATEHOUSE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,7 +104,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_logging(&cli.log_level);
+    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
+        return ExitCode::from(EXIT_INVALID);
+    }
     let code = match cli.command {
         Command::Run(args) => run::main(args),
         Command::Validate { plan, json } => validate::main(&plan, json),
@@ -126,12 +139,34 @@ pub fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, u8> {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+/// How diagnostics are written to stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, colored when stderr is a terminal.
+    Pretty,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the event's
+    /// fields at the top level, `span` and `spans` for where it happened.
+    Json,
+}
+
+/// Installs the stderr subscriber. `RUST_LOG` wins over `level` when it is set (and
+/// valid); an invalid `level` is an error.
+fn init_logging(
+    level: &str,
+    format: LogFormat,
+) -> Result<(), tracing_subscriber::filter::ParseError> {
+    use std::io::IsTerminal;
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(level)?,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
 }
