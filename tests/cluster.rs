@@ -391,3 +391,83 @@ fn an_unreachable_coordinator_is_one_line_and_exit_3() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+/// The status code of `GET path` on `addr` (HTTP/1.1, bounded by 5 s), or 0 if no
+/// answer.
+fn http_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn http_probes_say_alive_and_ready_and_a_draining_worker_is_not_ready() {
+    let mut c = Cluster::start();
+    let ports = support::etcd::free_ports::<2>();
+    let (coord_http, worker_http) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    // The harness's coordinator has no --http: a standalone coordinator of its own
+    // (own state directory) shows the coordinator's probes; it leads, so it is ready.
+    let mut probe = support::cluster::Proc::spawn(
+        "probe-coordinator",
+        c.ws.path(),
+        &[
+            "coordinator".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            c.ws.path().join("probe-state").display().to_string(),
+            "--http".into(),
+            coord_http.clone(),
+        ],
+    );
+    wait_until("the coordinator's /readyz", Duration::from_secs(20), || {
+        http_status(&coord_http, "/readyz") == 200
+    });
+    assert_eq!(http_status(&coord_http, "/healthz"), 200);
+    assert_eq!(http_status(&coord_http, "/nope"), 404);
+    probe.signal("TERM");
+    assert_eq!(probe.wait_exit(Duration::from_secs(20)), Some(0));
+
+    // A worker: ready once its session is welcomed, not ready while it drains.
+    let w = c.add_worker("w1", &["--http", &worker_http, "--drain-grace", "30s"]);
+    wait_until("the worker's /readyz", Duration::from_secs(20), || {
+        http_status(&worker_http, "/readyz") == 200
+    });
+    assert_eq!(http_status(&worker_http, "/healthz"), 200);
+    let id = c
+        .submit("version: 1\nname: slow\ngates:\n  - id: a\n    run: sleep 3\n")
+        .expect("submit");
+    wait_until("the gate to run", Duration::from_secs(20), || {
+        c.get(&id)
+            .gates
+            .iter()
+            .any(|g| g.state == v1::GateState::Running as i32)
+    });
+    c.workers[w].signal("TERM");
+    wait_until(
+        "the draining worker to be unready",
+        Duration::from_secs(10),
+        || http_status(&worker_http, "/readyz") == 503,
+    );
+    assert_eq!(
+        http_status(&worker_http, "/healthz"),
+        200,
+        "alive while draining"
+    );
+    assert_eq!(c.workers[w].wait_exit(Duration::from_secs(30)), Some(0));
+}

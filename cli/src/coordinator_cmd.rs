@@ -22,6 +22,10 @@ pub struct CoordinatorArgs {
     /// Write the bound address to this file once serving (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Serve HTTP probes here: /healthz (alive) and /readyz (ready while leading);
+    /// port 0 picks one [default: none].
+    #[arg(long, value_name = "ADDR", env = "GATEHOUSE_HTTP")]
+    http: Option<SocketAddr>,
     /// How often workers send heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
@@ -96,6 +100,16 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http = match args.http {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            tracing::info!(address = %l.local_addr()?, "HTTP probes serving");
+            Some(l)
+        }
+        None => None,
+    };
     let bound = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -147,7 +161,7 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = gatehouse_common::spawn::spawn_named(
         "coordinator",
-        server::run(config, listener, shutdown.clone()),
+        server::run(config, listener, http, shutdown.clone()),
     );
     tokio::pin!(server);
     // The server ends on its own only on a fatal error; otherwise the first signal

@@ -94,6 +94,10 @@ pub struct WorkerArgs {
     /// Cache entries older than this are dropped (counted from when they were written).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     cache_ttl: Duration,
+    /// Serve HTTP probes here: /healthz (alive) and /readyz (connected to the leader and
+    /// not draining); port 0 picks one [default: none].
+    #[arg(long, value_name = "ADDR", env = "GATEHOUSE_HTTP")]
+    http: Option<std::net::SocketAddr>,
 }
 
 /// Runs the worker until it drained (0), was stopped by a second signal (130), got
@@ -140,6 +144,7 @@ fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
     if args.cache_ttl.is_zero() {
         return Err("invalid --cache-ttl: must be above 0".into());
     }
+    cfg.http = args.http;
     cfg.cache_node = args.cache_listen.map(|listen| CacheNodeConfig {
         listen,
         advertise: args.cache_advertise,

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod exec;
+pub mod http;
 pub mod ids;
 pub mod plan;
 pub mod spawn;

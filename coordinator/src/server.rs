@@ -123,9 +123,21 @@ pub enum TermEnd {
 pub async fn run(
     config: CoordinatorConfig,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let (role_tx, role) = watch::channel(Role::Following { leader: None });
+    // `/readyz` is ready while this coordinator leads (like the gRPC health service).
+    let probes = http.map(|listener| {
+        let role = role.clone();
+        let ready: gatehouse_common::http::Readiness = Arc::new(
+            move || matches!(&*role.borrow(), Role::Leading(term) if !term.token.is_cancelled()),
+        );
+        gatehouse_common::spawn::spawn_named(
+            "http-probes",
+            gatehouse_common::http::serve_probes(listener, ready, shutdown.clone()),
+        )
+    });
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -148,6 +160,15 @@ pub async fn run(
         ended
     };
     let (served, roles) = tokio::join!(served, roles);
+    if let Some(probes) = probes {
+        // `shutdown` has fired (the server ended); the probe server ends with it.
+        shutdown.cancel();
+        match probes.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP probe server failed"),
+            Err(e) => tracing::warn!(error = %e, "the HTTP probe task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     tasks.close();
     if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
         .await

@@ -69,6 +69,9 @@ pub struct RemoteWorkerConfig {
     pub cache_node: Option<crate::cache::CacheNodeConfig>,
     /// How this worker writes passed results to the cache's replicas.
     pub cache_client: gatehouse_proto::cache::ClientConfig,
+    /// Serve HTTP probes here (`--http`): `/healthz`, and `/readyz` while a session with
+    /// the leader is welcomed and the worker is not draining.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl RemoteWorkerConfig {
@@ -94,6 +97,7 @@ impl RemoteWorkerConfig {
             exec: ExecConfig::default(),
             cache_node: None,
             cache_client: gatehouse_proto::cache::ClientConfig::default(),
+            http: None,
         }
     }
 

@@ -155,6 +155,14 @@ pub enum RemoteWorkerError {
     /// The cache node could not start.
     #[error(transparent)]
     CacheNode(#[from] crate::cache::CacheNodeError),
+    /// The `--http` address cannot be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// How long a stopping worker lets its pending cache writes finish.
@@ -196,6 +204,22 @@ pub async fn run(
         ),
         None => None,
     };
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probes = match cfg.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RemoteWorkerError::Http { addr, source })?;
+            let r = ready.clone();
+            let ready_now: gatehouse_common::http::Readiness =
+                Arc::new(move || r.load(std::sync::atomic::Ordering::Relaxed));
+            Some(gatehouse_common::spawn::spawn_named(
+                "http-probes",
+                gatehouse_common::http::serve_probes(listener, ready_now, node_stop.clone()),
+            ))
+        }
+        None => None,
+    };
     let exec = Executor::start(cfg.exec.clone(), 64 + 2 * cfg.slots as usize);
     tracing::info!(worker_id = %cfg.id, slots = cfg.slots, memory_total = memory.total(),
         workspace = ?workspace.shared(), cache_url = ?node.as_ref().map(|n| &n.url),
@@ -205,6 +229,7 @@ pub async fn run(
         members,
         cache_url: node.as_ref().map(|n| n.url.clone()),
         cache_keys: std::collections::HashMap::new(),
+        ready,
         cfg,
         hostname,
         workspace,
@@ -226,6 +251,9 @@ pub async fn run(
     node_stop.cancel();
     if let Some(node) = node {
         let _ = node.task.await;
+    }
+    if let Some(probes) = probes {
+        let _ = probes.await;
     }
     tracing::info!(ok = served.is_ok(), "remote worker stopped");
     served.and(finished)

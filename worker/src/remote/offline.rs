@@ -119,6 +119,8 @@ impl Worker {
             return d.at.saturating_duration_since(Instant::now());
         }
         let grace = self.cfg.drain_grace;
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(running = self.exec.running_count(), ?grace, "draining");
         self.draining = Some(Deadline::new(Instant::now() + grace));
         grace
@@ -153,6 +155,8 @@ impl Worker {
     /// A welcomed session was lost: running attempts start their orphan grace (unless
     /// an earlier loss already started it).
     pub(crate) fn session_lost(&mut self) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let running = self.exec.running_count();
         if running == 0 || self.orphans.is_some() {
             return;
@@ -168,6 +172,10 @@ impl Worker {
 
     /// A session was welcomed: its `Hello` handed the running attempts over.
     pub(crate) fn welcomed(&mut self) {
+        self.ready.store(
+            self.draining.is_none(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if self.orphans.take().is_some() {
             tracing::info!(
                 running = self.exec.running_count(),

@@ -133,6 +133,8 @@ pub(crate) struct Worker {
     pub(crate) cache_url: Option<String>,
     /// Running attempts whose passed result goes to the cache: key and gate id.
     pub(crate) cache_keys: HashMap<AttemptRef, (CacheKey, GateId)>,
+    /// What `/readyz` says: a session is welcomed and the worker is not draining.
+    pub(crate) ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One live session's stream ends and progress.
