@@ -8,8 +8,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gatehouse_proto::cache::node_stats;
 use gatehouse_proto::v1;
-use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
 use serde_json::Value;
 use support::cluster::{Cluster, submit_with, summary};
 use support::{RunResult, wait_until};
@@ -47,15 +47,10 @@ fn wait_for_nodes(c: &Cluster, nodes: usize) {
 
 /// How many nodes the membership last received by the cache node at `url` names.
 fn members_seen_by(c: &Cluster, url: &str) -> usize {
-    c.rt.block_on(async {
-        let Ok(mut client) = CacheServiceClient::connect(url.to_owned()).await else {
-            return 0;
-        };
-        match client.stats(v1::StatsRequest {}).await {
-            Ok(r) => r.into_inner().members.map_or(0, |m| m.nodes.len()),
-            Err(_) => 0,
-        }
-    })
+    c.rt.block_on(node_stats(url, Duration::from_secs(2)))
+        .ok()
+        .and_then(|s| s.members)
+        .map_or(0, |m| m.nodes.len())
 }
 
 /// A DAG of `n` gates (each needs the previous two), each counting its runs in

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership, check_url};
-use gatehouse_proto::v1;
-use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
-use tonic::transport::Endpoint;
+use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership, check_url, node_stats};
 
 /// How long finding the membership may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,21 +15,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connects to the cache behind the node at `url`.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<ClusterCache>> {
     check_url(url).map_err(|e| anyhow::anyhow!("invalid cache URL: {e}"))?;
-    let endpoint = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CONNECT_TIMEOUT);
-    let stats = async {
-        let channel = endpoint.connect().await?;
-        let answer = CacheServiceClient::new(channel)
-            .stats(v1::StatsRequest {})
-            .await?;
-        anyhow::Ok(answer.into_inner())
-    };
-    let stats = tokio::time::timeout(CONNECT_TIMEOUT, stats)
+    let stats = node_stats(url, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
-        .and_then(|r| r)
-        .with_context(|| format!("cannot reach the cache node {url}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach the cache node {url}: {e}"))?;
     let members = match stats.members {
         Some(m) if !m.nodes.is_empty() => Membership::from_wire(&m)
             .with_context(|| format!("the cache node {url} sent an unusable member list"))?,

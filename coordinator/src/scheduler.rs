@@ -642,9 +642,7 @@ impl SchedulerActor {
             .filter(|g| blocking[g.ix()] == 0)
             .collect();
         while let Some(g) = ready.pop_front() {
-            let keyable = plan.gate(g).inputs.is_empty();
-            driver.keys[g.ix()] = dependency_keys(&plan, g, &driver.keys)
-                .filter(|_| keyable)
+            driver.keys[g.ix()] = dependency_keys(&plan, g, &driver.keys, false)
                 .and_then(|deps| compute_key(&plan, g, &deps, &driver.files).ok());
             for &d in &dependents[g.ix()] {
                 blocking[d.ix()] -= 1;
@@ -669,8 +667,7 @@ impl SchedulerActor {
                 continue;
             }
             let plan = driver.plan.clone();
-            let keyable = self.config.hash_inputs || plan.gate(gate).inputs.is_empty();
-            let deps = dependency_keys(&plan, gate, &driver.keys).filter(|_| keyable);
+            let deps = dependency_keys(&plan, gate, &driver.keys, self.config.hash_inputs);
             let files = driver.files.clone();
             let cache = self.cache.clone();
             let served = (plan_id.clone(), gate);
@@ -811,7 +808,16 @@ impl SchedulerActor {
 
 /// Keys of the gates `gate` directly depends on (needs + every gate of its item's deps);
 /// `None` if one is unknown (then the gate cannot be keyed and runs uncached).
-fn dependency_keys(plan: &Plan, gate: GateIdx, keys: &[Option<CacheKey>]) -> Option<Vec<CacheKey>> {
+/// Also `None` for a gate with `inputs` unless they can be hashed here (`hash_inputs`).
+fn dependency_keys(
+    plan: &Plan,
+    gate: GateIdx,
+    keys: &[Option<CacheKey>],
+    hash_inputs: bool,
+) -> Option<Vec<CacheKey>> {
+    if !hash_inputs && !plan.gate(gate).inputs.is_empty() {
+        return None;
+    }
     plan.prerequisites(gate).map(|d| keys[d.ix()]).collect()
 }
 
@@ -896,6 +902,10 @@ impl Flights {
         passed: bool,
         waiting: impl Fn(&(PlanId, GateIdx)) -> bool,
     ) -> Option<(CacheKey, Vec<(PlanId, GateIdx)>)> {
+        if self.leaders.is_empty() {
+            // Nothing is in flight (the usual case): no gate can lead or wait.
+            return None;
+        }
         let id = (plan.clone(), gate);
         if let Some(key) = self.waiters.remove(&id) {
             if let Some(queue) = self.waiting.get_mut(&key) {

@@ -395,20 +395,14 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
         executors_store: true,
         ..SchedulerConfig::default()
     };
-    let Harness {
-        handle,
-        task,
-        mut to_worker,
-        reports,
-        shutdown,
-    } = start_with(config, Some(cache.clone()));
-    reports
+    let mut h = start_with(config, Some(cache.clone()));
+    h.reports
         .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
         .await
         .expect("join");
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let plan = flat(Policy::default(), &[g("a", &[])]);
-    handle
+    h.handle
         .submit(
             PlanId::new("p"),
             plan,
@@ -417,13 +411,13 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
         )
         .await
         .expect("submit");
-    let Some((_, ToWorker::Assign(a))) = to_worker.recv().await else {
+    let Some((_, ToWorker::Assign(a))) = h.to_worker.recv().await else {
         panic!("no assignment");
     };
     let key = a.cache_key.expect("the assignment carries the key");
     let attempt = a.attempt.clone();
     let r = result(ExitStatus::Exited(0));
-    reports
+    h.reports
         .send(FromWorker::Finished { attempt, result: r }.into())
         .await
         .expect("report");
@@ -432,8 +426,7 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
             break;
         }
     }
-    shutdown.cancel();
-    task.await.expect("scheduler");
+    h.stop().await;
     use gatehouse_common::cache::ResultCache;
     assert_eq!(
         cache.get(&key).await.expect("get"),
@@ -494,13 +487,7 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
     // Gate `a` (no dependencies) has the same key in every plan below; its lookups are
     // slow, everything else answers at once.
     let p1 = flat(Policy::default(), &[g("a", &[])]);
-    let Harness {
-        handle,
-        task,
-        mut to_worker,
-        reports,
-        shutdown,
-    } = start_slow_for_first_gate(&p1, 8).await;
+    let mut h = start_slow_for_first_gate(&p1, 8).await;
     let on = || RunOptions { use_cache: true };
     let (events_tx, _events) = mpsc::unbounded_channel();
     let finish = |a: &gatehouse_common::exec::Assignment, status: ExitStatus| {
@@ -510,49 +497,50 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
         })
     };
     // p1's `a` leads the key and runs (held).
-    handle
+    h.handle
         .submit(PlanId::new("p1"), p1.clone(), on(), events_tx.clone())
         .await
         .expect("submit p1");
-    let a1 = next_assignment(&mut to_worker).await.expect("p1's a runs");
+    let a1 = next_assignment(&mut h.to_worker)
+        .await
+        .expect("p1's a runs");
     // p2: `x` and `y` run at once; `a` is still being looked up when p2 is cancelled,
     // and p2 stays live until `x` and `y` have stopped.
     let p2 = flat(Policy::default(), &[g("x", &[]), g("y", &[]), g("a", &[])]);
-    handle
+    h.handle
         .submit(PlanId::new("p2"), p2, on(), events_tx.clone())
         .await
         .expect("submit p2");
-    let x = next_assignment(&mut to_worker).await.expect("x or y");
-    let y = next_assignment(&mut to_worker).await.expect("x or y");
-    handle
+    let x = next_assignment(&mut h.to_worker).await.expect("x or y");
+    let y = next_assignment(&mut h.to_worker).await.expect("x or y");
+    h.handle
         .cancel(PlanId::new("p2"), false)
         .await
         .expect("cancel");
     // `a`'s lookup comes back (a miss) while p2 waits for `x` and `y` to stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for stopped in [&x, &y] {
-        reports
+        h.reports
             .send(finish(stopped, ExitStatus::Cancelled))
             .await
             .expect("report");
     }
     // p1's `a` fails: nothing may be left waiting on, or leading, its key.
-    reports
+    h.reports
         .send(finish(&a1, ExitStatus::Exited(1)))
         .await
         .expect("report");
     // A third plan with the same gate must run it.
-    handle
+    h.handle
         .submit(PlanId::new("p3"), p1, on(), events_tx)
         .await
         .expect("submit p3");
-    let a3 = next_assignment(&mut to_worker).await;
+    let a3 = next_assignment(&mut h.to_worker).await;
     assert!(
         a3.is_some_and(|a| a.attempt.plan == PlanId::new("p3")),
         "p3's gate never ran: a gate that ended kept the key"
     );
-    shutdown.cancel();
-    task.await.expect("scheduler");
+    h.stop().await;
 }
 
 /// The next assignment sent to the executor (cancellations are skipped), or `None` if
@@ -578,14 +566,8 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
         hash_inputs: false,
         ..SchedulerConfig::default()
     };
-    let Harness {
-        handle,
-        task,
-        mut to_worker,
-        reports,
-        shutdown,
-    } = start_with(config, Some(cache));
-    reports
+    let mut h = start_with(config, Some(cache));
+    h.reports
         .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
         .await
         .expect("join");
@@ -600,7 +582,7 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
         },
         crate::core::RestoredGate::NotStarted,
     ];
-    handle
+    h.handle
         .restore(
             PlanId::new("p"),
             plan,
@@ -613,45 +595,40 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
         .await
         .expect("restore");
     // `b` may have been dispatched without a record: it runs once the window is over.
-    handle
+    h.handle
         .end_recovery_after(Duration::ZERO)
         .await
         .expect("end recovery");
-    let b = next_assignment(&mut to_worker).await.expect("b runs");
+    let b = next_assignment(&mut h.to_worker).await.expect("b runs");
     assert_eq!(b.spec.gate.as_str(), "b");
     assert!(
         b.cache_key.is_some(),
         "b's key needs a's, which was computed before the failover"
     );
-    shutdown.cancel();
-    task.await.expect("scheduler");
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_result() {
     // The cache never has the entry (as if the executor's write had not landed yet).
     let p = flat(Policy::default(), &[g("a", &[])]);
-    let Harness {
-        handle,
-        task,
-        mut to_worker,
-        reports,
-        shutdown,
-    } = start_slow_for_first_gate(&p, 4).await;
+    let mut h = start_slow_for_first_gate(&p, 4).await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let on = || RunOptions { use_cache: true };
-    handle
+    h.handle
         .submit(PlanId::new("p1"), p.clone(), on(), events_tx.clone())
         .await
         .expect("submit p1");
-    let a1 = next_assignment(&mut to_worker).await.expect("p1's a runs");
+    let a1 = next_assignment(&mut h.to_worker)
+        .await
+        .expect("p1's a runs");
     // p2's lookup of the same key starts while p1's `a` runs and ends after it passed.
-    handle
+    h.handle
         .submit(PlanId::new("p2"), p, on(), events_tx)
         .await
         .expect("submit p2");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    reports
+    h.reports
         .send(
             FromWorker::Finished {
                 attempt: a1.attempt.clone(),
@@ -675,9 +652,8 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
     }
     assert_eq!(cached, 1, "p2's `a` reused p1's pass");
     assert!(
-        to_worker.try_recv().is_err(),
+        h.to_worker.try_recv().is_err(),
         "p2's `a` was dispatched again"
     );
-    shutdown.cancel();
-    task.await.expect("scheduler");
+    h.stop().await;
 }

@@ -929,3 +929,23 @@ pub fn key_from_wire(bytes: &[u8]) -> Result<CacheKey, WireError> {
     })?;
     Ok(CacheKey(key))
 }
+
+/// Asks the cache node at `url` for its `Stats` (its counters and the membership it
+/// last received), connecting and answering within `timeout`.
+pub async fn node_stats(url: &str, timeout: Duration) -> Result<v1::StatsResponse, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let call = async {
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        CacheServiceClient::new(channel)
+            .stats(v1::StatsRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| s.message().to_owned())
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use gatehouse_common::units::format_size;
 use gatehouse_proto::v1;
-use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Endpoint;
 
 use super::error::ClientError;
 use super::{CoordinatorOpts, block_on, print_text, read, tables::table};
@@ -110,21 +108,7 @@ pub fn cache_stats(args: CacheStatsArgs) -> u8 {
 }
 
 async fn node_stats(url: &str) -> Result<v1::StatsResponse, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?
-        .connect_timeout(STATS_TIMEOUT)
-        .timeout(STATS_TIMEOUT);
-    let call = async {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-        CacheServiceClient::new(channel)
-            .stats(v1::StatsRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| s.message().to_owned())
-    };
-    tokio::time::timeout(STATS_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {STATS_TIMEOUT:?}")))
+    gatehouse_proto::cache::node_stats(url, STATS_TIMEOUT).await
 }
 
 /// Hits / (hits + misses), as a percentage with one decimal, or "-".

@@ -191,19 +191,14 @@ impl DiskCache {
 
 /// The key a 64-digit lowercase hex file name spells.
 fn parse_hex_key(name: &str) -> Option<CacheKey> {
-    if name.len() != 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    // Entry names are what `CacheKey::to_hex` wrote: lowercase only, so a file that
+    // differs in case is not mistaken for the entry.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    let mut key = [0u8; 32];
-    for (i, pair) in name.as_bytes().chunks(2).enumerate() {
-        let hex = std::str::from_utf8(pair).ok()?;
-        key[i] = u8::from_str_radix(hex, 16).ok()?;
-    }
-    Some(CacheKey(key))
+    blake3::Hash::from_hex(name)
+        .ok()
+        .map(|h| CacheKey(*h.as_bytes()))
 }
 
 fn io_error(path: &Path, source: io::Error) -> CacheError {

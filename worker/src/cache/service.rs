@@ -103,17 +103,7 @@ impl CacheService for CacheServiceImpl {
                 key_from_wire(k).map_err(|e| Status::invalid_argument(format!("keys[{i}]: {e}")))
             })
             .collect::<Result<_, _>>()?;
-        // Concurrently: a key read from the disk tier must not hold up the others.
-        let mut lookups = tokio::task::JoinSet::new();
-        for (i, key) in keys.into_iter().enumerate() {
-            let store = self.store.clone();
-            lookups.spawn(async move { (i, store.get(&key).await) });
-        }
-        let mut found = vec![None; lookups.len()];
-        while let Some(done) = lookups.join_next().await {
-            let (i, entry) = done.map_err(|e| Status::internal(format!("lookup failed: {e}")))?;
-            found[i] = entry;
-        }
+        let found = self.store.get_many(&keys).await;
         let chunks = Chunks {
             found,
             index: 0,

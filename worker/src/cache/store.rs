@@ -179,6 +179,33 @@ impl NodeStore {
         found
     }
 
+    /// [`get`](Self::get) for many keys, in their order: the memory tier answers at
+    /// once; keys it misses are read from the disk tier concurrently, so one slow file
+    /// does not hold up the others.
+    pub async fn get_many(self: &Arc<Self>, keys: &[CacheKey]) -> Vec<Option<Arc<[u8]>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        let mut from_disk = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let held = self.memory.get(key).await.map(|h| h.value);
+            if held.is_none() && self.disk.is_some() {
+                let (store, key) = (self.clone(), *key);
+                from_disk.spawn(async move { (i, store.get_from_disk(&key).await) });
+            }
+            found.push(held);
+        }
+        while let Some(done) = from_disk.join_next().await {
+            match done {
+                Ok((i, entry)) => found[i] = entry,
+                Err(e) => tracing::error!(error = %e, "cache disk lookup task failed"),
+            }
+        }
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        self.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        let misses = found.len() as u64 - hits;
+        self.counters.misses.fetch_add(misses, Ordering::Relaxed);
+        found
+    }
+
     async fn get_from_disk(&self, key: &CacheKey) -> Option<Arc<[u8]>> {
         let disk = self.disk.as_ref()?;
         let held = disk.index.get(key).await?;
