@@ -435,8 +435,13 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
     );
 }
 
-/// A cache that answers every lookup with a miss, after a delay for one key.
-struct SlowMissFor(gatehouse_common::cache::CacheKey, Duration);
+/// A cache that answers every lookup with a miss, after a delay for one key; each
+/// lookup of that key is announced on the channel when it starts.
+struct SlowMissFor(
+    gatehouse_common::cache::CacheKey,
+    Duration,
+    mpsc::UnboundedSender<()>,
+);
 
 #[async_trait::async_trait]
 impl gatehouse_common::cache::ResultCache for SlowMissFor {
@@ -446,6 +451,7 @@ impl gatehouse_common::cache::ResultCache for SlowMissFor {
     ) -> Result<Option<gatehouse_common::cache::CacheEntry>, gatehouse_common::cache::CacheError>
     {
         if *key == self.0 {
+            let _ = self.2.send(());
             tokio::time::sleep(self.1).await;
         }
         Ok(None)
@@ -461,11 +467,12 @@ impl gatehouse_common::cache::ResultCache for SlowMissFor {
 }
 
 /// A scheduler whose cache misses everything, slowly (300 ms) for the key of `plan`'s
-/// first gate, with one worker of `slots` slots.
+/// first gate, with one worker of `slots` slots; the receiver hears of every start of
+/// a slow lookup.
 async fn start_slow_for_first_gate(
     plan: &Arc<gatehouse_common::plan::Plan>,
     slots: u32,
-) -> Harness {
+) -> (Harness, mpsc::UnboundedReceiver<()>) {
     let key = gatehouse_common::cache::compute_key(
         plan,
         gatehouse_common::ids::GateIdx(0),
@@ -473,13 +480,14 @@ async fn start_slow_for_first_gate(
         &Default::default(),
     )
     .expect("key");
-    let slow = Arc::new(SlowMissFor(key, Duration::from_millis(300)));
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let slow = Arc::new(SlowMissFor(key, Duration::from_millis(300), started_tx));
     let h = start_with(SchedulerConfig::default(), Some(slow));
     h.reports
         .send(WorkerEvent::Joined(worker("w", slots, 4096 * MI)))
         .await
         .expect("join");
-    h
+    (h, started)
 }
 
 #[tokio::test]
@@ -487,7 +495,7 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
     // Gate `a` (no dependencies) has the same key in every plan below; its lookups are
     // slow, everything else answers at once.
     let p1 = flat(Policy::default(), &[g("a", &[])]);
-    let mut h = start_slow_for_first_gate(&p1, 8).await;
+    let (mut h, mut started) = start_slow_for_first_gate(&p1, 8).await;
     let on = || RunOptions { use_cache: true };
     let (events_tx, _events) = mpsc::unbounded_channel();
     let finish = |a: &gatehouse_common::exec::Assignment, status: ExitStatus| {
@@ -513,11 +521,17 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
         .expect("submit p2");
     let x = next_assignment(&mut h.to_worker).await.expect("x or y");
     let y = next_assignment(&mut h.to_worker).await.expect("x or y");
+    // p1's lookup of `a`, then p2's.
+    for _ in 0..2 {
+        started.recv().await.expect("a lookup of a's key");
+    }
     h.handle
         .cancel(PlanId::new("p2"), false)
         .await
         .expect("cancel");
-    // `a`'s lookup comes back (a miss) while p2 waits for `x` and `y` to stop.
+    // `a`'s lookup comes back (a miss, at 300 ms) while p2 waits for `x` and `y` to
+    // stop. Nothing outside the actor shows that it has handled that answer, so the
+    // test gives it time before stopping `x` and `y` (which would end p2).
     tokio::time::sleep(Duration::from_millis(500)).await;
     for stopped in [&x, &y] {
         h.reports
@@ -612,7 +626,7 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
 async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_result() {
     // The cache never has the entry (as if the executor's write had not landed yet).
     let p = flat(Policy::default(), &[g("a", &[])]);
-    let mut h = start_slow_for_first_gate(&p, 4).await;
+    let (mut h, mut started) = start_slow_for_first_gate(&p, 4).await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let on = || RunOptions { use_cache: true };
     h.handle
@@ -627,7 +641,10 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
         .submit(PlanId::new("p2"), p, on(), events_tx)
         .await
         .expect("submit p2");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // p1's lookup, then p2's: p2's is in flight (300 ms) when p1's `a` passes.
+    for _ in 0..2 {
+        started.recv().await.expect("a lookup of a's key");
+    }
     h.reports
         .send(
             FromWorker::Finished {
