@@ -389,6 +389,7 @@ async fn a_deposed_leaders_journal_is_fenced_and_writes_nothing() {
             result: None,
             reason: None,
             cause: None,
+            queued: None,
         })
     };
     j.push_event(&plan, 1, event(0), None);

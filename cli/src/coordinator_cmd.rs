@@ -1,5 +1,6 @@
 //! `gatehouse coordinator`: a standalone coordinator serving the plan and worker APIs.
 
+use gatehouse_common::telemetry::Tracer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,8 +82,8 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn main(args: CoordinatorArgs) -> u8 {
-    match crate::block_on(run(args)) {
+pub fn main(args: CoordinatorArgs, tracer: Tracer) -> u8 {
+    match crate::block_on(run(args, tracer)) {
         Err(code) => code,
         Ok(Ok(())) => EXIT_PASSED,
         Ok(Err(e)) => {
@@ -92,7 +93,7 @@ pub fn main(args: CoordinatorArgs) -> u8 {
     }
 }
 
-async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
+async fn run(args: CoordinatorArgs, tracer: Tracer) -> anyhow::Result<()> {
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
@@ -156,6 +157,7 @@ async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
         state,
         cache_replicas: args.cache_replicas as usize,
         cache_timeout: args.cache_timeout,
+        tracer,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gatehouse_common::telemetry::{self, Tracer, Traces, log};
 
 /// Exit code: every gate passed.
 pub const EXIT_PASSED: u8 = 0;
@@ -49,6 +50,11 @@ struct Cli {
         env = "GATEHOUSE_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    /// Unset: the standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT decide; neither set:
+    /// no traces.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,14 +110,32 @@ fn main() -> ExitCode {
             });
         }
     };
-    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+    let service = match cli.command {
+        Command::Coordinator(_) => "gatehouse-coordinator",
+        Command::Worker(_) => "gatehouse-worker",
+        Command::Run(_) => "gatehouse-run",
+        _ => "gatehouse-cli",
+    };
+    let traces = match Traces::start(service, cli.otlp_endpoint.as_deref()) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let tracer: Tracer = traces.as_ref().map(Traces::tracer);
+    let format = match cli.log_format {
+        LogFormat::Pretty => log::LogFormat::Pretty,
+        LogFormat::Json => log::LogFormat::Json,
+    };
+    if let Err(e) = log::init(&cli.log_level, format, tracer.clone()) {
         eprintln!("error: invalid --log-level {:?}: {e}", cli.log_level);
         return ExitCode::from(EXIT_INVALID);
     }
     let code = match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(args, tracer),
         Command::Validate { plan, json } => validate::main(&plan, json),
-        Command::Coordinator(args) => coordinator_cmd::main(args),
+        Command::Coordinator(args) => coordinator_cmd::main(args, tracer),
         Command::Worker(args) => worker_cmd::main(args),
         Command::Submit(args) => client::submit(args),
         Command::Watch(args) => client::watch(args),
@@ -121,6 +145,9 @@ fn main() -> ExitCode {
         Command::Workers(args) => client::workers(args),
         Command::Cache(CacheCommand::Stats(args)) => client::cache_stats(args),
     };
+    if let Some(traces) = traces {
+        traces.shutdown(telemetry::SHUTDOWN_TIMEOUT);
+    }
     ExitCode::from(code)
 }
 
@@ -145,28 +172,7 @@ enum LogFormat {
     /// Human-readable lines, colored when stderr is a terminal.
     Pretty,
     /// One JSON object per line: `timestamp`, `level`, `message` and the event's
-    /// fields at the top level, `span` and `spans` for where it happened.
+    /// fields at the top level, `span` and `spans` for where it happened, and
+    /// `trace_id`/`span_id` inside a traced span.
     Json,
-}
-
-/// Installs the stderr subscriber. `RUST_LOG` wins over `level` when it is set (and
-/// valid); an invalid `level` is an error.
-fn init_logging(
-    level: &str,
-    format: LogFormat,
-) -> Result<(), tracing_subscriber::filter::ParseError> {
-    use std::io::IsTerminal;
-    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
-        Ok(filter) => filter,
-        Err(_) => tracing_subscriber::EnvFilter::try_new(level)?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Pretty => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
 }

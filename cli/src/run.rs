@@ -3,6 +3,7 @@
 //! submission. Shutdown order after the summary (or on a signal, after the plan
 //! reports cancelled): scheduler (flushes cache writes), then executor.
 
+use gatehouse_common::telemetry::Tracer;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,7 +71,7 @@ pub struct RunArgs {
     kill_grace: Duration,
 }
 
-pub fn main(args: RunArgs) -> u8 {
+pub fn main(args: RunArgs, tracer: Tracer) -> u8 {
     let plan = match load_file(&args.plan) {
         Ok(plan) => Arc::new(plan),
         Err(errors) => {
@@ -96,7 +97,7 @@ pub fn main(args: RunArgs) -> u8 {
                 return EXIT_INVALID;
             }
         };
-    match crate::block_on(run(args, plan, labels)) {
+    match crate::block_on(run(args, plan, labels, tracer)) {
         Err(code) => code,
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
@@ -110,6 +111,7 @@ async fn run(
     args: RunArgs,
     plan: Arc<Plan>,
     labels: std::collections::BTreeMap<String, String>,
+    tracer: Tracer,
 ) -> anyhow::Result<u8> {
     let slots = args
         .workers
@@ -191,6 +193,7 @@ async fn run(
             fail_unschedulable: true,
             ..CoreConfig::default()
         },
+        tracer,
         ..SchedulerConfig::default()
     };
     let (sched, sched_task) = scheduler::spawn(
@@ -203,8 +206,10 @@ async fn run(
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let plan_id = PlanId::new(format!("run-{}", std::process::id()));
+    // A CI job's TRACEPARENT makes the run part of the job's trace.
     let options = RunOptions {
         use_cache: !args.no_cache,
+        trace_parent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
     };
     sched
         .submit(plan_id.clone(), plan.clone(), options, events_tx)

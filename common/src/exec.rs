@@ -121,6 +121,9 @@ pub struct Assignment {
     /// result to the shared cache (`None` otherwise, and always for `gatehouse run`,
     /// whose scheduler writes its own cache).
     pub cache_key: Option<crate::cache::CacheKey>,
+    /// W3C `traceparent` of the gate's attempt span, when the plan is traced: the
+    /// executor's `gate.execute` span continues it.
+    pub traceparent: Option<String>,
 }
 
 /// Scheduler -> executor.

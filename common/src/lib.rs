@@ -11,4 +11,5 @@ pub mod http;
 pub mod ids;
 pub mod plan;
 pub mod spawn;
+pub mod telemetry;
 pub mod units;

@@ -72,6 +72,7 @@ pub(crate) async fn run(
             store.client(),
             name.clone(),
             leader_tx,
+            config.metrics.clone(),
             observer_stop.clone(),
         ),
     );
@@ -349,8 +350,11 @@ async fn observe(
     client: Client,
     name: String,
     leader: watch::Sender<Option<String>>,
+    metrics: crate::metrics::Metrics,
     stop: CancellationToken,
 ) {
+    // The last leader seen, across reconnects: a change to another one is counted.
+    let mut last: Option<String> = None;
     loop {
         let mut election = client.election_client();
         let opened = tokio::select! {
@@ -370,6 +374,10 @@ async fn observe(
                             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
                             .filter(|u| !u.is_empty());
                         tracing::debug!(leader = ?url, "observed leader");
+                        if url.is_some() && url != last {
+                            metrics.leader_changed();
+                            last.clone_from(&url);
+                        }
                         leader.send_replace(url);
                     }
                     _ => break,

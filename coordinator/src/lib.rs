@@ -5,6 +5,8 @@
 pub mod core;
 pub mod grpc;
 pub mod ha;
+pub mod metrics;
+mod observe;
 pub mod registry;
 pub mod role;
 pub mod scheduler;

@@ -39,6 +39,8 @@ use tokio_util::time::DelayQueue;
 use crate::core::{
     Command, CoreConfig, Event, PlanEvent, RestoredGate, RunOptions, Scheduler, Timer, WorkerInfo,
 };
+use crate::metrics::CacheResult;
+use crate::observe::Observer;
 
 /// Capacity of the scheduler's mailbox.
 pub const MAILBOX_CAPACITY: usize = 1024;
@@ -59,6 +61,10 @@ pub struct SchedulerConfig {
     /// the cluster they are not (they live on the workers): a gate with `inputs` then
     /// runs uncached, and so do the gates that depend on it.
     pub hash_inputs: bool,
+    /// Metrics the driver updates (registered by the caller, if exported).
+    pub metrics: crate::metrics::Metrics,
+    /// Tracer of the plan and gate spans (`None`: no spans).
+    pub tracer: gatehouse_common::telemetry::Tracer,
 }
 
 impl Default for SchedulerConfig {
@@ -69,6 +75,8 @@ impl Default for SchedulerConfig {
             drain_timeout: Duration::from_secs(10),
             executors_store: false,
             hash_inputs: true,
+            metrics: crate::metrics::Metrics::default(),
+            tracer: None,
         }
     }
 }
@@ -281,6 +289,7 @@ pub fn spawn(
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
     let actor = SchedulerActor {
         core: Scheduler::new(config.core.clone()),
+        observer: Observer::new(config.metrics.clone(), config.tracer.clone()),
         config,
         epoch: Instant::now(),
         transport,
@@ -320,10 +329,14 @@ struct Lookup {
     gate: GateIdx,
     key: Option<CacheKey>,
     hit: Option<Box<CacheEntry>>,
+    /// How the cache answered (`None`: not asked).
+    answer: Option<CacheResult>,
 }
 
 struct SchedulerActor {
     core: Scheduler,
+    /// Metrics and spans.
+    observer: Observer,
     config: SchedulerConfig,
     /// Core time is `Instant::now() - epoch`.
     epoch: Instant,
@@ -381,7 +394,8 @@ impl SchedulerActor {
                         Err(e) => {
                             tracing::error!(error = %e, "cache lookup task failed; treating it as a miss");
                             if let Some((plan, gate)) = self.lookup_ids.remove(&e.id()) {
-                                self.on_lookup(Lookup { plan, gate, key: None, hit: None });
+                                let answer = Some(CacheResult::Error);
+                                self.on_lookup(Lookup { plan, gate, key: None, hit: None, answer });
                             }
                         }
                     }
@@ -416,6 +430,40 @@ impl SchedulerActor {
     }
 
     fn on_worker_event(&mut self, event: WorkerEvent) {
+        let metrics = &self.observer.metrics;
+        match &event {
+            WorkerEvent::Joined(info) => metrics.worker_memory(
+                info.id.as_str(),
+                None,
+                Some(info.memory_available),
+                Some(info.memory_total),
+            ),
+            WorkerEvent::Capacity {
+                worker,
+                memory_used,
+                memory_available,
+            } => metrics.worker_memory(
+                worker.as_str(),
+                Some(*memory_used),
+                Some(*memory_available),
+                None,
+            ),
+            WorkerEvent::Lost(worker) => metrics.worker_gone(worker.as_str()),
+            _ => {}
+        }
+        let joined = match &event {
+            WorkerEvent::Joined(info) => Some(info.id.clone()),
+            _ => None,
+        };
+        self.feed_worker_event(event);
+        if let Some(w) = joined
+            && let Some(slots) = self.core.slot_use(&w)
+        {
+            self.observer.metrics.worker_slots(w.as_str(), slots);
+        }
+    }
+
+    fn feed_worker_event(&mut self, event: WorkerEvent) {
         let event = match event {
             WorkerEvent::Report(FromWorker::Started { attempt }) => Event::GateStarted { attempt },
             WorkerEvent::Report(FromWorker::Finished { attempt, result }) => {
@@ -469,7 +517,7 @@ impl SchedulerActor {
                 events,
                 reply,
             } => {
-                let Some(options) = self.register(&id, &plan, options, events) else {
+                let Some(options) = self.register(&id, &plan, options, events, false) else {
                     let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
                     return;
                 };
@@ -487,7 +535,7 @@ impl SchedulerActor {
                 events,
                 reply,
             } => {
-                let Some(options) = self.register(&id, &plan, options, events) else {
+                let Some(options) = self.register(&id, &plan, options, events, true) else {
                     let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
                     return;
                 };
@@ -519,10 +567,13 @@ impl SchedulerActor {
         plan: &Arc<Plan>,
         options: RunOptions,
         events: mpsc::UnboundedSender<PlanEvent>,
+        resumed: bool,
     ) -> Option<RunOptions> {
         if self.plans.contains_key(id) {
             return None;
         }
+        self.observer
+            .plan_started(id, plan, options.trace_parent.as_deref(), resumed);
         self.plans.insert(
             id.clone(),
             PlanDriver {
@@ -535,6 +586,7 @@ impl SchedulerActor {
         );
         Some(RunOptions {
             use_cache: options.use_cache && self.cache.is_some(),
+            trace_parent: options.trace_parent,
         })
     }
 
@@ -548,6 +600,8 @@ impl SchedulerActor {
                 self.execute(cmd, &mut queue);
             }
         }
+        self.observer
+            .core_state(&self.core.gauges(), self.core.throttled_total());
         self.start_lookups();
     }
 
@@ -556,9 +610,19 @@ impl SchedulerActor {
             Command::Dispatch {
                 worker,
                 mut assignment,
+                queued,
             } => {
                 if self.config.executors_store {
                     assignment.cache_key = self.cacheable_key(&assignment.attempt);
+                }
+                let a = &assignment.attempt;
+                if let Some(driver) = self.plans.get(&a.plan) {
+                    assignment.traceparent =
+                        self.observer
+                            .dispatching(&driver.plan, &a.plan, a.gate, Some(queued));
+                }
+                if let Some(slots) = self.core.slot_use(&worker) {
+                    self.observer.metrics.worker_slots(worker.as_str(), slots);
                 }
                 if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
                     tracing::warn!(worker_id = %e.worker, "dispatch failed; declaring the worker lost");
@@ -577,7 +641,12 @@ impl SchedulerActor {
                     queue.push_back(Event::WorkerLost { worker: e.worker });
                 }
             }
-            Command::CheckCache { plan, gate } => self.lookup_queue.push_back((plan, gate)),
+            Command::CheckCache { plan, gate } => {
+                if let Some(driver) = self.plans.get(&plan) {
+                    self.observer.lookup_started(&driver.plan, &plan, gate);
+                }
+                self.lookup_queue.push_back((plan, gate))
+            }
             Command::StoreResult { plan, gate, result } => {
                 if !self.config.executors_store {
                     self.store(&plan, gate, result);
@@ -600,6 +669,17 @@ impl SchedulerActor {
                     && let crate::core::GateStatus::Finished(terminal) = g.status
                 {
                     self.land(&g.plan, g.gate, terminal, g.result.as_ref(), queue);
+                }
+                match &event {
+                    PlanEvent::Gate(g) => {
+                        self.observer.gate_event(g);
+                        if let (Some(w), true) = (&g.worker, g.result.is_some())
+                            && let Some(slots) = self.core.slot_use(w)
+                        {
+                            self.observer.metrics.worker_slots(w.as_str(), slots);
+                        }
+                    }
+                    PlanEvent::Finished(s) => self.observer.plan_finished(s),
                 }
                 let (plan, last) = match &event {
                     PlanEvent::Gate(g) => (g.plan.clone(), false),
@@ -687,10 +767,18 @@ impl SchedulerActor {
                     None => None,
                 };
                 let mut hit = None;
+                let mut answer = None;
                 if let (Some(key), Some(cache), true) = (key, cache, plan.gate(gate).cache) {
                     match cache.get(&key).await {
-                        Ok(entry) => hit = entry.map(Box::new),
+                        Ok(entry) => {
+                            answer = Some(match entry {
+                                Some(_) => CacheResult::Hit,
+                                None => CacheResult::Miss,
+                            });
+                            hit = entry.map(Box::new);
+                        }
                         Err(e) => {
+                            answer = Some(CacheResult::Error);
                             tracing::warn!(error = %e, "cache lookup failed; treating as a miss")
                         }
                     }
@@ -700,6 +788,7 @@ impl SchedulerActor {
                     gate,
                     key,
                     hit,
+                    answer,
                 }
             });
             self.lookup_ids.insert(task.id(), served);
@@ -707,6 +796,8 @@ impl SchedulerActor {
     }
 
     fn on_lookup(&mut self, lookup: Lookup) {
+        self.observer
+            .lookup_done(&lookup.plan, lookup.gate, lookup.answer);
         let Some(driver) = self.plans.get_mut(&lookup.plan) else {
             return;
         };

@@ -177,7 +177,10 @@ async fn second_run_is_served_from_the_cache_without_dispatching() {
             .await
             .expect("join");
         let (tx, mut events) = mpsc::unbounded_channel();
-        let options = RunOptions { use_cache: true };
+        let options = RunOptions {
+            use_cache: true,
+            ..RunOptions::default()
+        };
         h.handle
             .submit(PlanId::new(format!("p{run}")), plan.clone(), options, tx)
             .await
@@ -336,7 +339,10 @@ async fn identical_plans_at_once(status: ExitStatus) -> (Vec<PlanSummary>, usize
     let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
     let (tx, mut events) = mpsc::unbounded_channel();
     for p in ["p1", "p2"] {
-        let options = RunOptions { use_cache: true };
+        let options = RunOptions {
+            use_cache: true,
+            ..RunOptions::default()
+        };
         h.handle
             .submit(PlanId::new(p), plan.clone(), options, tx.clone())
             .await
@@ -406,7 +412,10 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
         .submit(
             PlanId::new("p"),
             plan,
-            RunOptions { use_cache: true },
+            RunOptions {
+                use_cache: true,
+                ..RunOptions::default()
+            },
             events_tx,
         )
         .await
@@ -496,7 +505,10 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
     // slow, everything else answers at once.
     let p1 = flat(Policy::default(), &[g("a", &[])]);
     let (mut h, mut started) = start_slow_for_first_gate(&p1, 8).await;
-    let on = || RunOptions { use_cache: true };
+    let on = || RunOptions {
+        use_cache: true,
+        ..RunOptions::default()
+    };
     let (events_tx, _events) = mpsc::unbounded_channel();
     let finish = |a: &gatehouse_common::exec::Assignment, status: ExitStatus| {
         WorkerEvent::from(FromWorker::Finished {
@@ -600,7 +612,10 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
         .restore(
             PlanId::new("p"),
             plan,
-            RunOptions { use_cache: true },
+            RunOptions {
+                use_cache: true,
+                ..RunOptions::default()
+            },
             gates,
             None,
             Duration::ZERO,
@@ -628,7 +643,10 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
     let p = flat(Policy::default(), &[g("a", &[])]);
     let (mut h, mut started) = start_slow_for_first_gate(&p, 4).await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let on = || RunOptions { use_cache: true };
+    let on = || RunOptions {
+        use_cache: true,
+        ..RunOptions::default()
+    };
     h.handle
         .submit(PlanId::new("p1"), p.clone(), on(), events_tx.clone())
         .await

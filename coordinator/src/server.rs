@@ -33,10 +33,12 @@ use crate::grpc::{
     CacheMembers, GrpcTransport, Outboxes, PlanServiceImpl, SessionAcks, SessionConfig,
     WorkerDirectory, WorkerServiceImpl,
 };
+use crate::metrics::Metrics;
 use crate::registry::{self, Durability, JournalError, RegistryConfig};
 use crate::role::{Role, RoleWatch, Term};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::store::{StateStore, StoreError};
+use gatehouse_common::telemetry::Tracer;
 
 /// Capacity of the channel carrying attempt reports from all sessions to the scheduler.
 pub const REPORTS_CAPACITY: usize = 4096;
@@ -72,6 +74,10 @@ pub struct CoordinatorConfig {
     pub cache_replicas: usize,
     /// A cache lookup without a hit by then is a miss (`--cache-timeout`).
     pub cache_timeout: Duration,
+    /// Metrics, served by `--http` at `/metrics`.
+    pub metrics: Metrics,
+    /// Tracer of plan and gate spans (`None`: traces off).
+    pub tracer: Tracer,
 }
 
 impl Default for CoordinatorConfig {
@@ -86,6 +92,8 @@ impl Default for CoordinatorConfig {
             state: StateBackend::Dir(PathBuf::from("gatehouse-state")),
             cache_replicas: 2,
             cache_timeout: Duration::from_millis(250),
+            metrics: Metrics::default(),
+            tracer: None,
         }
     }
 }
@@ -133,9 +141,11 @@ pub async fn run(
         let ready: gatehouse_common::http::Readiness = Arc::new(
             move || matches!(&*role.borrow(), Role::Leading(term) if !term.token.is_cancelled()),
         );
+        let mut registry = gatehouse_common::telemetry::metrics::registry();
+        config.metrics.register(&mut registry);
         gatehouse_common::spawn::spawn_named(
-            "http-probes",
-            gatehouse_common::http::serve_probes(listener, ready, shutdown.clone()),
+            "http",
+            gatehouse_common::http::serve(listener, ready, Arc::new(registry), shutdown.clone()),
         )
     });
     let local = listener
@@ -215,6 +225,7 @@ async fn serve(
     // the transport itself (OUT_OF_RANGE) before being buffered.
     let max_message = 2 * MAX_PLAN_BYTES;
     let served = tonic::transport::Server::builder()
+        .trace_fn(rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -309,6 +320,8 @@ pub(crate) async fn lead(
     shutdown: &CancellationToken,
     lost: impl Future<Output = String>,
 ) -> Result<TermEnd, ServerError> {
+    let store: Arc<dyn StateStore> =
+        Arc::new(crate::store::Timed::new(store, config.metrics.clone()));
     let stored = store.load().await?;
     let count = stored.len();
     let restored = tokio::task::spawn_blocking(move || registry::restore::prepare(stored))
@@ -342,6 +355,8 @@ pub(crate) async fn lead(
         max_cache_lookups: 256,
         executors_store: true,
         hash_inputs: false,
+        metrics: config.metrics.clone(),
+        tracer: config.tracer.clone(),
         ..SchedulerConfig::default()
     };
     let (sched, sched_task) = scheduler::spawn(
@@ -380,6 +395,9 @@ pub(crate) async fn lead(
         tasks: TaskTracker::new(),
     });
     role_tx.send_replace(Role::Leading(term.clone()));
+    config.metrics.set_leader(true);
+    // Whatever ends the term, this replica stops reporting as the leader.
+    let _not_leading = NotLeading(config.metrics.clone());
     tracing::info!("leading: scheduler and plan registry started");
     tokio::pin!(sched_task);
     tokio::pin!(registry_task);
@@ -441,4 +459,44 @@ pub(crate) async fn lead(
     // The scheduler writes nothing (workers do); this only stops read-repairs.
     cache.close(Duration::from_millis(500)).await;
     Ok(end)
+}
+
+/// Clears the leader gauges when dropped (the term ended, however it ended).
+struct NotLeading(Metrics);
+
+impl Drop for NotLeading {
+    fn drop(&mut self) {
+        self.0.set_leader(false);
+    }
+}
+
+/// The span of one gRPC call: plan service calls are exported (OpenTelemetry RPC
+/// conventions), continuing the caller's `traceparent`; worker sessions, health checks
+/// and reflection stay untraced.
+fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    use gatehouse_common::telemetry::{OTEL_TARGET, continue_trace};
+    let path = req.uri().path().trim_start_matches('/');
+    let Some((service, method)) = path.split_once('/') else {
+        return tracing::Span::none();
+    };
+    if service != "gatehouse.v1.PlanService" {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: OTEL_TARGET,
+        "rpc",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        continue_trace(&span, tp);
+    }
+    span
 }

@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             attempt: attempt(i),
             spec: Arc::clone(&spec),
             cache_key: None,
+            traceparent: None,
         }))
     };
     let start = Instant::now();

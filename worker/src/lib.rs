@@ -20,6 +20,7 @@ pub mod cache;
 pub mod cancel;
 pub mod execute;
 pub mod local;
+pub mod metrics;
 pub mod monitor;
 mod pgroup;
 pub mod remote;

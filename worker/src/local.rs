@@ -32,9 +32,11 @@ use gatehouse_common::exec::{
     Assignment, AttemptRef, ExitStatus, FromWorker, GateResult, OutputTail, ToWorker,
 };
 use gatehouse_common::spawn::{spawn_in, spawn_named};
+use gatehouse_common::telemetry::{OTEL_TARGET, continue_trace};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::ExecConfig;
 use crate::cancel::{CancelHandle, CancelSignal, cancel_channel};
@@ -178,13 +180,54 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
     cancel: CancelSignal,
     reports: mpsc::Sender<R>,
 ) -> AttemptRef {
-    let Assignment { attempt, spec, .. } = assignment;
+    let Assignment {
+        attempt,
+        spec,
+        traceparent,
+        ..
+    } = assignment;
+    // Traced plans: the attempt's own span, continuing the coordinator's gate span;
+    // logs inside it carry its trace id.
+    let span = match &traceparent {
+        Some(tp) => {
+            let span = tracing::info_span!(
+                target: OTEL_TARGET,
+                "gate.execute",
+                gatehouse.plan.id = %attempt.plan,
+                gatehouse.gate.id = %spec.gate,
+                gatehouse.attempt = attempt.attempt,
+                process.pid = tracing::field::Empty,
+                process.exit.code = tracing::field::Empty,
+                gatehouse.outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            continue_trace(&span, tp);
+            span
+        }
+        None => tracing::Span::none(),
+    };
+    execute_attempt(attempt, spec, cfg, monitor, cancel, reports)
+        .instrument(span)
+        .await
+}
+
+async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
+    attempt: AttemptRef,
+    spec: Arc<gatehouse_common::exec::GateSpec>,
+    cfg: Arc<ExecConfig>,
+    monitor: MemoryMonitorHandle,
+    cancel: CancelSignal,
+    reports: mpsc::Sender<R>,
+) -> AttemptRef {
     let mut guard = FinishGuard {
         attempt: Some(attempt.clone()),
         reports: reports.clone(),
     };
     let result = match RunningGate::start(&spec, &attempt, &cfg, &monitor).await {
         Ok(running) => {
+            if let Some(pid) = running.pid() {
+                tracing::Span::current().record("process.pid", i64::from(pid));
+            }
             let started = FromWorker::Started {
                 attempt: attempt.clone(),
             };
@@ -197,6 +240,14 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
         }
     };
     guard.attempt = None;
+    let span = tracing::Span::current();
+    if let ExitStatus::Exited(code) = result.status {
+        span.record("process.exit.code", i64::from(code));
+    }
+    span.record("gatehouse.outcome", result.status.reason());
+    if !result.status.passed() {
+        span.record("otel.status_code", "error");
+    }
     let finished = FromWorker::Finished {
         attempt: attempt.clone(),
         result,

@@ -49,6 +49,7 @@ impl Harness {
             attempt: attempt.clone(),
             spec: Arc::new(spec),
             cache_key: None,
+            traceparent: None,
         };
         self.inbox
             .send(ToWorker::Assign(assignment))

@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub use cache_stats::{CacheStatsArgs, cache_stats};
 
@@ -190,6 +191,27 @@ fn get_plan(id: &PlanId) -> v1::GetPlanRequest {
     }
 }
 
+/// The client span of a submission and the `traceparent` the request carries: the
+/// span's when traces are exported, else `TRACEPARENT` from the environment (so a CI
+/// job's trace reaches the plan even when this process exports nothing).
+fn submit_span() -> (tracing::Span, Option<String>) {
+    use gatehouse_common::telemetry::{OTEL_TARGET, continue_trace, current_traceparent};
+    let inherited = std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty());
+    let span = tracing::info_span!(
+        target: OTEL_TARGET,
+        "gatehouse.v1.PlanService/SubmitPlan",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "gatehouse.v1.PlanService",
+        rpc.method = "SubmitPlan",
+    );
+    if let Some(tp) = &inherited {
+        continue_trace(&span, tp);
+    }
+    let own = span.in_scope(current_traceparent);
+    (span, own.or(inherited))
+}
+
 fn plan_id(id: &str) -> Result<PlanId, ClientError> {
     if id.trim().is_empty() {
         return Err(ClientError::Usage("the plan id is empty".into()));
@@ -214,6 +236,7 @@ pub fn submit(args: SubmitArgs) -> u8 {
         };
         let cluster = args.coordinator.cluster();
         let request = doc.request(args.no_cache);
+        let (span, traceparent) = submit_span();
         // Re-sent only when the coordinator cannot have accepted it (see `leader`).
         let (coord, resp) = cluster
             .call(
@@ -222,10 +245,14 @@ pub fn submit(args: SubmitArgs) -> u8 {
                 cluster.budget,
                 RPC_TIMEOUT,
                 |mut client| {
-                    let request = request.clone();
+                    let mut request = tonic::Request::new(request.clone());
+                    if let Some(tp) = traceparent.as_deref().and_then(|t| t.parse().ok()) {
+                        request.metadata_mut().insert("traceparent", tp);
+                    }
                     async move { client.submit_plan(request).await }
                 },
             )
+            .instrument(span)
             .await?;
         let id = PlanId::new(resp.plan_id);
         let mode = Mode::choose(args.json, args.quiet);

@@ -94,6 +94,7 @@ fn event(gate: u32, status: GateStatus) -> core::GateEvent {
         result: None,
         reason: None,
         cause: None,
+        queued: None,
     }
 }
 

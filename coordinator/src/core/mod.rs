@@ -126,6 +126,8 @@ struct Held {
 struct Sink {
     cmds: Vec<Command>,
     finished: Vec<PlanId>,
+    /// The time of the event being handled.
+    now: Now,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -137,6 +139,8 @@ pub struct Scheduler {
     attempts: HashMap<AttemptRef, Held>,
     /// The plan that got the last dispatch (round-robin cursor).
     last_served: Option<PlanId>,
+    /// Gates admission held back for memory (or pressure) while a slot was free.
+    throttled: u64,
     sink: Sink,
 }
 
@@ -149,6 +153,7 @@ impl Scheduler {
             workers: BTreeMap::new(),
             attempts: HashMap::new(),
             last_served: None,
+            throttled: 0,
             sink: Sink::default(),
         }
     }
@@ -176,6 +181,42 @@ impl Scheduler {
         })
     }
 
+    /// Live plans, queued and running gates and workers by state. O(plans + workers).
+    pub fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            plans: self.plans.len() as u64,
+            ..Gauges::default()
+        };
+        for run in self.plans.values() {
+            g.queued += u64::from(run.queued);
+            g.running += u64::from(run.running);
+        }
+        for w in self.workers.values() {
+            if w.draining {
+                g.workers_draining += 1;
+            } else if w.pressured {
+                g.workers_pressured += 1;
+            } else {
+                g.workers_ready += 1;
+            }
+        }
+        g
+    }
+
+    /// Gates that admission held back for memory or pressure while a slot was free,
+    /// counted once per wait, since the core started.
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled
+    }
+
+    /// A worker's slot use, if it is known.
+    pub fn slot_use(&self, worker: &WorkerId) -> Option<SlotUse> {
+        self.workers.get(worker).map(|w| SlotUse {
+            used: w.info.slots.saturating_sub(w.free_slots),
+            total: w.info.slots,
+        })
+    }
+
     /// The plan of a live plan run.
     pub fn plan(&self, id: &PlanId) -> Option<&Arc<Plan>> {
         self.plans.get(id).map(|r| &r.plan)
@@ -183,6 +224,7 @@ impl Scheduler {
 
     /// Handles one event at time `now` and returns the commands to carry out, in order.
     pub fn handle(&mut self, now: Now, event: Event) -> Vec<Command> {
+        self.sink.now = now;
         match event {
             Event::PlanSubmitted { id, plan, options } => self.on_submit(now, id, plan, options),
             Event::WorkerJoined(info) => self.on_worker_joined(now, info),
@@ -220,7 +262,7 @@ impl Scheduler {
                     && run.gate(gate).state == (GateState::Backoff { attempt })
                     && run.stopping == Stopping::No
                 {
-                    run.push_ready(gate);
+                    run.push_ready(gate, now);
                 }
             }
             Event::TimerFired(Timer::RecoveryWindow) => self.on_recovery_ended(),
@@ -271,7 +313,7 @@ impl Scheduler {
         for run in self.plans.values_mut() {
             for g in std::mem::take(&mut run.parked) {
                 if run.gate(g).state == GateState::Parked {
-                    run.push_ready(g);
+                    run.push_ready(g, self.sink.now);
                 }
             }
         }
@@ -348,7 +390,7 @@ impl Scheduler {
                 done.result = Some(entry.result);
                 finish_gate(run, &mut self.sink, &self.config, gate, done);
             }
-            None => run.push_ready(gate),
+            None => run.push_ready(gate, self.sink.now),
         }
     }
 
@@ -445,9 +487,8 @@ impl Scheduler {
         let failures = gr.failures;
         if failures <= retries && run.stopping == Stopping::No {
             let backoff = retry_backoff(run.plan.policy.retry_backoff, failures);
-            let gr = run.gate_mut(g);
-            gr.state = GateState::Backoff { attempt: a + 1 };
-            gr.last_failure = Some(result.clone());
+            run.set_state(g, GateState::Backoff { attempt: a + 1 });
+            run.gate_mut(g).last_failure = Some(result.clone());
             let mut ev = gate_event(run, g, GateStatus::Retrying { backoff }, a, Some(worker));
             ev.reason = Some(result.status.reason());
             ev.result = Some(result);
@@ -546,10 +587,14 @@ impl Scheduler {
         gr.attempt += 1;
         gr.last_failure = None;
         let attempt = gr.attempt;
-        gr.state = GateState::Running {
-            worker: worker_id.clone(),
-            attempt,
-        };
+        let queued = self.sink.now.saturating_sub(gr.ready_at);
+        run.set_state(
+            g,
+            GateState::Running {
+                worker: worker_id.clone(),
+                attempt,
+            },
+        );
         run.running += 1;
         let aref = AttemptRef {
             plan: id.clone(),
@@ -566,20 +611,23 @@ impl Scheduler {
             },
         );
         let spec = gate_spec(&run.plan, g);
-        let ev = gate_event(
+        let mut ev = gate_event(
             run,
             g,
             GateStatus::Dispatched,
             attempt,
             Some(worker_id.clone()),
         );
+        ev.queued = Some(queued);
         self.sink.cmds.push(Command::Dispatch {
             worker: worker_id,
             assignment: Assignment {
                 attempt: aref,
                 spec: Arc::new(spec),
                 cache_key: None,
+                traceparent: None,
             },
+            queued,
         });
         self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
         true
@@ -596,7 +644,17 @@ impl Scheduler {
         let fitting: Vec<&&WorkerSlots> = live.iter().filter(|w| w.has_labels(labels)).collect();
         let largest = fitting.iter().map(|w| w.info.memory_total).max();
         if largest.is_some_and(|m| m >= memory) {
-            return false; // throttled: capacity frees up when a running gate ends
+            // Throttled: capacity frees up when a running gate ends. It counts as
+            // admission throttling when a slot was free but memory or pressure said no.
+            let slot_free = self
+                .workers
+                .values()
+                .any(|w| w.free_slots > 0 && !w.draining && w.has_labels(labels));
+            if slot_free && !run.gate(g).throttled {
+                run.gate_mut(g).throttled = true;
+                self.throttled += 1;
+            }
+            return false;
         }
         let reason = if live.is_empty() {
             "no live worker".to_string()
@@ -618,7 +676,7 @@ impl Scheduler {
         }
         // Park it so the gates behind it in the queue still run; publish the reason once
         // (again only if it changes).
-        run.gate_mut(g).state = GateState::Parked;
+        run.set_state(g, GateState::Parked);
         run.parked.push(g);
         if run.gate(g).waiting_reason.as_deref() != Some(reason.as_str()) {
             run.gate_mut(g).waiting_reason = Some(reason.clone());

@@ -41,6 +41,13 @@ pub(crate) enum GateState {
     Done(Terminal),
 }
 
+impl GateState {
+    /// Prerequisites passed and waiting for a worker (`Ready` or `Parked`).
+    pub(crate) fn is_queued(&self) -> bool {
+        matches!(self, GateState::Ready | GateState::Parked)
+    }
+}
+
 /// Per-gate bookkeeping.
 #[derive(Clone, Debug)]
 pub(crate) struct GateRun {
@@ -62,6 +69,11 @@ pub(crate) struct GateRun {
     /// The failed result of the last attempt while in `Backoff` (reported if the plan
     /// stops before the retry).
     pub(crate) last_failure: Option<GateResult>,
+    /// When it last entered `Ready` (not counting a park and unpark): the start of its
+    /// queue wait.
+    pub(crate) ready_at: Now,
+    /// Admission already refused it for want of memory since `ready_at` (counted once).
+    pub(crate) throttled: bool,
 }
 
 /// Why a plan stops early.
@@ -94,6 +106,8 @@ pub(crate) struct PlanRun {
     /// Ready gates no live worker could ever run (labels, memory); they go back to the
     /// ready heap when a worker joins, so they never block the gates behind them.
     pub(crate) parked: Vec<GateIdx>,
+    /// Gates in `Ready` or `Parked`: prerequisites passed, waiting for a worker.
+    pub(crate) queued: u32,
     /// Attempts dispatched and not yet finished.
     pub(crate) running: u32,
     /// Gates in a terminal state.
@@ -120,6 +134,8 @@ impl PlanRun {
                 waiting_reason: None,
                 announced: 0,
                 last_failure: None,
+                ready_at: now,
+                throttled: false,
             })
             .collect();
         let item_remaining: Vec<u32> = plan.items.iter().map(|i| i.gates.len() as u32).collect();
@@ -137,6 +153,7 @@ impl PlanRun {
             item_remaining,
             ready: BinaryHeap::new(),
             parked: Vec::new(),
+            queued: 0,
             running: 0,
             done: 0,
             counts,
@@ -154,8 +171,27 @@ impl PlanRun {
         &mut self.gates[g.ix()]
     }
 
-    pub(crate) fn push_ready(&mut self, g: GateIdx) {
-        self.gates[g.ix()].state = GateState::Ready;
+    /// Every change of a gate's state goes through here, so `queued` stays exact.
+    pub(crate) fn set_state(&mut self, g: GateIdx, state: GateState) {
+        let gr = &mut self.gates[g.ix()];
+        let was = gr.state.is_queued();
+        let is = state.is_queued();
+        gr.state = state;
+        match (was, is) {
+            (false, true) => self.queued += 1,
+            (true, false) => self.queued -= 1,
+            _ => {}
+        }
+    }
+
+    /// Queues `g` (from `Parked` it keeps its place in time: `ready_at` is unchanged).
+    pub(crate) fn push_ready(&mut self, g: GateIdx, now: Now) {
+        let gr = &mut self.gates[g.ix()];
+        if !gr.state.is_queued() {
+            gr.ready_at = now;
+            gr.throttled = false;
+        }
+        self.set_state(g, GateState::Ready);
         self.ready.push((self.graph.height[g.ix()], Reverse(g.0)));
     }
 

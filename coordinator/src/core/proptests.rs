@@ -143,6 +143,11 @@ proptest! {
                 }
             }
             checked_dispatches = sim.log.len();
+            // Invariant: the queued count (the ready-gates gauge) matches the states.
+            for run in sim.core.plans.values() {
+                let queued = run.gates.iter().filter(|g| g.state.is_queued()).count() as u32;
+                prop_assert_eq!(run.queued, queued, "queued count drifted from the gate states");
+            }
             // Invariants: slots and max_parallel.
             for (w, n) in sim.per_worker() {
                 let slots = workers.iter().find(|x| x.id == w).map(|x| x.slots).unwrap_or(0);
@@ -205,6 +210,9 @@ proptest! {
             }
         }
         let summary = sim.summary.clone().expect("summary");
+        // The gauges are back to zero once the only plan ended.
+        let gauges = sim.core.gauges();
+        prop_assert_eq!((gauges.plans, gauges.queued, gauges.running), (0, 0, 0));
         // Every gate ends in exactly one terminal state, and counts match.
         let mut per_state: HashMap<Terminal, u32> = HashMap::new();
         for i in 0..plan.gates.len() as u32 {
@@ -343,7 +351,7 @@ proptest! {
         new.feed(Event::PlanRestored {
             id: new.plan.clone(),
             plan: plan.clone(),
-            options: RunOptions { use_cache: false },
+            options: RunOptions { use_cache: false, ..RunOptions::default() },
             gates,
             cancel: None,
             age: Duration::ZERO,

@@ -71,16 +71,15 @@ impl Scheduler {
                     if open {
                         gr.announced = attempt;
                     }
-                    gr.state = GateState::InDoubt {
-                        from: if open { attempt } else { attempt + 1 },
-                    };
+                    let from = if open { attempt } else { attempt + 1 };
+                    run.set_state(g, GateState::InDoubt { from });
                 }
                 RestoredGate::Done {
                     terminal,
                     cached,
                     flaky,
                 } => {
-                    run.gate_mut(g).state = GateState::Done(terminal);
+                    run.set_state(g, GateState::Done(terminal));
                     run.count(terminal, cached, flaky);
                     if terminal == Terminal::Passed {
                         passed.push(g);
@@ -97,6 +96,7 @@ impl Scheduler {
         for &(g, _) in &failed {
             skip_dependents(&mut run, &mut self.sink, g);
         }
+        // Blocked -> InDoubt: neither is queued, so `set_state`'s count is unaffected.
         for gr in &mut run.gates {
             if gr.state == GateState::Blocked && gr.pending == 0 {
                 gr.state = GateState::InDoubt {
@@ -218,10 +218,13 @@ impl Scheduler {
         let memory = if slot { run.plan.gate(g).memory } else { 0 };
         let gr = run.gate_mut(g);
         gr.attempt = gr.attempt.max(attempt.attempt);
-        gr.state = GateState::Running {
-            worker: worker.clone(),
-            attempt: attempt.attempt,
-        };
+        run.set_state(
+            g,
+            GateState::Running {
+                worker: worker.clone(),
+                attempt: attempt.attempt,
+            },
+        );
         run.running += 1;
         if slot && run.gate(g).announced != attempt.attempt {
             run.gate_mut(g).announced = attempt.attempt;
@@ -258,7 +261,7 @@ impl Scheduler {
                     // a worker that never came back.
                     let gr = run.gate_mut(g);
                     gr.attempt = gr.attempt.max(from);
-                    gr.state = GateState::Blocked;
+                    run.set_state(g, GateState::Blocked);
                     make_ready(run, &mut self.sink, g);
                 }
             }

@@ -13,7 +13,10 @@ fn restore(sim: &mut Sim, plan: Arc<Plan>, gates: Vec<RestoredGate>, cancel: Opt
     sim.feed(Event::PlanRestored {
         id: sim.plan.clone(),
         plan,
-        options: RunOptions { use_cache: false },
+        options: RunOptions {
+            use_cache: false,
+            ..RunOptions::default()
+        },
         gates,
         cancel,
         age: Duration::from_secs(3),

@@ -152,7 +152,10 @@ impl Sim {
         self.feed(Event::PlanSubmitted {
             id: self.plan.clone(),
             plan,
-            options: RunOptions { use_cache },
+            options: RunOptions {
+                use_cache,
+                ..RunOptions::default()
+            },
         });
     }
 
@@ -160,7 +163,9 @@ impl Sim {
         let cmds = self.core.handle(self.now, event);
         for c in &cmds {
             match c {
-                Command::Dispatch { worker, assignment } => self
+                Command::Dispatch {
+                    worker, assignment, ..
+                } => self
                     .running
                     .push((worker.clone(), assignment.attempt.clone())),
                 Command::SetTimer { at, timer } => self.timers.push((*at, timer.clone())),

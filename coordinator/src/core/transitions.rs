@@ -71,6 +71,7 @@ pub(super) fn gate_event(
         result: None,
         reason: None,
         cause: None,
+        queued: None,
     }
 }
 
@@ -104,7 +105,7 @@ pub(super) fn lose_attempt(
     if gr.losses >= config.max_worker_losses {
         finish_gate(run, sink, config, g, failed.reason("worker_lost"));
     } else if run.stopping == Stopping::No {
-        run.push_ready(g);
+        run.push_ready(g, sink.now);
     } else {
         let done = Done::new(Terminal::Cancelled, failed.attempt).reason("cancelled");
         finish_gate(run, sink, config, g, done);
@@ -114,13 +115,13 @@ pub(super) fn lose_attempt(
 /// A gate whose prerequisites all passed: through the cache check when caching is on.
 pub(super) fn make_ready(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     if run.options.use_cache {
-        run.gate_mut(g).state = GateState::CheckingCache;
+        run.set_state(g, GateState::CheckingCache);
         sink.cmds.push(Command::CheckCache {
             plan: run.id.clone(),
             gate: g,
         });
     } else {
-        run.push_ready(g);
+        run.push_ready(g, sink.now);
     }
 }
 
@@ -132,7 +133,7 @@ pub(super) fn finish_gate(
     g: GateIdx,
     done: Done,
 ) {
-    run.gate_mut(g).state = GateState::Done(done.terminal);
+    run.set_state(g, GateState::Done(done.terminal));
     run.count(done.terminal, done.cached, done.flaky);
     let mut ev = gate_event(
         run,
@@ -207,7 +208,7 @@ pub(super) fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateId
         if run.gate(g).state != GateState::Blocked {
             continue;
         }
-        run.gate_mut(g).state = GateState::Done(Terminal::Skipped);
+        run.set_state(g, GateState::Done(Terminal::Skipped));
         run.count(Terminal::Skipped, false, false);
         let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Skipped), 0, None);
         ev.reason = Some("dependency_failed");
@@ -239,7 +240,7 @@ pub(super) fn stop_plan(
             | GateState::Ready
             | GateState::Parked
             | GateState::InDoubt { .. } => {
-                run.gate_mut(g).state = GateState::Done(terminal);
+                run.set_state(g, GateState::Done(terminal));
                 run.count(terminal, false, false);
                 let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);
                 ev.reason = Some(reason);
@@ -262,7 +263,7 @@ pub(super) fn stop_plan(
                     ),
                     _ => (Terminal::Cancelled, "cancelled"),
                 };
-                gr.state = GateState::Done(t);
+                run.set_state(g, GateState::Done(t));
                 run.count(t, false, false);
                 let mut ev = gate_event(run, g, GateStatus::Finished(t), attempt, None);
                 ev.reason = Some(why);
@@ -270,11 +271,14 @@ pub(super) fn stop_plan(
                 sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
             }
             GateState::Running { worker, attempt } => {
-                run.gate_mut(g).state = GateState::Stopping {
-                    worker: worker.clone(),
-                    attempt,
-                    then: Terminal::Cancelled,
-                };
+                run.set_state(
+                    g,
+                    GateState::Stopping {
+                        worker: worker.clone(),
+                        attempt,
+                        then: Terminal::Cancelled,
+                    },
+                );
                 sink.cmds
                     .push(cancel_attempt(run, g, worker, attempt, grace));
             }

@@ -14,6 +14,10 @@ pub type Now = Duration;
 /// Per-run options the submitter chooses (not part of the plan file).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOptions {
+    /// W3C `traceparent` of the submitter's span: the plan's trace continues it. The
+    /// core ignores it; it is not persisted (a plan resumed by another leader starts a
+    /// new trace).
+    pub trace_parent: Option<String>,
     /// Whether the result cache is consulted and written (`--no-cache` turns it off).
     pub use_cache: bool,
 }
@@ -182,6 +186,8 @@ pub enum Command {
         worker: WorkerId,
         /// The assignment.
         assignment: Assignment,
+        /// How long the gate waited from ready to this dispatch.
+        queued: Duration,
     },
     /// Stop a running attempt (TERM, then KILL after `grace`).
     CancelAttempt {
@@ -295,6 +301,8 @@ pub struct GateEvent {
     pub reason: Option<&'static str>,
     /// For a skipped gate: the failed gate that caused it.
     pub cause: Option<GateIdx>,
+    /// For a dispatched attempt: how long it waited from ready to dispatch.
+    pub queued: Option<Duration>,
 }
 
 /// Plan outcome.
@@ -317,6 +325,32 @@ impl PlanOutcome {
             PlanOutcome::Cancelled => "cancelled",
         }
     }
+}
+
+/// Point-in-time figures of the core, for metrics ([`crate::core::Scheduler::gauges`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Live plans.
+    pub plans: u64,
+    /// Gates whose prerequisites passed, waiting for a worker.
+    pub queued: u64,
+    /// Attempts dispatched and not finished.
+    pub running: u64,
+    /// Workers that take new gates.
+    pub workers_ready: u64,
+    /// Draining workers.
+    pub workers_draining: u64,
+    /// Workers above their memory-pressure threshold (and not draining).
+    pub workers_pressured: u64,
+}
+
+/// A worker's slots as the core accounts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotUse {
+    /// Slots taken by attempts.
+    pub used: u32,
+    /// Slots it declared.
+    pub total: u32,
 }
 
 /// Gate counts of a plan.

@@ -64,6 +64,7 @@ impl PlanService for PlanServiceImpl {
         request: Request<v1::SubmitPlanRequest>,
     ) -> Result<Response<v1::SubmitPlanResponse>, Status> {
         let term = current_term(&self.role)?;
+        let parent = traceparent_of(request.metadata());
         let req = request.into_inner();
         let no_cache = req.no_cache;
         if req.document.len() > MAX_PLAN_BYTES {
@@ -112,8 +113,10 @@ impl PlanService for PlanServiceImpl {
             }
         })?;
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
+        // The plan's trace continues the submitter's, through this call's span.
         let options = RunOptions {
             use_cache: !no_cache,
+            trace_parent: gatehouse_common::telemetry::current_traceparent().or(parent),
         };
         let id = term
             .registry
@@ -246,4 +249,12 @@ impl PlanService for PlanServiceImpl {
             workers: term.directory.snapshot(),
         }))
     }
+}
+
+/// The caller's `traceparent` header, if it is a valid one (used as the plan's parent
+/// when this call is not traced itself).
+fn traceparent_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    let get = |k: &str| metadata.get(k)?.to_str().ok().map(str::to_string);
+    let cx = gatehouse_common::telemetry::extract_headers(get)?;
+    gatehouse_common::telemetry::traceparent(&cx)
 }

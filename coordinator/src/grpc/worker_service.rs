@@ -575,7 +575,7 @@ impl WorkerTransport for GrpcTransport {
                     attempt: Some((&a.attempt).into()),
                     spec: Some(a.spec.as_ref().into()),
                     deadline_unix_ms: deadline,
-                    traceparent: String::new(),
+                    traceparent: a.traceparent.clone().unwrap_or_default(),
                     cache_key: a.cache_key.map(|k| k.0.to_vec()).unwrap_or_default(),
                 })
             }

@@ -123,6 +123,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
         },
         options: RunOptions {
             use_cache: r.use_cache,
+            trace_parent: None,
         },
         submitted_unix_ms: r.submitted_unix_ms,
     })
@@ -333,6 +334,8 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
             result,
             reason: reason.as_deref().map(intern_reason),
             cause: cause.map(GateIdx),
+            // An observation for metrics and traces at dispatch time; not journaled.
+            queued: None,
         }),
         EventV1::Finished {
             outcome,
@@ -383,6 +386,7 @@ mod tests {
             result: Some(result),
             reason: Some("exit_code"),
             cause: Some(GateIdx(3)),
+            queued: None,
         })
     }
 
@@ -429,7 +433,10 @@ mod tests {
                 format: PlanFormat::Json,
                 name: "plan.json".into(),
             },
-            options: RunOptions { use_cache: true },
+            options: RunOptions {
+                use_cache: true,
+                ..RunOptions::default()
+            },
             submitted_unix_ms: 42,
         };
         let back = decode_record(&encode_record(&record)).expect("decodes");

@@ -389,6 +389,7 @@ mod tests {
             result: None,
             reason: None,
             cause: None,
+            queued: None,
         })
     }
 

@@ -147,6 +147,7 @@ mod tests {
             result: None,
             reason: None,
             cause: None,
+            queued: None,
         })
     }
 

@@ -167,6 +167,44 @@ pub trait StateStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+/// A store that times its operations into `gatehouse_state_store_txn_seconds`.
+pub struct Timed {
+    inner: std::sync::Arc<dyn StateStore>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl Timed {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<dyn StateStore>, metrics: crate::metrics::Metrics) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for Timed {
+    async fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        let start = std::time::Instant::now();
+        let applied = self.inner.apply(ops).await;
+        self.metrics.store_op("apply", start.elapsed());
+        applied
+    }
+
+    async fn load(&self) -> Result<Vec<StoredPlan>, StoreError> {
+        let start = std::time::Instant::now();
+        let loaded = self.inner.load().await;
+        self.metrics.store_op("load", start.elapsed());
+        loaded
+    }
+
+    fn limits(&self) -> StoreLimits {
+        self.inner.limits()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

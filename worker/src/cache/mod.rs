@@ -67,6 +67,8 @@ pub struct CacheNode {
     pub url: String,
     /// The server task; it ends once `shutdown` fires and connections closed.
     pub task: JoinHandle<()>,
+    /// The store, for metrics.
+    pub store: Arc<NodeStore>,
 }
 
 /// Most bytes of one message the service takes (a chunk of at most 1 MiB plus framing).
@@ -104,7 +106,7 @@ pub async fn start_node(
     gatehouse_proto::cache::check_url(&url)
         .map_err(|e| CacheNodeError::Advertise(format!("{e} (set --cache-advertise)")))?;
     let store = Arc::new(NodeStore::open(config.store).await?);
-    let service = CacheServiceImpl::new(node_id, store, members, client);
+    let service = CacheServiceImpl::new(node_id, store.clone(), members, client);
     let server = tonic::transport::Server::builder()
         .add_service(
             CacheServiceServer::new(service)
@@ -127,7 +129,7 @@ pub async fn start_node(
             } => tracing::debug!("cache connections did not close in time; closing them"),
         }
     });
-    Ok(CacheNode { url, task })
+    Ok(CacheNode { url, task, store })
 }
 
 /// `size` bytes of xorshift64 noise from `seed`: incompressible enough that zstd keeps

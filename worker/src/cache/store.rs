@@ -283,11 +283,16 @@ impl NodeStore {
     /// Sizes and counters, after applying pending evictions.
     pub async fn stats(&self) -> StoreStats {
         self.memory.run_pending_tasks().await;
+        if let Some(d) = &self.disk {
+            d.index.run_pending_tasks().await;
+        }
+        self.snapshot()
+    }
+
+    /// Sizes and counters as they stand (sizes may lag pending evictions by a moment).
+    pub fn snapshot(&self) -> StoreStats {
         let (disk_entries, disk_bytes) = match &self.disk {
-            Some(d) => {
-                d.index.run_pending_tasks().await;
-                (d.index.entry_count(), d.index.weighted_size())
-            }
+            Some(d) => (d.index.entry_count(), d.index.weighted_size()),
             None => (0, 0),
         };
         let c = &self.counters;

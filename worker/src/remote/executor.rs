@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::WorkerMetrics;
 use crate::remote::RemoteWorkerError;
 use crate::remote::frames::Prepared;
 use crate::{ExecConfig, LocalWorker};
@@ -47,11 +48,12 @@ pub(crate) struct Executor {
     running: BTreeMap<AttemptRef, Running>,
     /// Scratch directory removals (blocking I/O).
     cleanups: JoinSet<()>,
+    metrics: WorkerMetrics,
 }
 
 impl Executor {
     /// Starts the `LocalWorker`; `report_capacity` bounds reports not yet forwarded.
-    pub(crate) fn start(cfg: ExecConfig, report_capacity: usize) -> Self {
+    pub(crate) fn start(cfg: ExecConfig, report_capacity: usize, metrics: WorkerMetrics) -> Self {
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports) = mpsc::channel(report_capacity);
         // Not tied to the worker's shutdown token: shutdown cancels attempts with zero
@@ -63,6 +65,7 @@ impl Executor {
             task,
             running: BTreeMap::new(),
             cleanups: JoinSet::new(),
+            metrics,
         }
     }
 
@@ -97,6 +100,7 @@ impl Executor {
         let attempt = assignment.attempt.clone();
         self.send(ToWorker::Assign(assignment))?;
         self.running.insert(attempt, Running { memory, scratch });
+        self.metrics.set_running(self.running.len());
         Ok(())
     }
 
@@ -139,7 +143,9 @@ impl Executor {
                 tracing::debug!(?attempt, "report for an attempt no longer tracked; dropped");
                 continue;
             }
-            if let FromWorker::Finished { attempt, .. } = &report {
+            if let FromWorker::Finished { attempt, result } = &report {
+                self.metrics
+                    .attempt_finished(&result.status, result.duration);
                 self.finished(attempt);
             }
             return Some(report);
@@ -148,9 +154,11 @@ impl Executor {
 
     fn finished(&mut self, attempt: &AttemptRef) {
         while self.cleanups.try_join_next().is_some() {}
+        let removed = self.running.remove(attempt);
+        self.metrics.set_running(self.running.len());
         let Some(Running {
             scratch: Some(dir), ..
-        }) = self.running.remove(attempt)
+        }) = removed
         else {
             return;
         };

@@ -43,6 +43,8 @@ pub(crate) enum Inbound {
         spec: Option<v1::GateSpec>,
         /// Where to cache the result if it passes (a malformed key is dropped).
         cache_key: Option<CacheKey>,
+        /// The coordinator's gate span, when the plan is traced.
+        traceparent: Option<String>,
     },
     Cancel {
         attempt: AttemptRef,
@@ -71,6 +73,7 @@ pub(crate) fn decode(msg: v1::CoordinatorMessage) -> Result<Inbound, WireError> 
                 true => None,
                 false => key_from_wire(&a.cache_key).ok(),
             },
+            traceparent: Some(a.traceparent).filter(|t| !t.is_empty()),
         }),
         coordinator_message::Msg::CacheMembers(m) => {
             Ok(Inbound::CacheMembers(Membership::from_wire(&m)?))
@@ -104,6 +107,7 @@ pub(crate) fn prepare_assignment(
     workspace: &Workspace,
     attempt: AttemptRef,
     spec: Option<v1::GateSpec>,
+    traceparent: Option<String>,
 ) -> Result<Prepared, String> {
     let spec = spec.ok_or_else(|| WireError::Missing("spec").to_string())?;
     let dir = workspace
@@ -116,6 +120,7 @@ pub(crate) fn prepare_assignment(
             attempt,
             spec: spec.into(),
             cache_key: None,
+            traceparent,
         },
         memory,
         scratch: dir.scratch,

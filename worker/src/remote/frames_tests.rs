@@ -71,6 +71,7 @@ fn assignments_and_cancels_decode_and_bad_frames_are_errors() {
             attempt: a.clone(),
             spec: Some(wire_spec("sub")),
             cache_key: None,
+            traceparent: None,
         }
     );
     // A cache key travels as 32 bytes; anything else is dropped, not an error.
@@ -127,7 +128,8 @@ fn assignments_and_cancels_decode_and_bad_frames_are_errors() {
 #[test]
 fn shared_workspace_assignments_resolve_relative_workdirs() {
     let ws = Workspace::Shared(PathBuf::from("/srv/ws"));
-    let prepared = prepare_assignment(&ws, attempt(0, 1), Some(wire_spec("./sub"))).expect("ok");
+    let prepared =
+        prepare_assignment(&ws, attempt(0, 1), Some(wire_spec("./sub")), None).expect("ok");
     let spec = &prepared.assignment.spec;
     assert_eq!(spec.workdir, PathBuf::from("/srv/ws/sub"));
     assert_eq!(spec.run, "echo hi");
@@ -136,7 +138,7 @@ fn shared_workspace_assignments_resolve_relative_workdirs() {
     assert_eq!(prepared.assignment.attempt, attempt(0, 1));
     assert!(prepared.scratch.is_none());
 
-    let abs = prepare_assignment(&ws, attempt(0, 1), Some(wire_spec("/abs"))).expect("ok");
+    let abs = prepare_assignment(&ws, attempt(0, 1), Some(wire_spec("/abs")), None).expect("ok");
     assert_eq!(abs.assignment.spec.workdir, PathBuf::from("/abs"));
 }
 
@@ -146,7 +148,7 @@ fn scratch_assignments_get_their_own_directory() {
     let ws = Workspace::Scratch {
         root: root.path().to_path_buf(),
     };
-    let prepared = prepare_assignment(&ws, attempt(0, 1), Some(wire_spec(""))).expect("ok");
+    let prepared = prepare_assignment(&ws, attempt(0, 1), Some(wire_spec("")), None).expect("ok");
     let scratch = prepared.scratch.as_ref().expect("scratch mode");
     assert_eq!(prepared.assignment.spec.workdir, scratch.path());
     assert!(scratch.path().starts_with(root.path()));
@@ -155,13 +157,13 @@ fn scratch_assignments_get_their_own_directory() {
 #[test]
 fn undecodable_specs_are_reasons_not_panics() {
     let ws = Workspace::Shared(PathBuf::from("/srv/ws"));
-    let missing = prepare_assignment(&ws, attempt(0, 1), None).expect_err("no spec");
+    let missing = prepare_assignment(&ws, attempt(0, 1), None, None).expect_err("no spec");
     assert!(missing.contains("spec"), "{missing}");
     let bad = v1::GateSpec {
         run: String::new(),
         ..wire_spec(".")
     };
-    let err = prepare_assignment(&ws, attempt(0, 1), Some(bad)).expect_err("no run");
+    let err = prepare_assignment(&ws, attempt(0, 1), Some(bad), None).expect_err("no run");
     assert!(err.contains("spec.run"), "{err}");
 }
 

@@ -108,6 +108,8 @@ use session::Worker;
 use unacked::Unacked;
 use workspace::Workspace;
 
+use crate::metrics::{ScrapeState, WorkerMetrics};
+
 /// Why the remote worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteWorkerError {
@@ -205,6 +207,7 @@ pub async fn run(
         None => None,
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = WorkerMetrics::default();
     let probes = match cfg.http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -213,14 +216,29 @@ pub async fn run(
             let r = ready.clone();
             let ready_now: gatehouse_common::http::Readiness =
                 Arc::new(move || r.load(std::sync::atomic::Ordering::Relaxed));
+            let mut registry = gatehouse_common::telemetry::metrics::registry();
+            metrics.register(
+                &mut registry,
+                ScrapeState {
+                    slots: cfg.slots,
+                    ready: ready.clone(),
+                    cache: cache.clone(),
+                    store: node.as_ref().map(|n| n.store.clone()),
+                },
+            );
             Some(gatehouse_common::spawn::spawn_named(
-                "http-probes",
-                gatehouse_common::http::serve_probes(listener, ready_now, node_stop.clone()),
+                "http",
+                gatehouse_common::http::serve(
+                    listener,
+                    ready_now,
+                    Arc::new(registry),
+                    node_stop.clone(),
+                ),
             ))
         }
         None => None,
     };
-    let exec = Executor::start(cfg.exec.clone(), 64 + 2 * cfg.slots as usize);
+    let exec = Executor::start(cfg.exec.clone(), 64 + 2 * cfg.slots as usize, metrics);
     tracing::info!(worker_id = %cfg.id, slots = cfg.slots, memory_total = memory.total(),
         workspace = ?workspace.shared(), cache_url = ?node.as_ref().map(|n| &n.url),
         "remote worker starting");

@@ -426,7 +426,8 @@ impl Worker {
                 attempt,
                 spec,
                 cache_key,
-            } => self.on_assign(live, attempt, spec, cache_key),
+                traceparent,
+            } => self.on_assign(live, attempt, spec, cache_key, traceparent),
             Inbound::CacheMembers(members) => {
                 tracing::debug!(
                     epoch = members.epoch(),
@@ -468,6 +469,7 @@ impl Worker {
         attempt: AttemptRef,
         spec: Option<v1::GateSpec>,
         cache_key: Option<CacheKey>,
+        traceparent: Option<String>,
     ) -> Result<Option<SessionEnd>, RemoteWorkerError> {
         if self.exec.is_running(&attempt) {
             tracing::warn!(
@@ -494,7 +496,7 @@ impl Worker {
                 "assignment beyond the advertised slots; running it anyway"
             );
         }
-        match frames::prepare_assignment(&self.workspace, attempt.clone(), spec) {
+        match frames::prepare_assignment(&self.workspace, attempt.clone(), spec, traceparent) {
             Ok(prepared) => {
                 tracing::debug!(?attempt, gate = %prepared.assignment.spec.gate, "assigned");
                 if let Some(key) = cache_key {
