@@ -25,6 +25,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+        Self::spawn_with_env(name, dir, args, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(name: &str, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log");
@@ -32,6 +37,7 @@ impl Proc {
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .env_remove("GATEHOUSE_COORDINATOR")
             .stdin(Stdio::null())
             .stdout(out)
@@ -143,10 +149,20 @@ impl Cluster {
     }
 
     fn start_with(listen: &str, liveness: &str) -> Self {
+        Self::start_full(listen, liveness, &[], &[])
+    }
+
+    /// Starts a coordinator with `extra` flags and `env`.
+    pub fn start_with_options(liveness: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_full("127.0.0.1:0", liveness, extra, env)
+    }
+
+    fn start_full(listen: &str, liveness: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let ws = Workspace::new();
         let ready = ws.path().join("coordinator.addr");
-        let args = Self::coordinator_args_with(listen, &ready, liveness);
-        let coordinator = Proc::spawn("coordinator", ws.path(), &args);
+        let mut args = Self::coordinator_args_with(listen, &ready, liveness);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let coordinator = Proc::spawn_with_env("coordinator", ws.path(), &args, env);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,10 +200,16 @@ impl Cluster {
 
     /// Starts a worker with `extra` flags and waits until the coordinator lists it.
     pub fn add_worker(&mut self, id: &str, extra: &[&str]) -> usize {
-        self.workers.push(Proc::spawn(
+        self.add_worker_with_env(id, extra, &[])
+    }
+
+    /// [`Cluster::add_worker`] with extra environment variables.
+    pub fn add_worker_with_env(&mut self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
+        self.workers.push(Proc::spawn_with_env(
             id,
             self.ws.path(),
             &worker_args(&self.url(), id, extra),
+            env,
         ));
         let want = id.to_string();
         wait_until(

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod etcd;
 pub mod ha;
+pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -206,24 +206,34 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
         }
         None => tracing::Span::none(),
     };
-    execute_attempt(attempt, spec, cfg, monitor, cancel, reports)
-        .instrument(span)
-        .await
-}
-
-async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
-    attempt: AttemptRef,
-    spec: Arc<gatehouse_common::exec::GateSpec>,
-    cfg: Arc<ExecConfig>,
-    monitor: MemoryMonitorHandle,
-    cancel: CancelSignal,
-    reports: mpsc::Sender<R>,
-) -> AttemptRef {
     let mut guard = FinishGuard {
         attempt: Some(attempt.clone()),
         reports: reports.clone(),
     };
-    let result = match RunningGate::start(&spec, &attempt, &cfg, &monitor).await {
+    // The span ends before the result is reported: it lies within the coordinator's
+    // attempt span, which ends when the result arrives.
+    let result = execute_attempt(&attempt, &spec, &cfg, &monitor, cancel, &reports)
+        .instrument(span)
+        .await;
+    guard.attempt = None;
+    let finished = FromWorker::Finished {
+        attempt: attempt.clone(),
+        result,
+    };
+    report(&reports, finished).await;
+    attempt
+}
+
+/// Starts and waits for one attempt (reporting `Started`), inside its span.
+async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
+    attempt: &AttemptRef,
+    spec: &gatehouse_common::exec::GateSpec,
+    cfg: &ExecConfig,
+    monitor: &MemoryMonitorHandle,
+    cancel: CancelSignal,
+    reports: &mpsc::Sender<R>,
+) -> GateResult {
+    let result = match RunningGate::start(spec, attempt, cfg, monitor).await {
         Ok(running) => {
             if let Some(pid) = running.pid() {
                 tracing::Span::current().record("process.pid", i64::from(pid));
@@ -231,7 +241,7 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
             let started = FromWorker::Started {
                 attempt: attempt.clone(),
             };
-            report(&reports, started).await;
+            report(reports, started).await;
             running.wait(cancel).await
         }
         Err(error) => {
@@ -239,7 +249,6 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
             error.into_result()
         }
     };
-    guard.attempt = None;
     let span = tracing::Span::current();
     if let ExitStatus::Exited(code) = result.status {
         span.record("process.exit.code", i64::from(code));
@@ -248,12 +257,15 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
     if !result.status.passed() {
         span.record("otel.status_code", "error");
     }
-    let finished = FromWorker::Finished {
-        attempt: attempt.clone(),
-        result,
-    };
-    report(&reports, finished).await;
-    attempt
+    tracing::info!(
+        plan_id = %attempt.plan,
+        gate = %spec.gate,
+        attempt = attempt.attempt,
+        outcome = result.status.reason(),
+        duration_ms = result.duration.as_millis() as u64,
+        "attempt finished"
+    );
+    result
 }
 
 /// Keeps "exactly one `Finished` per assignment" if an attempt task panics or is

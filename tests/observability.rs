@@ -1,0 +1,621 @@
+//! Observability end to end, with real processes and real tools:
+//!
+//! - traces: a coordinator, a worker and `gatehouse submit` export over OTLP/gRPC to a
+//!   real receiver on loopback, the `GrpcSink` of the `oteltest` package (PyPI; see
+//!   `tests/support/otlp_sink.py`), and one plan must be one trace with the right tree;
+//! - metrics: `/metrics` of a coordinator and a worker is scraped during and after a
+//!   plan; the counters must match the plan's outcomes, and both exposition formats
+//!   must pass real parsers: `promtool check metrics` (Prometheus text format) and the
+//!   OpenMetrics parser of the `prometheus-client` Python package.
+//!
+//! The tools come from `scripts/test-deps.sh`; see `support::otlp`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::cluster::Cluster;
+use support::otlp::{OtlpSink, promtool, python};
+use support::wait_until;
+
+/// The submitter's own (remote) span: the trace every span of the plan must be in.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_PARENT: &str = "00f067aa0ba902b7";
+
+fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    span["attributes"][key].as_str()
+}
+
+fn attr_i(span: &Value, key: &str) -> Option<i64> {
+    match &span["attributes"][key] {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+#[test]
+fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
+    let Some(sink) = OtlpSink::start() else {
+        return;
+    };
+    let endpoint = sink.endpoint();
+    // Export every 100 ms instead of 5 s, so the test need not wait.
+    let env = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut c = Cluster::start_with_options("1500ms", &["--otlp-endpoint", &endpoint], &env);
+    c.add_worker_with_env(
+        "w1",
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--slots",
+            "2",
+            "--log-format",
+            "json",
+        ],
+        &env,
+    );
+    let marker = c.ws.path().join("flaked-once");
+    let plan = format!(
+        "version: 1\nname: traced\npolicy:\n  retry_backoff: 50ms\ngates:\n\
+         \x20 - id: lint\n    run: \"true\"\n\
+         \x20 - id: flaky\n    needs: [lint]\n    retries: 1\n    run: test -f {m} || {{ touch {m}; exit 1; }}\n\
+         \x20 - id: unit\n    needs: [lint]\n    run: exit 3\n\
+         \x20 - id: deploy\n    needs: [unit]\n    run: \"true\"\n",
+        m = marker.display()
+    );
+    let path = c.ws.write("traced.yaml", &plan);
+    let out = c
+        .cli(&[
+            "--otlp-endpoint",
+            &endpoint,
+            "submit",
+            "--json",
+            "--watch",
+            path.to_str().expect("utf-8"),
+        ])
+        .env("TRACEPARENT", format!("00-{TRACE_ID}-{CLIENT_PARENT}-01"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .output()
+        .expect("run submit");
+    assert_eq!(out.status.code(), Some(1), "one gate fails by design");
+    let plan_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|e| e["plan_id"].as_str().map(str::to_string))
+        .expect("the plan id in submit's output");
+
+    // Attempts: lint 1, flaky 2 (fails, then passes), unit 1; deploy is skipped.
+    let ours = |spans: &[Value]| -> Vec<Value> {
+        spans
+            .iter()
+            .filter(|s| s["traceId"] == TRACE_ID)
+            .cloned()
+            .collect()
+    };
+    sink.wait_for(
+        "the plan span and four execute spans",
+        Duration::from_secs(30),
+        |spans| {
+            let s = ours(spans);
+            s.iter().any(|s| s["name"] == "plan")
+                && s.iter().filter(|s| s["name"] == "gate.execute").count() == 4
+        },
+    );
+    // A moment for anything else (a stray or duplicate span would show up now).
+    std::thread::sleep(Duration::from_millis(500));
+    let all = sink.spans();
+    let spans = ours(&all);
+    let by_id: BTreeMap<&str, &Value> = spans
+        .iter()
+        .map(|s| (s["spanId"].as_str().expect("span id"), s))
+        .collect();
+    let parent_of = |s: &Value| by_id.get(s["parentSpanId"].as_str().unwrap_or("")).copied();
+    let named =
+        |name: &str| -> Vec<&Value> { spans.iter().filter(|s| s["name"] == name).collect() };
+
+    // Every span of this plan is in the submitter's trace.
+    for s in &all {
+        if attr(s, "gatehouse.plan.id") == Some(plan_id.as_str()) {
+            assert_eq!(
+                s["traceId"], TRACE_ID,
+                "a span of the plan in another trace: {s}"
+            );
+        }
+    }
+    // The client's call continues TRACEPARENT, the coordinator's call continues the
+    // client's, and the plan span is a child of the coordinator's call.
+    let client: Vec<&Value> = named("gatehouse.v1.PlanService/SubmitPlan")
+        .into_iter()
+        .filter(|s| s["service"] == "gatehouse-cli")
+        .collect();
+    assert_eq!(client.len(), 1, "{spans:#?}");
+    assert_eq!(client[0]["parentSpanId"], CLIENT_PARENT);
+    assert_eq!(client[0]["kind"], "SPAN_KIND_CLIENT");
+    let server: Vec<&Value> = named("gatehouse.v1.PlanService/SubmitPlan")
+        .into_iter()
+        .filter(|s| s["service"] == "gatehouse-coordinator")
+        .collect();
+    assert_eq!(server.len(), 1);
+    assert_eq!(server[0]["parentSpanId"], client[0]["spanId"]);
+    assert_eq!(server[0]["kind"], "SPAN_KIND_SERVER");
+    assert_eq!(attr(server[0], "rpc.system"), Some("grpc"));
+    assert_eq!(attr(server[0], "rpc.method"), Some("SubmitPlan"));
+
+    let plans = named("plan");
+    assert_eq!(plans.len(), 1, "one plan span");
+    let plan_span = plans[0];
+    assert_eq!(plan_span["service"], "gatehouse-coordinator");
+    assert_eq!(plan_span["parentSpanId"], server[0]["spanId"]);
+    assert_eq!(attr(plan_span, "gatehouse.plan.id"), Some(plan_id.as_str()));
+    assert_eq!(attr(plan_span, "gatehouse.outcome"), Some("failed"));
+    assert_eq!(attr_i(plan_span, "gatehouse.plan.gates"), Some(4));
+    assert_eq!(attr_i(plan_span, "gatehouse.plan.skipped"), Some(1));
+
+    // One gate span per attempt, each under the plan span.
+    let gates = named("gate");
+    let mut attempts: Vec<(String, i64, String)> = gates
+        .iter()
+        .map(|g| {
+            assert_eq!(
+                g["parentSpanId"], plan_span["spanId"],
+                "gate under the plan: {g}"
+            );
+            (
+                attr(g, "gatehouse.gate.id").expect("gate id").to_string(),
+                attr_i(g, "gatehouse.attempt").expect("attempt"),
+                attr(g, "gatehouse.outcome").expect("outcome").to_string(),
+            )
+        })
+        .collect();
+    attempts.sort();
+    let want = [
+        ("flaky", 1, "retrying"),
+        ("flaky", 2, "passed"),
+        ("lint", 1, "passed"),
+        ("unit", 1, "failed"),
+    ];
+    let want: Vec<(String, i64, String)> = want
+        .iter()
+        .map(|(g, a, o)| (g.to_string(), *a, o.to_string()))
+        .collect();
+    assert_eq!(attempts, want);
+    let unit = gates
+        .iter()
+        .find(|g| attr(g, "gatehouse.gate.id") == Some("unit"))
+        .expect("unit");
+    assert_eq!(attr_i(unit, "process.exit.code"), Some(3));
+    assert_eq!(unit["status"]["code"], "STATUS_CODE_ERROR");
+    for g in &gates {
+        // Worker ids carry the session's incarnation (`w1#1`).
+        assert!(attr(g, "gatehouse.worker.id").is_some_and(|w| w.starts_with("w1#")));
+        assert_eq!(g["attributes"]["gatehouse.cached"], false);
+    }
+
+    // The queue wait and the cache lookup are children of the attempts.
+    for q in named("queue") {
+        assert_eq!(parent_of(q).map(|p| &p["name"]), Some(&Value::from("gate")));
+    }
+    assert_eq!(named("queue").len(), 4, "one queue span per dispatch");
+    let lookups = named("cache.lookup");
+    assert_eq!(lookups.len(), 3, "one lookup per gate that became ready");
+    for l in &lookups {
+        let g = parent_of(l).expect("lookup parent");
+        assert_eq!(g["name"], "gate");
+        assert_eq!(attr_i(g, "gatehouse.attempt"), Some(1));
+        assert_eq!(attr(l, "gatehouse.cache.result"), Some("miss"));
+    }
+
+    // The worker's execute spans continue the attempts' spans.
+    let execs = named("gate.execute");
+    assert_eq!(execs.len(), 4);
+    for e in &execs {
+        assert_eq!(e["service"], "gatehouse-worker");
+        let g = parent_of(e).expect("the execute span's parent is exported");
+        assert_eq!(g["name"], "gate", "{e}");
+        assert_eq!(attr(e, "gatehouse.gate.id"), attr(g, "gatehouse.gate.id"));
+        assert_eq!(
+            attr_i(e, "gatehouse.attempt"),
+            attr_i(g, "gatehouse.attempt")
+        );
+        assert!(attr_i(e, "process.pid").is_some_and(|p| p > 0));
+    }
+    // The worker's JSON log lines inside an execute span carry its trace and span ids.
+    let log = std::fs::read_to_string(&c.workers[0].log).expect("worker log");
+    let finished: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "attempt finished" && l["plan_id"] == plan_id.as_str())
+        .collect();
+    assert_eq!(finished.len(), 4, "one log line per attempt:\n{log}");
+    for line in &finished {
+        assert_eq!(line["trace_id"], TRACE_ID, "{line}");
+        let exec = execs
+            .iter()
+            .find(|e| e["spanId"] == line["span_id"])
+            .unwrap_or_else(|| panic!("no execute span has the log line's span id: {line}"));
+        assert_eq!(attr(exec, "gatehouse.gate.id"), line["gate"].as_str());
+    }
+    // Execute spans lie within their attempt's span.
+    for e in &execs {
+        let g = parent_of(e).expect("parent");
+        let t = |s: &Value, k: &str| s[k].as_str().and_then(|v| v.parse::<u128>().ok());
+        assert!(t(e, "startTimeUnixNano") >= t(g, "startTimeUnixNano"));
+        assert!(t(e, "endTimeUnixNano") <= t(g, "endTimeUnixNano"));
+    }
+}
+
+/// `/metrics` of `addr` in the classic text format (no Accept header).
+fn scrape(addr: &str) -> String {
+    http_get(addr, "/metrics", None)
+}
+
+fn http_get(addr: &str, path: &str, accept: Option<&str>) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of one sample (`name{labels}`, labels as written), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sample of worker `w1` (any incarnation, `w1#N`) of `kind`.
+fn worker_sample(text: &str, metric: &str, kind: &str) -> Option<f64> {
+    let prefix = format!("{metric}{{worker=\"w1#");
+    let kind = format!("kind=\"{kind}\"}} ");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .find_map(|l| l.split_once(&kind)?.1.parse().ok())
+}
+
+/// `promtool check metrics` on `text` must pass (it parses and lints).
+fn promtool_accepts(promtool: &std::path::Path, text: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- input ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The OpenMetrics exposition must parse with the `prometheus-client` (Python) parser;
+/// returns `family -> samples` as it parsed them.
+fn openmetrics_parse(python: &std::path::Path, text: &str) -> Value {
+    let code = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = {}\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   out[f.name] = {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new(python)
+        .args(["-c", code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the exposition:\n{}\n--- input ---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+#[test]
+fn metrics_match_the_gate_outcomes_during_and_after_a_plan_and_parse() {
+    let (Some(promtool), Some(python)) = (promtool(), python()) else {
+        return;
+    };
+    let ports = support::etcd::free_ports::<2>();
+    let coord_http = format!("127.0.0.1:{}", ports[0]);
+    let worker_http = format!("127.0.0.1:{}", ports[1]);
+    let mut c = Cluster::start_with_options("1500ms", &["--http", &coord_http], &[]);
+    // A cache node too, so its metrics are exposed (the dashboard uses them).
+    c.add_worker(
+        "w1",
+        &[
+            "--http",
+            &worker_http,
+            "--slots",
+            "2",
+            "--cache-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    wait_until(
+        "the coordinator to count the worker",
+        Duration::from_secs(10),
+        || sample(&scrape(&coord_http), "gatehouse_workers{state=\"ready\"}") == Some(1.0),
+    );
+    let before = scrape(&coord_http);
+    assert_eq!(sample(&before, "gatehouse_is_leader"), Some(1.0));
+    assert_eq!(
+        worker_sample(&before, "gatehouse_worker_slots", "total"),
+        Some(2.0)
+    );
+    assert!(
+        worker_sample(&before, "gatehouse_worker_memory_bytes", "total").is_some_and(|b| b > 0.0)
+    );
+
+    // passed: a, b; failed: c; skipped: d; slow holds the plan open while we look.
+    let gate = c.ws.path().join("gate-open");
+    let plan = format!(
+        "version: 1\nname: counted\ngates:\n\
+         \x20 - id: a\n    run: \"true\"\n\
+         \x20 - id: b\n    needs: [a]\n    run: \"true\"\n\
+         \x20 - id: c\n    needs: [a]\n    run: exit 2\n\
+         \x20 - id: d\n    needs: [c]\n    run: \"true\"\n\
+         \x20 - id: slow\n    run: while [ ! -f {g} ]; do sleep 0.05; done\n",
+        g = gate.display()
+    );
+    // With the cache on: every gate that becomes ready is looked up.
+    let id = support::cluster::submit_with(&c.rt, &c.url(), &plan, true).expect("submit");
+    // During: the slow gate runs, the plan is live.
+    wait_until("the other gates to end", Duration::from_secs(20), || {
+        let m = scrape(&coord_http);
+        sample(&m, "gatehouse_gates_total{outcome=\"skipped\"}") == Some(1.0)
+            && sample(&m, "gatehouse_running_gates") == Some(1.0)
+    });
+    let during = scrape(&coord_http);
+    assert_eq!(
+        sample(&during, "gatehouse_plans{state=\"running\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        worker_sample(&during, "gatehouse_worker_slots", "used"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&during, "gatehouse_gates_total{outcome=\"passed\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&during, "gatehouse_gates_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    let worker_during = scrape(&worker_http);
+    assert_eq!(
+        sample(&worker_during, "gatehouse_worker_running_gates"),
+        Some(1.0)
+    );
+    promtool_accepts(&promtool, &during);
+    promtool_accepts(&promtool, &worker_during);
+
+    std::fs::write(&gate, "").expect("open the gate");
+    let events = c.watch(&id, 0);
+    let summary = support::cluster::summary(&events);
+    let counts = summary.counts.expect("counts");
+    assert_eq!(
+        (counts.passed, counts.failed, counts.skipped),
+        (3, 1, 1),
+        "the plan's own counts"
+    );
+    wait_until(
+        "the plan to leave the gauges",
+        Duration::from_secs(10),
+        || sample(&scrape(&coord_http), "gatehouse_plans{state=\"running\"}") == Some(0.0),
+    );
+    let after = scrape(&coord_http);
+    let count = |outcome: &str| {
+        sample(
+            &after,
+            &format!("gatehouse_gates_total{{outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(count("passed"), f64::from(counts.passed));
+    assert_eq!(count("failed"), f64::from(counts.failed));
+    assert_eq!(count("skipped"), f64::from(counts.skipped));
+    assert_eq!(count("timed_out") + count("cancelled"), 0.0);
+    assert_eq!(
+        sample(&after, "gatehouse_plans_finished_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&after, "gatehouse_running_gates"), Some(0.0));
+    assert_eq!(sample(&after, "gatehouse_ready_gates"), Some(0.0));
+    // Executed attempts: a, b, c, slow (d never ran).
+    let ran = sample(
+        &after,
+        "gatehouse_gate_duration_seconds_count{outcome=\"passed\"}",
+    )
+    .unwrap_or(0.0)
+        + sample(
+            &after,
+            "gatehouse_gate_duration_seconds_count{outcome=\"failed\"}",
+        )
+        .unwrap_or(0.0);
+    assert_eq!(ran, 4.0);
+    assert_eq!(
+        sample(&after, "gatehouse_gate_queue_seconds_count"),
+        Some(4.0)
+    );
+    // Every gate that became ready was looked up (nothing cached yet: all misses).
+    assert_eq!(
+        sample(&after, "gatehouse_cache_requests_total{result=\"miss\"}"),
+        Some(4.0),
+        "{after}"
+    );
+    assert!(
+        sample(
+            &after,
+            "gatehouse_state_store_txn_seconds_count{op=\"apply\"}"
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    let worker_after = scrape(&worker_http);
+    assert_eq!(
+        sample(
+            &worker_after,
+            "gatehouse_executions_total{outcome=\"passed\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &worker_after,
+            "gatehouse_executions_total{outcome=\"failed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&worker_after, "gatehouse_worker_running_gates"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&worker_after, "gatehouse_worker_ready"), Some(1.0));
+    promtool_accepts(&promtool, &after);
+    promtool_accepts(&promtool, &worker_after);
+
+    // The OpenMetrics format (what Prometheus asks for) parses and says the same.
+    let om = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let parsed = openmetrics_parse(&python, &http_get(&coord_http, "/metrics", Some(om)));
+    let gates = &parsed["gatehouse_gates"];
+    assert_eq!(gates["type"], "counter");
+    let passed = gates["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .find(|s| s[0] == "gatehouse_gates_total" && s[1]["outcome"] == "passed")
+        .expect("passed sample");
+    assert_eq!(passed[2], f64::from(counts.passed));
+    assert_eq!(
+        parsed["gatehouse_gate_duration_seconds"]["type"],
+        "histogram"
+    );
+    openmetrics_parse(&python, &http_get(&worker_http, "/metrics", Some(om)));
+
+    // The Grafana dashboard only uses metrics that exist.
+    let exposed: String = [after, worker_after].concat();
+    for name in dashboard_metrics() {
+        assert!(
+            exposed.lines().any(|l| l.starts_with(&name)),
+            "deploy/grafana/gatehouse.json uses {name}, which no /metrics exposes"
+        );
+    }
+}
+
+/// Every `gatehouse_*` metric name in the dashboard's queries.
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/gatehouse.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut names = Vec::new();
+    let mut stack = vec![&dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(expr)) = m.get("expr") {
+                    let mut rest = expr.as_str();
+                    while let Some(i) = rest.find("gatehouse_") {
+                        let tail = &rest[i..];
+                        let end = tail
+                            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                            .unwrap_or(tail.len());
+                        names.push(tail[..end].to_string());
+                        rest = &tail[end..];
+                    }
+                }
+                stack.extend(m.values());
+            }
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    names.sort();
+    names.dedup();
+    assert!(
+        names.len() >= 10,
+        "the dashboard queries few metrics: {names:?}"
+    );
+    names
+}
+
+#[test]
+fn an_unreachable_collector_neither_slows_nor_hangs_a_run() {
+    if python().is_none() {
+        return;
+    }
+    // A collector that accepts connections and never answers: the worst case (export
+    // calls wait for their timeout instead of failing at once).
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = blackhole.local_addr().expect("addr");
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for conn in blackhole.incoming().take(8).flatten() {
+            conns.push(conn);
+        }
+        conns
+    });
+    let ws = support::Workspace::new();
+    let mut plan = String::from("version: 1\nname: many\ngates:\n");
+    for i in 0..200 {
+        plan.push_str(&format!("  - id: g{i}\n    run: \"true\"\n"));
+    }
+    let path = ws.write("many.yaml", &plan);
+    let start = std::time::Instant::now();
+    let out = ws
+        .cmd(&[
+            "--otlp-endpoint",
+            &format!("http://{addr}"),
+            "run",
+            "--no-cache",
+            "--json",
+            path.to_str().expect("utf-8"),
+        ])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .output()
+        .expect("run");
+    let took = start.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 200 gates take well under a second here; the bound is the documented 5 s wait
+    // for pending spans at exit plus a generous margin, not the 10 s export timeout.
+    assert!(took < Duration::from_secs(9), "the run took {took:?}");
+    drop(held);
+}
