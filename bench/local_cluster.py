@@ -4,12 +4,14 @@
 127.0.0.1:0` with its durable plan state in `log_dir/state` (not ./gatehouse-state in the
 working directory) and one `gatehouse worker --id bench-wN` per entry of `worker_args`
 (extra flags each), waits until every worker is connected, and stops them all (SIGTERM,
-then SIGKILL after 30 s) when closed. Logs go to `log_dir`.
+then SIGKILL after 30 s) when closed. Logs go to `log_dir`. `global_args` go before the
+subcommand of every process (e.g. `--otlp-endpoint URL`), `env` into their environment.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -26,8 +28,11 @@ def wait_for(what: str, timeout: float, cond) -> None:
 
 
 class LocalCluster:
-    def __init__(self, gh: Path, log_dir: Path, worker_args: list[list[str]]):
+    def __init__(self, gh: Path, log_dir: Path, worker_args: list[list[str]],
+                 global_args: list[str] | None = None, env: dict[str, str] | None = None):
         self.gh = gh
+        self.global_args = global_args or []
+        self.env = {**os.environ, **(env or {})}
         self.procs: list[subprocess.Popen] = []
         try:
             ready = log_dir / "coordinator.addr"
@@ -48,8 +53,9 @@ class LocalCluster:
 
     def _spawn(self, log: Path, args: list[str]) -> subprocess.Popen:
         with open(log, "w") as out:
-            proc = subprocess.Popen([str(self.gh), *args], stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen([str(self.gh), *self.global_args, *args], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self.env)
         self.procs.append(proc)
         return proc
 

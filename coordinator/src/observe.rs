@@ -6,11 +6,15 @@
 //! ```text
 //! plan                       submission .. summary (parent: the submitter's span)
 //! ├── gate                   one per attempt: ready .. result (attempt 1 of a cached
-//! │   │                      gate starts at its cache lookup)
+//! │   │                      gate starts at its cache lookup); event `dispatched` and
+//! │   │                      attribute gatehouse.queue_ms: the wait from ready
 //! │   ├── cache.lookup       the lookup, result hit|miss|error|uncached
-//! │   ├── queue              ready .. dispatched to a worker
 //! │   └── gate.execute       on the worker (continued from Assignment.traceparent)
 //! ```
+//!
+//! The queue wait is an event and an attribute rather than a span of its own: every
+//! dispatch has one, and a third span per attempt was a measurable share of the tracing
+//! overhead (docs/performance.md).
 //!
 //! Spans are made with the OpenTelemetry API because their start times are known only
 //! later (a dispatch tells how long the gate queued). With no tracer nothing is made.
@@ -21,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use gatehouse_common::ids::{GateIdx, PlanId};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::telemetry::{Tracer, context_from_traceparent, traceparent};
-use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer as _};
+use opentelemetry::trace::{Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 
 use crate::core::{GateEvent, GateStatus, PlanSummary, Terminal};
@@ -138,14 +142,12 @@ impl Observer {
         let gate_cx = trace
             .gates
             .entry(gate)
-            .or_insert_with(|| start_gate(tracer, &trace.cx, plan, gate, Some(ready_at)))
-            .clone();
-        let mut queue = tracer
-            .span_builder("queue")
-            .with_start_time(ready_at)
-            .start_with_context(tracer, &gate_cx);
-        queue.end_with_timestamp(now);
-        traceparent(&gate_cx)
+            .or_insert_with(|| start_gate(tracer, &trace.cx, plan, gate, Some(ready_at)));
+        let span = gate_cx.span();
+        let queue_ms = KeyValue::new("gatehouse.queue_ms", queued.as_millis() as i64);
+        span.add_event("dispatched", vec![queue_ms.clone()]);
+        span.set_attribute(queue_ms);
+        traceparent(gate_cx)
     }
 
     /// A gate event is published.

@@ -1,9 +1,10 @@
 """An OTLP/gRPC trace receiver for the tests: the `GrpcSink` of the `oteltest` package
 (PyPI), which serves the official OpenTelemetry collector protos with grpcio.
 
-Usage: otlp_sink.py PORT
+Usage: otlp_sink.py PORT [--count]
 Prints `listening PORT` once serving, then one JSON object per exported span on
 stdout: the span (OTLP JSON mapping, ids in hex) plus `service` from its resource.
+With --count (for benchmarks) it only counts spans and prints `spans N` at the end.
 Ends when stdin closes or on SIGTERM.
 """
 
@@ -23,6 +24,22 @@ _lock = threading.Lock()
 
 def _hex(b64):
     return base64.b64decode(b64).hex() if b64 else ""
+
+
+class Count(RequestHandler):
+    def __init__(self):
+        self.spans = 0
+
+    def handle_logs(self, request, headers):
+        pass
+
+    def handle_metrics(self, request, headers):
+        pass
+
+    def handle_trace(self, request, headers):
+        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        with _lock:
+            self.spans += n
 
 
 class JsonLines(RequestHandler):
@@ -59,7 +76,8 @@ class JsonLines(RequestHandler):
 
 def main():
     port = int(sys.argv[1])
-    sink = GrpcSink(JsonLines(), logging.getLogger("otlp-sink"), port=port)
+    handler = Count() if "--count" in sys.argv[2:] else JsonLines()
+    sink = GrpcSink(handler, logging.getLogger("otlp-sink"), port=port)
     sink.start()
     print(f"listening {port}", flush=True)
     done = threading.Event()
@@ -67,6 +85,8 @@ def main():
     threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
     done.wait()
     sink.stop()
+    if isinstance(handler, Count):
+        print(f"spans {handler.spans}", flush=True)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ pub fn init(
             .boxed(),
     };
     // Filters are per layer: the log level must not hide the exported spans, and the
-    // exporter sees only its own target (plus events inside those spans).
+    // exporter sees only its own target, plus warnings and errors inside those spans
+    // (as span events). Both filters depend on metadata only, so `tracing` decides once
+    // per callsite and a disabled one costs nothing.
     let otel = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -70,7 +72,7 @@ pub fn init(
                 if meta.is_span() {
                     meta.target() == OTEL_TARGET
                 } else {
-                    *meta.level() <= tracing::Level::INFO
+                    *meta.level() <= tracing::Level::WARN
                         && !meta.target().starts_with("opentelemetry")
                 }
             }))

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Tracing overhead: the 10,000-gate `true` DAG through a cluster that exports traces
+over OTLP, against the same cluster shape without traces, side by side.
+
+Starts an OTLP/gRPC receiver (`tests/support/otlp_sink.py --count`, the `oteltest`
+package's GrpcSink, from the venv of `scripts/test-deps.sh`; run under `nice` so the
+receiver, which in production runs elsewhere, takes only spare CPU), then two clusters
+on loopback, each a coordinator and two workers with `--slots S` (S = jobs / 2):
+
+    traced:   gatehouse --otlp-endpoint http://127.0.0.1:PORT coordinator|worker ...
+    untraced: gatehouse coordinator|worker ...
+
+and alternates, after one warm-up round each:
+
+    gatehouse submit --watch --quiet --no-cache --coordinator URL bench-N.yaml
+
+reporting the median wall time of each, the overhead traced/untraced - 1 (target:
+under 10%), and how many spans the receiver got (so dropped spans cannot hide cost).
+The batch queue is raised (OTEL_BSP_MAX_QUEUE_SIZE) so no span is dropped. Also times
+`gatehouse run` with and without export the same way. Exits 0 whatever the numbers
+say; non-zero only on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import (  # noqa: E402
+    BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+from local_cluster import LocalCluster  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SINK = REPO / "tests/support/otlp_sink.py"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=2, help="total slots (default 2)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--gatehouse", type=Path, default=REPO / "target/release/gatehouse")
+    p.add_argument("--python", type=Path, default=REPO / "target/test-venv/bin/python",
+                   help="a Python with oteltest (scripts/test-deps.sh makes it)")
+    p.add_argument("--out", type=Path, default=REPO / "bench/out")
+    args = p.parse_args(argv)
+    gh = args.gatehouse.resolve()
+    if not gh.exists():
+        print(f"error: {gh} not found; run `cargo build --release -p gatehouse-cli` first",
+              file=sys.stderr)
+        return 2
+    if not args.python.exists():
+        print(f"error: {args.python} not found; run scripts/test-deps.sh first",
+              file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / f"bench-{args.size}.yaml"
+    needs = generate_dag(args.size, default_layers(args.size), args.seed)
+    write_plan(plan, f"bench-{args.size}", gate_ids(args.size), needs)
+    slots = max(1, args.jobs // 2)
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    sink = subprocess.Popen(["nice", "-n", "10", str(args.python), str(SINK), str(port),
+                             "--count"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    if sink.stdout is None or sink.stdout.readline().strip() != f"listening {port}":
+        raise BenchError("the OTLP receiver did not start")
+    # Enough queue that nothing is dropped: the cost of exporting every span is measured.
+    env = {"OTEL_BSP_MAX_QUEUE_SIZE": "262144"}
+    logs = tempfile.TemporaryDirectory()
+    clusters: dict[str, LocalCluster] = {}
+    spans = -1
+    try:
+        worker_args = [["--slots", str(slots), "--workspace", str(out)] for _ in range(2)]
+        for name, glob in (("traced", ["--otlp-endpoint", endpoint]), ("untraced", [])):
+            d = Path(logs.name) / name
+            d.mkdir()
+            clusters[name] = LocalCluster(gh, d, worker_args, global_args=glob, env=env)
+        cmds = {
+            "cluster traced": [str(gh), "submit", "--watch", "--quiet", "--no-cache",
+                               "--coordinator", clusters["traced"].url, str(plan)],
+            "cluster untraced": [str(gh), "submit", "--watch", "--quiet", "--no-cache",
+                                 "--coordinator", clusters["untraced"].url, str(plan)],
+            "run traced": [str(gh), "--otlp-endpoint", endpoint, "run", "--no-cache", "-j",
+                           str(args.jobs), "--quiet", str(plan)],
+            "run untraced": [str(gh), "run", "--no-cache", "-j", str(args.jobs), "--quiet",
+                             str(plan)],
+        }
+        walls: dict[str, list[float]] = {k: [] for k in cmds}
+        for rnd in range(args.repeat + 1):
+            for name, cmd in cmds.items():
+                s = run_timed(cmd, out, Path(logs.name))
+                if rnd > 0:
+                    walls[name].append(s.wall)
+            label = "warm-up" if rnd == 0 else f"round {rnd}/{args.repeat}"
+            print(f"[{label}] " + "  ".join(
+                f"{k} {walls[k][-1] if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
+    finally:
+        for c in clusters.values():
+            c.close()
+        logs.cleanup()
+        try:
+            # Closing its stdin ends the receiver, which prints its count.
+            tail = sink.communicate(input="", timeout=30)[0]
+            spans = int(tail.split()[-1]) if tail.strip() else -1
+        except subprocess.TimeoutExpired:
+            sink.kill()
+
+    print(f"## Tracing overhead ({args.size:,} gates of `true`, {args.jobs} slots)\n")
+    print(f"- machine: nproc {os.cpu_count()}, {os.uname().release}")
+    print(f"- {args.repeat} timed rounds after 1 warm-up, the four commands alternating\n")
+    print("| command | median wall (s) | min–max (s) |")
+    print("| --- | ---: | ---: |")
+    for name, w in walls.items():
+        print(f"| {name} | {statistics.median(w):.3f} | {min(w):.3f}–{max(w):.3f} |")
+    for shape in ("cluster", "run"):
+        t, u = walls[f"{shape} traced"], walls[f"{shape} untraced"]
+        ratio = statistics.median([a / b for a, b in zip(t, u)])
+        verdict = "PASS" if ratio < 1.10 else "MISS"
+        print(f"\n{shape}: traced/untraced (median of per-round ratios) {ratio:.3f}, "
+              f"overhead {100 * (ratio - 1):+.1f}% ({verdict} against the 10% target)")
+    runs = (args.repeat + 1) * 2  # traced cluster plans and traced local runs
+    print(f"\nspans received: {spans:,} over {runs} traced plans "
+          f"(about {spans / runs:,.0f} per plan of {args.size:,} gates)")
+    print("\ncommands:\n```\n" + "\n".join(
+        " ".join(c).replace(str(REPO) + "/", "") for c in cmds.values()) + "\n```")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
