@@ -313,6 +313,23 @@ fn a_leader_shut_down_with_sigterm_resigns_and_another_takes_over_at_once() {
         return;
     };
     let leader = c.wait_leader(None);
+    let follower = 1 - leader;
+    // The metrics say who leads: exactly one replica reports gatehouse_is_leader 1.
+    let is_leader = |i: usize| support::sample(&support::scrape(&c.http[i]), "gatehouse_is_leader");
+    wait_until("the leader's metrics", Duration::from_secs(10), || {
+        is_leader(leader) == Some(1.0) && is_leader(follower) == Some(0.0)
+    });
+    let changes = |i: usize| {
+        support::sample(
+            &support::scrape(&c.http[i]),
+            "gatehouse_leader_changes_total",
+        )
+    };
+    wait_until(
+        "the follower to see the leader",
+        Duration::from_secs(10),
+        || changes(follower) == Some(1.0),
+    );
     let started = std::time::Instant::now();
     c.coordinators[leader].signal("TERM");
     assert_eq!(
@@ -327,4 +344,8 @@ fn a_leader_shut_down_with_sigterm_resigns_and_another_takes_over_at_once() {
         "took over after {:?}, not after the 30 s lease",
         started.elapsed()
     );
+    // The new leader says so, and counted the change from the old leader to itself.
+    wait_until("the new leader's metrics", Duration::from_secs(10), || {
+        is_leader(next) == Some(1.0) && changes(next) == Some(2.0)
+    });
 }

@@ -20,11 +20,13 @@ use std::time::Duration;
 use serde_json::Value;
 use support::cluster::Cluster;
 use support::otlp::{OtlpSink, promtool, python};
-use support::wait_until;
+use support::{http_get, sample, scrape, wait_until};
 
 /// The submitter's own (remote) span: the trace every span of the plan must be in.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_PARENT: &str = "00f067aa0ba902b7";
+/// The second submission's trace.
+const TRACE_ID_2: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 
 fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
     span["attributes"][key].as_str()
@@ -56,6 +58,8 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
             "2",
             "--log-format",
             "json",
+            "--cache-listen",
+            "127.0.0.1:0",
         ],
         &env,
     );
@@ -69,25 +73,28 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
         m = marker.display()
     );
     let path = c.ws.write("traced.yaml", &plan);
-    let out = c
-        .cli(&[
-            "--otlp-endpoint",
-            &endpoint,
-            "submit",
-            "--json",
-            "--watch",
-            path.to_str().expect("utf-8"),
-        ])
-        .env("TRACEPARENT", format!("00-{TRACE_ID}-{CLIENT_PARENT}-01"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .output()
-        .expect("run submit");
-    assert_eq!(out.status.code(), Some(1), "one gate fails by design");
-    let plan_id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|e| e["plan_id"].as_str().map(str::to_string))
-        .expect("the plan id in submit's output");
+    let submit = |trace_id: &str| -> String {
+        let out = c
+            .cli(&[
+                "--otlp-endpoint",
+                &endpoint,
+                "submit",
+                "--json",
+                "--watch",
+                path.to_str().expect("utf-8"),
+            ])
+            .env("TRACEPARENT", format!("00-{trace_id}-{CLIENT_PARENT}-01"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .output()
+            .expect("run submit");
+        assert_eq!(out.status.code(), Some(1), "one gate fails by design");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|e| e["plan_id"].as_str().map(str::to_string))
+            .expect("the plan id in submit's output")
+    };
+    let plan_id = submit(TRACE_ID);
 
     // Attempts: lint 1, flaky 2 (fails, then passes), unit 1; deploy is skipped.
     let ours = |spans: &[Value]| -> Vec<Value> {
@@ -212,7 +219,6 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
             "{g}"
         );
         assert!(attr_i(g, "gatehouse.queue_ms").is_some_and(|ms| ms >= 0));
-        assert!(events.iter().any(|e| e["name"] == "started"), "{g}");
     }
     let lookups = named("cache.lookup");
     assert_eq!(lookups.len(), 3, "one lookup per gate that became ready");
@@ -260,34 +266,55 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
         assert!(t(e, "startTimeUnixNano") >= t(g, "startTimeUnixNano"));
         assert!(t(e, "endTimeUnixNano") <= t(g, "endTimeUnixNano"));
     }
-}
 
-/// `/metrics` of `addr` in the classic text format (no Accept header).
-fn scrape(addr: &str) -> String {
-    http_get(addr, "/metrics", None)
-}
-
-fn http_get(addr: &str, path: &str, accept: Option<&str>) -> String {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
-/// The value of one sample (`name{labels}`, labels as written), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    // Again, in another trace: lint and flaky passed, so they are cached now. A cached
+    // gate has one span, attempt 0, holding its lookup; unit runs (and fails) again.
+    let again = submit(TRACE_ID_2);
+    sink.wait_for("the second plan's span", Duration::from_secs(30), |spans| {
+        spans
+            .iter()
+            .any(|s| s["name"] == "plan" && attr(s, "gatehouse.plan.id") == Some(again.as_str()))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second: Vec<Value> = sink
+        .spans()
+        .into_iter()
+        .filter(|s| s["traceId"] == TRACE_ID_2)
+        .collect();
+    let gate_spans = |id: &str| -> Vec<&Value> {
+        second
+            .iter()
+            .filter(|s| s["name"] == "gate" && attr(s, "gatehouse.gate.id") == Some(id))
+            .collect()
+    };
+    for cached in ["lint", "flaky"] {
+        let spans = gate_spans(cached);
+        assert_eq!(spans.len(), 1, "{cached}: {spans:#?}");
+        let g = spans[0];
+        assert_eq!(g["attributes"]["gatehouse.cached"], true, "{g}");
+        assert_eq!(attr_i(g, "gatehouse.attempt"), Some(0));
+        assert_eq!(attr(g, "gatehouse.outcome"), Some("passed"));
+        let lookups: Vec<&Value> = second
+            .iter()
+            .filter(|s| s["name"] == "cache.lookup" && s["parentSpanId"] == g["spanId"])
+            .collect();
+        assert_eq!(
+            lookups.len(),
+            1,
+            "{cached}: one lookup under the cached gate"
+        );
+        assert!(
+            !second.iter().any(
+                |s| s["name"] == "gate.execute" && attr(s, "gatehouse.gate.id") == Some(cached)
+            ),
+            "{cached} did not run again"
+        );
+    }
+    assert_eq!(gate_spans("unit").len(), 1);
+    assert_eq!(
+        attr(gate_spans("unit")[0], "gatehouse.outcome"),
+        Some("failed")
+    );
 }
 
 /// The sample of worker `w1` (any incarnation, `w1#N`) of `kind`.

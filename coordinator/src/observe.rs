@@ -157,14 +157,9 @@ impl Observer {
                 if let Some(q) = ev.queued {
                     self.metrics.dispatched(q);
                 }
-                self.annotate(ev, |span| {
-                    span.set_attribute(KeyValue::new("gatehouse.attempt", i64::from(ev.attempt)));
-                    if let Some(w) = &ev.worker {
-                        span.set_attribute(KeyValue::new("gatehouse.worker.id", w.to_string()));
-                    }
-                });
             }
-            GateStatus::Running => self.annotate(ev, |span| span.add_event("started", vec![])),
+            // The worker's gate.execute span shows when the attempt started.
+            GateStatus::Running => {}
             GateStatus::Waiting { reason } => {
                 if let Some(trace) = self.plans.get(&ev.plan) {
                     trace.cx.span().add_event(
@@ -234,12 +229,6 @@ impl Observer {
         self.metrics
             .throttled(throttled_total.saturating_sub(self.throttled_seen));
         self.throttled_seen = throttled_total;
-    }
-
-    fn annotate(&self, ev: &GateEvent, f: impl FnOnce(&opentelemetry::trace::SpanRef<'_>)) {
-        if let Some(cx) = self.plans.get(&ev.plan).and_then(|t| t.gates.get(&ev.gate)) {
-            f(&cx.span());
-        }
     }
 
     /// Ends the gate's open attempt span with the event's outcome.

@@ -28,6 +28,8 @@ pub struct HaCluster {
     pub coordinators: Vec<Proc>,
     /// Their `host:port`.
     pub addrs: Vec<String>,
+    /// Their `--http` (probes and metrics) `host:port`.
+    pub http: Vec<String>,
     pub workers: Vec<Proc>,
     pub rt: tokio::runtime::Runtime,
 }
@@ -47,12 +49,14 @@ impl HaCluster {
             etcd,
             coordinators: Vec::new(),
             addrs: Vec::new(),
+            http: Vec::new(),
             workers: Vec::new(),
             rt,
         };
         for i in 0..n {
             let ready = c.ws.path().join(format!("coordinator-{i}.addr"));
             let state = c.ws.path().join(format!("state-{i}"));
+            let http = format!("127.0.0.1:{}", super::etcd::free_ports::<1>()[0]);
             let args: Vec<String> = [
                 "coordinator",
                 "--listen",
@@ -73,6 +77,8 @@ impl HaCluster {
                 "1s",
                 "--state-dir",
                 state.to_str().expect("utf-8"),
+                "--http",
+                &http,
             ]
             .iter()
             .map(|s| s.to_string())
@@ -86,6 +92,7 @@ impl HaCluster {
             );
             c.addrs
                 .push(std::fs::read_to_string(&ready).expect("ready file"));
+            c.http.push(http);
         }
         c.wait_leader(None);
         Some(c)

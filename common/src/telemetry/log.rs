@@ -39,9 +39,13 @@ pub fn init(
     tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 ) -> Result<(), tracing_subscriber::filter::ParseError> {
     use std::io::IsTerminal;
+    // The OpenTelemetry SDK logs an error per failed export batch; the exporter says it
+    // once instead (`Watched`). RUST_LOG can still turn the SDK's own log on.
     let filter = match EnvFilter::try_from_default_env() {
         Ok(filter) => filter,
-        Err(_) => EnvFilter::try_new(level)?,
+        Err(_) => EnvFilter::try_new(format!(
+            "{level},opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off,opentelemetry-otlp=off"
+        ))?,
     };
     let json = JsonLines::default();
     let dispatch_cell = json.dispatch.clone();
@@ -68,6 +72,9 @@ pub fn init(
             .with_threads(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // Nothing reads the OpenTelemetry "current context" inside these spans;
+            // attaching it on every poll of an instrumented future costs for nothing.
+            .with_context_activation(false)
             .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
                 if meta.is_span() {
                     meta.target() == OTEL_TARGET

@@ -20,6 +20,8 @@ pub mod log;
 pub mod metrics;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
@@ -40,6 +42,11 @@ pub const OTEL_TARGET: &str = "gatehouse::otel";
 /// How long [`Traces::shutdown`] waits for pending spans to be exported by default.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long it waits instead when the last export failed (the collector is down or
+/// unreachable): pending spans would most likely be lost anyway, and a command should
+/// not linger for them.
+pub const SHUTDOWN_TIMEOUT_FAILING: Duration = Duration::from_millis(250);
+
 /// Errors of setting up the trace export.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -54,6 +61,8 @@ pub enum TelemetryError {
 /// The running trace export: a tracer provider and the runtime its exporter uses.
 pub struct Traces {
     provider: SdkTracerProvider,
+    /// Whether the last export succeeded (or none was tried yet).
+    healthy: Arc<AtomicBool>,
     /// Kept alive for the exporter's connection tasks; dropped after shutdown.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -115,12 +124,19 @@ impl Traces {
             builder.build()
         });
         let exporter = exporter.map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let healthy = Arc::new(AtomicBool::new(true));
+        let exporter = Watched {
+            inner: exporter,
+            healthy: healthy.clone(),
+            endpoint: endpoint.or_else(endpoint_from_env).unwrap_or_default(),
+        };
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource(service))
             .build();
         Ok(Some(Traces {
             provider,
+            healthy,
             runtime: Some(runtime),
         }))
     }
@@ -131,15 +147,61 @@ impl Traces {
         self.provider.tracer("gatehouse")
     }
 
-    /// Exports what is pending and stops, waiting at most `timeout`. Call it outside
-    /// any Tokio runtime (at the end of `main`).
+    /// Exports what is pending and stops, waiting at most `timeout` (at most
+    /// [`SHUTDOWN_TIMEOUT_FAILING`] when the last export failed). Call it outside any
+    /// Tokio runtime (at the end of `main`).
     pub fn shutdown(mut self, timeout: Duration) {
+        let timeout = match self.healthy.load(Ordering::Relaxed) {
+            true => timeout,
+            false => timeout.min(SHUTDOWN_TIMEOUT_FAILING),
+        };
         if let Err(e) = self.provider.shutdown_with_timeout(timeout) {
             tracing::warn!(error = %e, "pending spans were not all exported at shutdown");
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_millis(100));
         }
+    }
+}
+
+/// The OTLP exporter, remembering whether its last export succeeded. It says so once
+/// when exports start failing and once when they work again (the SDK's own log, one
+/// error per failed batch, is off by default; see [`log::init`]).
+#[derive(Debug)]
+struct Watched {
+    inner: opentelemetry_otlp::SpanExporter,
+    healthy: Arc<AtomicBool>,
+    endpoint: String,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Watched {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        let was = self.healthy.swap(result.is_ok(), Ordering::Relaxed);
+        match (&result, was) {
+            (Err(e), true) => tracing::warn!(endpoint = %self.endpoint, error = %e,
+                "cannot export traces; spans are dropped until the collector answers"),
+            (Ok(()), false) => {
+                tracing::warn!(endpoint = %self.endpoint, "trace export works again")
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -160,14 +222,20 @@ fn resource(service: &str) -> Resource {
     builder.build()
 }
 
-/// The W3C `traceparent` of `cx`'s span, if it has a valid one.
+/// The W3C `traceparent` of `cx`'s span, if it has a valid one (version 00, as the
+/// propagator writes it; formatted directly, as it is made once per dispatch).
 pub fn traceparent(cx: &Context) -> Option<String> {
-    if !cx.span().span_context().is_valid() {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
         return None;
     }
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    TraceContextPropagator::new().inject_context(cx, &mut carrier);
-    carrier.remove("traceparent")
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    ))
 }
 
 /// The remote span context a `traceparent` names (an empty context if it is malformed:

@@ -715,3 +715,139 @@ fn a_worker_may_set_its_own_memory_pressure_threshold() {
         "61% used is above this worker's 50% threshold"
     );
 }
+
+/// The `queued` of each `Dispatched` event, by gate.
+fn queue_waits(sim: &Sim) -> Vec<(u32, Duration)> {
+    sim.events
+        .iter()
+        .filter(|e| e.status == GateStatus::Dispatched)
+        .map(|e| {
+            (
+                e.gate.0,
+                e.queued.expect("a dispatch says how long it queued"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_dispatch_reports_the_wait_since_the_gate_became_ready() {
+    // One slot, three independent gates: b and c wait for a, then c for b.
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[]), g("c", &[])]);
+    let mut sim = Sim::new(fixed(), &[worker("w", 1, 64 * 1024 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.core.gauges().queued, 2);
+    assert_eq!(sim.core.gauges().running, 1);
+    sim.now += Duration::from_millis(300);
+    let first = sim.running_gates()[0];
+    sim.pass(first);
+    sim.now += Duration::from_millis(200);
+    let second = sim.running_gates()[0];
+    sim.pass(second);
+    let third = sim.running_gates()[0];
+    sim.pass(third);
+    let waits = queue_waits(&sim);
+    assert_eq!(
+        waits.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
+        vec![
+            Duration::ZERO,
+            Duration::from_millis(300),
+            Duration::from_millis(500)
+        ],
+        "{waits:?}"
+    );
+    let gauges = sim.core.gauges();
+    assert_eq!((gauges.plans, gauges.queued, gauges.running), (0, 0, 0));
+}
+
+#[test]
+fn a_retry_queues_from_the_end_of_its_backoff() {
+    let mut a = g("a", &[]);
+    a.retries = 1;
+    let plan = flat(
+        Policy {
+            retry_backoff: Duration::from_millis(100),
+            ..Policy::default()
+        },
+        &[a],
+    );
+    let mut sim = Sim::new(fixed(), &local());
+    sim.submit(plan, false);
+    sim.now += Duration::from_millis(50);
+    sim.fail(0);
+    sim.now += Duration::from_millis(100);
+    sim.fire_timer();
+    sim.pass(0);
+    // Both attempts were dispatched at once: the backoff is not queue time.
+    assert_eq!(
+        queue_waits(&sim),
+        vec![(0, Duration::ZERO), (0, Duration::ZERO)]
+    );
+}
+
+#[test]
+fn admission_throttling_is_counted_once_per_wait() {
+    // Two slots but memory for one 3 GiB gate at a time: b waits for a's memory while
+    // a slot is free, through several scheduling passes (and c waits behind it: the
+    // plan's queue does not skip its head).
+    let mut a = g("a", &[]);
+    a.memory = 3 * 1024 * MI;
+    let mut b = g("b", &[]);
+    b.memory = 3 * 1024 * MI;
+    let plan = flat(Policy::default(), &[a, b, g("c", &[])]);
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 2, 4 * 1024 * MI)]);
+    sim.submit(plan, false);
+    assert_eq!(sim.running_gates().len(), 1, "only one of a and b fits");
+    assert_eq!(sim.core.throttled_total(), 1);
+    assert_eq!(
+        sim.core.slot_use(&WorkerId::new("w")),
+        Some(SlotUse { used: 1, total: 2 }),
+        "a slot is free: memory holds the gate back"
+    );
+    // Heartbeats re-run the pass: still the same wait.
+    for _ in 0..3 {
+        sim.feed(Event::WorkerCapacity {
+            worker: WorkerId::new("w"),
+            memory_used: 0,
+            memory_available: 4 * 1024 * MI,
+        });
+    }
+    assert_eq!(sim.core.throttled_total(), 1);
+    let first = sim.running_gates()[0];
+    sim.pass(first);
+    assert_eq!(sim.running_gates().len(), 2, "the throttled gate and c run now");
+    for g in sim.running_gates() {
+        sim.pass(g);
+    }
+    assert_eq!(sim.core.throttled_total(), 1);
+    assert_eq!(sim.summary.clone().expect("summary").counts.passed, 3);
+}
+
+#[test]
+fn the_gauges_count_workers_by_state() {
+    let mut sim = Sim::new(
+        CoreConfig::default(),
+        &[
+            worker("a", 1, 1024 * MI),
+            worker("b", 1, 1024 * MI),
+            worker("c", 1, 1024 * MI),
+        ],
+    );
+    sim.feed(Event::WorkerDraining {
+        worker: WorkerId::new("b"),
+    });
+    sim.feed(Event::WorkerCapacity {
+        worker: WorkerId::new("c"),
+        memory_used: 1000 * MI,
+        memory_available: 24 * MI,
+    });
+    let gauges = sim.core.gauges();
+    assert_eq!(
+        (
+            gauges.workers_ready,
+            gauges.workers_draining,
+            gauges.workers_pressured
+        ),
+        (1, 1, 1)
+    );
+}
