@@ -815,7 +815,11 @@ fn admission_throttling_is_counted_once_per_wait() {
     assert_eq!(sim.core.throttled_total(), 1);
     let first = sim.running_gates()[0];
     sim.pass(first);
-    assert_eq!(sim.running_gates().len(), 2, "the throttled gate and c run now");
+    assert_eq!(
+        sim.running_gates().len(),
+        2,
+        "the throttled gate and c run now"
+    );
     for g in sim.running_gates() {
         sim.pass(g);
     }
