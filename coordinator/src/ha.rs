@@ -374,8 +374,12 @@ async fn observe(
                             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
                             .filter(|u| !u.is_empty());
                         tracing::debug!(leader = ?url, "observed leader");
+                        // The first leader seen is not a change (a replica that
+                        // starts would otherwise count one).
                         if url.is_some() && url != last {
-                            metrics.leader_changed();
+                            if last.is_some() {
+                                metrics.leader_changed();
+                            }
                             last.clone_from(&url);
                         }
                         leader.send_replace(url);

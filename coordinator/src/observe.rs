@@ -39,6 +39,9 @@ struct PlanTrace {
     gates: HashMap<GateIdx, Context>,
     /// Open cache lookups.
     lookups: HashMap<GateIdx, Context>,
+    /// Gates whose open span was dispatched: a second dispatch without an end means
+    /// the attempt was lost with its worker (the core re-queues it silently).
+    dispatched: std::collections::HashSet<GateIdx>,
 }
 
 /// Metrics and spans of the scheduler driver.
@@ -85,6 +88,7 @@ impl Observer {
                 cx: parent_cx.with_span(span),
                 gates: HashMap::new(),
                 lookups: HashMap::new(),
+                dispatched: std::collections::HashSet::new(),
             },
         );
     }
@@ -139,6 +143,17 @@ impl Observer {
         let queued = queued.unwrap_or_default();
         let now = SystemTime::now();
         let ready_at = now.checked_sub(queued).unwrap_or(now);
+        if !trace.dispatched.insert(gate)
+            && let Some(lost) = trace.gates.remove(&gate)
+        {
+            let span = lost.span();
+            span.set_attributes([
+                KeyValue::new("gatehouse.outcome", "lost"),
+                KeyValue::new("gatehouse.reason", "worker_lost"),
+            ]);
+            span.set_status(Status::error("worker_lost"));
+            span.end();
+        }
         let gate_cx = trace
             .gates
             .entry(gate)
@@ -173,7 +188,7 @@ impl Observer {
             }
             GateStatus::Retrying { backoff } => {
                 self.metrics.gate_retried();
-                if let Some(r) = &ev.result {
+                if let (Some(r), Some(_)) = (&ev.result, &ev.worker) {
                     self.metrics
                         .attempt_ran(attempt_outcome(&r.status), r.duration);
                 }
@@ -187,7 +202,10 @@ impl Observer {
             }
             GateStatus::Finished(terminal) => {
                 self.metrics.gate_finished(*terminal, ev.cached, ev.flaky);
-                if let (Some(r), false) = (&ev.result, ev.cached) {
+                // Only a result fresh from an executor is an attempt that ran: a cached
+                // one, or the last failure repeated when a plan stops during a retry's
+                // backoff (no worker), was counted already or never ran.
+                if let (Some(r), Some(_), false) = (&ev.result, &ev.worker, ev.cached) {
                     self.metrics
                         .attempt_ran(attempt_outcome(&r.status), r.duration);
                 }
@@ -223,6 +241,24 @@ impl Observer {
         span.end();
     }
 
+    /// The scheduler stops with plans still live (shutdown, or the term ended): their
+    /// open spans end as `interrupted`, with an error status, instead of being exported
+    /// on drop as if they had succeeded.
+    pub fn interrupt_all(&mut self) {
+        for (_, trace) in self.plans.drain() {
+            for (_, cx) in trace.lookups.into_iter().chain(trace.gates) {
+                let span = cx.span();
+                span.set_attribute(KeyValue::new("gatehouse.outcome", "interrupted"));
+                span.set_status(Status::error("interrupted"));
+                span.end();
+            }
+            let span = trace.cx.span();
+            span.set_attribute(KeyValue::new("gatehouse.outcome", "interrupted"));
+            span.set_status(Status::error("interrupted"));
+            span.end();
+        }
+    }
+
     /// The core's gauges and throttle count after a batch of events.
     pub fn core_state(&mut self, gauges: &crate::core::Gauges, throttled_total: u64) {
         self.metrics.set_gauges(gauges);
@@ -241,6 +277,7 @@ impl Observer {
         let Some(trace) = self.plans.get_mut(&ev.plan) else {
             return;
         };
+        trace.dispatched.remove(&ev.gate);
         let Some(cx) = trace.gates.remove(&ev.gate) else {
             return;
         };
@@ -299,4 +336,140 @@ fn start_gate(
     }
     let span = builder.start_with_context(tracer, plan_cx);
     plan_cx.with_span(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use gatehouse_common::exec::ExitStatus;
+    use gatehouse_common::ids::WorkerId;
+    use gatehouse_common::plan::Policy;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+
+    use super::*;
+    use crate::core::testkit::{flat, g, result};
+
+    /// Collects finished spans (a fake exporter behind the SDK's trait).
+    #[derive(Clone, Debug, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            self.0.lock().expect("lock").extend(batch);
+            Ok(())
+        }
+    }
+
+    fn observer() -> (Observer, Collect, prometheus_client::registry::Registry) {
+        let spans = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let metrics = Metrics::default();
+        let mut registry = gatehouse_common::telemetry::metrics::registry();
+        metrics.register(&mut registry);
+        (
+            Observer::new(metrics, Some(provider.tracer("test"))),
+            spans,
+            registry,
+        )
+    }
+
+    fn event(gate: u32, status: GateStatus, attempt: u32, worker: bool) -> GateEvent {
+        GateEvent {
+            plan: PlanId::new("p"),
+            gate: GateIdx(gate),
+            status,
+            attempt,
+            worker: worker.then(|| WorkerId::new("w#1")),
+            cached: false,
+            flaky: false,
+            result: None,
+            reason: None,
+            cause: None,
+            queued: None,
+        }
+    }
+
+    fn outcomes(spans: &Collect) -> Vec<String> {
+        spans
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.name == "gate")
+            .map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "gatehouse.outcome")
+                    .map(|kv| kv.value.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_attempt_lost_with_its_worker_ends_its_span_and_the_next_gets_its_own() {
+        let (mut o, spans, _) = observer();
+        let plan = flat(Policy::default(), &[g("a", &[])]);
+        let id = PlanId::new("p");
+        o.plan_started(&id, &plan, None, false);
+        assert!(o.dispatching(&plan, &id, GateIdx(0), None).is_some());
+        // The worker is lost: the core re-queues the gate without an event.
+        o.dispatching(&plan, &id, GateIdx(0), Some(Duration::from_millis(3)));
+        let mut done = event(0, GateStatus::Finished(Terminal::Passed), 2, true);
+        done.result = Some(result(ExitStatus::Exited(0)));
+        o.gate_event(&done);
+        assert_eq!(outcomes(&spans), vec!["lost", "passed"]);
+    }
+
+    #[test]
+    fn a_failure_repeated_when_a_plan_stops_in_backoff_is_not_counted_twice() {
+        let (mut o, _, registry) = observer();
+        let mut retrying = event(
+            0,
+            GateStatus::Retrying {
+                backoff: Duration::from_millis(100),
+            },
+            1,
+            true,
+        );
+        retrying.result = Some(result(ExitStatus::Exited(1)));
+        o.gate_event(&retrying);
+        // Cancelled during the backoff: the last failure comes again, without a worker.
+        let mut cancelled = event(0, GateStatus::Finished(Terminal::Cancelled), 1, false);
+        cancelled.result = Some(result(ExitStatus::Exited(1)));
+        o.gate_event(&cancelled);
+        let text = gatehouse_common::telemetry::metrics::encode(&registry);
+        assert!(
+            text.contains("gatehouse_gate_duration_seconds_count{outcome=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("gatehouse_gates_total{outcome=\"cancelled\"} 1"));
+    }
+
+    #[test]
+    fn spans_still_open_when_the_scheduler_stops_end_as_interrupted() {
+        let (mut o, spans, _) = observer();
+        let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[])]);
+        let id = PlanId::new("p");
+        o.plan_started(&id, &plan, None, false);
+        o.dispatching(&plan, &id, GateIdx(0), None);
+        o.lookup_started(&plan, &id, GateIdx(1));
+        o.interrupt_all();
+        let spans = spans.0.lock().expect("lock");
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(spans.len(), 4, "{names:?}");
+        for s in spans.iter() {
+            let outcome = s
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "gatehouse.outcome")
+                .map(|kv| kv.value.to_string());
+            assert_eq!(outcome.as_deref(), Some("interrupted"), "{}", s.name);
+            assert!(matches!(s.status, Status::Error { .. }), "{}", s.name);
+        }
+    }
 }

@@ -408,6 +408,7 @@ impl SchedulerActor {
     }
 
     async fn drain(&mut self) {
+        self.observer.interrupt_all();
         self.mailbox.close();
         while let Ok(msg) = self.mailbox.try_recv() {
             if let SchedulerMsg::Submit { reply, .. } = msg {
@@ -451,12 +452,15 @@ impl SchedulerActor {
             WorkerEvent::Lost(worker) => metrics.worker_gone(worker.as_str()),
             _ => {}
         }
-        let joined = match &event {
+        // Slot use also changes without a gate event (lost or adopted attempts, a
+        // drain): each heartbeat refreshes the worker's figures.
+        let refresh = match &event {
             WorkerEvent::Joined(info) => Some(info.id.clone()),
+            WorkerEvent::Capacity { worker, .. } => Some(worker.clone()),
             _ => None,
         };
         self.feed_worker_event(event);
-        if let Some(w) = joined
+        if let Some(w) = refresh
             && let Some(slots) = self.core.slot_use(&w)
         {
             self.observer.metrics.worker_slots(w.as_str(), slots);
@@ -740,10 +744,12 @@ impl SchedulerActor {
                 return;
             };
             let Some(driver) = self.plans.get(&plan_id) else {
+                self.observer.lookup_done(&plan_id, gate, None);
                 continue;
             };
             // A gate that stopped waiting (its plan was cancelled) needs no lookup.
             if !self.core.awaits_cache(&plan_id, gate) {
+                self.observer.lookup_done(&plan_id, gate, None);
                 continue;
             }
             let plan = driver.plan.clone();

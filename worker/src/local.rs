@@ -198,7 +198,7 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
                 gatehouse.attempt = attempt.attempt,
                 process.pid = tracing::field::Empty,
                 process.exit.code = tracing::field::Empty,
-                gatehouse.outcome = tracing::field::Empty,
+                gatehouse.exit_reason = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
             continue_trace(&span, tp);
@@ -253,7 +253,7 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
     if let ExitStatus::Exited(code) = result.status {
         span.record("process.exit.code", i64::from(code));
     }
-    span.record("gatehouse.outcome", result.status.reason());
+    span.record("gatehouse.exit_reason", result.status.reason());
     if !result.status.passed() {
         span.record("otel.status_code", "error");
     }
