@@ -323,22 +323,27 @@ fn worker_sample(text: &str, metric: &str, kind: &str) -> Option<f64> {
     sample(text, &format!("{metric}{{worker=\"w1\",kind=\"{kind}\"}}"))
 }
 
-/// `promtool check metrics` on `text` must pass (it parses and lints).
-fn promtool_accepts(promtool: &std::path::Path, text: &str) {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
+/// Runs `program args` with `input` on its stdin and returns its output.
+fn with_stdin(program: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run promtool");
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .expect("write");
-    let out = child.wait_with_output().expect("promtool");
+    child.wait_with_output().expect("wait")
+}
+
+/// `promtool check metrics` on `text` must pass (it parses and lints).
+fn promtool_accepts(promtool: &std::path::Path, text: &str) {
+    let out = with_stdin(promtool, &["check", "metrics"], text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- input ---\n{text}",
@@ -356,20 +361,7 @@ fn openmetrics_parse(python: &std::path::Path, text: &str) -> Value {
         for f in text_string_to_metric_families(sys.stdin.read()):\n\
         \x20   out[f.name] = {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
         print(json.dumps(out))\n";
-    let mut child = Command::new(python)
-        .args(["-c", code])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("python");
+    let out = with_stdin(python, &["-c", code], text);
     assert!(
         out.status.success(),
         "the OpenMetrics parser refused the exposition:\n{}\n--- input ---\n{text}",
