@@ -135,6 +135,16 @@ fn weight(bytes: u64) -> u32 {
     u32::try_from(bytes + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }
 
+/// The disk tier's unit of space: a file takes whole blocks.
+const DISK_BLOCK: u64 = 4096;
+
+/// What an entry of `bytes` takes on disk: its size rounded up to whole blocks, so the
+/// disk budget bounds the space the files take, small entries included (ten thousand
+/// 300-byte entries take 40 MiB of blocks, not 3 MB).
+fn disk_weight(bytes: u64) -> u32 {
+    u32::try_from(bytes.max(1).div_ceil(DISK_BLOCK) * DISK_BLOCK).unwrap_or(u32::MAX)
+}
+
 impl NodeStore {
     /// Opens the store, scanning (and pruning) the disk tier if there is one.
     pub async fn open(config: StoreConfig) -> Result<Self, CacheError> {
@@ -341,7 +351,7 @@ async fn open_disk(
     let deleter = files.clone();
     let index = Cache::builder()
         .max_capacity(budget)
-        .weigher(|_, h: &Held<u64>| weight(h.value))
+        .weigher(|_, h: &Held<u64>| disk_weight(h.value))
         .expire_after(Ttl(ttl))
         .eviction_listener(move |key: Arc<CacheKey>, _, cause| {
             count_removal(&counters, cause);
@@ -496,6 +506,28 @@ mod tests {
         assert!(s.memory_bytes <= bound, "{} > {bound}", s.memory_bytes);
         assert!(s.memory_entries < 100 && s.memory_entries > 0, "{s:?}");
         assert_eq!(s.evictions, 100 - s.memory_entries, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn the_disk_budget_counts_whole_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = NodeStore::open(StoreConfig {
+            memory_bytes: 1 << 20,
+            disk: Some((dir.path().to_path_buf(), 8 * DISK_BLOCK)),
+            ttl: Duration::from_secs(3600),
+        })
+        .await
+        .expect("open");
+        // Twenty entries of a few hundred bytes: by bytes they would all fit in 32 KiB,
+        // but each file takes a 4 KiB block, so at most eight stay on disk.
+        for i in 0..20 {
+            store.put(key(i), encoded(&key(i), 300)).await.expect("put");
+        }
+        let s = store.stats().await;
+        assert!(s.disk_entries <= 8, "{s:?}");
+        assert!(s.disk_bytes <= 8 * DISK_BLOCK, "{s:?}");
+        assert_eq!(disk_weight(1), 4096);
+        assert_eq!(disk_weight(4097), 8192);
     }
 
     #[tokio::test]
