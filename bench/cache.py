@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402  (the generator and timer are shared)
-    BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+    BenchError, dag_plan, release_binary, run_main, run_timed)
 from local_cluster import LocalCluster, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,16 +87,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gatehouse", type=Path, default=REPO / "target/release/gatehouse")
     p.add_argument("--out", type=Path, default=REPO / "bench/out")
     args = p.parse_args(argv)
-    gh = args.gatehouse.resolve()
-    if not gh.exists():
-        print(f"error: {gh} not found; run `cargo build --release -p gatehouse-cli` first",
-              file=sys.stderr)
-        return 2
+    gh = release_binary(args.gatehouse)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = out / f"bench-cache-{args.size}.yaml"
-    needs = generate_dag(args.size, default_layers(args.size), args.seed)
-    write_plan(plan, f"bench-cache-{args.size}", gate_ids(args.size), needs, distinct=True)
+    plan = dag_plan(out, f"bench-cache-{args.size}", args.size, args.seed, distinct=True)
 
     logs = tempfile.TemporaryDirectory()
     cluster = None
@@ -218,8 +211,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -22,12 +22,11 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402  (the generator and timer are shared)
-    BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+    dag_plan, release_binary, run_main, run_timed)
 from local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,16 +48,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gatehouse", type=Path, default=REPO / "target/release/gatehouse")
     p.add_argument("--out", type=Path, default=REPO / "bench/out")
     args = p.parse_args(argv)
-    gh = args.gatehouse.resolve()
-    if not gh.exists():
-        print(f"error: {gh} not found; run `cargo build --release -p gatehouse-cli` first",
-              file=sys.stderr)
-        return 2
+    gh = release_binary(args.gatehouse)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = out / f"bench-{args.size}.yaml"
-    needs = generate_dag(args.size, default_layers(args.size), args.seed)
-    write_plan(plan, f"bench-{args.size}", gate_ids(args.size), needs)
+    plan = dag_plan(out, f"bench-{args.size}", args.size, args.seed)
     slots = max(1, args.jobs // 2)
 
     logs = tempfile.TemporaryDirectory()
@@ -85,7 +77,6 @@ def main(argv: list[str]) -> int:
             cluster.close()
         logs.cleanup()
 
-    cm, rm = statistics.median(walls["cluster"]), statistics.median(walls["run"])
     ratios = [r / c for c, r in zip(walls["cluster"], walls["run"])]
     ratio = statistics.median(ratios)
     print(f"## Distributed throughput ({args.size:,} gates of `true`, {args.jobs} slots)\n")
@@ -107,8 +98,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -76,6 +76,41 @@ class BenchError(Exception):
     """A failure that makes the measurement invalid; reported, then exit 1."""
 
 
+class BenchUsage(BenchError):
+    """Something to do before the benchmark can run (build, install); exit 2."""
+
+
+def release_binary(path: Path) -> Path:
+    """The gatehouse binary at `path`, resolved; BenchUsage if it is not built."""
+    gh = path.resolve()
+    if not gh.is_file() or not os.access(gh, os.X_OK):
+        raise BenchUsage(f"{gh} not found; run `cargo build --release -p gatehouse-cli` first")
+    return gh
+
+
+def dag_plan(out: Path, name: str, size: int, seed: int, distinct: bool = False) -> Path:
+    """Writes the seeded `size`-gate DAG as `out/NAME.yaml` (plan name NAME)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan = out / f"{name}.yaml"
+    write_plan(plan, name, gate_ids(size), generate_dag(size, default_layers(size), seed),
+               distinct=distinct)
+    return plan
+
+
+def run_main(main) -> None:
+    """The scripts' entry: main(argv)'s status; BenchUsage exits 2, BenchError 1, ^C 130."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchUsage as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 # --------------------------------------------------------------------------- DAGs
 
 def default_layers(size: int) -> int:
@@ -454,10 +489,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402  (the generator, timer and report helpers are shared)
-    BenchError, default_layers, first_line, generate_dag, gate_ids, run_timed, write_plan)
+    BenchError, dag_plan, first_line, release_binary, run_main, run_timed)
 from compare import machine_info as compare_machine_info  # noqa: E402
 from cluster import vm_hwm_kib  # noqa: E402
 
@@ -740,22 +740,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    gh = args.gatehouse.resolve()
+    gh = release_binary(args.gatehouse)
     args.gatehouse_path = gh
-    if not gh.is_file() or not os.access(gh, os.X_OK):
-        print(f"error: {gh} not found; run `cargo build --release -p gatehouse-cli` first",
-              file=sys.stderr)
-        return 2
     for tool in ("etcd", "etcdctl"):
         path = getattr(args, tool)
         if shutil.which(path) is None:
             print(f"error: {tool} binary {path!r} not found", file=sys.stderr)
             return 2
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = out / f"bench-{args.size}.yaml"
-    write_plan(plan, f"bench-{args.size}", gate_ids(args.size),
-               generate_dag(args.size, default_layers(args.size), args.seed))
+    plan = dag_plan(out, f"bench-{args.size}", args.size, args.seed)
 
     tmp = Path(tempfile.mkdtemp(prefix="gatehouse-ha-"))
     procs = Procs(tmp)
@@ -788,10 +781,4 @@ def _terminate(signum, frame):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate)
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

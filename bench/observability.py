@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402
-    BenchError, default_layers, generate_dag, gate_ids, run_timed, write_plan)
+    BenchError, BenchUsage, dag_plan, release_binary, run_main, run_timed)
 from local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,20 +58,11 @@ def main(argv: list[str]) -> int:
                    help="a Python with oteltest (scripts/test-deps.sh makes it)")
     p.add_argument("--out", type=Path, default=REPO / "bench/out")
     args = p.parse_args(argv)
-    gh = args.gatehouse.resolve()
-    if not gh.exists():
-        print(f"error: {gh} not found; run `cargo build --release -p gatehouse-cli` first",
-              file=sys.stderr)
-        return 2
+    gh = release_binary(args.gatehouse)
     if not args.python.exists():
-        print(f"error: {args.python} not found; run scripts/test-deps.sh first",
-              file=sys.stderr)
-        return 2
+        raise BenchUsage(f"{args.python} not found; run scripts/test-deps.sh first")
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    plan = out / f"bench-{args.size}.yaml"
-    needs = generate_dag(args.size, default_layers(args.size), args.seed)
-    write_plan(plan, f"bench-{args.size}", gate_ids(args.size), needs)
+    plan = dag_plan(out, f"bench-{args.size}", args.size, args.seed)
     slots = max(1, args.jobs // 2)
 
     port = free_port()
@@ -144,8 +135,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
