@@ -40,6 +40,9 @@ pub struct Metrics {
 }
 
 struct Inner {
+    /// Registered for export: the figures that cost work to gather (gauges from the
+    /// core, per-worker series) are gathered only then.
+    exported: std::sync::atomic::AtomicBool,
     gates: Family<L1, Counter>,
     gates_cached: Counter,
     gates_flaky: Counter,
@@ -70,6 +73,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             inner: Arc::new(Inner {
+                exported: std::sync::atomic::AtomicBool::new(false),
                 gates: Family::default(),
                 gates_cached: Counter::default(),
                 gates_flaky: Counter::default(),
@@ -138,6 +142,7 @@ impl Metrics {
     /// Puts every metric in `registry` (prefix `gatehouse_`).
     pub fn register(&self, registry: &mut Registry) {
         let m = &self.inner;
+        m.exported.store(true, std::sync::atomic::Ordering::Relaxed);
         registry.register(
             "gates",
             "Gates that reached a terminal state, by outcome (passed includes cached)",
@@ -232,6 +237,14 @@ impl Metrics {
             Unit::Seconds,
             m.store_txn.clone(),
         );
+    }
+
+    /// Whether these metrics are served (see [`Metrics::register`]); `gatehouse run`'s
+    /// are not, and its scheduler skips gathering them.
+    pub fn exported(&self) -> bool {
+        self.inner
+            .exported
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A gate reached `terminal`.

@@ -460,10 +460,18 @@ impl SchedulerActor {
             _ => None,
         };
         self.feed_worker_event(event);
-        if let Some(w) = refresh
-            && let Some(slots) = self.core.slot_use(&w)
-        {
-            self.observer.metrics.worker_slots(w.as_str(), slots);
+        if let Some(w) = refresh {
+            self.refresh_slots(&w);
+        }
+    }
+
+    /// Exports a worker's slot use as the core accounts it.
+    fn refresh_slots(&self, worker: &WorkerId) {
+        if !self.observer.metrics.exported() {
+            return;
+        }
+        if let Some(slots) = self.core.slot_use(worker) {
+            self.observer.metrics.worker_slots(worker.as_str(), slots);
         }
     }
 
@@ -604,8 +612,10 @@ impl SchedulerActor {
                 self.execute(cmd, &mut queue);
             }
         }
-        self.observer
-            .core_state(&self.core.gauges(), self.core.throttled_total());
+        if self.observer.metrics.exported() {
+            self.observer
+                .core_state(&self.core.gauges(), self.core.throttled_total());
+        }
         self.start_lookups();
     }
 
@@ -625,9 +635,7 @@ impl SchedulerActor {
                         self.observer
                             .dispatching(&driver.plan, &a.plan, a.gate, Some(queued));
                 }
-                if let Some(slots) = self.core.slot_use(&worker) {
-                    self.observer.metrics.worker_slots(worker.as_str(), slots);
-                }
+                self.refresh_slots(&worker);
                 if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
                     tracing::warn!(worker_id = %e.worker, "dispatch failed; declaring the worker lost");
                     queue.push_back(Event::WorkerLost { worker: e.worker });
@@ -677,10 +685,8 @@ impl SchedulerActor {
                 match &event {
                     PlanEvent::Gate(g) => {
                         self.observer.gate_event(g);
-                        if let (Some(w), true) = (&g.worker, g.result.is_some())
-                            && let Some(slots) = self.core.slot_use(w)
-                        {
-                            self.observer.metrics.worker_slots(w.as_str(), slots);
+                        if let (Some(w), true) = (&g.worker, g.result.is_some()) {
+                            self.refresh_slots(w);
                         }
                     }
                     PlanEvent::Finished(s) => self.observer.plan_finished(s),
