@@ -17,6 +17,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use gatehouse_proto::v1;
 use serde_json::Value;
 use support::cluster::Cluster;
 use support::otlp::{OtlpSink, promtool, python};
@@ -309,6 +310,107 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
     assert_eq!(
         attr(gate_spans("unit")[0], "gatehouse.outcome"),
         Some("failed")
+    );
+}
+
+/// The trace a plan is in is part of its stored state: a coordinator that resumes the
+/// plan after the one that accepted it died (here a standalone coordinator restarted on
+/// its state directory; an HA takeover reads the same record from etcd) carries on in
+/// the submitter's trace.
+#[test]
+fn a_plan_resumed_after_its_coordinator_died_stays_in_its_trace() {
+    let Some(sink) = OtlpSink::start() else {
+        return;
+    };
+    let endpoint = sink.endpoint();
+    let env = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let mut c = Cluster::start_on_fixed_port_with_options(&["--otlp-endpoint", &endpoint], &env);
+    c.add_worker("w1", &["--slots", "1"]);
+    let plan = "version: 1\nname: resumed\ngates:\n\
+                \x20 - { id: a, run: sleep 0.4 }\n\
+                \x20 - { id: b, run: sleep 0.4, needs: [a] }\n\
+                \x20 - { id: c, run: sleep 0.4, needs: [b] }\n\
+                \x20 - { id: d, run: sleep 0.4, needs: [c] }\n";
+    let path = c.ws.write("resumed.yaml", plan);
+    let out = c
+        .cli(&["submit", path.to_str().expect("utf-8")])
+        .env("TRACEPARENT", format!("00-{TRACE_ID}-{CLIENT_PARENT}-01"))
+        .output()
+        .expect("run submit");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let plan_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let server_span = |spans: &[Value]| -> Option<Value> {
+        spans
+            .iter()
+            .find(|s| {
+                s["name"] == "gatehouse.v1.PlanService/SubmitPlan" && s["traceId"] == TRACE_ID
+            })
+            .cloned()
+    };
+    sink.wait_for("the SubmitPlan span", Duration::from_secs(20), |spans| {
+        server_span(spans).is_some()
+    });
+    wait_until("gate a to pass", Duration::from_secs(20), || {
+        c.get(&plan_id)
+            .gates
+            .iter()
+            .any(|g| g.gate_id == "a" && g.state == v1::GateState::Passed as i32)
+    });
+    c.coordinator.signal("KILL");
+    c.coordinator.wait_exit(Duration::from_secs(10));
+    c.restart_coordinator();
+    let events = c.watch(&plan_id, 0);
+    assert_eq!(
+        support::cluster::summary(&events).outcome,
+        v1::PlanOutcome::Passed as i32
+    );
+    let is_resumed_plan = |s: &Value| {
+        s["name"] == "plan"
+            && attr(s, "gatehouse.plan.id") == Some(plan_id.as_str())
+            && s["attributes"]["gatehouse.plan.resumed"] == true
+    };
+    sink.wait_for(
+        "the resumed plan's span",
+        Duration::from_secs(20),
+        |spans| spans.iter().any(is_resumed_plan),
+    );
+    let all = sink.spans();
+    let server = server_span(&all).expect("SubmitPlan span");
+    let resumed: Vec<&Value> = all.iter().filter(|s| is_resumed_plan(s)).collect();
+    assert_eq!(resumed.len(), 1, "{resumed:#?}");
+    let resumed = resumed[0];
+    assert_eq!(
+        resumed["traceId"], TRACE_ID,
+        "the resumed plan left the trace: {resumed}"
+    );
+    assert_eq!(
+        resumed["parentSpanId"], server["spanId"],
+        "the resumed plan span is a child of the call that submitted the plan"
+    );
+    assert_eq!(attr(resumed, "gatehouse.outcome"), Some("passed"));
+    // No span of the plan is in another trace; the gates that ran after the restart are
+    // children of the resumed plan span.
+    for s in all
+        .iter()
+        .filter(|s| attr(s, "gatehouse.plan.id") == Some(plan_id.as_str()))
+    {
+        assert_eq!(
+            s["traceId"], TRACE_ID,
+            "a span of the plan in another trace: {s}"
+        );
+    }
+    let mut after: Vec<String> = all
+        .iter()
+        .filter(|s| s["name"] == "gate" && s["parentSpanId"] == resumed["spanId"])
+        .map(|s| {
+            assert_eq!(s["traceId"], TRACE_ID, "{s}");
+            attr(s, "gatehouse.gate.id").expect("gate id").to_string()
+        })
+        .collect();
+    after.sort();
+    assert!(
+        after.ends_with(&["c".to_string(), "d".to_string()]),
+        "the gates after the restart are under the resumed plan: {after:?}"
     );
 }
 

@@ -87,6 +87,11 @@ pub struct Cluster {
     pub coordinator: Proc,
     pub workers: Vec<Proc>,
     pub rt: tokio::runtime::Runtime,
+    /// The coordinator's liveness timeout, extra flags and environment, which
+    /// [`Cluster::restart_coordinator`] starts it with again.
+    liveness: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -106,23 +111,32 @@ impl Cluster {
         Self::start_listening(&format!("127.0.0.1:{}", super::etcd::free_ports::<1>()[0]))
     }
 
+    /// [`Cluster::start_on_fixed_port`] with `extra` coordinator flags and `env`, which a
+    /// restart keeps.
+    pub fn start_on_fixed_port_with_options(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{}", super::etcd::free_ports::<1>()[0]);
+        Self::start_full(&listen, "1500ms", extra, env)
+    }
+
     /// Starts the coordinator again (after the test killed it) on the same
     /// address and state directory, and waits until it serves.
     pub fn restart_coordinator(&mut self) {
         let ready = self.ws.path().join("coordinator.addr");
         let _ = std::fs::remove_file(&ready);
-        let args = Self::coordinator_args(&self.addr, &ready);
-        self.coordinator = Proc::spawn("coordinator-2", self.ws.path(), &args);
+        let mut args = Self::coordinator_args_with(&self.addr, &ready, &self.liveness);
+        args.extend(self.extra.iter().cloned());
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.coordinator = Proc::spawn_with_env("coordinator-2", self.ws.path(), &args, &env);
         wait_until(
             "the restarted coordinator's ready file",
             Duration::from_secs(20),
             || ready.exists(),
         );
         self.wait_serving();
-    }
-
-    fn coordinator_args(listen: &str, ready: &Path) -> Vec<String> {
-        Self::coordinator_args_with(listen, ready, "1500ms")
     }
 
     fn coordinator_args_with(listen: &str, ready: &Path, liveness: &str) -> Vec<String> {
@@ -173,6 +187,12 @@ impl Cluster {
             coordinator,
             workers: Vec::new(),
             rt,
+            liveness: liveness.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         wait_until(
             "the coordinator's ready file",

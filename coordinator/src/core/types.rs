@@ -15,8 +15,8 @@ pub type Now = Duration;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunOptions {
     /// W3C `traceparent` of the submitter's span: the plan's trace continues it. The
-    /// core ignores it; it is not persisted (a plan resumed by another leader starts a
-    /// new trace).
+    /// core ignores it; the plan's stored record keeps it, so a plan resumed by another
+    /// leader stays in its trace.
     pub trace_parent: Option<String>,
     /// Whether the result cache is consulted and written (`--no-cache` turns it off).
     pub use_cache: bool,

@@ -7,6 +7,7 @@
 //! than [`COMPRESS_ABOVE`] bytes (stdout/stderr tails compress well). A value of an
 //! unknown version or that does not decode is [`CodecError`], never a panic.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use gatehouse_common::exec::GateResult;
@@ -18,8 +19,11 @@ use crate::core::{
     Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, RunOptions, Terminal,
 };
 
-/// Format version written in the first byte of every value.
-const VERSION: u8 = 1;
+/// Format version of event chunks, written in the first byte of each.
+const EVENTS_VERSION: u8 = 1;
+/// Format version of plan records, written in the first byte of each. Version 2 added
+/// the trace context; records of version 1 are still read (as having none).
+const RECORD_VERSION: u8 = 2;
 /// Payloads larger than this are compressed.
 pub const COMPRESS_ABOVE: usize = 512;
 const RAW: u8 = 0;
@@ -58,6 +62,18 @@ struct RecordV1 {
     name: String,
     use_cache: bool,
     submitted_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordV2 {
+    document: String,
+    json: bool,
+    name: String,
+    use_cache: bool,
+    submitted_unix_ms: u64,
+    /// The W3C `traceparent` the plan's span was started under, so that a replica
+    /// resuming the plan keeps it in the same trace.
+    trace_parent: Option<String>,
 }
 
 /// A log chunk: which leadership term wrote it, and the events.
@@ -99,18 +115,35 @@ enum StatusV1 {
 
 /// Encodes a plan record.
 pub fn encode_record(record: &PlanRecord) -> Vec<u8> {
-    frame(&RecordV1 {
-        document: record.source.document.clone(),
-        json: record.source.format == PlanFormat::Json,
-        name: record.source.name.clone(),
-        use_cache: record.options.use_cache,
-        submitted_unix_ms: record.submitted_unix_ms,
-    })
+    frame(
+        RECORD_VERSION,
+        &RecordV2 {
+            document: record.source.document.clone(),
+            json: record.source.format == PlanFormat::Json,
+            name: record.source.name.clone(),
+            use_cache: record.options.use_cache,
+            submitted_unix_ms: record.submitted_unix_ms,
+            trace_parent: record.options.trace_parent.clone(),
+        },
+    )
 }
 
-/// Decodes a plan record.
+/// Decodes a plan record (of format version 1 or 2).
 pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
-    let r: RecordV1 = unframe(bytes)?;
+    let (version, payload) = unframe(bytes, &[1, RECORD_VERSION])?;
+    let r = if version == 1 {
+        let r: RecordV1 = decode(&payload)?;
+        RecordV2 {
+            document: r.document,
+            json: r.json,
+            name: r.name,
+            use_cache: r.use_cache,
+            submitted_unix_ms: r.submitted_unix_ms,
+            trace_parent: None,
+        }
+    } else {
+        decode(&payload)?
+    };
     Ok(PlanRecord {
         source: PlanSource {
             document: r.document,
@@ -123,7 +156,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
         },
         options: RunOptions {
             use_cache: r.use_cache,
-            trace_parent: None,
+            trace_parent: r.trace_parent,
         },
         submitted_unix_ms: r.submitted_unix_ms,
     })
@@ -133,12 +166,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
 /// leader's election-key create revision; 0 for a standalone coordinator).
 pub fn encode_events<'a>(term: i64, events: impl IntoIterator<Item = &'a PlanEvent>) -> Vec<u8> {
     let events: Vec<EventV1> = events.into_iter().map(event_to_v1).collect();
-    frame(&ChunkV1 { term, events })
+    frame(EVENTS_VERSION, &ChunkV1 { term, events })
 }
 
 /// Decodes a chunk of events of plan `plan`.
 pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, CodecError> {
-    let chunk: ChunkV1 = unframe(bytes)?;
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[EVENTS_VERSION])?.1)?;
     chunk
         .events
         .into_iter()
@@ -148,15 +181,15 @@ pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, Code
 
 /// The term that wrote a chunk, and how many events it holds (for audits and tests).
 pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
-    let chunk: ChunkV1 = unframe(bytes)?;
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[EVENTS_VERSION])?.1)?;
     Ok((chunk.term, chunk.events.len()))
 }
 
-fn frame<T: Serialize>(value: &T) -> Vec<u8> {
+fn frame<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("the stored shapes contain only serializable data");
     let mut out = Vec::with_capacity(payload.len().min(COMPRESS_ABOVE) + 2);
-    out.push(VERSION);
+    out.push(version);
     if payload.len() > COMPRESS_ABOVE
         && let Ok(compressed) = zstd::bulk::compress(&payload, ZSTD_LEVEL)
         && compressed.len() < payload.len()
@@ -174,21 +207,24 @@ fn frame<T: Serialize>(value: &T) -> Vec<u8> {
 /// Largest decompressed payload accepted (guards against a corrupt length).
 const MAX_PAYLOAD: u64 = 256 << 20;
 
-fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> {
+/// Checks a value's framing: returns its format version (one of `accepted`) and its
+/// payload, decompressed.
+fn unframe<'a>(bytes: &'a [u8], accepted: &[u8]) -> Result<(u8, Cow<'a, [u8]>), CodecError> {
     let (&version, rest) = bytes
         .split_first()
         .ok_or_else(|| CodecError("empty value".into()))?;
-    if version != VERSION {
+    if !accepted.contains(&version) {
+        let reads: Vec<String> = accepted.iter().map(u8::to_string).collect();
         return Err(CodecError(format!(
-            "stored format version {version} is not supported (this build reads {VERSION})"
+            "stored format version {version} is not supported (this build reads {})",
+            reads.join(" and ")
         )));
     }
     let (&compression, rest) = rest
         .split_first()
         .ok_or_else(|| CodecError("truncated value".into()))?;
-    let owned;
     let payload = match compression {
-        RAW => rest,
+        RAW => Cow::Borrowed(rest),
         ZSTD => {
             let (len, data) = rest
                 .split_at_checked(8)
@@ -197,12 +233,18 @@ fn unframe<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, CodecError> 
             if len > MAX_PAYLOAD {
                 return Err(CodecError(format!("payload of {len} bytes is too large")));
             }
-            owned = zstd::bulk::decompress(data, len as usize)
-                .map_err(|e| CodecError(format!("cannot decompress: {e}")))?;
-            &owned
+            Cow::Owned(
+                zstd::bulk::decompress(data, len as usize)
+                    .map_err(|e| CodecError(format!("cannot decompress: {e}")))?,
+            )
         }
         other => return Err(CodecError(format!("unknown compression {other}"))),
     };
+    Ok((version, payload))
+}
+
+/// Decodes a payload that must hold exactly one value.
+fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
         .map_err(|e| CodecError(format!("cannot decode: {e}")))?;
     if used != payload.len() {
@@ -435,12 +477,35 @@ mod tests {
             },
             options: RunOptions {
                 use_cache: true,
-                ..RunOptions::default()
+                trace_parent: Some(
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                ),
             },
             submitted_unix_ms: 42,
         };
-        let back = decode_record(&encode_record(&record)).expect("decodes");
-        assert_eq!(back, record);
+        let bytes = encode_record(&record);
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(decode_record(&bytes).expect("decodes"), record);
+    }
+
+    #[test]
+    fn version_1_records_still_read_without_a_trace() {
+        let v1 = frame(
+            1,
+            &RecordV1 {
+                document: "version: 1\n".into(),
+                json: false,
+                name: "plan.yaml".into(),
+                use_cache: false,
+                submitted_unix_ms: 7,
+            },
+        );
+        let back = decode_record(&v1).expect("a version 1 record decodes");
+        assert_eq!(back.source.document, "version: 1\n");
+        assert_eq!(back.source.format, PlanFormat::Yaml);
+        assert!(!back.options.use_cache);
+        assert_eq!(back.options.trace_parent, None);
+        assert_eq!(back.submitted_unix_ms, 7);
     }
 
     #[test]
@@ -459,6 +524,10 @@ mod tests {
         flipped[last] ^= 0xff;
         assert!(decode_events(&plan, &flipped).is_err());
         assert!(decode_record(b"\x01\x00\xff\xff").is_err());
+        let err = decode_record(b"\x03\x00").expect_err("version 3");
+        assert!(err.to_string().contains("reads 1 and 2"), "{err}");
+        // A chunk is not a record, whatever its version byte says.
+        assert!(decode_record(&encode_events(1, &[])).is_err());
     }
 
     #[test]
