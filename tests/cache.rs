@@ -47,7 +47,7 @@ fn wait_for_nodes(c: &Cluster, nodes: usize) {
 
 /// How many nodes the membership last received by the cache node at `url` names.
 fn members_seen_by(c: &Cluster, url: &str) -> usize {
-    c.rt.block_on(node_stats(url, Duration::from_secs(2)))
+    c.rt.block_on(node_stats(url, Duration::from_secs(2), &Default::default()))
         .ok()
         .and_then(|s| s.members)
         .map_or(0, |m| m.nodes.len())

@@ -1,6 +1,7 @@
 //! `gatehouse coordinator`: a standalone coordinator serving the plan and worker APIs.
 
 use gatehouse_common::telemetry::Tracer;
+use gatehouse_proto::tls::Tls;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,8 +59,8 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     lease_ttl: Duration,
     /// With --etcd: the URL clients and workers use to reach this coordinator, which the
-    /// leader proclaims (default: http://HOSTNAME:PORT, or the listen address if it is
-    /// not a wildcard).
+    /// leader proclaims (default: http://HOSTNAME:PORT, https:// with --tls-cert, or the
+    /// listen address if it is not a wildcard).
     #[arg(long, env = "GATEHOUSE_ADVERTISE")]
     advertise: Option<String>,
     /// Cache nodes (workers started with --cache-listen) that hold each cache entry.
@@ -82,8 +83,8 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn main(args: CoordinatorArgs, tracer: Tracer) -> u8 {
-    match crate::block_on(run(args, tracer)) {
+pub fn main(args: CoordinatorArgs, tracer: Tracer, tls: Tls) -> u8 {
+    match crate::block_on(run(args, tracer, tls)) {
         Err(code) => code,
         Ok(Ok(())) => EXIT_PASSED,
         Ok(Err(e)) => {
@@ -93,7 +94,7 @@ pub fn main(args: CoordinatorArgs, tracer: Tracer) -> u8 {
     }
 }
 
-async fn run(args: CoordinatorArgs, tracer: Tracer) -> anyhow::Result<()> {
+async fn run(args: CoordinatorArgs, tracer: Tracer, tls: Tls) -> anyhow::Result<()> {
     let mut sigint =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
@@ -145,7 +146,7 @@ async fn run(args: CoordinatorArgs, tracer: Tracer) -> anyhow::Result<()> {
             advertise: args
                 .advertise
                 .clone()
-                .unwrap_or_else(|| default_advertise(bound)),
+                .unwrap_or_else(|| default_advertise(bound, tls.scheme())),
         })
     };
     let config = CoordinatorConfig {
@@ -158,6 +159,7 @@ async fn run(args: CoordinatorArgs, tracer: Tracer) -> anyhow::Result<()> {
         cache_replicas: args.cache_replicas as usize,
         cache_timeout: args.cache_timeout,
         tracer,
+        tls,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();
@@ -187,13 +189,14 @@ async fn run(args: CoordinatorArgs, tracer: Tracer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `http://HOST:PORT` for the bound address; a wildcard address becomes the host name.
-fn default_advertise(bound: SocketAddr) -> String {
+/// `SCHEME://HOST:PORT` for the bound address (`https` when serving TLS); a wildcard
+/// address becomes the host name.
+fn default_advertise(bound: SocketAddr, scheme: &str) -> String {
     if bound.ip().is_unspecified() {
         let host = sysinfo::System::host_name().unwrap_or_else(|_| "localhost".to_string());
-        format!("http://{host}:{}", bound.port())
+        format!("{scheme}://{host}:{}", bound.port())
     } else {
-        format!("http://{bound}")
+        format!("{scheme}://{bound}")
     }
 }
 

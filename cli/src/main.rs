@@ -5,6 +5,7 @@ mod coordinator_cmd;
 mod remote_cache;
 mod render;
 mod run;
+mod tls_opts;
 mod validate;
 mod worker_cmd;
 
@@ -55,6 +56,8 @@ struct Cli {
     /// no traces.
     #[arg(long, global = true, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    tls: tls_opts::TlsOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +113,13 @@ fn main() -> ExitCode {
             });
         }
     };
+    let tls = match cli.tls.load() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let service = match cli.command {
         Command::Coordinator(_) => "gatehouse-coordinator",
         Command::Worker(_) => "gatehouse-worker",
@@ -133,17 +143,17 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_INVALID);
     }
     let code = match cli.command {
-        Command::Run(args) => run::main(args, tracer),
+        Command::Run(args) => run::main(args, tracer, tls),
         Command::Validate { plan, json } => validate::main(&plan, json),
-        Command::Coordinator(args) => coordinator_cmd::main(args, tracer),
-        Command::Worker(args) => worker_cmd::main(args),
-        Command::Submit(args) => client::submit(args),
-        Command::Watch(args) => client::watch(args),
-        Command::Status(args) => client::status(args),
-        Command::Cancel(args) => client::cancel(args),
-        Command::Plans(args) => client::plans(args),
-        Command::Workers(args) => client::workers(args),
-        Command::Cache(CacheCommand::Stats(args)) => client::cache_stats(args),
+        Command::Coordinator(args) => coordinator_cmd::main(args, tracer, tls),
+        Command::Worker(args) => worker_cmd::main(args, tls),
+        Command::Submit(args) => client::submit(args, tls),
+        Command::Watch(args) => client::watch(args, tls),
+        Command::Status(args) => client::status(args, tls),
+        Command::Cancel(args) => client::cancel(args, tls),
+        Command::Plans(args) => client::plans(args, tls),
+        Command::Workers(args) => client::workers(args, tls),
+        Command::Cache(CacheCommand::Stats(args)) => client::cache_stats(args, tls),
     };
     if let Some(traces) = traces {
         traces.shutdown(telemetry::SHUTDOWN_TIMEOUT);

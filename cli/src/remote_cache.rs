@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership, check_url, node_stats};
+use gatehouse_proto::tls::Tls;
 
 /// How long finding the membership may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to the cache behind the node at `url`.
-pub async fn connect(url: &str) -> anyhow::Result<Arc<ClusterCache>> {
+pub async fn connect(url: &str, tls: &Tls) -> anyhow::Result<Arc<ClusterCache>> {
     check_url(url).map_err(|e| anyhow::anyhow!("invalid cache URL: {e}"))?;
-    let stats = node_stats(url, CONNECT_TIMEOUT)
+    let stats = node_stats(url, CONNECT_TIMEOUT, tls)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the cache node {url}: {e}"))?;
     let members = match stats.members {
@@ -28,5 +29,9 @@ pub async fn connect(url: &str) -> anyhow::Result<Arc<ClusterCache>> {
     };
     tracing::info!(%url, nodes = members.len(), replicas = members.replicas(), "using the shared cache");
     let (_, rx) = tokio::sync::watch::channel(Arc::new(members));
-    Ok(Arc::new(ClusterCache::new(ClientConfig::default(), rx)))
+    let config = ClientConfig {
+        tls: tls.clone(),
+        ..ClientConfig::default()
+    };
+    Ok(Arc::new(ClusterCache::new(config, rx)))
 }

@@ -4,6 +4,7 @@
 //! reports cancelled): scheduler (flushes cache writes), then executor.
 
 use gatehouse_common::telemetry::Tracer;
+use gatehouse_proto::tls::Tls;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,7 +72,7 @@ pub struct RunArgs {
     kill_grace: Duration,
 }
 
-pub fn main(args: RunArgs, tracer: Tracer) -> u8 {
+pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
     let plan = match load_file(&args.plan) {
         Ok(plan) => Arc::new(plan),
         Err(errors) => {
@@ -97,7 +98,7 @@ pub fn main(args: RunArgs, tracer: Tracer) -> u8 {
                 return EXIT_INVALID;
             }
         };
-    match crate::block_on(run(args, plan, labels, tracer)) {
+    match crate::block_on(run(args, plan, labels, tracer, tls)) {
         Err(code) => code,
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
@@ -112,6 +113,7 @@ async fn run(
     plan: Arc<Plan>,
     labels: std::collections::BTreeMap<String, String>,
     tracer: Tracer,
+    tls: Tls,
 ) -> anyhow::Result<u8> {
     let slots = args
         .workers
@@ -144,7 +146,7 @@ async fn run(
         // miss, it only costs time.
         let far = match &args.cache {
             None => None,
-            Some(url) => match crate::remote_cache::connect(url).await {
+            Some(url) => match crate::remote_cache::connect(url, &tls).await {
                 Ok(far) => Some(far),
                 Err(e) => {
                     eprintln!("warning: {e:#}; running with the local cache only");

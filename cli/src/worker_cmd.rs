@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::units::{parse_duration, parse_size};
+use gatehouse_proto::tls::Tls;
 use gatehouse_worker::ExecConfig;
 use gatehouse_worker::cache::{CacheNodeConfig, StoreConfig};
 use gatehouse_worker::remote::{self, RemoteWorkerConfig, RemoteWorkerError, parse_labels};
@@ -102,8 +103,8 @@ pub struct WorkerArgs {
 
 /// Runs the worker until it drained (0), was stopped by a second signal (130), got
 /// invalid flags (2) or failed (1).
-pub fn main(args: WorkerArgs) -> u8 {
-    let cfg = match config(args) {
+pub fn main(args: WorkerArgs, tls: Tls) -> u8 {
+    let cfg = match config(args, tls) {
         Ok(cfg) => cfg,
         Err(message) => {
             eprintln!("error: {message}");
@@ -114,7 +115,7 @@ pub fn main(args: WorkerArgs) -> u8 {
 }
 
 /// Validates the flags into a worker configuration.
-fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
+fn config(args: WorkerArgs, tls: Tls) -> Result<RemoteWorkerConfig, String> {
     let id = match args.id {
         Some(id) if is_valid_id(&id) => id,
         Some(id) => {
@@ -153,7 +154,10 @@ fn config(args: WorkerArgs) -> Result<RemoteWorkerConfig, String> {
             disk: args.cache_dir.map(|dir| (dir, args.cache_disk)),
             ttl: args.cache_ttl,
         },
+        tls: tls.clone(),
     });
+    cfg.cache_client.tls = tls.clone();
+    cfg.tls = tls;
     Ok(cfg)
 }
 
@@ -248,7 +252,7 @@ mod tests {
     fn parse(argv: &[&str]) -> Result<RemoteWorkerConfig, String> {
         let cli = Cli::try_parse_from(std::iter::once("worker").chain(argv.iter().copied()))
             .map_err(|e| e.to_string())?;
-        config(cli.args)
+        config(cli.args, Default::default())
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::role::{Role, RoleWatch, Term};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::store::{StateStore, StoreError};
 use gatehouse_common::telemetry::Tracer;
+use gatehouse_proto::tls::Tls;
 
 /// Capacity of the channel carrying attempt reports from all sessions to the scheduler.
 pub const REPORTS_CAPACITY: usize = 4096;
@@ -78,6 +79,9 @@ pub struct CoordinatorConfig {
     pub metrics: Metrics,
     /// Tracer of plan and gate spans (`None`: traces off).
     pub tracer: Tracer,
+    /// TLS of the gRPC port (served when it has a certificate) and of the connections
+    /// to cache nodes (`https://` node URLs).
+    pub tls: Tls,
 }
 
 impl Default for CoordinatorConfig {
@@ -94,6 +98,7 @@ impl Default for CoordinatorConfig {
             cache_timeout: Duration::from_millis(250),
             metrics: Metrics::default(),
             tracer: None,
+            tls: Tls::default(),
         }
     }
 }
@@ -224,7 +229,11 @@ async fn serve(
     // those over the plan limit with RESOURCE_EXHAUSTED; larger requests are refused by
     // the transport itself (OUT_OF_RANGE) before being buffered.
     let max_message = 2 * MAX_PLAN_BYTES;
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server_config() {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
         .trace_fn(rpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -338,6 +347,7 @@ pub(crate) async fn lead(
     let cache = Arc::new(ClusterCache::new(
         ClientConfig {
             lookup_timeout: config.cache_timeout,
+            tls: config.tls.clone(),
             ..ClientConfig::default()
         },
         cache_members.subscribe(),

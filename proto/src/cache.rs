@@ -188,6 +188,8 @@ pub struct ClientConfig {
     /// Bytes of entries queued for one node (including writes waiting to be retried)
     /// beyond which new writes to it are dropped, counted as failed.
     pub max_queued_bytes: u64,
+    /// TLS for `https://` node URLs.
+    pub tls: crate::tls::Tls,
 }
 
 impl Default for ClientConfig {
@@ -205,6 +207,7 @@ impl Default for ClientConfig {
             in_flight: 4,
             suspect_for: Duration::from_secs(2),
             max_queued_bytes: 64 << 20,
+            tls: crate::tls::Tls::default(),
         }
     }
 }
@@ -495,7 +498,7 @@ impl ClusterCache {
     }
 
     fn start_node(&self, url: &str) -> Option<Node> {
-        let endpoint = match Endpoint::from_shared(url.to_owned()) {
+        let endpoint = match self.shared.config.tls.endpoint(url) {
             Ok(e) => e
                 .connect_timeout(
                     self.shared
@@ -932,8 +935,13 @@ pub fn key_from_wire(bytes: &[u8]) -> Result<CacheKey, WireError> {
 
 /// Asks the cache node at `url` for its `Stats` (its counters and the membership it
 /// last received), connecting and answering within `timeout`.
-pub async fn node_stats(url: &str, timeout: Duration) -> Result<v1::StatsResponse, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+pub async fn node_stats(
+    url: &str,
+    timeout: Duration,
+    tls: &crate::tls::Tls,
+) -> Result<v1::StatsResponse, String> {
+    let endpoint = tls
+        .endpoint(url)
         .map_err(|e| format!("invalid URL {url:?}: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);

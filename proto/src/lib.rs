@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod convert;
 pub mod leader;
+pub mod tls;
 
 /// Generated messages and services of `gatehouse.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use gatehouse_common::units::format_size;
+use gatehouse_proto::tls::Tls;
 use gatehouse_proto::v1;
 use serde_json::{Value, json};
 
@@ -24,7 +25,7 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CacheStatsArgs {
     #[command(flatten)]
     coordinator: CoordinatorOpts,
-    /// Ask this cache node (http://host:port) for the member list instead of the
+    /// Ask this cache node (http://host:port or https://) for the member list instead of the
     /// coordinator.
     #[arg(long, value_name = "URL")]
     cache: Option<String>,
@@ -39,17 +40,18 @@ struct NodeRow {
     stats: Result<v1::CacheNodeStats, String>,
 }
 
-pub fn cache_stats(args: CacheStatsArgs) -> u8 {
+pub fn cache_stats(args: CacheStatsArgs, tls: Tls) -> u8 {
     block_on(async move {
         let (urls, replicas) = match &args.cache {
             Some(url) => {
-                let answer = node_stats(url)
-                    .await
-                    .map_err(|reason| ClientError::Unreachable {
-                        urls: vec![url.clone()],
-                        reason,
-                        after: STATS_TIMEOUT,
-                    })?;
+                let answer =
+                    node_stats(url, &tls)
+                        .await
+                        .map_err(|reason| ClientError::Unreachable {
+                            urls: vec![url.clone()],
+                            reason,
+                            after: STATS_TIMEOUT,
+                        })?;
                 let members = answer.members.unwrap_or_default();
                 let mut urls: Vec<String> = members.nodes.into_iter().map(|n| n.url).collect();
                 if urls.is_empty() {
@@ -58,7 +60,7 @@ pub fn cache_stats(args: CacheStatsArgs) -> u8 {
                 (urls, Some(members.replicas))
             }
             None => {
-                let (_, resp) = read(&args.coordinator.cluster(), |mut client| async move {
+                let (_, resp) = read(&args.coordinator.cluster(&tls), |mut client| async move {
                     client.list_workers(v1::ListWorkersRequest {}).await
                 })
                 .await?;
@@ -73,8 +75,8 @@ pub fn cache_stats(args: CacheStatsArgs) -> u8 {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for (i, url) in urls.iter().enumerate() {
-            let url = url.clone();
-            tasks.spawn(async move { (i, node_stats(&url).await) });
+            let (url, tls) = (url.clone(), tls.clone());
+            tasks.spawn(async move { (i, node_stats(&url, &tls).await) });
         }
         let mut rows: Vec<NodeRow> = urls
             .iter()
@@ -107,8 +109,8 @@ pub fn cache_stats(args: CacheStatsArgs) -> u8 {
     })
 }
 
-async fn node_stats(url: &str) -> Result<v1::StatsResponse, String> {
-    gatehouse_proto::cache::node_stats(url, STATS_TIMEOUT).await
+async fn node_stats(url: &str, tls: &Tls) -> Result<v1::StatsResponse, String> {
+    gatehouse_proto::cache::node_stats(url, STATS_TIMEOUT, tls).await
 }
 
 /// Hits / (hits + misses), as a percentage with one decimal, or "-".

@@ -10,8 +10,11 @@
 use std::future::Future;
 use std::time::Duration;
 
+use gatehouse_proto::tls::Tls;
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Uri};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use super::error::{ClientError, error_chain};
 
@@ -28,7 +31,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// every gate's output tail).
 const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
-/// The coordinators to try, in order (at least one; `http://` URLs).
+/// The coordinators to try, in order (at least one; `http://` or `https://` URLs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoordinatorUrls(Vec<String>);
 
@@ -40,7 +43,7 @@ impl CoordinatorUrls {
 }
 
 /// Parses `URL[,URL...]`: blanks around commas are ignored, a URL without a scheme gets
-/// `http://`, and each must be an `http` URL with a host.
+/// `http://`, and each must be an `http` or `https` URL with a host.
 pub fn parse_urls(s: &str) -> Result<CoordinatorUrls, String> {
     let urls = s
         .split(',')
@@ -55,7 +58,7 @@ pub fn parse_urls(s: &str) -> Result<CoordinatorUrls, String> {
 }
 
 /// Parses one coordinator URL (as given by the user, or as named by a not-leader
-/// answer) into `http://HOST:PORT`.
+/// answer) into `http://HOST:PORT` or `https://HOST:PORT`.
 pub fn parse_url(part: &str) -> Result<String, String> {
     let url = if part.contains("://") {
         part.to_string()
@@ -66,10 +69,10 @@ pub fn parse_url(part: &str) -> Result<String, String> {
         .parse()
         .map_err(|e| format!("invalid coordinator URL {part:?}: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "invalid coordinator URL {part:?}: scheme {other:?} is not supported; use http://HOST:PORT"
+                "invalid coordinator URL {part:?}: scheme {other:?} is not supported; use http://HOST:PORT or https://HOST:PORT"
             ));
         }
         None => return Err(format!("invalid coordinator URL {part:?}: no scheme")),
@@ -96,8 +99,8 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Connects to `url`; the error says why it could not.
-    pub async fn connect(url: &str) -> Result<Self, String> {
-        let channel = connect_one(url).await?;
+    pub async fn connect(url: &str, tls: &Tls) -> Result<Self, String> {
+        let channel = connect_one(url, tls).await?;
         let client = PlanServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -132,8 +135,9 @@ impl Coordinator {
     }
 }
 
-async fn connect_one(url: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+async fn connect_one(url: &str, tls: &Tls) -> Result<Channel, String> {
+    let endpoint = tls
+        .endpoint(url)
         .map_err(|e| error_chain(&e))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -142,6 +146,7 @@ async fn connect_one(url: &str) -> Result<Channel, String> {
         .keep_alive_while_idle(true);
     // Name resolution is not covered by the connect timeout; bound the whole attempt.
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) if url.starts_with("https://") => confirm_tls(channel).await,
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(error_chain(&e)),
         Err(_) => Err(format!(
@@ -149,6 +154,68 @@ async fn connect_one(url: &str) -> Result<Channel, String> {
             CONNECT_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// Makes one health check on a new TLS connection. Under TLS 1.3 a server checks the
+/// client's certificate after the client considers the handshake done, so a refused
+/// certificate would only show on the first call, as a call that broke and may have
+/// been accepted; checked first, it is a connection failure like any other.
+async fn confirm_tls(channel: Channel) -> Result<Channel, String> {
+    let mut health = HealthClient::new(channel.clone());
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+        Ok(Ok(_)) => Ok(channel),
+        Ok(Err(status)) => match std::error::Error::source(&status) {
+            // A transport failure: the TLS session does not work.
+            Some(transport) => Err(error_chain(transport)),
+            // Any answer from the coordinator (even NOT_FOUND) means the session works.
+            None => Ok(channel),
+        },
+        Err(_) => Err(format!(
+            "no answer on the TLS connection within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// `reason` for a failed connection or call to `url`, with what it most likely means
+/// when TLS is involved: transport errors name the symptom (a garbled frame, a closed
+/// connection, an alert), not the cause.
+pub fn with_tls_hint(url: &str, reason: String, tls: &Tls) -> String {
+    match tls_hint(url, &reason, tls) {
+        Some(hint) => format!("{reason} ({hint})"),
+        None => reason,
+    }
+}
+
+fn tls_hint(url: &str, reason: &str, tls: &Tls) -> Option<&'static str> {
+    let has = |needle: &str| reason.contains(needle);
+    if !url.starts_with("https://") {
+        // A TLS server answers an HTTP/2 preface with an alert, read as an oversized
+        // frame, or closes the connection.
+        return (has("frame with invalid size") || has("broken pipe"))
+            .then_some("does the coordinator serve TLS? then use https://");
+    }
+    if has("InvalidContentType") {
+        return Some("does the coordinator serve plaintext? then use http://");
+    }
+    if has("invalid peer certificate") {
+        return Some("check --tls-ca, and --tls-server-name if the certificate names another host");
+    }
+    let closed = has("broken pipe") || has("connection closed");
+    if has("CertificateRequired") || (!tls.has_certificate() && closed) {
+        return Some(
+            "the coordinator requires a client certificate: give --tls-cert and --tls-key",
+        );
+    }
+    if tls.has_certificate() && (has("received fatal alert") || closed) {
+        return Some(
+            "the coordinator refused the certificate of --tls-cert: is it signed by the CA the coordinator trusts?",
+        );
+    }
+    None
 }
 
 #[cfg(test)]
@@ -167,6 +234,7 @@ mod tests {
             ["http://a:1", "http://b:2", "http://[::1]:3"]
         );
         assert_eq!(ok("localhost:7700"), ["http://localhost:7700"]);
+        assert_eq!(ok("https://a:1"), ["https://a:1"]);
     }
 
     #[test]
@@ -174,7 +242,7 @@ mod tests {
         for (input, needle) in [
             ("", "no coordinator URL"),
             (" , ", "no coordinator URL"),
-            ("https://a:1", "\"https://a:1\""),
+            ("https://", "\"https://\""),
             ("ftp://a:1", "not supported"),
             ("http://a:1/api", "without a path"),
             ("http://a b:1", "invalid coordinator URL"),

@@ -476,8 +476,10 @@ mod tests {
         })
         .await;
         let urls = parse_urls(&format!("{},{}", old.url, follower.url)).expect("urls");
-        let cluster = Cluster::new(urls, Duration::from_secs(10));
-        let coord = Coordinator::connect(&old.url).await.expect("connects");
+        let cluster = Cluster::new(urls, Duration::from_secs(10), Default::default());
+        let coord = Coordinator::connect(&old.url, &Default::default())
+            .await
+            .expect("connects");
         let plan = PlanId::new("p-1");
         let gate = GateView {
             id: gatehouse_common::ids::GateId::new("g"),

@@ -29,12 +29,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
+use gatehouse_proto::tls::Tls;
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::connect::{Coordinator, CoordinatorUrls, parse_url};
+use super::connect::{Coordinator, CoordinatorUrls, parse_url, with_tls_hint};
 use super::error::{ClientError, status_message};
 
 /// How long a command keeps looking for the leader by default: a leader change takes up
@@ -227,11 +228,13 @@ pub struct Cluster {
     pub urls: CoordinatorUrls,
     /// The failover timeout.
     pub budget: Duration,
+    /// TLS of the connections to `https://` URLs.
+    pub tls: Tls,
 }
 
 impl Cluster {
-    pub fn new(urls: CoordinatorUrls, budget: Duration) -> Self {
-        Self { urls, budget }
+    pub fn new(urls: CoordinatorUrls, budget: Duration, tls: Tls) -> Self {
+        Self { urls, budget, tls }
     }
 
     /// Makes one call on the leader, found as the module docs describe, within `budget`;
@@ -263,16 +266,23 @@ impl Cluster {
                 }
                 Step::GiveUp => return Err(search.give_up(started.elapsed())),
             };
-            let coord = match Coordinator::connect(&url).await {
+            let coord = match Coordinator::connect(&url, &self.tls).await {
                 Ok(coord) => coord,
                 Err(reason) => {
-                    search.failed(&url, Failure::Connect(reason));
+                    search.failed(
+                        &url,
+                        Failure::Connect(with_tls_hint(&url, reason, &self.tls)),
+                    );
                     continue;
                 }
             };
             match coord.unary(timeout, rpc(coord.client())).await {
                 Ok(answer) => return Ok((coord, answer)),
                 Err(ClientError::Status { url, status }) => match classify(&status, resend) {
+                    Some(Failure::Broken(reason)) => {
+                        let reason = with_tls_hint(&url, reason, &self.tls);
+                        search.failed(&url, Failure::Broken(reason));
+                    }
                     Some(failure) => search.failed(&url, failure),
                     // The call may have been accepted: say so rather than re-send it.
                     None if classify(&status, Resend::Idempotent).is_some() => {

@@ -183,7 +183,7 @@ fn only_answers_that_accepted_nothing_resend_a_submit() {
 
 fn cluster(urls: &[&str], budget: Duration) -> Cluster {
     let urls = parse_urls(&urls.join(",")).expect("valid urls");
-    Cluster::new(urls, budget)
+    Cluster::new(urls, budget, Default::default())
 }
 
 async fn submit(cluster: &Cluster) -> Result<(Coordinator, v1::SubmitPlanResponse), ClientError> {

@@ -39,6 +39,7 @@ use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_PASSED};
 use connect::{Coordinator, CoordinatorUrls, DEFAULT_COORDINATOR, RPC_TIMEOUT, parse_urls};
 use error::ClientError;
 use follow::{Follower, OnInterrupt, Signals};
+use gatehouse_proto::tls::Tls;
 use leader::{Cluster, FAILOVER_TIMEOUT, Resend};
 
 /// Where the coordinator is.
@@ -66,9 +67,9 @@ pub struct CoordinatorOpts {
 }
 
 impl CoordinatorOpts {
-    fn cluster(&self) -> Cluster {
+    fn cluster(&self, tls: &Tls) -> Cluster {
         let budget = self.failover_timeout.unwrap_or(FAILOVER_TIMEOUT);
-        Cluster::new(self.urls.clone(), budget)
+        Cluster::new(self.urls.clone(), budget, tls.clone())
     }
 }
 
@@ -219,7 +220,7 @@ fn plan_id(id: &str) -> Result<PlanId, ClientError> {
     Ok(PlanId::new(id))
 }
 
-pub fn submit(args: SubmitArgs) -> u8 {
+pub fn submit(args: SubmitArgs, tls: Tls) -> u8 {
     let doc = match submit::load(&args.plan) {
         Ok(doc) => doc,
         Err(errors) => {
@@ -234,7 +235,7 @@ pub fn submit(args: SubmitArgs) -> u8 {
         } else {
             None
         };
-        let cluster = args.coordinator.cluster();
+        let cluster = args.coordinator.cluster(&tls);
         let request = doc.request(args.no_cache);
         let (span, traceparent) = submit_span();
         // Re-sent only when the coordinator cannot have accepted it (see `leader`).
@@ -274,11 +275,11 @@ pub fn submit(args: SubmitArgs) -> u8 {
     })
 }
 
-pub fn watch(args: WatchArgs) -> u8 {
+pub fn watch(args: WatchArgs, tls: Tls) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
         let mut signals = Signals::install()?;
-        let cluster = args.coordinator.cluster();
+        let cluster = args.coordinator.cluster(&tls);
         let (coord, plan) = read(&cluster, |mut client| {
             let request = get_plan(&id);
             async move { client.get_plan(request).await }
@@ -293,10 +294,10 @@ pub fn watch(args: WatchArgs) -> u8 {
     })
 }
 
-pub fn status(args: StatusArgs) -> u8 {
+pub fn status(args: StatusArgs, tls: Tls) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
-        let (_, plan) = read(&args.coordinator.cluster(), |mut client| {
+        let (_, plan) = read(&args.coordinator.cluster(&tls), |mut client| {
             let request = get_plan(&id);
             async move { client.get_plan(request).await }
         })
@@ -310,7 +311,7 @@ pub fn status(args: StatusArgs) -> u8 {
     })
 }
 
-pub fn cancel(args: CancelArgs) -> u8 {
+pub fn cancel(args: CancelArgs, tls: Tls) -> u8 {
     block_on(async move {
         let id = plan_id(&args.id)?;
         let request = v1::CancelPlanRequest {
@@ -318,7 +319,7 @@ pub fn cancel(args: CancelArgs) -> u8 {
             force: args.force,
         };
         // Cancelling twice is harmless: the second answer says it had already finished.
-        let (_, resp) = read(&args.coordinator.cluster(), |mut client| {
+        let (_, resp) = read(&args.coordinator.cluster(&tls), |mut client| {
             let request = request.clone();
             async move { client.cancel_plan(request).await }
         })
@@ -333,9 +334,9 @@ pub fn cancel(args: CancelArgs) -> u8 {
     })
 }
 
-pub fn plans(args: PlansArgs) -> u8 {
+pub fn plans(args: PlansArgs, tls: Tls) -> u8 {
     block_on(async move {
-        let (_, resp) = read(&args.coordinator.cluster(), |mut client| async move {
+        let (_, resp) = read(&args.coordinator.cluster(&tls), |mut client| async move {
             client.list_plans(v1::ListPlansRequest {}).await
         })
         .await?;
@@ -348,9 +349,9 @@ pub fn plans(args: PlansArgs) -> u8 {
     })
 }
 
-pub fn workers(args: WorkersArgs) -> u8 {
+pub fn workers(args: WorkersArgs, tls: Tls) -> u8 {
     block_on(async move {
-        let (_, resp) = read(&args.coordinator.cluster(), |mut client| async move {
+        let (_, resp) = read(&args.coordinator.cluster(&tls), |mut client| async move {
             client.list_workers(v1::ListWorkersRequest {}).await
         })
         .await?;
@@ -378,7 +379,7 @@ mod tests {
     fn cluster(argv: &[&str]) -> Cluster {
         let cli = Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied()))
             .expect("valid flags");
-        cli.coordinator.cluster()
+        cli.coordinator.cluster(&Default::default())
     }
 
     #[test]

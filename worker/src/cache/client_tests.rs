@@ -33,6 +33,7 @@ async fn nodes(n: usize, stop: &CancellationToken) -> Vec<Node> {
             listen: "127.0.0.1:0".parse().expect("addr"),
             advertise: None,
             store: StoreConfig::default(),
+            tls: Default::default(),
         };
         let node = start_node(id.clone(), "localhost", config, members, None, stop.clone())
             .await
@@ -236,5 +237,85 @@ async fn thousands_of_concurrent_lookups_are_batched() {
     assert_eq!(hits, 2000);
     assert_eq!(cache.stats().errors.load(Ordering::Relaxed), 0);
     cache.close(Duration::from_secs(1)).await;
+    stop.cancel();
+}
+
+/// TLS settings from `proto/testdata/tls` (see `make.sh` there): the certificate and
+/// key `cert` (`test` or `other`, or none), trusting CA `ca`, names checked against
+/// `gatehouse.test`.
+fn tls(cert: Option<&str>, ca: &str, client_auth: bool) -> gatehouse_proto::tls::Tls {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/testdata/tls");
+    gatehouse_proto::tls::Tls::load(&gatehouse_proto::tls::TlsFiles {
+        cert: cert.map(|c| dir.join(format!("{c}.pem"))),
+        key: cert.map(|c| dir.join(format!("{c}-key.pem"))),
+        ca: Some(dir.join(format!("{ca}-ca.pem"))),
+        client_auth,
+        server_name: Some("gatehouse.test".into()),
+    })
+    .expect("test certificates load")
+}
+
+/// A node serving mutual TLS: a client with a certificate of the same CA reads and
+/// writes over TLS; a plaintext client, a client that does not trust the node's CA, one
+/// whose certificate is of another CA and one without a certificate get nothing
+/// (misses and failed writes, never an error or a hang).
+#[tokio::test]
+async fn a_tls_node_serves_only_clients_it_trusts() {
+    let stop = CancellationToken::new();
+    let (_, members) = watch::channel(Arc::new(Membership::default()));
+    let config = CacheNodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        store: StoreConfig::default(),
+        tls: tls(Some("test"), "test", true),
+    };
+    let node = start_node(
+        "tls-node".into(),
+        "localhost",
+        config,
+        members,
+        None,
+        stop.clone(),
+    )
+    .await
+    .expect("start node");
+    assert!(node.url.starts_with("https://127.0.0.1:"), "{}", node.url);
+    let nodes = [("tls-node".to_string(), node.url.clone())];
+    let quick = |tls: gatehouse_proto::tls::Tls| ClientConfig {
+        put_attempts: 1,
+        lookup_timeout: Duration::from_secs(2),
+        tls,
+        ..ClientConfig::default()
+    };
+
+    let trusted = client(&nodes, 1, quick(tls(Some("test"), "test", false)));
+    assert!(put_and_wait(&trusted, &key(1), &entry(b"over tls".to_vec())).await);
+    let got = trusted.get(&key(1)).await.expect("get").expect("hit");
+    assert_eq!(got.result.stdout.bytes, b"over tls");
+
+    let plain_url = node.url.replacen("https://", "http://", 1);
+    let plaintext = client(
+        &[("tls-node".to_string(), plain_url)],
+        1,
+        quick(Default::default()),
+    );
+    let distrusting = client(&nodes, 1, quick(tls(Some("test"), "other", false)));
+    let foreign_cert = client(&nodes, 1, quick(tls(Some("other"), "test", false)));
+    let anonymous = client(&nodes, 1, quick(tls(None, "test", false)));
+    for (what, cache) in [
+        ("plaintext", &plaintext),
+        ("server not trusted", &distrusting),
+        ("client certificate of another CA", &foreign_cert),
+        ("no client certificate", &anonymous),
+    ] {
+        let started = Instant::now();
+        assert_eq!(cache.get(&key(1)).await.expect("get"), None, "{what}");
+        assert!(
+            !put_and_wait(cache, &key(2), &entry(b"x".to_vec())).await,
+            "{what}: the write is refused"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+    }
+    assert_eq!(trusted.get(&key(2)).await.expect("get"), None);
     stop.cancel();
 }

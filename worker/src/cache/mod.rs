@@ -35,11 +35,14 @@ pub struct CacheNodeConfig {
     /// Where the CacheService listens (`--cache-listen`; port 0 picks a free port).
     pub listen: SocketAddr,
     /// The URL other processes reach it at (`--cache-advertise`); by default
-    /// `http://<listen address>:<bound port>`, with the host name when the listen
-    /// address is unspecified (0.0.0.0 or ::).
+    /// `http://<listen address>:<bound port>` (`https://` when serving TLS), with the
+    /// host name when the listen address is unspecified (0.0.0.0 or ::).
     pub advertise: Option<String>,
     /// The store's sizes and TTL.
     pub store: StoreConfig,
+    /// Served when it has a certificate (and then requiring client certificates when
+    /// it says so).
+    pub tls: gatehouse_proto::tls::Tls,
 }
 
 /// Why the cache node could not start.
@@ -59,6 +62,9 @@ pub enum CacheNodeError {
     /// `--cache-advertise` is not a usable URL.
     #[error("invalid cache advertise URL: {0}")]
     Advertise(String),
+    /// The TLS settings cannot be served.
+    #[error("cannot serve the cache with TLS: {0}")]
+    Tls(#[from] tonic::transport::Error),
 }
 
 /// A running cache node.
@@ -98,8 +104,10 @@ pub async fn start_node(
         })?;
     let url = match config.advertise {
         Some(url) => url,
-        None if bound.ip().is_unspecified() => format!("http://{hostname}:{}", bound.port()),
-        None => format!("http://{bound}"),
+        None if bound.ip().is_unspecified() => {
+            format!("{}://{hostname}:{}", config.tls.scheme(), bound.port())
+        }
+        None => format!("{}://{bound}", config.tls.scheme()),
     };
     // Also the default: a host name that makes no valid URL must stop the worker here,
     // not get every session refused.
@@ -107,7 +115,11 @@ pub async fn start_node(
         .map_err(|e| CacheNodeError::Advertise(format!("{e} (set --cache-advertise)")))?;
     let store = Arc::new(NodeStore::open(config.store).await?);
     let service = CacheServiceImpl::new(node_id, store.clone(), members, client);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = config.tls.server_config() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .add_service(
             CacheServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gatehouse_common::ids::WorkerId;
+use gatehouse_proto::tls::Tls;
 use tonic::transport::Endpoint;
 
 use crate::ExecConfig;
@@ -18,7 +19,8 @@ use crate::remote::RemoteWorkerError;
 /// adjust the public fields; [`run`](crate::remote::run) validates it.
 #[derive(Clone, Debug)]
 pub struct RemoteWorkerConfig {
-    /// Coordinator URLs (`http://host:port`), tried in this order on every (re)connect;
+    /// Coordinator URLs (`http://host:port`, or `https://` for TLS with [`Self::tls`]),
+    /// tried in this order on every (re)connect;
     /// a not-leader answer that names the leader sends the worker there next (see the
     /// module docs of [`remote`](crate::remote)).
     pub coordinators: Vec<String>,
@@ -72,6 +74,10 @@ pub struct RemoteWorkerConfig {
     /// Serve HTTP probes here (`--http`): `/healthz`, and `/readyz` while a session with
     /// the leader is welcomed and the worker is not draining.
     pub http: Option<std::net::SocketAddr>,
+    /// TLS: of the connections to `https://` coordinators (presenting the certificate
+    /// when one is set), and of the cache listener, served when a certificate is set.
+    /// The cache client's writes use [`gatehouse_proto::cache::ClientConfig::tls`].
+    pub tls: Tls,
 }
 
 impl RemoteWorkerConfig {
@@ -98,6 +104,7 @@ impl RemoteWorkerConfig {
             cache_node: None,
             cache_client: gatehouse_proto::cache::ClientConfig::default(),
             http: None,
+            tls: Tls::default(),
         }
     }
 
@@ -115,7 +122,7 @@ impl RemoteWorkerConfig {
     /// Parses one coordinator URL (configured, or named by a not-leader answer) into an
     /// endpoint carrying the connection settings.
     pub(crate) fn endpoint(&self, url: &str) -> Result<Endpoint, RemoteWorkerError> {
-        Ok(parse_endpoint(url)?
+        Ok(parse_endpoint(url, &self.tls)?
             .connect_timeout(self.connect_timeout)
             .http2_keep_alive_interval(self.keepalive)
             .keep_alive_timeout(self.keepalive)
@@ -137,28 +144,24 @@ impl RemoteWorkerConfig {
     }
 }
 
-/// Parses one `http://host:port` coordinator URL.
-fn parse_endpoint(url: &str) -> Result<Endpoint, RemoteWorkerError> {
+/// Parses one `http://host:port` or `https://host:port` coordinator URL.
+fn parse_endpoint(url: &str, tls: &Tls) -> Result<Endpoint, RemoteWorkerError> {
     let invalid = |reason: &str| RemoteWorkerError::InvalidUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(&e.to_string()))?;
-    let uri = endpoint.uri();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                "https is not supported by this build; use http:// (e.g. behind a TLS proxy)",
-            ));
-        }
+    match endpoint.uri().scheme_str() {
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(invalid(&format!(
-                "unsupported scheme {other:?}; use http://"
+                "unsupported scheme {other:?}; use http:// or https://"
             )));
         }
         None => return Err(invalid("missing scheme; expected http://host:port")),
     }
+    let endpoint = tls.endpoint(url).map_err(|e| invalid(&e.to_string()))?;
+    let uri = endpoint.uri();
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("missing host; expected http://host:port"));
     }
@@ -255,15 +258,19 @@ mod tests {
                 WorkerId::new("w"),
             )
         };
-        let ok = cfg(&["http://127.0.0.1:7700", "http://coord.example:80/"])
-            .endpoints()
-            .expect("valid urls");
-        assert_eq!(ok.len(), 2);
+        let ok = cfg(&[
+            "http://127.0.0.1:7700",
+            "http://coord.example:80/",
+            "https://coord.example:7700",
+        ])
+        .endpoints()
+        .expect("valid urls");
+        assert_eq!(ok.len(), 3);
         assert_eq!(ok[0].0, "http://127.0.0.1:7700");
         for bad in [
             "127.0.0.1:7700",
             "ftp://h:1",
-            "https://h:1",
+            "https://",
             "http://",
             "not a url",
         ] {
