@@ -212,12 +212,14 @@ class Series:
         return max(s.maxrss_kib for s in self.samples) * 1024
 
 
-def run_timed(argv: list[str], cwd: Path, log_dir: Path) -> Sample:
-    """Runs argv to completion; wall time from just before fork to just after wait4."""
+def run_timed(argv: list[str], cwd: Path, log_dir: Path,
+              env: dict[str, str] | None = None) -> Sample:
+    """Runs argv to completion (in `env`, default this process's environment); wall time
+    from just before fork to just after wait4."""
     with tempfile.TemporaryFile(dir=log_dir) as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=env)
         _, status, rusage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped by wait4

@@ -5,7 +5,9 @@
 working directory) and one `gatehouse worker --id bench-wN` per entry of `worker_args`
 (extra flags each), waits until every worker is connected, and stops them all (SIGTERM,
 then SIGKILL after 30 s) when closed. Logs go to `log_dir`. `global_args` go before the
-subcommand of every process (e.g. `--otlp-endpoint URL`), `env` into their environment.
+subcommand of every process (e.g. `--otlp-endpoint URL`), `env` into their environment
+(and of `workers()`): with `GATEHOUSE_TLS_CERT` in it the coordinator serves TLS and `url`
+is `https://`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class LocalCluster:
                 ["coordinator", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
                  "--state-dir", str(log_dir / "state")])
             wait_for("the coordinator's ready file", 20, ready.exists)
-            self.url = "http://" + ready.read_text().strip()
+            scheme = "https" if self.env.get("GATEHOUSE_TLS_CERT") else "http"
+            self.url = f"{scheme}://" + ready.read_text().strip()
             for i, extra in enumerate(worker_args):
                 self._spawn(log_dir / f"w{i}.log",
                             ["worker", "--coordinator", self.url, "--id", f"bench-w{i}", *extra])
@@ -61,7 +64,7 @@ class LocalCluster:
 
     def workers(self) -> list[dict]:
         r = subprocess.run([str(self.gh), "workers", "--json", "--coordinator", self.url],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=self.env)
         return json.loads(r.stdout).get("workers", []) if r.returncode == 0 else []
 
     def close(self) -> None:

@@ -28,7 +28,11 @@ NAMESPACE = "ci"
 FULLNAME = "gh-gatehouse"
 
 # Values no template can use yet, with the reason; the schema refuses any other value.
-RESERVED = {"tls.enabled": "TLS arrives with the security work; the schema allows only false"}
+RESERVED: dict[str, str] = {}
+
+# The test certificates (proto/testdata/tls): what the TLS Secret holds in test_args_parse.
+TEST_CERTS = Path(__file__).resolve().parent.parent / "proto" / "testdata" / "tls"
+TLS_DIR = "/etc/gatehouse/tls"
 
 # Every optional feature on (a base for the every-value test).
 ALL_FEATURES = {
@@ -41,6 +45,7 @@ ALL_FEATURES = {
     },
     "metrics": {"serviceMonitor": {"enabled": True, "force": True}},
     "otel": {"endpoint": "http://collector:4317", "resourceAttributes": "deployment.environment=ci"},
+    "tls": {"enabled": True, "secretName": "gatehouse-tls"},
 }
 
 
@@ -224,8 +229,9 @@ def test_security_defaults(c: Chart) -> None:
 def test_probes_and_observability(c: Chart) -> None:
     docs = c.render(values=ALL_FEATURES)
     coord = container(one(docs, "StatefulSet", "coordinator"))
-    check("grpc" in coord["readinessProbe"], "coordinator readiness through gRPC health")
     check(coord["livenessProbe"]["httpGet"]["path"] == "/healthz", "coordinator liveness /healthz")
+    plain = container(one(c.render(), "StatefulSet", "coordinator"))
+    check("grpc" in plain["readinessProbe"], "coordinator readiness through gRPC health")
     worker = container(one(docs, "Deployment", "worker"))
     check(worker["readinessProbe"]["httpGet"]["path"] == "/readyz", "worker readiness /readyz")
     for ctr in (coord, worker):
@@ -243,6 +249,56 @@ def test_probes_and_observability(c: Chart) -> None:
     check(pod.get("annotations", {}).get("prometheus.io/scrape") == "true", "scrape annotations")
     docs = c.render()
     check(not objects(docs, "ServiceMonitor"), "no ServiceMonitor by default")
+
+
+def env_of(ctr: dict) -> dict:
+    return {e["name"]: e.get("value") for e in ctr.get("env", [])}
+
+
+def test_tls(c: Chart) -> None:
+    """TLS off: plaintext everywhere. TLS on: every gRPC URL is https, every gatehouse
+    container (coordinator, worker, helm test) gets the Secret mounted read-only and the
+    GATEHOUSE_TLS_* settings naming its files, and coordinators' readiness is /healthz
+    (the kubelet's gRPC probe cannot speak TLS)."""
+    urls_flags = ("--coordinator", "--advertise", "--cache-advertise")
+
+    def gatehouse_containers(docs):
+        out = [(f"StatefulSet/coordinator", one(docs, "StatefulSet", "coordinator")["spec"]["template"]["spec"]),
+               (f"Deployment/worker", one(docs, "Deployment", "worker")["spec"]["template"]["spec"]),
+               ("Pod/test", one(docs, "Pod", "test")["spec"])]
+        return [(name, spec, spec["containers"][0]) for name, spec in out]
+
+    docs = c.render()
+    for name, spec, ctr in gatehouse_containers(docs):
+        check(not [k for k in env_of(ctr) if k.startswith("GATEHOUSE_TLS_")], f"{name}: no TLS by default")
+        for f in urls_flags:
+            v = flag(ctr["args"], f)
+            check(v is None or all(u.startswith("http://") for u in v.split(",")), f"{name}: {f} {v}")
+
+    for client_auth, server_name in ((True, ""), (False, "gatehouse.example.org")):
+        docs = c.render(values={"tls": {"enabled": True, "secretName": "gh-tls",
+                                        "clientAuth": client_auth, "serverName": server_name}})
+        for name, spec, ctr in gatehouse_containers(docs):
+            urls = [u for f in urls_flags if (v := flag(ctr["args"], f)) for u in v.split(",")]
+            check(urls and all(u.startswith("https://") for u in urls), f"{name}: https URLs: {urls}")
+            env = env_of(ctr)
+            check(env.get("GATEHOUSE_TLS_CERT") == f"{TLS_DIR}/tls.crt"
+                  and env.get("GATEHOUSE_TLS_KEY") == f"{TLS_DIR}/tls.key"
+                  and env.get("GATEHOUSE_TLS_CA") == f"{TLS_DIR}/ca.crt", f"{name}: TLS files: {env}")
+            want = server_name or f"{FULLNAME}-coordinator.{NAMESPACE}.svc"
+            check(env.get("GATEHOUSE_TLS_SERVER_NAME") == want, f"{name}: server name {env}")
+            check((env.get("GATEHOUSE_TLS_CLIENT_AUTH") == "true") == client_auth,
+                  f"{name}: client auth {client_auth}: {env}")
+            mounts = [m for m in ctr.get("volumeMounts", []) if m["mountPath"] == TLS_DIR]
+            check(len(mounts) == 1 and mounts[0].get("readOnly") is True, f"{name}: TLS mount {mounts}")
+            vols = [v for v in spec.get("volumes", []) if v["name"] == mounts[0]["name"]]
+            check(len(vols) == 1 and vols[0]["secret"]["secretName"] == "gh-tls"
+                  and vols[0]["secret"]["defaultMode"] == 0o440, f"{name}: TLS volume {vols}")
+        coord = container(one(docs, "StatefulSet", "coordinator"))
+        check(coord["readinessProbe"].get("httpGet", {}).get("path") == "/healthz",
+              f"coordinator readiness without the gRPC probe: {coord['readinessProbe']}")
+    r = c.render_raw(values={"tls": {"enabled": True}})
+    check(r.returncode != 0 and "secretName" in r.stderr, f"TLS without a Secret refused: {r.stderr}")
 
 
 def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -348,7 +404,7 @@ def test_every_value_is_used(c: Chart) -> None:
     check(not unused, f"values that change nothing in any render: {unused}")
     check(not unexplained, f"values whose every change is refused (not reserved): {unexplained}")
     print(f"    every value used: {len(leaves(values))} values checked; reserved: "
-          + ", ".join(f"{p} ({RESERVED[p]})" for p in refused))
+          + (", ".join(f"{p} ({RESERVED[p]})" for p in refused) or "none"))
 
 
 def test_args_parse(c: Chart, gatehouse: str) -> None:
@@ -362,7 +418,12 @@ def test_args_parse(c: Chart, gatehouse: str) -> None:
         for kind, component in (("StatefulSet", "coordinator"), ("Deployment", "worker")):
             ctr = container(one(docs, kind, component))
             work = Path(tempfile.mkdtemp())
-            subst = {"$(POD_NAME)": "pod-0", "$(POD_IP)": "127.0.0.1"}
+            # The TLS Secret's files: the test certificates.
+            (work / "tls").mkdir()
+            for src, dst in (("test.pem", "tls.crt"), ("test-key.pem", "tls.key"),
+                             ("test-ca.pem", "ca.crt")):
+                (work / "tls" / dst).write_bytes((TEST_CERTS / src).read_bytes())
+            subst = {"$(POD_NAME)": "pod-0", "$(POD_IP)": "127.0.0.1", TLS_DIR: str(work / "tls")}
             args = []
             for a in ctr["args"]:
                 for k, v in subst.items():
@@ -391,7 +452,7 @@ def test_args_parse(c: Chart, gatehouse: str) -> None:
 
 
 TESTS = [test_replica_counts, test_etcd_wiring, test_drain_grace, test_security_defaults,
-         test_probes_and_observability]
+         test_probes_and_observability, test_tls]
 
 
 def main(argv: list[str]) -> int:

@@ -91,7 +91,9 @@ PY
   refuse "worker.slots=0" --set worker.slots=0
   refuse "an unknown top-level value" --set replicaCount=3
   refuse "log.format=xml" --set log.format=xml
-  refuse "tls.enabled=true (not implemented yet)" --set tls.enabled=true
+  refuse "tls.enabled=true without tls.secretName" --set tls.enabled=true
+  refuse "tls.serverName that is no DNS name" --set tls.enabled=true --set tls.secretName=s \
+    --set 'tls.serverName=not a name'
   refuse "no etcd at all" --set etcd.deploy=false --set 'etcd.endpoints=null'
 done
 

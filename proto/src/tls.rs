@@ -191,6 +191,16 @@ impl Tls {
         config
     }
 
+    /// `reason` (why a connection or call to `url` failed) with what it most likely
+    /// means when TLS is involved: transport errors name the symptom (a garbled frame, a
+    /// closed connection, an alert), not the cause.
+    pub fn explain(&self, url: &str, reason: String) -> String {
+        match hint(url, &reason, self.has_certificate()) {
+            Some(hint) => format!("{reason} ({hint})"),
+            None => reason,
+        }
+    }
+
     /// An endpoint for `url`: TLS with these settings for `https://`, plaintext for
     /// `http://`.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, TlsError> {
@@ -208,6 +218,32 @@ impl Tls {
                 reason: format!("TLS settings: {e}"),
             })
     }
+}
+
+fn hint(url: &str, reason: &str, has_certificate: bool) -> Option<&'static str> {
+    let has = |needle: &str| reason.contains(needle);
+    if !url.starts_with("https://") {
+        // A TLS server answers an HTTP/2 preface with an alert, read as an oversized
+        // frame, or closes the connection.
+        return (has("frame with invalid size") || has("broken pipe"))
+            .then_some("does the server serve TLS? then use https://");
+    }
+    if has("InvalidContentType") {
+        return Some("does the server serve plaintext? then use http://");
+    }
+    if has("invalid peer certificate") {
+        return Some("check --tls-ca, and --tls-server-name if the certificate names another host");
+    }
+    let closed = has("broken pipe") || has("connection closed");
+    if has("CertificateRequired") || (!has_certificate && closed) {
+        return Some("the server requires a client certificate: give --tls-cert and --tls-key");
+    }
+    if has_certificate && (has("received fatal alert") || closed) {
+        return Some(
+            "the server refused the certificate of --tls-cert: is it signed by the CA the server trusts?",
+        );
+    }
+    None
 }
 
 fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -288,6 +324,54 @@ mod tests {
         assert!(tls.endpoint("http://127.0.0.1:1").is_ok());
         // https:// without a CA uses the system's trust store.
         assert!(tls.endpoint("https://127.0.0.1:1").is_ok());
+    }
+
+    #[test]
+    fn failures_get_a_hint_when_tls_is_the_likely_cause() {
+        let plain = Tls::default();
+        let explain = |tls: &Tls, url: &str, reason: &str| tls.explain(url, reason.into());
+        let https = "https://c:1";
+        for (tls, url, reason, hint) in [
+            (
+                &plain,
+                "http://c:1",
+                "h2: frame with invalid size",
+                "use https://",
+            ),
+            (
+                &plain,
+                https,
+                "corrupt message of type InvalidContentType",
+                "use http://",
+            ),
+            (
+                &plain,
+                https,
+                "invalid peer certificate: UnknownIssuer",
+                "check --tls-ca",
+            ),
+            (
+                &plain,
+                https,
+                "received fatal alert: CertificateRequired",
+                "give --tls-cert",
+            ),
+            (&plain, https, "connection closed", "give --tls-cert"),
+        ] {
+            let said = explain(tls, url, reason);
+            assert!(said.starts_with(reason) && said.contains(hint), "{said}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let with_cert = Tls::load(&files(dir.path())).expect("loads");
+        let said = explain(&with_cert, https, "received fatal alert: UnknownCA");
+        assert!(
+            said.contains("refused the certificate of --tls-cert"),
+            "{said}"
+        );
+        // Anything else is left as it is.
+        let refused = "tcp connect error: Connection refused";
+        assert_eq!(explain(&with_cert, https, refused), refused);
+        assert_eq!(explain(&plain, "http://c:1", refused), refused);
     }
 
     #[test]

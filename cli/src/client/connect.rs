@@ -180,44 +180,6 @@ async fn confirm_tls(channel: Channel) -> Result<Channel, String> {
     }
 }
 
-/// `reason` for a failed connection or call to `url`, with what it most likely means
-/// when TLS is involved: transport errors name the symptom (a garbled frame, a closed
-/// connection, an alert), not the cause.
-pub fn with_tls_hint(url: &str, reason: String, tls: &Tls) -> String {
-    match tls_hint(url, &reason, tls) {
-        Some(hint) => format!("{reason} ({hint})"),
-        None => reason,
-    }
-}
-
-fn tls_hint(url: &str, reason: &str, tls: &Tls) -> Option<&'static str> {
-    let has = |needle: &str| reason.contains(needle);
-    if !url.starts_with("https://") {
-        // A TLS server answers an HTTP/2 preface with an alert, read as an oversized
-        // frame, or closes the connection.
-        return (has("frame with invalid size") || has("broken pipe"))
-            .then_some("does the coordinator serve TLS? then use https://");
-    }
-    if has("InvalidContentType") {
-        return Some("does the coordinator serve plaintext? then use http://");
-    }
-    if has("invalid peer certificate") {
-        return Some("check --tls-ca, and --tls-server-name if the certificate names another host");
-    }
-    let closed = has("broken pipe") || has("connection closed");
-    if has("CertificateRequired") || (!tls.has_certificate() && closed) {
-        return Some(
-            "the coordinator requires a client certificate: give --tls-cert and --tls-key",
-        );
-    }
-    if tls.has_certificate() && (has("received fatal alert") || closed) {
-        return Some(
-            "the coordinator refused the certificate of --tls-cert: is it signed by the CA the coordinator trusts?",
-        );
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

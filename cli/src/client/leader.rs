@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::connect::{Coordinator, CoordinatorUrls, parse_url, with_tls_hint};
+use super::connect::{Coordinator, CoordinatorUrls, parse_url};
 use super::error::{ClientError, status_message};
 
 /// How long a command keeps looking for the leader by default: a leader change takes up
@@ -269,10 +269,7 @@ impl Cluster {
             let coord = match Coordinator::connect(&url, &self.tls).await {
                 Ok(coord) => coord,
                 Err(reason) => {
-                    search.failed(
-                        &url,
-                        Failure::Connect(with_tls_hint(&url, reason, &self.tls)),
-                    );
+                    search.failed(&url, Failure::Connect(self.tls.explain(&url, reason)));
                     continue;
                 }
             };
@@ -280,7 +277,7 @@ impl Cluster {
                 Ok(answer) => return Ok((coord, answer)),
                 Err(ClientError::Status { url, status }) => match classify(&status, resend) {
                     Some(Failure::Broken(reason)) => {
-                        let reason = with_tls_hint(&url, reason, &self.tls);
+                        let reason = self.tls.explain(&url, reason);
                         search.failed(&url, Failure::Broken(reason));
                     }
                     Some(failure) => search.failed(&url, failure),

@@ -125,7 +125,7 @@ and clients' --coordinator.
 {{- $svc := include "gatehouse.coordinator.headlessName" . }}
 {{- $urls := list }}
 {{- range $i := until (int .Values.coordinator.replicas) }}
-{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc:%d" $sts $i $svc $.Release.Namespace (int $.Values.coordinator.ports.grpc)) }}
+{{- $urls = append $urls (printf "%s://%s-%d.%s.%s.svc:%d" (include "gatehouse.scheme" $) $sts $i $svc $.Release.Namespace (int $.Values.coordinator.ports.grpc)) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
@@ -200,4 +200,64 @@ memory limit; empty when neither is set.
 {{- fail (printf "gatehouse: worker memory %q (from worker.memory or worker.resources.limits.memory) must be a size like 4Gi, 4096Mi or 4G; set worker.memory explicitly" $memory) }}
 {{- end }}
 {{- $memory }}
+{{- end }}
+
+{{/*
+The scheme of every gRPC URL: https with tls.enabled.
+*/}}
+{{- define "gatehouse.scheme" -}}
+{{- if .Values.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+The name servers' certificates are checked against: tls.serverName, or the coordinator
+client Service's DNS name.
+*/}}
+{{- define "gatehouse.tls.serverName" -}}
+{{- default (printf "%s.%s.svc" (include "gatehouse.coordinator.fullname" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
+
+{{/*
+The --tls-* settings of every gatehouse container, as GATEHOUSE_TLS_* variables naming
+the files of the tls.secretName Secret; nothing when TLS is off.
+*/}}
+{{- define "gatehouse.tlsEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: GATEHOUSE_TLS_CERT
+  value: /etc/gatehouse/tls/tls.crt
+- name: GATEHOUSE_TLS_KEY
+  value: /etc/gatehouse/tls/tls.key
+- name: GATEHOUSE_TLS_CA
+  value: /etc/gatehouse/tls/ca.crt
+- name: GATEHOUSE_TLS_SERVER_NAME
+  value: {{ include "gatehouse.tls.serverName" . | quote }}
+{{- if .Values.tls.clientAuth }}
+- name: GATEHOUSE_TLS_CLIENT_AUTH
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The mount of the TLS Secret; nothing when TLS is off.
+*/}}
+{{- define "gatehouse.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/gatehouse/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+The TLS Secret as a volume, readable by the pods' group (podSecurityContext.fsGroup);
+nothing when TLS is off.
+*/}}
+{{- define "gatehouse.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ required "gatehouse: tls.enabled needs tls.secretName, a Secret of type kubernetes.io/tls with tls.crt, tls.key and ca.crt (as cert-manager writes it)" .Values.tls.secretName | quote }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}

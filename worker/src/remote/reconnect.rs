@@ -61,6 +61,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 channel
             }
             Offline::Done(Err(error)) => {
+                let error = worker.cfg.tls.explain(&url, error);
                 // Once per URL and outage at warn; the retries every few hundred
                 // milliseconds while a leader is elected would drown the log.
                 if unreachable.insert(url.clone()) {
@@ -88,6 +89,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 reason,
                 welcomed: false,
             } => {
+                let reason = worker.cfg.tls.explain(&url, reason);
                 tracing::warn!(coordinator = %url, %reason, "no session with the coordinator");
             }
             SessionEnd::NotLeader { leader, reason } => {
