@@ -272,6 +272,64 @@ fn unusable_tls_flags_are_refused_before_anything_starts() {
             "--tls-client-auth needs --tls-ca",
         ),
     ];
+    // A key that is not the certificate's.
+    let other_key = dir.join("other-key.pem");
+    let mismatched = vec![
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        other_key.display().to_string(),
+    ];
+    // An advertised URL whose scheme is not what the process serves.
+    let with_cert = vec![
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+    ];
+    for (args, needle) in [
+        (
+            vec!["coordinator", "--listen", "127.0.0.1:0"],
+            "not the key of the certificate",
+        ),
+        (
+            vec![
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--advertise",
+                "http://127.0.0.1:7700",
+            ],
+            "does not match",
+        ),
+        (
+            vec![
+                "worker",
+                "--coordinator",
+                "https://127.0.0.1:1",
+                "--cache-listen",
+                "127.0.0.1:0",
+                "--cache-advertise",
+                "http://127.0.0.1:7800",
+            ],
+            "does not match",
+        ),
+    ] {
+        let flags = if needle.starts_with("not the key") {
+            &mismatched
+        } else {
+            &with_cert
+        };
+        let out = ws.cmd(&args).args(flags).output().expect("run gatehouse");
+        assert!(
+            !out.status.success() && stderr(&out).contains(needle),
+            "{args:?}: {:?} {}",
+            out.status,
+            stderr(&out)
+        );
+    }
     for (flags, needle) in cases {
         for command in [
             vec!["coordinator", "--listen", "127.0.0.1:0"],

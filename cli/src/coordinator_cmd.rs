@@ -99,6 +99,19 @@ async fn run(args: CoordinatorArgs, tracer: Tracer, tls: Tls) -> anyhow::Result<
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut sigterm =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    if let Some(advertise) = &args.advertise
+        && tls.serves() != gatehouse_proto::tls::is_https(advertise)
+    {
+        anyhow::bail!(
+            "--advertise {advertise} does not match what this coordinator serves ({}): use {}://",
+            if tls.serves() {
+                "TLS, with --tls-cert"
+            } else {
+                "plaintext, without --tls-cert"
+            },
+            tls.scheme()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -70,8 +70,9 @@ pub enum TlsError {
     Url { url: String, reason: String },
 }
 
-/// A process's TLS settings, checked. The default is no TLS at all.
-#[derive(Clone, Debug, Default)]
+/// A process's TLS settings, checked. The default is no TLS at all. Its `Debug` shows
+/// what is set, never the key.
+#[derive(Clone, Default)]
 pub struct Tls {
     /// Certificate chain and key, PEM.
     identity: Option<(Vec<u8>, Vec<u8>)>,
@@ -79,6 +80,30 @@ pub struct Tls {
     ca: Option<Vec<u8>>,
     client_auth: bool,
     server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("certificate", &self.identity.is_some())
+            .field("ca", &self.ca.is_some())
+            .field("client_auth", &self.client_auth)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// Whether `url` is an `https://` URL (the scheme in any case).
+pub fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// Whether following a redirect from `from` to `to` would drop TLS: a server reached
+/// over TLS that names a plaintext URL (a leader's address as proclaimed in etcd) must
+/// not send clients or workers to plaintext.
+pub fn is_downgrade(from: &str, to: &str) -> bool {
+    is_https(from) && !is_https(to)
 }
 
 impl Tls {
@@ -102,10 +127,26 @@ impl Tls {
                 let cert_pem = read_pem("--tls-cert", cert)?;
                 certificates("--tls-cert", cert, &cert_pem)?;
                 let key_pem = read_pem("--tls-key", key)?;
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::File {
+                let key_err = |reason: String| TlsError::File {
                     flag: "--tls-key",
                     path: key.clone(),
-                    reason: format!("no usable PEM private key ({e})"),
+                    reason,
+                };
+                let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
+                    .map_err(|e| key_err(format!("no usable PEM private key ({e})")))?;
+                let chain = CertificateDer::pem_slice_iter(&cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| key_err(format!("unreadable certificate ({e})")))?;
+                rustls::sign::CertifiedKey::from_der(
+                    chain,
+                    key_der,
+                    &rustls::crypto::ring::default_provider(),
+                )
+                .map_err(|e| {
+                    key_err(format!(
+                        "not the key of the certificate in {} ({e})",
+                        cert.display()
+                    ))
                 })?;
                 Some((cert_pem, key_pem))
             }
@@ -208,7 +249,7 @@ impl Tls {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-        if !url.starts_with("https://") {
+        if !is_https(url) {
             return Ok(endpoint);
         }
         endpoint
@@ -222,7 +263,7 @@ impl Tls {
 
 fn hint(url: &str, reason: &str, has_certificate: bool) -> Option<&'static str> {
     let has = |needle: &str| reason.contains(needle);
-    if !url.starts_with("https://") {
+    if !is_https(url) {
         // A TLS server answers an HTTP/2 preface with an alert, read as an oversized
         // frame, or closes the connection.
         return (has("frame with invalid size") || has("broken pipe"))
@@ -234,14 +275,22 @@ fn hint(url: &str, reason: &str, has_certificate: bool) -> Option<&'static str> 
     if has("invalid peer certificate") {
         return Some("check --tls-ca, and --tls-server-name if the certificate names another host");
     }
-    let closed = has("broken pipe") || has("connection closed");
-    if has("CertificateRequired") || (!has_certificate && closed) {
+    if has("CertificateRequired") {
         return Some("the server requires a client certificate: give --tls-cert and --tls-key");
     }
-    if has_certificate && (has("received fatal alert") || closed) {
+    if has_certificate && has("received fatal alert") {
         return Some(
             "the server refused the certificate of --tls-cert: is it signed by the CA the server trusts?",
         );
+    }
+    // A server that refuses a client certificate may just close the connection; so may
+    // one that is going away. Say so as a possibility only.
+    if has("broken pipe") || has("connection closed") {
+        return Some(if has_certificate {
+            "if this persists: does the server trust the CA of --tls-cert?"
+        } else {
+            "if the server requires client certificates, give --tls-cert and --tls-key"
+        });
     }
     None
 }
@@ -322,8 +371,30 @@ mod tests {
         assert_eq!(tls.scheme(), "http");
         assert!(tls.server_config().is_none());
         assert!(tls.endpoint("http://127.0.0.1:1").is_ok());
-        // https:// without a CA uses the system's trust store.
-        assert!(tls.endpoint("https://127.0.0.1:1").is_ok());
+        assert!(format!("{tls:?}").contains("certificate: false"));
+    }
+
+    #[test]
+    fn schemes_and_downgrades() {
+        assert!(is_https("https://a:1") && is_https("HTTPS://a:1"));
+        assert!(!is_https("http://a:1") && !is_https("a:1") && !is_https(""));
+        assert!(is_downgrade("https://a:1", "http://b:1"));
+        assert!(is_downgrade("HTTPS://a:1", "b:1"));
+        assert!(!is_downgrade("https://a:1", "https://b:1"));
+        assert!(!is_downgrade("http://a:1", "http://b:1"));
+        assert!(!is_downgrade("http://a:1", "https://b:1"));
+    }
+
+    #[test]
+    fn the_key_stays_out_of_debug_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = Tls::load(&files(dir.path())).expect("loads");
+        let shown = format!("{tls:?}");
+        assert!(shown.contains("certificate: true"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE") && !shown.contains("BEGIN"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -356,7 +427,12 @@ mod tests {
                 "received fatal alert: CertificateRequired",
                 "give --tls-cert",
             ),
-            (&plain, https, "connection closed", "give --tls-cert"),
+            (
+                &plain,
+                https,
+                "connection closed",
+                "if the server requires client certificates",
+            ),
         ] {
             let said = explain(tls, url, reason);
             assert!(said.starts_with(reason) && said.contains(hint), "{said}");
@@ -426,6 +502,13 @@ mod tests {
                     ..good.clone()
                 },
                 "--tls-key",
+            ),
+            (
+                TlsFiles {
+                    key: good.key.as_ref().map(|k| k.with_file_name("other-key.pem")),
+                    ..good.clone()
+                },
+                "not the key of the certificate",
             ),
             (
                 TlsFiles {

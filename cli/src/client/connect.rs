@@ -146,7 +146,7 @@ async fn connect_one(url: &str, tls: &Tls) -> Result<Channel, String> {
         .keep_alive_while_idle(true);
     // Name resolution is not covered by the connect timeout; bound the whole attempt.
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-        Ok(Ok(channel)) if url.starts_with("https://") => confirm_tls(channel).await,
+        Ok(Ok(channel)) if gatehouse_proto::tls::is_https(url) => confirm_tls(channel).await,
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(error_chain(&e)),
         Err(_) => Err(format!(

@@ -25,6 +25,7 @@ use std::time::Duration;
 use gatehouse_common::ids::PlanId;
 use gatehouse_coordinator::core::PlanOutcome;
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
+use gatehouse_proto::tls::is_downgrade;
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use gatehouse_proto::v1::{self, plan_event::Event};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -270,7 +271,9 @@ impl<'a> Follower<'a> {
     /// Remembers the leader a not-leader answer named, to resume there first.
     fn note_leader(&mut self, status: &tonic::Status) {
         if is_not_leader(status) {
-            self.hint = leader_hint(status).or(self.hint.take());
+            // Never from TLS to plaintext (see `Cluster::call`).
+            let named = leader_hint(status).filter(|l| !is_downgrade(&self.coord.url, l));
+            self.hint = named.or(self.hint.take());
         }
     }
 

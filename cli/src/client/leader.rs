@@ -29,7 +29,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
-use gatehouse_proto::tls::Tls;
+use gatehouse_proto::tls::{Tls, is_downgrade};
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -80,6 +80,25 @@ impl Failure {
             Failure::Connect(reason) | Failure::Broken(reason) => reason,
             Failure::NotLeader { message, .. } => message,
         }
+    }
+}
+
+/// `failure`, answered by `url`, without a leader URL that would take the command from
+/// TLS to plaintext: a leader's URL comes from the election record, which is not
+/// authenticated like the server that named it.
+pub fn no_downgrade(url: &str, failure: Failure) -> Failure {
+    match failure {
+        Failure::NotLeader {
+            leader: Some(leader),
+            message,
+        } if is_downgrade(url, &leader) => {
+            tracing::warn!(%url, %leader, "ignoring a plaintext leader URL named over TLS");
+            Failure::NotLeader {
+                leader: None,
+                message: format!("{message} (its leader URL {leader} is not https: ignored)"),
+            }
+        }
+        other => other,
     }
 }
 
@@ -280,7 +299,7 @@ impl Cluster {
                         let reason = self.tls.explain(&url, reason);
                         search.failed(&url, Failure::Broken(reason));
                     }
-                    Some(failure) => search.failed(&url, failure),
+                    Some(failure) => search.failed(&url, no_downgrade(&url, failure)),
                     // The call may have been accepted: say so rather than re-send it.
                     None if classify(&status, Resend::Idempotent).is_some() => {
                         return Err(ClientError::MaybeAccepted {

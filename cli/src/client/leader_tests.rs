@@ -293,3 +293,35 @@ async fn nothing_reachable_fails_after_the_budget_naming_the_urls() {
     assert!(message.contains(&a) && message.contains(&b), "{message}");
     assert_eq!(err.exit_code(), crate::EXIT_UNREACHABLE);
 }
+
+#[test]
+fn a_plaintext_leader_named_over_tls_is_not_followed() {
+    let not_leader = |leader: &str| Failure::NotLeader {
+        leader: Some(leader.to_string()),
+        message: "not the leader".into(),
+    };
+    let followed = |from: &str, to: &str| match no_downgrade(from, not_leader(to)) {
+        Failure::NotLeader { leader, .. } => leader,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(followed("https://a:1", "http://b:1"), None);
+    assert_eq!(followed("https://a:1", "b:1"), None);
+    assert_eq!(
+        followed("https://a:1", "https://b:1").as_deref(),
+        Some("https://b:1")
+    );
+    assert_eq!(
+        followed("http://a:1", "http://b:1").as_deref(),
+        Some("http://b:1")
+    );
+    assert_eq!(
+        followed("http://a:1", "https://b:1").as_deref(),
+        Some("https://b:1")
+    );
+    match no_downgrade("https://a:1", not_leader("http://b:1")) {
+        Failure::NotLeader { message, .. } => {
+            assert!(message.contains("is not https"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -244,15 +244,105 @@ async fn thousands_of_concurrent_lookups_are_batched() {
 /// key `cert` (`test` or `other`, or none), trusting CA `ca`, names checked against
 /// `gatehouse.test`.
 fn tls(cert: Option<&str>, ca: &str, client_auth: bool) -> gatehouse_proto::tls::Tls {
+    tls_named(cert, ca, client_auth, Some("gatehouse.test"))
+}
+
+/// [`tls`] checking servers against `server_name` (`None`: each URL's host).
+fn tls_named(
+    cert: Option<&str>,
+    ca: &str,
+    client_auth: bool,
+    server_name: Option<&str>,
+) -> gatehouse_proto::tls::Tls {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/testdata/tls");
     gatehouse_proto::tls::Tls::load(&gatehouse_proto::tls::TlsFiles {
         cert: cert.map(|c| dir.join(format!("{c}.pem"))),
         key: cert.map(|c| dir.join(format!("{c}-key.pem"))),
         ca: Some(dir.join(format!("{ca}-ca.pem"))),
         client_auth,
-        server_name: Some("gatehouse.test".into()),
+        server_name: server_name.map(str::to_owned),
     })
     .expect("test certificates load")
+}
+
+/// `--tls-server-name` replaces the URL's host in the check of the server's
+/// certificate: the node at 127.0.0.1 (which its certificate names) is refused when
+/// the client expects another name, and accepted under a name the certificate has.
+#[tokio::test]
+async fn the_server_name_replaces_the_urls_host_in_the_check() {
+    let stop = CancellationToken::new();
+    let (_, members) = watch::channel(Arc::new(Membership::default()));
+    let config = CacheNodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        store: StoreConfig::default(),
+        tls: tls(Some("test"), "test", false),
+    };
+    let node = start_node(
+        "named".into(),
+        "localhost",
+        config,
+        members,
+        None,
+        stop.clone(),
+    )
+    .await
+    .expect("start node");
+    let nodes = [("named".to_string(), node.url.clone())];
+    let with = |name: Option<&str>| {
+        client(
+            &nodes,
+            1,
+            ClientConfig {
+                put_attempts: 1,
+                tls: tls_named(None, "test", false, name),
+                ..ClientConfig::default()
+            },
+        )
+    };
+    for (name, accepted) in [
+        (None, true),
+        (Some("gatehouse.test"), true),
+        (Some("localhost"), true),
+        (Some("wrong.test"), false),
+    ] {
+        let cache = with(name);
+        assert_eq!(
+            put_and_wait(&cache, &key(7), &entry(b"named".to_vec())).await,
+            accepted,
+            "server name {name:?}"
+        );
+    }
+    stop.cancel();
+}
+
+/// A node whose advertised URL's scheme does not match what it serves does not start.
+#[tokio::test]
+async fn an_advertised_scheme_that_does_not_match_is_refused() {
+    for (tls, advertise) in [
+        (tls(Some("test"), "test", false), "http://127.0.0.1:1"),
+        (gatehouse_proto::tls::Tls::default(), "https://127.0.0.1:1"),
+    ] {
+        let (_, members) = watch::channel(Arc::new(Membership::default()));
+        let config = CacheNodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise: Some(advertise.into()),
+            store: StoreConfig::default(),
+            tls,
+        };
+        let err = start_node(
+            "n".into(),
+            "localhost",
+            config,
+            members,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
 }
 
 /// A node serving mutual TLS: a client with a certificate of the same CA reads and

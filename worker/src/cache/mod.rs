@@ -113,6 +113,17 @@ pub async fn start_node(
     // not get every session refused.
     gatehouse_proto::cache::check_url(&url)
         .map_err(|e| CacheNodeError::Advertise(format!("{e} (set --cache-advertise)")))?;
+    if config.tls.serves() != gatehouse_proto::tls::is_https(&url) {
+        return Err(CacheNodeError::Advertise(format!(
+            "{url} does not match what this node serves ({}): use {}://",
+            if config.tls.serves() {
+                "TLS, with --tls-cert"
+            } else {
+                "plaintext, without --tls-cert"
+            },
+            config.tls.scheme()
+        )));
+    }
     let store = Arc::new(NodeStore::open(config.store).await?);
     let service = CacheServiceImpl::new(node_id, store.clone(), members, client);
     let mut builder = tonic::transport::Server::builder();

@@ -93,6 +93,16 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 tracing::warn!(coordinator = %url, %reason, "no session with the coordinator");
             }
             SessionEnd::NotLeader { leader, reason } => {
+                // Never from TLS to plaintext: the leader's URL comes from the election
+                // record, which is not authenticated like the server that named it.
+                let leader = match leader {
+                    Some(l) if gatehouse_proto::tls::is_downgrade(&url, &l) => {
+                        tracing::warn!(coordinator = %url, leader = %l,
+                            "ignoring a plaintext leader URL named over TLS");
+                        None
+                    }
+                    other => other,
+                };
                 let following = route.not_leader(leader.clone());
                 tracing::info!(coordinator = %url, leader = ?leader, following, %reason,
                     "the coordinator is not the leader");
