@@ -233,6 +233,41 @@ def run_timed(argv: list[str], cwd: Path, log_dir: Path,
     return Sample(wall=wall, maxrss_kib=rusage.ru_maxrss, output=text)
 
 
+def alternate(cmds: dict[str, list[str]], repeat: int, cwd: Path, log_dir: Path,
+              envs: dict[str, dict[str, str]] | None = None,
+              check=None) -> dict[str, list[float]]:
+    """Runs every command once as a warm-up, then `repeat` rounds with the commands
+    alternating, printing each round on stderr; returns each command's timed walls.
+    `check(name, round, sample)` (round 0 = warm-up) may raise BenchError."""
+    walls: dict[str, list[float]] = {k: [] for k in cmds}
+    for rnd in range(repeat + 1):
+        for name, cmd in cmds.items():
+            s = run_timed(cmd, cwd, log_dir, env=(envs or {}).get(name))
+            if check:
+                check(name, rnd, s)
+            if rnd > 0:
+                walls[name].append(s.wall)
+        label = "warm-up" if rnd == 0 else f"round {rnd}/{repeat}"
+        print(f"[{label}] " + "  ".join(
+            f"{k} {walls[k][-1] if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
+    return walls
+
+
+def print_walls(walls: dict[str, list[float]], repeat: int) -> None:
+    """The machine, the rounds and a Markdown table of each command's median wall."""
+    print(f"- machine: nproc {os.cpu_count()}, {os.uname().release}")
+    print(f"- {repeat} timed rounds after 1 warm-up, the {len(walls)} commands alternating\n")
+    print("| command | median wall (s) | min–max (s) |")
+    print("| --- | ---: | ---: |")
+    for name, w in walls.items():
+        print(f"| {name} | {statistics.median(w):.3f} | {min(w):.3f}–{max(w):.3f} |")
+
+
+def round_ratio(walls: dict[str, list[float]], a: str, b: str) -> float:
+    """The median of the per-round ratios a/b."""
+    return statistics.median([x / y for x, y in zip(walls[a], walls[b])])
+
+
 def cached_count(output: str) -> tuple[int, int] | None:
     """(total, cached) from gatehouse's summary line, or None if it is not there."""
     m = SUMMARY_RE.search(output)

@@ -24,8 +24,6 @@ say; non-zero only on errors.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402
-    BenchError, BenchUsage, dag_plan, release_binary, run_main, run_timed)
+    BenchError, BenchUsage, alternate, dag_plan, print_walls, release_binary, round_ratio,
+    run_main)
 from local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,15 +92,7 @@ def main(argv: list[str]) -> int:
             "run untraced": [str(gh), "run", "--no-cache", "-j", str(args.jobs), "--quiet",
                              str(plan)],
         }
-        walls: dict[str, list[float]] = {k: [] for k in cmds}
-        for rnd in range(args.repeat + 1):
-            for name, cmd in cmds.items():
-                s = run_timed(cmd, out, Path(logs.name))
-                if rnd > 0:
-                    walls[name].append(s.wall)
-            label = "warm-up" if rnd == 0 else f"round {rnd}/{args.repeat}"
-            print(f"[{label}] " + "  ".join(
-                f"{k} {walls[k][-1] if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
+        walls = alternate(cmds, args.repeat, out, Path(logs.name))
     finally:
         for c in clusters.values():
             c.close()
@@ -114,15 +105,9 @@ def main(argv: list[str]) -> int:
             sink.kill()
 
     print(f"## Tracing overhead ({args.size:,} gates of `true`, {args.jobs} slots)\n")
-    print(f"- machine: nproc {os.cpu_count()}, {os.uname().release}")
-    print(f"- {args.repeat} timed rounds after 1 warm-up, the four commands alternating\n")
-    print("| command | median wall (s) | min–max (s) |")
-    print("| --- | ---: | ---: |")
-    for name, w in walls.items():
-        print(f"| {name} | {statistics.median(w):.3f} | {min(w):.3f}–{max(w):.3f} |")
+    print_walls(walls, args.repeat)
     for shape in ("cluster", "run"):
-        t, u = walls[f"{shape} traced"], walls[f"{shape} untraced"]
-        ratio = statistics.median([a / b for a, b in zip(t, u)])
+        ratio = round_ratio(walls, f"{shape} traced", f"{shape} untraced")
         verdict = "PASS" if ratio < 1.10 else "MISS"
         print(f"\n{shape}: traced/untraced (median of per-round ratios) {ratio:.3f}, "
               f"overhead {100 * (ratio - 1):+.1f}% ({verdict} against the 10% target)")

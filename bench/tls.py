@@ -23,15 +23,14 @@ numbers say; non-zero only on errors.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import (  # noqa: E402
-    BenchError, cached_count, dag_plan, release_binary, run_main, run_timed)
+    BenchError, alternate, cached_count, dag_plan, print_walls, release_binary, round_ratio,
+    run_main)
 from local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,35 +73,25 @@ def main(argv: list[str]) -> int:
                 cmds[key] = [str(gh), "submit", "--watch", "--quiet", *flags,
                              "--coordinator", c.url, str(plan)]
                 envs[key] = c.env
-        walls: dict[str, list[float]] = {k: [] for k in cmds}
-        for rnd in range(args.repeat + 1):
-            for name, cmd in cmds.items():
-                s = run_timed(cmd, out, Path(logs.name), env=envs[name])
-                counts = cached_count(s.output)
-                want_cached = args.size if name.startswith("hits") and rnd > 0 else 0
-                if counts is None or counts[1] != want_cached:
-                    raise BenchError(f"{name}: expected {want_cached} cached gates, got "
-                                     f"{counts}:\n{s.output[-500:]}")
-                if rnd > 0:
-                    walls[name].append(s.wall)
-            label = "warm-up" if rnd == 0 else f"round {rnd}/{args.repeat}"
-            print(f"[{label}] " + "  ".join(
-                f"{k} {walls[k][-1] if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
+
+        def all_hits_after_warm_up(name: str, rnd: int, s) -> None:
+            counts = cached_count(s.output)
+            want_cached = args.size if name.startswith("hits") and rnd > 0 else 0
+            if counts is None or counts[1] != want_cached:
+                raise BenchError(f"{name}: expected {want_cached} cached gates, got "
+                                 f"{counts}:\n{s.output[-500:]}")
+
+        walls = alternate(cmds, args.repeat, out, Path(logs.name), envs,
+                          check=all_hits_after_warm_up)
     finally:
         for c in clusters.values():
             c.close()
         logs.cleanup()
 
     print(f"## TLS overhead ({args.size:,} distinct gates of `true`, {args.jobs} slots)\n")
-    print(f"- machine: nproc {os.cpu_count()}, {os.uname().release}")
-    print(f"- {args.repeat} timed rounds after 1 warm-up, the four commands alternating\n")
-    print("| command | median wall (s) | min–max (s) |")
-    print("| --- | ---: | ---: |")
-    for name, w in walls.items():
-        print(f"| {name} | {statistics.median(w):.3f} | {min(w):.3f}–{max(w):.3f} |")
+    print_walls(walls, args.repeat)
     for mode in ("runs", "hits"):
-        t, u = walls[f"{mode} mtls"], walls[f"{mode} plain"]
-        ratio = statistics.median([a / b for a, b in zip(t, u)])
+        ratio = round_ratio(walls, f"{mode} mtls", f"{mode} plain")
         print(f"\n{mode}: mtls/plain (median of per-round ratios) {ratio:.3f}, "
               f"overhead {100 * (ratio - 1):+.1f}%")
     print("\ncommands:\n```\n" + "\n".join(

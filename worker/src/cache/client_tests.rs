@@ -247,6 +247,21 @@ fn tls(cert: Option<&str>, ca: &str, client_auth: bool) -> gatehouse_proto::tls:
     tls_named(cert, ca, client_auth, Some("gatehouse.test"))
 }
 
+/// Starts a cache node `id` on loopback serving with `tls`; returns its URL.
+async fn tls_node(id: &str, tls: gatehouse_proto::tls::Tls, stop: &CancellationToken) -> String {
+    let (_, members) = watch::channel(Arc::new(Membership::default()));
+    let config = CacheNodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        store: StoreConfig::default(),
+        tls,
+    };
+    start_node(id.into(), "localhost", config, members, None, stop.clone())
+        .await
+        .expect("start node")
+        .url
+}
+
 /// [`tls`] checking servers against `server_name` (`None`: each URL's host).
 fn tls_named(
     cert: Option<&str>,
@@ -271,24 +286,8 @@ fn tls_named(
 #[tokio::test]
 async fn the_server_name_replaces_the_urls_host_in_the_check() {
     let stop = CancellationToken::new();
-    let (_, members) = watch::channel(Arc::new(Membership::default()));
-    let config = CacheNodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise: None,
-        store: StoreConfig::default(),
-        tls: tls(Some("test"), "test", false),
-    };
-    let node = start_node(
-        "named".into(),
-        "localhost",
-        config,
-        members,
-        None,
-        stop.clone(),
-    )
-    .await
-    .expect("start node");
-    let nodes = [("named".to_string(), node.url.clone())];
+    let url = tls_node("named", tls(Some("test"), "test", false), &stop).await;
+    let nodes = [("named".to_string(), url)];
     let with = |name: Option<&str>| {
         client(
             &nodes,
@@ -352,25 +351,9 @@ async fn an_advertised_scheme_that_does_not_match_is_refused() {
 #[tokio::test]
 async fn a_tls_node_serves_only_clients_it_trusts() {
     let stop = CancellationToken::new();
-    let (_, members) = watch::channel(Arc::new(Membership::default()));
-    let config = CacheNodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise: None,
-        store: StoreConfig::default(),
-        tls: tls(Some("test"), "test", true),
-    };
-    let node = start_node(
-        "tls-node".into(),
-        "localhost",
-        config,
-        members,
-        None,
-        stop.clone(),
-    )
-    .await
-    .expect("start node");
-    assert!(node.url.starts_with("https://127.0.0.1:"), "{}", node.url);
-    let nodes = [("tls-node".to_string(), node.url.clone())];
+    let url = tls_node("tls-node", tls(Some("test"), "test", true), &stop).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let nodes = [("tls-node".to_string(), url.clone())];
     let quick = |tls: gatehouse_proto::tls::Tls| ClientConfig {
         put_attempts: 1,
         lookup_timeout: Duration::from_secs(2),
@@ -383,7 +366,7 @@ async fn a_tls_node_serves_only_clients_it_trusts() {
     let got = trusted.get(&key(1)).await.expect("get").expect("hit");
     assert_eq!(got.result.stdout.bytes, b"over tls");
 
-    let plain_url = node.url.replacen("https://", "http://", 1);
+    let plain_url = url.replacen("https://", "http://", 1);
     let plaintext = client(
         &[("tls-node".to_string(), plain_url)],
         1,

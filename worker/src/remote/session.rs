@@ -607,19 +607,12 @@ fn send(outbox: &mpsc::Sender<WorkerMessage>, frame: WorkerMessage) -> Result<()
     })
 }
 
-/// A status with its code, for logs.
-/// A status as `Code: message`, with the chain of its transport error when it was made
-/// on this side (a failed connection: a TLS alert, a reset).
+/// A status as `Code: message`, for logs, with the chain of its transport error when it
+/// was made on this side (a failed connection: a TLS alert, a reset).
 fn status_text(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
+    let text = format!("{:?}: {}", status.code(), status.message());
+    match std::error::Error::source(status) {
+        Some(transport) => format!("{text}: {}", super::error_chain(transport)),
+        None => text,
     }
-    text
 }
