@@ -378,19 +378,13 @@ async fn a_deposed_leaders_journal_is_fenced_and_writes_nothing() {
         .await
         .expect("re-put");
     let event = |gate: u32| {
-        gatehouse_coordinator::core::PlanEvent::Gate(gatehouse_coordinator::core::GateEvent {
-            plan: plan.clone(),
-            gate: gatehouse_common::ids::GateIdx(gate),
-            status: gatehouse_coordinator::core::GateStatus::Running,
-            attempt: 1,
-            worker: None,
-            cached: false,
-            flaky: false,
-            result: None,
-            reason: None,
-            cause: None,
-            queued: None,
-        })
+        gatehouse_coordinator::core::PlanEvent::Gate(gatehouse_coordinator::core::GateEvent::new(
+            plan.clone(),
+            gatehouse_common::ids::GateIdx(gate),
+            gatehouse_coordinator::core::GateStatus::Running,
+            1,
+            None,
+        ))
     };
     j.push_event(&plan, 1, event(0), None);
     j.push_event(&plan, 2, event(1), None);

@@ -378,19 +378,8 @@ mod tests {
     }
 
     fn event(gate: u32, status: GateStatus, attempt: u32, worker: bool) -> GateEvent {
-        GateEvent {
-            plan: PlanId::new("p"),
-            gate: GateIdx(gate),
-            status,
-            attempt,
-            worker: worker.then(|| WorkerId::new("w#1")),
-            cached: false,
-            flaky: false,
-            result: None,
-            reason: None,
-            cause: None,
-            queued: None,
-        }
+        let worker = worker.then(|| WorkerId::new("w#1"));
+        GateEvent::new(PlanId::new("p"), GateIdx(gate), status, attempt, worker)
     }
 
     fn outcomes(spans: &Collect) -> Vec<String> {

@@ -125,7 +125,7 @@ impl Tls {
             }
             (Some(cert), Some(key)) => {
                 let cert_pem = read_pem("--tls-cert", cert)?;
-                certificates("--tls-cert", cert, &cert_pem)?;
+                let chain = certificates("--tls-cert", cert, &cert_pem)?;
                 let key_pem = read_pem("--tls-key", key)?;
                 let key_err = |reason: String| TlsError::File {
                     flag: "--tls-key",
@@ -134,9 +134,6 @@ impl Tls {
                 };
                 let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
                     .map_err(|e| key_err(format!("no usable PEM private key ({e})")))?;
-                let chain = CertificateDer::pem_slice_iter(&cert_pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| key_err(format!("unreadable certificate ({e})")))?;
                 rustls::sign::CertifiedKey::from_der(
                     chain,
                     key_der,
@@ -312,24 +309,26 @@ fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| err(e.to_string()))
 }
 
-/// Checks that `pem` holds at least one certificate and nothing unreadable.
-fn certificates(flag: &'static str, path: &Path, pem: &[u8]) -> Result<usize, TlsError> {
+/// The certificates in `pem`: at least one, and nothing unreadable.
+fn certificates(
+    flag: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::File {
         flag,
         path: path.to_owned(),
         reason,
     };
-    let mut n = 0;
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        cert.map_err(|e| err(format!("unreadable PEM ({e})")))?;
-        n += 1;
-    }
-    if n == 0 {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("unreadable PEM ({e})")))?;
+    if certs.is_empty() {
         return Err(err(
             "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into(),
         ));
     }
-    Ok(n)
+    Ok(certs)
 }
 
 /// The test certificates in `proto/testdata/tls` (see `make.sh` there): `name` `test`

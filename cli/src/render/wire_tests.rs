@@ -83,19 +83,8 @@ fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
 }
 
 fn event(gate: u32, status: GateStatus) -> core::GateEvent {
-    core::GateEvent {
-        plan: PlanId::new("p-1"),
-        gate: GateIdx(gate),
-        status,
-        attempt: 1,
-        worker: Some(WorkerId::new("w-1")),
-        cached: false,
-        flaky: false,
-        result: None,
-        reason: None,
-        cause: None,
-        queued: None,
-    }
+    let worker = Some(WorkerId::new("w-1"));
+    core::GateEvent::new(PlanId::new("p-1"), GateIdx(gate), status, 1, worker)
 }
 
 /// One event of every kind the core emits, with the fields each carries.

@@ -60,19 +60,7 @@ pub(super) fn gate_event(
     attempt: u32,
     worker: Option<WorkerId>,
 ) -> GateEvent {
-    GateEvent {
-        plan: run.id.clone(),
-        gate: g,
-        status,
-        attempt,
-        worker,
-        cached: false,
-        flaky: false,
-        result: None,
-        reason: None,
-        cause: None,
-        queued: None,
-    }
+    GateEvent::new(run.id.clone(), g, status, attempt, worker)
 }
 
 pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {

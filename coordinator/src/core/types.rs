@@ -305,6 +305,32 @@ pub struct GateEvent {
     pub queued: Option<Duration>,
 }
 
+impl GateEvent {
+    /// An event of `gate` with nothing else to say: not cached, not flaky, no result,
+    /// reason, cause or queue wait (set those with struct update syntax).
+    pub fn new(
+        plan: PlanId,
+        gate: GateIdx,
+        status: GateStatus,
+        attempt: u32,
+        worker: Option<WorkerId>,
+    ) -> Self {
+        Self {
+            plan,
+            gate,
+            status,
+            attempt,
+            worker,
+            cached: false,
+            flaky: false,
+            result: None,
+            reason: None,
+            cause: None,
+            queued: None,
+        }
+    }
+}
+
 /// Plan outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanOutcome {

@@ -378,19 +378,13 @@ mod tests {
     }
 
     fn event(plan: &PlanId, gate: u32) -> PlanEvent {
-        PlanEvent::Gate(crate::core::GateEvent {
-            plan: plan.clone(),
-            gate: gatehouse_common::ids::GateIdx(gate),
-            status: crate::core::GateStatus::Running,
-            attempt: 1,
-            worker: None,
-            cached: false,
-            flaky: false,
-            result: None,
-            reason: None,
-            cause: None,
-            queued: None,
-        })
+        PlanEvent::Gate(crate::core::GateEvent::new(
+            plan.clone(),
+            gatehouse_common::ids::GateIdx(gate),
+            crate::core::GateStatus::Running,
+            1,
+            None,
+        ))
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,17 +137,8 @@ mod tests {
 
     fn ev(gate: u32, status: GateStatus, attempt: u32) -> PlanEvent {
         PlanEvent::Gate(GateEvent {
-            plan: PlanId::new("p"),
-            gate: GateIdx(gate),
-            status,
-            attempt,
-            worker: None,
-            cached: false,
             flaky: attempt > 1,
-            result: None,
-            reason: None,
-            cause: None,
-            queued: None,
+            ..GateEvent::new(PlanId::new("p"), GateIdx(gate), status, attempt, None)
         })
     }
 

@@ -150,8 +150,9 @@ fn parse_endpoint(url: &str, tls: &Tls) -> Result<Endpoint, RemoteWorkerError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(&e.to_string()))?;
-    match endpoint.uri().scheme_str() {
+    let endpoint = tls.endpoint(url).map_err(|e| invalid(&e.to_string()))?;
+    let uri = endpoint.uri();
+    match uri.scheme_str() {
         Some("http" | "https") => {}
         Some(other) => {
             return Err(invalid(&format!(
@@ -160,8 +161,6 @@ fn parse_endpoint(url: &str, tls: &Tls) -> Result<Endpoint, RemoteWorkerError> {
         }
         None => return Err(invalid("missing scheme; expected http://host:port")),
     }
-    let endpoint = tls.endpoint(url).map_err(|e| invalid(&e.to_string()))?;
-    let uri = endpoint.uri();
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("missing host; expected http://host:port"));
     }
