@@ -277,7 +277,7 @@ fn hint(url: &str, reason: &str, has_certificate: bool) -> Option<&'static str> 
     }
     if has_certificate && has("received fatal alert") {
         return Some(
-            "the server refused the certificate of --tls-cert: is it signed by the CA the server trusts?",
+            "the server refused the certificate: does the server trust the CA of --tls-cert?",
         );
     }
     // A server that refuses a client certificate may just close the connection; so may
@@ -440,7 +440,7 @@ mod tests {
         let with_cert = Tls::load(&files(dir.path())).expect("loads");
         let said = explain(&with_cert, https, "received fatal alert: UnknownCA");
         assert!(
-            said.contains("refused the certificate of --tls-cert"),
+            said.contains("refused the certificate: does the server trust the CA of --tls-cert?"),
             "{said}"
         );
         // Anything else is left as it is.
