@@ -5,6 +5,7 @@
 //! task-related item is [`spawn::spawn_named`], the helper every crate uses to
 //! spawn so that each task carries its tracing span.
 
+pub mod backoff;
 pub mod cache;
 pub mod exec;
 pub mod http;

@@ -75,7 +75,6 @@
 //! misbehaving coordinator can only cause log lines, `SpawnFailed` answers or a
 //! reconnect, never a panic.
 
-mod backoff;
 mod config;
 mod executor;
 mod frames;

@@ -14,18 +14,19 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use crate::remote::backoff::Backoff;
 use crate::remote::offline::Offline;
 use crate::remote::route::{Next, Route};
 use crate::remote::session::{SessionEnd, Worker};
 use crate::remote::{RemoteWorkerError, error_chain};
+use gatehouse_common::backoff::Backoff;
 
 /// Longest backoff while the worker holds attempts or unacknowledged results.
 pub(crate) const HOLDING_RETRY_MAX: Duration = Duration::from_millis(300);
 
 /// Connects, runs sessions and reconnects until a drain or shutdown ends the worker.
 pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> {
-    let mut backoff = Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max);
+    let mut backoff =
+        Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max).with_jitter();
     let mut route = Route::new(worker.cfg.coordinators.clone());
     let connect_timeout = worker.cfg.connect_timeout;
     // URLs whose last connect failed (warned about once).

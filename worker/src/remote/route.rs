@@ -10,7 +10,7 @@
 //! URL after one backoff delay.
 //!
 //! Pure state, owned by the reconnect loop; the delays themselves are
-//! [`Backoff`](crate::remote::backoff::Backoff)'s.
+//! [`Backoff`](gatehouse_common::backoff::Backoff)'s.
 
 /// Redirects followed in a row before hints are ignored until the next backoff.
 pub(crate) const MAX_REDIRECTS: u32 = 3;
