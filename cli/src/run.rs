@@ -18,7 +18,9 @@ use gatehouse_common::ids::{PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_coordinator::core::{CoreConfig, PlanEvent, PlanOutcome, RunOptions, WorkerInfo};
-use gatehouse_coordinator::scheduler::{self, LocalTransport, SchedulerConfig, WorkerEvent};
+use gatehouse_coordinator::scheduler::{
+    self, LocalTransport, PlanOutput, SchedulerConfig, WorkerEvent,
+};
 use gatehouse_worker::{ExecConfig, LocalWorker};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -231,11 +233,13 @@ async fn run(
     let outcome = loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(PlanEvent::Gate(ev)) => renderer.core_gate(&ev),
-                Some(PlanEvent::Finished(summary)) => {
+                Some(PlanOutput::Event(PlanEvent::Gate(ev))) => renderer.core_gate(&ev),
+                Some(PlanOutput::Event(PlanEvent::Finished(summary))) => {
                     renderer.core_summary(&summary);
                     break Some(summary.outcome);
                 }
+                // The in-process executor keeps no results: nothing to acknowledge.
+                Some(PlanOutput::Ack { .. }) => {}
                 None => break None,
             },
             _ = sigint.recv() => {

@@ -12,6 +12,3 @@ pub mod role;
 pub mod scheduler;
 pub mod server;
 pub mod store;
-
-#[cfg(test)]
-mod scheduler_tests;

@@ -359,6 +359,7 @@ pub(crate) async fn lead(
             kill_grace: config.kill_grace,
             fail_unschedulable: false,
             memory_pressure: config.memory_pressure,
+            recovery_window: config.liveness_timeout,
             ..CoreConfig::default()
         },
         // Lookups are batched per cache node; many in flight make big batches.
@@ -378,7 +379,6 @@ pub(crate) async fn lead(
     );
     let registry_config = RegistryConfig {
         retain_finished: config.retain_finished,
-        recovery_window: config.liveness_timeout,
         ..RegistryConfig::default()
     };
     let acks: Arc<dyn registry::AckSink> =

@@ -18,13 +18,20 @@
 //! slot whose available memory minus what is reserved for its running gates covers the
 //! gate's `memory`; when none fits, the plan's queue waits (no overcommit).
 
+mod dispatch;
+mod flights;
 mod graph;
 mod plan_run;
 mod recovery;
 pub mod summary;
 mod transitions;
 mod types;
+mod workers;
 
+#[cfg(test)]
+mod flights_proptests;
+#[cfg(test)]
+mod flights_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -34,18 +41,21 @@ pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_common::exec::{Assignment, AttemptRef, ExitStatus, GateResult};
+use gatehouse_common::cache::{CacheEntry, CacheKey};
+use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
 
+use flights::{Flights, Landed};
 use plan_run::{GateState, PlanRun, Stopping};
 pub use transitions::retry_backoff;
-use transitions::{Done, finish_gate, gate_event, gate_spec, lose_attempt, make_ready, stop_plan};
+use transitions::{Done, finish_gate, gate_event, lose_attempt, make_ready, stop_plan};
 pub use types::*;
+use workers::WorkerSlots;
 
 /// Tunables of the core (config, never test-only branches).
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +70,9 @@ pub struct CoreConfig {
     /// A worker whose used memory exceeds this fraction of its total gets nothing new
     /// until it recovers.
     pub memory_pressure: f64,
+    /// After a plan is restored, how long workers get to re-report its attempts before
+    /// the gates in doubt run again (one liveness timeout).
+    pub recovery_window: Duration,
 }
 
 impl Default for CoreConfig {
@@ -69,42 +82,8 @@ impl Default for CoreConfig {
             fail_unschedulable: false,
             max_worker_losses: 3,
             memory_pressure: 0.9,
+            recovery_window: Duration::from_secs(5),
         }
-    }
-}
-
-/// A worker as the core sees it.
-#[derive(Debug)]
-struct WorkerSlots {
-    info: WorkerInfo,
-    free_slots: u32,
-    /// Sum of the memory requests of attempts assigned to it and not finished.
-    reserved: u64,
-    /// Draining: takes nothing new.
-    draining: bool,
-    /// Above the memory-pressure threshold at its last heartbeat: takes nothing new.
-    pressured: bool,
-}
-
-impl WorkerSlots {
-    fn headroom(&self) -> u64 {
-        self.info.memory_available.saturating_sub(self.reserved)
-    }
-
-    /// Whether the worker has every label the gate requires.
-    fn has_labels(&self, wanted: &std::collections::BTreeMap<String, String>) -> bool {
-        wanted
-            .iter()
-            .all(|(k, v)| self.info.labels.get(k) == Some(v))
-    }
-
-    /// Whether it may take a gate with this request now.
-    fn admits(&self, memory: u64, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        self.free_slots > 0
-            && !self.draining
-            && !self.pressured
-            && self.headroom() >= memory
-            && self.has_labels(labels)
     }
 }
 
@@ -121,11 +100,13 @@ struct Held {
     unwanted: bool,
 }
 
-/// Commands produced while handling one event, plus plans that may have ended.
+/// Commands produced while handling one event, plus plans that may have ended and
+/// single-flight leaders that ended.
 #[derive(Default)]
 struct Sink {
     cmds: Vec<Command>,
     finished: Vec<PlanId>,
+    landed: VecDeque<Landed>,
     /// The time of the event being handled.
     now: Now,
 }
@@ -141,6 +122,8 @@ pub struct Scheduler {
     last_served: Option<PlanId>,
     /// Gates admission held back for memory (or pressure) while a slot was free.
     throttled: u64,
+    /// Cache keys being computed, their leaders and waiters.
+    flights: Flights,
     sink: Sink,
 }
 
@@ -154,6 +137,7 @@ impl Scheduler {
             attempts: HashMap::new(),
             last_served: None,
             throttled: 0,
+            flights: Flights::default(),
             sink: Sink::default(),
         }
     }
@@ -173,8 +157,14 @@ impl Scheduler {
         self.attempts.len()
     }
 
+    /// Cache keys being computed now by a leader that others may wait for.
+    pub fn flights(&self) -> usize {
+        self.flights.len()
+    }
+
     /// Whether gate `gate` of live plan `plan` waits for a cache answer
-    /// ([`Event::CacheChecked`]); an answer for any other gate is ignored.
+    /// ([`Event::CacheChecked`]); an answer for any other gate is ignored. The driver
+    /// only uses it to skip lookups nobody waits for any more.
     pub fn awaits_cache(&self, plan: &PlanId, gate: GateIdx) -> bool {
         self.plans.get(plan).is_some_and(|run| {
             gate.ix() < run.gates.len() && run.gate(gate).state == GateState::CheckingCache
@@ -232,24 +222,15 @@ impl Scheduler {
                 worker,
                 memory_used,
                 memory_available,
-            } => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.info.memory_available = memory_available;
-                    let total = w.info.memory_total.max(1) as f64;
-                    let threshold = w
-                        .info
-                        .memory_pressure
-                        .unwrap_or(self.config.memory_pressure);
-                    w.pressured = memory_used as f64 / total > threshold;
-                }
-            }
-            Event::WorkerDraining { worker } => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.draining = true;
-                }
-            }
+            } => self.on_worker_capacity(&worker, memory_used, memory_available),
+            Event::WorkerDraining { worker } => self.on_worker_draining(&worker),
             Event::WorkerLost { worker } => self.on_worker_lost(now, &worker),
-            Event::CacheChecked { plan, gate, hit } => self.on_cache_checked(now, &plan, gate, hit),
+            Event::CacheChecked {
+                plan,
+                gate,
+                key,
+                hit,
+            } => self.on_cache_checked(&plan, gate, key, hit),
             Event::GateStarted { attempt } => self.on_started(&attempt),
             Event::GateFinished { attempt, result } => self.on_finished(now, attempt, result),
             Event::TimerFired(Timer::Retry {
@@ -265,7 +246,7 @@ impl Scheduler {
                     run.push_ready(gate, now);
                 }
             }
-            Event::TimerFired(Timer::RecoveryWindow) => self.on_recovery_ended(),
+            Event::TimerFired(Timer::RecoveryWindow { plan }) => self.on_recovery_ended(&plan),
             Event::Cancel { plan, force } => self.on_cancel(&plan, force),
             Event::PlanRestored {
                 id,
@@ -274,14 +255,15 @@ impl Scheduler {
                 gates,
                 cancel,
                 age,
-            } => self.on_restored(now, id, plan, options, &gates, cancel, age),
+                keys,
+            } => self.on_restored(now, id, plan, options, &gates, cancel, age, keys),
             Event::AttemptsReported {
                 worker,
                 running,
                 finished,
             } => self.on_reported(now, &worker, running, finished),
-            Event::RecoveryEnded => self.on_recovery_ended(),
         }
+        self.settle_flights();
         self.pump();
         self.finish_plans(now);
         std::mem::take(&mut self.sink.cmds)
@@ -304,78 +286,12 @@ impl Scheduler {
         self.plans.insert(id, run);
     }
 
-    fn on_worker_joined(&mut self, now: Now, info: WorkerInfo) {
-        if self.workers.contains_key(&info.id) {
-            // A worker that comes back is a fresh worker: forget its old attempts.
-            self.on_worker_lost(now, &info.id.clone());
-        }
-        // A new worker may run what no worker could: parked gates are ready again.
-        for run in self.plans.values_mut() {
-            for g in std::mem::take(&mut run.parked) {
-                if run.gate(g).state == GateState::Parked {
-                    run.push_ready(g, self.sink.now);
-                }
-            }
-        }
-        let slots = WorkerSlots {
-            free_slots: info.slots,
-            reserved: 0,
-            draining: false,
-            pressured: false,
-            info,
-        };
-        self.workers.insert(slots.info.id.clone(), slots);
-    }
-
-    fn on_worker_lost(&mut self, _now: Now, worker: &WorkerId) {
-        if self.workers.remove(worker).is_none() {
-            return;
-        }
-        let mut lost: Vec<AttemptRef> = self
-            .attempts
-            .iter()
-            .filter(|(_, held)| held.worker == *worker)
-            .map(|(a, _)| a.clone())
-            .collect();
-        // `attempts` is a hash map: sort so the outcome never depends on its order.
-        lost.sort();
-        for attempt in lost {
-            if self.attempts.remove(&attempt).is_some_and(|h| h.unwanted) {
-                continue;
-            }
-            let Some(run) = self.plans.get_mut(&attempt.plan) else {
-                continue;
-            };
-            let g = attempt.gate;
-            match run.gate(g).state.clone() {
-                GateState::Running { attempt: a, .. } if a == attempt.attempt => {
-                    run.running -= 1;
-                    lose_attempt(
-                        run,
-                        &mut self.sink,
-                        &self.config,
-                        g,
-                        Done::new(Terminal::Failed, a),
-                    );
-                }
-                GateState::Stopping {
-                    attempt: a, then, ..
-                } if a == attempt.attempt => {
-                    run.running -= 1;
-                    let done = Done::new(then, a).reason("worker_lost");
-                    finish_gate(run, &mut self.sink, &self.config, g, done);
-                }
-                _ => {}
-            }
-        }
-    }
-
     fn on_cache_checked(
         &mut self,
-        _now: Now,
         plan: &PlanId,
         gate: GateIdx,
-        hit: Option<Box<gatehouse_common::cache::CacheEntry>>,
+        key: Option<CacheKey>,
+        hit: Option<Box<CacheEntry>>,
     ) {
         let Some(run) = self.plans.get_mut(plan) else {
             return;
@@ -383,14 +299,17 @@ impl Scheduler {
         if gate.ix() >= run.gates.len() || run.gate(gate).state != GateState::CheckingCache {
             return;
         }
-        match hit {
-            Some(entry) => {
+        run.gate_mut(gate).key = key;
+        match (hit, key) {
+            (Some(entry), _) => {
                 let mut done = Done::new(Terminal::Passed, 0);
                 done.cached = true;
                 done.result = Some(entry.result);
                 finish_gate(run, &mut self.sink, &self.config, gate, done);
             }
-            None => run.push_ready(gate, self.sink.now),
+            // A miss on a key it would store under: single flight decides who runs it.
+            (None, Some(key)) if run.plan.gate(gate).cache => self.on_missed(plan, gate, key),
+            (None, _) => run.push_ready(gate, self.sink.now),
         }
     }
 
@@ -449,14 +368,15 @@ impl Scheduler {
         let a = attempt.attempt;
         let gate = run.plan.gate(g);
         if result.status.passed() {
-            let store = run.options.use_cache && gate.cache;
+            let key = run.gate(g).key;
             let mut done = Done::new(Terminal::Passed, a);
             done.worker = Some(worker);
             done.flaky = run.gate(g).failures > 0;
-            if store {
+            if let (true, true, Some(key)) = (run.options.use_cache, gate.cache, key) {
                 self.sink.cmds.push(Command::StoreResult {
                     plan: attempt.plan.clone(),
                     gate: g,
+                    key,
                     result: result.clone(),
                 });
             }
@@ -527,163 +447,6 @@ impl Scheduler {
             return;
         }
         stop_plan(run, &mut self.sink, Stopping::Cancelled, grace, force);
-    }
-
-    /// Dispatches ready gates while some plan has one that fits some worker: plans are
-    /// served round-robin, one gate per plan per round.
-    fn pump(&mut self) {
-        loop {
-            let mut progressed = false;
-            // Start after the plan served last, so a freed slot does not always go to
-            // the plan with the smallest id.
-            let (after, upto): (Vec<_>, Vec<_>) = self
-                .plans
-                .iter()
-                .filter(|(_, r)| !r.ready.is_empty() && r.may_dispatch())
-                .map(|(id, _)| id.clone())
-                .partition(|id| self.last_served.as_ref().is_some_and(|last| id > last));
-            for id in after.into_iter().chain(upto) {
-                if self.dispatch_one(&id) {
-                    progressed = true;
-                    self.last_served = Some(id);
-                }
-            }
-            if !progressed {
-                return;
-            }
-        }
-    }
-
-    /// Tries to dispatch the best ready gate of plan `id`; true if the plan changed.
-    fn dispatch_one(&mut self, id: &PlanId) -> bool {
-        let Some(run) = self.plans.get_mut(id) else {
-            return false;
-        };
-        if !run.may_dispatch() {
-            return false;
-        }
-        let Some(g) = run.peek_ready() else {
-            return false;
-        };
-        let memory = run.plan.gate(g).memory;
-        let labels = &run.plan.gate(g).labels;
-        let best = self
-            .workers
-            .values_mut()
-            .filter(|w| w.admits(memory, labels))
-            .max_by(|a, b| {
-                a.headroom()
-                    .cmp(&b.headroom())
-                    .then(b.info.id.cmp(&a.info.id))
-            });
-        let Some(worker) = best else {
-            return self.cannot_place(id, g, memory);
-        };
-        worker.free_slots -= 1;
-        worker.reserved += memory;
-        let worker_id = worker.info.id.clone();
-        run.ready.pop();
-        let gr = run.gate_mut(g);
-        gr.attempt += 1;
-        gr.last_failure = None;
-        let attempt = gr.attempt;
-        let queued = self.sink.now.saturating_sub(gr.ready_at);
-        run.set_state(
-            g,
-            GateState::Running {
-                worker: worker_id.clone(),
-                attempt,
-            },
-        );
-        run.running += 1;
-        let aref = AttemptRef {
-            plan: id.clone(),
-            gate: g,
-            attempt,
-        };
-        self.attempts.insert(
-            aref.clone(),
-            Held {
-                worker: worker_id.clone(),
-                memory,
-                slot: true,
-                unwanted: false,
-            },
-        );
-        let spec = gate_spec(&run.plan, g);
-        let mut ev = gate_event(
-            run,
-            g,
-            GateStatus::Dispatched,
-            attempt,
-            Some(worker_id.clone()),
-        );
-        ev.queued = Some(queued);
-        self.sink.cmds.push(Command::Dispatch {
-            worker: worker_id,
-            assignment: Assignment {
-                attempt: aref,
-                spec: Arc::new(spec),
-                cache_key: None,
-                traceparent: None,
-            },
-            queued,
-        });
-        self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
-        true
-    }
-
-    /// No worker can take gate `g` now. If none ever could, fail it (fixed-capacity
-    /// executors) or publish once why it waits; otherwise it simply waits for capacity.
-    fn cannot_place(&mut self, id: &PlanId, g: GateIdx, memory: u64) -> bool {
-        let Some(run) = self.plans.get_mut(id) else {
-            return false;
-        };
-        let labels = &run.plan.gate(g).labels;
-        let live: Vec<&WorkerSlots> = self.workers.values().filter(|w| !w.draining).collect();
-        let fitting: Vec<&&WorkerSlots> = live.iter().filter(|w| w.has_labels(labels)).collect();
-        let largest = fitting.iter().map(|w| w.info.memory_total).max();
-        if largest.is_some_and(|m| m >= memory) {
-            // Throttled: capacity frees up when a running gate ends. It counts as
-            // admission throttling when a slot was free but memory or pressure said no.
-            let slot_free = self
-                .workers
-                .values()
-                .any(|w| w.free_slots > 0 && !w.draining && w.has_labels(labels));
-            if slot_free && !run.gate(g).throttled {
-                run.gate_mut(g).throttled = true;
-                self.throttled += 1;
-            }
-            return false;
-        }
-        let reason = if live.is_empty() {
-            "no live worker".to_string()
-        } else if fitting.is_empty() {
-            let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("no live worker has the labels {}", wanted.join(","))
-        } else {
-            format!(
-                "needs {} of memory but the largest worker that could run it has {}",
-                gatehouse_common::units::format_size(memory),
-                gatehouse_common::units::format_size(largest.unwrap_or(0))
-            )
-        };
-        run.ready.pop();
-        if self.config.fail_unschedulable {
-            let done = Done::new(Terminal::Failed, 0).reason("unschedulable");
-            finish_gate(run, &mut self.sink, &self.config, g, done);
-            return true;
-        }
-        // Park it so the gates behind it in the queue still run; publish the reason once
-        // (again only if it changes).
-        run.set_state(g, GateState::Parked);
-        run.parked.push(g);
-        if run.gate(g).waiting_reason.as_deref() != Some(reason.as_str()) {
-            run.gate_mut(g).waiting_reason = Some(reason.clone());
-            let ev = gate_event(run, g, GateStatus::Waiting { reason }, 0, None);
-            self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
-        }
-        true
     }
 
     fn finish_plans(&mut self, now: Now) {

@@ -5,10 +5,12 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
 
+use super::flights::Role;
 use super::graph::PlanGraph;
 use super::types::{Counts, Now, RunOptions, Terminal};
 
@@ -19,6 +21,9 @@ pub(crate) enum GateState {
     Blocked,
     /// Prerequisites passed; the driver is looking the gate up in the cache.
     CheckingCache,
+    /// Missed the cache on a key that another gate (the flight's leader) is computing:
+    /// waits for it to end. See [`super::flights`].
+    AwaitingLeader,
     /// In the ready queue, waiting for a slot (and memory).
     Ready,
     /// Ready, but no live worker could ever run it; back to `Ready` when a worker joins.
@@ -74,6 +79,11 @@ pub(crate) struct GateRun {
     pub(crate) ready_at: Now,
     /// Admission already refused it for want of memory since `ready_at` (counted once).
     pub(crate) throttled: bool,
+    /// Its cache key, once its lookup answered (or restored); dependents' keys and the
+    /// stored result use it.
+    pub(crate) key: Option<CacheKey>,
+    /// Its part in the single flight of its key, while it has one.
+    pub(crate) flight: Option<Role>,
 }
 
 /// Why a plan stops early.
@@ -136,6 +146,8 @@ impl PlanRun {
                 last_failure: None,
                 ready_at: now,
                 throttled: false,
+                key: None,
+                flight: None,
             })
             .collect();
         let item_remaining: Vec<u32> = plan.items.iter().map(|i| i.gates.len() as u32).collect();

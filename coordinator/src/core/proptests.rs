@@ -17,9 +17,9 @@ use super::*;
 /// A random plan: items with deps on earlier items (in a shuffled plan order), gates with
 /// needs on earlier gates of the same item or of dep items.
 /// One random item: (index, deps, gates).
-type ItemSpec = (u32, Vec<u32>, Vec<G>);
+pub(super) type ItemSpec = (u32, Vec<u32>, Vec<G>);
 
-fn arb_plan() -> impl Strategy<Value = (Policy, bool, Vec<ItemSpec>)> {
+pub(super) fn arb_plan() -> impl Strategy<Value = (Policy, bool, Vec<ItemSpec>)> {
     (
         1usize..8,
         any::<u64>(),
@@ -69,7 +69,7 @@ fn arb_plan() -> impl Strategy<Value = (Policy, bool, Vec<ItemSpec>)> {
         )
 }
 
-fn build(
+pub(super) fn build(
     policy: Policy,
     flat_form: bool,
     spec: &[(u32, Vec<u32>, Vec<G>)],
@@ -96,7 +96,7 @@ fn build(
 }
 
 /// Direct prerequisites of every gate (needs + all gates of dep items).
-fn prerequisites(plan: &Plan) -> Vec<Vec<GateIdx>> {
+pub(super) fn prerequisites(plan: &Plan) -> Vec<Vec<GateIdx>> {
     (0..plan.gates.len() as u32)
         .map(|g| plan.prerequisites(GateIdx(g)).collect())
         .collect()
@@ -172,7 +172,7 @@ proptest! {
                     producer: GateId::new("x"),
                     created_unix_ms: 0,
                 }));
-                sim.feed(Event::CacheChecked { plan: sim.plan.clone(), gate, hit });
+                sim.feed(Event::CacheChecked { plan: sim.plan.clone(), gate, key: None, hit });
             } else if !sim.running.is_empty() && choice < 9 {
                 let i = rng.random_range(0..sim.running.len());
                 let g = sim.running[i].1.gate.0;
@@ -355,9 +355,10 @@ proptest! {
             gates,
             cancel: None,
             age: Duration::ZERO,
+            keys: vec![],
         });
         if window_first {
-            new.feed(Event::RecoveryEnded);
+            new.end_recovery();
         }
         let reported: Vec<AttemptRef> = old.running.iter()
             .filter(|_| rng.random_bool(0.7))
@@ -380,7 +381,7 @@ proptest! {
             new.running.push((WorkerId::new("w0"), a));
         }
         if !window_first {
-            new.feed(Event::RecoveryEnded);
+            new.end_recovery();
         }
         drive_to_end(&mut new, &mut rng)?;
         // Every gate ends exactly once across the durable log and the new leader.

@@ -10,9 +10,10 @@
 //! Workers that reconnect re-report what they kept ([`Event::AttemptsReported`]): an
 //! in-doubt gate adopts a running attempt (or takes a finished result as its own);
 //! anything else a worker reports is unwanted and cancelled, and only frees its slot
-//! when it ends. When the driver's recovery window (one liveness timeout) is over,
-//! [`Event::RecoveryEnded`] re-queues the gates still in doubt as new attempts, numbered
-//! past any attempt the log shows, so a terminal result is recorded once.
+//! when it ends. A restored plan with gates in doubt asks for its own
+//! [`Timer::RecoveryWindow`] ([`super::CoreConfig::recovery_window`], one liveness
+//! timeout); when it fires, the gates still in doubt are re-queued as new attempts,
+//! numbered past any attempt the log shows, so a terminal result is recorded once.
 //!
 //! Attempt numbers: an attempt number a worker reports is never handed out again for that
 //! gate. An attempt nobody reports before the window ends cannot be known; if its worker
@@ -24,14 +25,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::{AttemptRef, GateResult};
 use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
 
 use super::plan_run::{GateState, PlanRun, Stopping};
-use super::transitions::{gate_event, make_ready, propagate_pass, skip_dependents, stop_plan};
+use super::transitions::{
+    end_gate, gate_event, make_ready, propagate_pass, skip_dependents, stop_plan,
+};
 use super::{
-    Command, GateStatus, Held, Now, PlanEvent, RestoredGate, RunOptions, Scheduler, Terminal,
+    Command, GateStatus, Held, Now, PlanEvent, RestoredGate, RunOptions, Scheduler, Terminal, Timer,
 };
 
 impl Scheduler {
@@ -45,6 +49,7 @@ impl Scheduler {
         gates: &[RestoredGate],
         cancel: Option<bool>,
         age: Duration,
+        keys: Vec<Option<CacheKey>>,
     ) {
         if self.plans.contains_key(&id) {
             tracing::warn!(plan_id = %id, "plan already live; restore ignored");
@@ -52,6 +57,9 @@ impl Scheduler {
         }
         let mut run = PlanRun::new(id.clone(), plan, options, now);
         run.earlier = age;
+        for (gr, key) in run.gates.iter_mut().zip(keys) {
+            gr.key = key;
+        }
         // Nothing may become ready while the log is applied.
         run.stopping = Stopping::Restoring;
         let mut passed = Vec::new();
@@ -79,8 +87,7 @@ impl Scheduler {
                     cached,
                     flaky,
                 } => {
-                    run.set_state(g, GateState::Done(terminal));
-                    run.count(terminal, cached, flaky);
+                    end_gate(&mut run, &mut self.sink, g, terminal, (cached, flaky), None);
                     if terminal == Terminal::Passed {
                         passed.push(g);
                     } else {
@@ -127,6 +134,17 @@ impl Scheduler {
         if run.is_finished() {
             self.sink.finished.push(id.clone());
         }
+        // Workers get one recovery window, from now, to re-report what they run.
+        if run
+            .gates
+            .iter()
+            .any(|gr| matches!(gr.state, GateState::InDoubt { .. }))
+        {
+            self.sink.cmds.push(Command::SetTimer {
+                at: now + self.config.recovery_window,
+                timer: Timer::RecoveryWindow { plan: id.clone() },
+            });
+        }
         self.plans.insert(id, run);
     }
 
@@ -137,9 +155,27 @@ impl Scheduler {
         running: Vec<AttemptRef>,
         finished: Vec<(AttemptRef, GateResult)>,
     ) {
-        if !self.workers.contains_key(worker) {
-            return;
+        // Every reported result is acknowledged once, after whatever it produces here
+        // (the event recording it, if it counts): the worker may then forget it.
+        let acked: Vec<AttemptRef> = finished.iter().map(|(a, _)| a.clone()).collect();
+        if self.workers.contains_key(worker) {
+            self.take_reports(now, worker, running, finished);
         }
+        if !acked.is_empty() {
+            self.sink.cmds.push(Command::AckResults {
+                worker: worker.clone(),
+                attempts: acked,
+            });
+        }
+    }
+
+    fn take_reports(
+        &mut self,
+        now: Now,
+        worker: &WorkerId,
+        running: Vec<AttemptRef>,
+        finished: Vec<(AttemptRef, GateResult)>,
+    ) {
         // A number a worker reported is never handed out again for that gate.
         for attempt in running.iter().chain(finished.iter().map(|(a, _)| a)) {
             self.raise_attempt_floor(attempt);
@@ -252,18 +288,20 @@ impl Scheduler {
         true
     }
 
-    pub(super) fn on_recovery_ended(&mut self) {
-        for run in self.plans.values_mut() {
-            for i in 0..run.gates.len() {
-                let g = GateIdx(i as u32);
-                if let GateState::InDoubt { from } = run.gate(g).state {
-                    // The next dispatch is numbered past `from`, which may still run on
-                    // a worker that never came back.
-                    let gr = run.gate_mut(g);
-                    gr.attempt = gr.attempt.max(from);
-                    run.set_state(g, GateState::Blocked);
-                    make_ready(run, &mut self.sink, g);
-                }
+    /// The recovery window of `plan` is over: its gates still in doubt run again.
+    pub(super) fn on_recovery_ended(&mut self, plan: &PlanId) {
+        let Some(run) = self.plans.get_mut(plan) else {
+            return;
+        };
+        for i in 0..run.gates.len() {
+            let g = GateIdx(i as u32);
+            if let GateState::InDoubt { from } = run.gate(g).state {
+                // The next dispatch is numbered past `from`, which may still run on
+                // a worker that never came back.
+                let gr = run.gate_mut(g);
+                gr.attempt = gr.attempt.max(from);
+                run.set_state(g, GateState::Blocked);
+                make_ready(run, &mut self.sink, g);
             }
         }
     }

@@ -20,6 +20,7 @@ fn restore(sim: &mut Sim, plan: Arc<Plan>, gates: Vec<RestoredGate>, cancel: Opt
         gates,
         cancel,
         age: Duration::from_secs(3),
+        keys: vec![],
     });
 }
 
@@ -71,7 +72,7 @@ fn ended_gates_are_not_published_again_and_ready_gates_wait_for_the_window() {
         sim.events
     );
     assert!(sim.running.is_empty(), "b is in doubt, not dispatched");
-    sim.feed(Event::RecoveryEnded);
+    sim.end_recovery();
     // b runs again, numbered past the attempt that may still run unreported.
     assert_eq!(sim.running.len(), 1);
     assert_eq!(sim.running[0].1, aref(&sim, 1, 2));
@@ -117,7 +118,7 @@ fn a_re_reported_running_attempt_is_adopted_and_its_result_counts_once() {
         sim.events
     );
     // The window ends: the adopted gate is not re-queued; the slot stays taken.
-    sim.feed(Event::RecoveryEnded);
+    sim.end_recovery();
     assert!(sim.running.is_empty());
     sim.feed(Event::GateFinished {
         attempt: a1.clone(),
@@ -177,7 +178,7 @@ fn unwanted_running_attempts_are_cancelled_and_hold_their_slot_until_they_end() 
         finished: vec![],
     });
     assert!(sim.cancels.contains(&old));
-    sim.feed(Event::RecoveryEnded);
+    sim.end_recovery();
     assert!(sim.running.is_empty(), "the only slot is still taken");
     sim.feed(Event::GateFinished {
         attempt: old,
@@ -259,7 +260,7 @@ fn a_retrying_gate_keeps_its_failures_and_ends_flaky() {
         finished: vec![(a1, result(ExitStatus::Exited(1)))],
     });
     assert!(sim.events.is_empty());
-    sim.feed(Event::RecoveryEnded);
+    sim.end_recovery();
     assert_eq!(sim.running[0].1.attempt, 3);
     sim.pass(0);
     let ev = sim.terminal(0);

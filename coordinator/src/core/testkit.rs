@@ -13,6 +13,11 @@ use super::*;
 
 pub(crate) const MI: u64 = 1024 * 1024;
 
+/// A cache key made of byte `n`.
+pub(crate) fn key(n: u8) -> gatehouse_common::cache::CacheKey {
+    gatehouse_common::cache::CacheKey([n; 32])
+}
+
 /// A gate for [`flat`] / [`items`]: (name, needs by index, retries, memory).
 #[derive(Clone, Debug)]
 pub(crate) struct G {
@@ -126,6 +131,8 @@ pub(crate) struct Sim {
     pub events: Vec<GateEvent>,
     pub summary: Option<PlanSummary>,
     pub cancels: HashSet<AttemptRef>,
+    /// Acknowledged results, with the index in `log` of the command that did it.
+    pub acks: Vec<(usize, WorkerId, AttemptRef)>,
 }
 
 impl Sim {
@@ -141,6 +148,7 @@ impl Sim {
             events: vec![],
             summary: None,
             cancels: HashSet::new(),
+            acks: vec![],
         };
         for w in workers {
             sim.feed(Event::WorkerJoined(w.clone()));
@@ -161,7 +169,7 @@ impl Sim {
 
     pub fn feed(&mut self, event: Event) -> Vec<Command> {
         let cmds = self.core.handle(self.now, event);
-        for c in &cmds {
+        for (i, c) in cmds.iter().enumerate() {
             match c {
                 Command::Dispatch {
                     worker, assignment, ..
@@ -176,6 +184,12 @@ impl Sim {
                 Command::Emit(PlanEvent::Gate(ev)) => self.events.push(ev.clone()),
                 Command::Emit(PlanEvent::Finished(s)) => self.summary = Some(s.clone()),
                 Command::StoreResult { .. } => {}
+                Command::AckResults { worker, attempts } => {
+                    let at = self.log.len() + i;
+                    for a in attempts {
+                        self.acks.push((at, worker.clone(), a.clone()));
+                    }
+                }
             }
         }
         self.log.extend(cmds.iter().cloned());
@@ -207,6 +221,15 @@ impl Sim {
 
     pub fn fail(&mut self, g: u32) -> Vec<Command> {
         self.finish(g, ExitStatus::Exited(1))
+    }
+
+    /// Ends the recovery window of the plan now (its timer, if the core asked for one,
+    /// fires early).
+    pub fn end_recovery(&mut self) -> Vec<Command> {
+        let plan = self.plan.clone();
+        let window = Timer::RecoveryWindow { plan };
+        self.timers.retain(|(_, t)| *t != window);
+        self.feed(Event::TimerFired(window))
     }
 
     /// Fires the earliest timer, advancing time to it.

@@ -351,6 +351,7 @@ fn cache_hit_passes_without_dispatch_and_unblocks_dependents() {
     sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(0),
+        key: Some(key(0)),
         hit: Some(Box::new(entry)),
     });
     assert!(sim.terminal(0).cached);
@@ -358,6 +359,7 @@ fn cache_hit_passes_without_dispatch_and_unblocks_dependents() {
     let cmds = sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(1),
+        key: Some(key(1)),
         hit: None,
     });
     assert!(matches!(cmds[0], Command::Dispatch { .. }));
@@ -379,6 +381,7 @@ fn failed_gates_are_not_stored() {
     sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(0),
+        key: Some(key(0)),
         hit: None,
     });
     let cmds = sim.fail(0);
@@ -457,6 +460,7 @@ fn cancel_during_backoff_and_cache_check_cancels_with_the_attempt() {
     sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(0),
+        key: None,
         hit: None,
     });
     sim.fail(0);
@@ -474,6 +478,7 @@ fn cancel_during_backoff_and_cache_check_cancels_with_the_attempt() {
     let late = sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(1),
+        key: None,
         hit: None,
     });
     assert!(
@@ -652,6 +657,7 @@ fn reports_about_unknown_gates_are_ignored_without_panicking() {
     let cache = Event::CacheChecked {
         plan: sim.plan.clone(),
         gate: GateIdx(9_999),
+        key: None,
         hit: None,
     };
     assert!(sim.feed(cache).is_empty());

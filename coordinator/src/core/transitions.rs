@@ -8,6 +8,7 @@ use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
 use gatehouse_common::ids::{GateIdx, WorkerId};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
+use super::flights::{Landed, Role};
 use super::plan_run::{GateState, PlanRun, Stopping};
 use super::types::*;
 use super::{CoreConfig, Sink};
@@ -101,15 +102,43 @@ pub(super) fn lose_attempt(
 }
 
 /// A gate whose prerequisites all passed: through the cache check when caching is on.
+/// The check carries the keys of its prerequisites (all passed, so all looked up or
+/// restored), from which the driver computes its key.
 pub(super) fn make_ready(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     if run.options.use_cache {
         run.set_state(g, GateState::CheckingCache);
+        let deps = run.plan.prerequisites(g).map(|d| run.gate(d).key).collect();
         sink.cmds.push(Command::CheckCache {
             plan: run.id.clone(),
             gate: g,
+            deps,
         });
     } else {
         run.push_ready(g, sink.now);
+    }
+}
+
+/// Every gate ends here: its terminal state and count and, if it led a single flight,
+/// the landing that settles the flight's waiters (see [`super::flights`]). `passed`:
+/// its result, when it passed by running.
+pub(super) fn end_gate(
+    run: &mut PlanRun,
+    sink: &mut Sink,
+    g: GateIdx,
+    terminal: Terminal,
+    (cached, flaky): (bool, bool),
+    passed: Option<&GateResult>,
+) {
+    run.set_state(g, GateState::Done(terminal));
+    run.count(terminal, cached, flaky);
+    let gr = run.gate_mut(g);
+    if let (Some(Role::Leader), Some(key)) = (gr.flight.take(), gr.key) {
+        sink.landed.push_back(Landed {
+            plan: run.id.clone(),
+            gate: g,
+            key,
+            passed: passed.filter(|_| terminal == Terminal::Passed).cloned(),
+        });
     }
 }
 
@@ -121,8 +150,14 @@ pub(super) fn finish_gate(
     g: GateIdx,
     done: Done,
 ) {
-    run.set_state(g, GateState::Done(done.terminal));
-    run.count(done.terminal, done.cached, done.flaky);
+    end_gate(
+        run,
+        sink,
+        g,
+        done.terminal,
+        (done.cached, done.flaky),
+        done.result.as_ref(),
+    );
     let mut ev = gate_event(
         run,
         g,
@@ -196,8 +231,7 @@ pub(super) fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateId
         if run.gate(g).state != GateState::Blocked {
             continue;
         }
-        run.set_state(g, GateState::Done(Terminal::Skipped));
-        run.count(Terminal::Skipped, false, false);
+        end_gate(run, sink, g, Terminal::Skipped, (false, false), None);
         let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Skipped), 0, None);
         ev.reason = Some("dependency_failed");
         ev.cause = Some(failed);
@@ -225,11 +259,11 @@ pub(super) fn stop_plan(
         match run.gate(g).state.clone() {
             GateState::Blocked
             | GateState::CheckingCache
+            | GateState::AwaitingLeader
             | GateState::Ready
             | GateState::Parked
             | GateState::InDoubt { .. } => {
-                run.set_state(g, GateState::Done(terminal));
-                run.count(terminal, false, false);
+                end_gate(run, sink, g, terminal, (false, false), None);
                 let mut ev = gate_event(run, g, GateStatus::Finished(terminal), 0, None);
                 ev.reason = Some(reason);
                 sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
@@ -251,8 +285,7 @@ pub(super) fn stop_plan(
                     ),
                     _ => (Terminal::Cancelled, "cancelled"),
                 };
-                run.set_state(g, GateState::Done(t));
-                run.count(t, false, false);
+                end_gate(run, sink, g, t, (false, false), None);
                 let mut ev = gate_event(run, g, GateStatus::Finished(t), attempt, None);
                 ev.reason = Some(why);
                 ev.result = last;

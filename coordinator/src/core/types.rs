@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_common::cache::CacheEntry;
+use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{Assignment, AttemptRef, GateResult};
 use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
@@ -78,6 +78,9 @@ pub enum Event {
         plan: PlanId,
         /// The gate.
         gate: GateIdx,
+        /// The gate's cache key (`None`: it could not be computed, so the gate runs
+        /// uncached and so do the gates keyed on it).
+        key: Option<CacheKey>,
         /// The entry on a hit.
         hit: Option<Box<CacheEntry>>,
     },
@@ -97,7 +100,7 @@ pub enum Event {
     TimerFired(Timer),
     /// A plan resumed from the durable log by a new leader (see [`super::recovery`]).
     /// Gates the log shows running, or ready to run, are *in doubt* until a worker
-    /// re-reports them or [`Event::RecoveryEnded`] arrives.
+    /// re-reports them or the plan's [`Timer::RecoveryWindow`] fires.
     PlanRestored {
         /// The plan's id.
         id: PlanId,
@@ -111,10 +114,16 @@ pub enum Event {
         cancel: Option<bool>,
         /// Time since the plan was first submitted (for the summary's duration).
         age: Duration,
+        /// Cache keys of its gates, in plan order, as far as the driver could compute
+        /// them up front (empty or shorter: unknown). Gates that passed before the
+        /// takeover are never looked up again, and the gates keyed on them need them.
+        keys: Vec<Option<CacheKey>>,
     },
     /// A (re)connected worker re-reported attempts it kept from an earlier session:
     /// still running, or finished and not yet acknowledged. Arrives right after its
-    /// [`Event::WorkerJoined`].
+    /// [`Event::WorkerJoined`]; every result of a remote worker comes this way. Each
+    /// finished result is answered by exactly one [`Command::AckResults`], after the
+    /// event that records it.
     AttemptsReported {
         /// The worker.
         worker: WorkerId,
@@ -123,9 +132,6 @@ pub enum Event {
         /// Attempts that ended, with their results.
         finished: Vec<(AttemptRef, GateResult)>,
     },
-    /// The window for workers to re-report attempts after a takeover is over: gates
-    /// still in doubt run again as new attempts.
-    RecoveryEnded,
     /// Cancel a plan: running gates are stopped, the rest cancelled. `force` stops them
     /// without a grace period (a second Ctrl-C).
     Cancel {
@@ -173,14 +179,23 @@ pub enum Timer {
         /// The attempt that waits.
         attempt: u32,
     },
-    /// The recovery window after restoring plans is over (set by the driver).
-    RecoveryWindow,
+    /// The window for workers to re-report the attempts of a restored plan is over:
+    /// its gates still in doubt run again as new attempts ([`CoreConfig::recovery_window`]
+    /// after [`Event::PlanRestored`]).
+    ///
+    /// [`CoreConfig::recovery_window`]: super::CoreConfig::recovery_window
+    RecoveryWindow {
+        /// The restored plan.
+        plan: PlanId,
+    },
 }
 
 /// Commands out of the core, carried out by the driver in order.
 #[derive(Clone, Debug)]
 pub enum Command {
-    /// Send this assignment to `worker` (its slot and memory are reserved).
+    /// Send this assignment to `worker` (its slot and memory are reserved). The
+    /// assignment is complete as far as the core knows it (the cache key its result is
+    /// stored under, if any); the driver adds only transport details (trace context).
     Dispatch {
         /// The worker.
         worker: WorkerId,
@@ -198,23 +213,38 @@ pub enum Command {
         /// Grace between TERM and KILL.
         grace: Duration,
     },
-    /// Compute the gate's cache key and look it up; answer with [`Event::CacheChecked`].
-    /// When the gate has `cache: false` the driver computes the key (dependents need
-    /// it) but answers with a miss without looking up.
+    /// Compute the gate's cache key from `deps` and look it up; answer with
+    /// [`Event::CacheChecked`]. When the gate has `cache: false` the driver computes the
+    /// key (dependents need it) but answers with a miss without looking up. The answer
+    /// decides nothing else: single flight on the key is the core's.
     CheckCache {
         /// The plan.
         plan: PlanId,
         /// The gate.
         gate: GateIdx,
+        /// The keys of the gates it directly depends on, in `Plan::prerequisites`
+        /// order; `None` if one is unknown (the gate cannot be keyed).
+        deps: Option<Vec<CacheKey>>,
     },
-    /// Store a passed gate's result under its key.
+    /// Store a passed gate's result under its key (the driver, or the executor that
+    /// ran it when executors write their results themselves).
     StoreResult {
         /// The plan.
         plan: PlanId,
         /// The gate.
         gate: GateIdx,
+        /// Its cache key.
+        key: CacheKey,
         /// The passing result.
         result: GateResult,
+    },
+    /// `worker` may forget these results. Comes after every event that records one of
+    /// them, so the driver delivers it once those events are durable.
+    AckResults {
+        /// The worker that reported them.
+        worker: WorkerId,
+        /// Their attempts.
+        attempts: Vec<AttemptRef>,
     },
     /// Deliver [`Event::TimerFired`] at `at` (core time). Timers are not cancelled;
     /// a timer that no longer matches the gate's state is ignored.

@@ -552,11 +552,7 @@ impl GrpcTransport {
 }
 
 impl WorkerTransport for GrpcTransport {
-    fn ack_ignored(
-        &mut self,
-        worker: &WorkerId,
-        attempts: Vec<gatehouse_common::exec::AttemptRef>,
-    ) {
+    fn ack(&mut self, worker: &WorkerId, attempts: Vec<gatehouse_common::exec::AttemptRef>) {
         if let Some(entry) = self.outboxes.0.get(worker) {
             let _ = entry.1.send(Ok(ack_frame(&attempts)));
         }

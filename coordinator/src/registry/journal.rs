@@ -50,8 +50,8 @@ pub trait AckSink: Send + Sync + 'static {
 pub enum Waiter {
     /// Run this (answer a caller).
     Then(Box<dyn FnOnce() + Send>),
-    /// Acknowledge a worker's result.
-    Ack(WorkerId, AttemptRef),
+    /// Acknowledge a worker's results.
+    Ack(WorkerId, Vec<AttemptRef>),
 }
 
 enum Pending {
@@ -143,6 +143,20 @@ impl Journal {
         self.pending.push(Pending::Op(op));
         self.waiters.extend(waiter);
         self.queued();
+    }
+
+    /// Queues a waiter that fires once everything queued before it is durable (at
+    /// once if nothing is queued or in flight).
+    pub fn push_waiter(&mut self, waiter: Waiter) {
+        if self.in_flight.is_none() && self.pending.is_empty() {
+            self.fire(vec![waiter]);
+            return;
+        }
+        self.waiters.push(waiter);
+        // A commit in flight may hold what it waits for: the flush after it (with or
+        // without new writes) fires it.
+        self.pending_since
+            .get_or_insert_with(tokio::time::Instant::now);
     }
 
     fn queued(&mut self) {
@@ -259,7 +273,7 @@ impl Journal {
         for w in waiters {
             match w {
                 Waiter::Then(f) => f(),
-                Waiter::Ack(worker, attempt) => acks.entry(worker).or_default().push(attempt),
+                Waiter::Ack(worker, attempts) => acks.entry(worker).or_default().extend(attempts),
             }
         }
         if let Some(sink) = &self.acks {

@@ -21,8 +21,8 @@
 //! `SubmitPlan` and `CancelPlan` are answered, and workers' results acknowledged
 //! ([`AckSink`]), only once durable. At start the registry takes the plans read back
 //! from the store ([`restore::prepare`]): their logs are served again as they were, and
-//! the unfinished ones resume in the scheduler (see `core::recovery`), which waits
-//! [`RegistryConfig::recovery_window`] for workers to re-report their attempts. If the
+//! the unfinished ones resume in the scheduler (see `core::recovery`), which waits one
+//! recovery window for workers to re-report their attempts. If the
 //! store fails for good (fenced: another coordinator leads) the registry stops and its
 //! task ends with the error.
 //!
@@ -45,8 +45,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{GateEvent, GateStatus, PlanEvent, PlanSummary, RunOptions};
-use crate::scheduler::{SchedulerError, SchedulerHandle};
+use crate::core::{GateEvent, PlanEvent, PlanSummary, RunOptions};
+use crate::scheduler::{PlanOutput, RestoredPlan, SchedulerError, SchedulerHandle};
 use crate::store::{StateStore, StoreOp};
 use codec::{PlanRecord as StoredRecord, PlanSource};
 pub use journal::{AckSink, JournalError};
@@ -68,9 +68,6 @@ pub struct RegistryConfig {
     pub retain_finished: usize,
     /// Bytes of stderr kept per attempt result in the log.
     pub stderr_tail_bytes: usize,
-    /// After restoring plans, how long workers get to re-report their attempts before
-    /// the gates in doubt run again (one liveness timeout).
-    pub recovery_window: std::time::Duration,
     /// How long a state write waits for others to share its commit.
     pub commit_linger: std::time::Duration,
 }
@@ -80,7 +77,6 @@ impl Default for RegistryConfig {
         Self {
             retain_finished: 100,
             stderr_tail_bytes: 4096,
-            recovery_window: std::time::Duration::from_secs(5),
             commit_linger: journal::DEFAULT_LINGER,
         }
     }
@@ -301,9 +297,9 @@ struct RegistryActor {
     config: RegistryConfig,
     scheduler: SchedulerHandle,
     mailbox: mpsc::Receiver<RegistryMsg>,
-    events: mpsc::UnboundedReceiver<PlanEvent>,
+    events: mpsc::UnboundedReceiver<PlanOutput>,
     /// Cloned into every submission.
-    events_tx: mpsc::UnboundedSender<PlanEvent>,
+    events_tx: mpsc::UnboundedSender<PlanOutput>,
     plans: HashMap<PlanId, PlanRecord>,
     /// Plan ids in submission order (for listing newest first).
     order: VecDeque<PlanId>,
@@ -320,12 +316,10 @@ impl RegistryActor {
     async fn run(mut self, restored: Vec<Restored>) -> Result<(), JournalError> {
         let resumed = self.restore(restored).await;
         if resumed > 0 {
-            tracing::info!(plans = resumed, window = ?self.config.recovery_window,
-                "resumed unfinished plans; waiting for workers to re-report their attempts");
-            let _ = self
-                .scheduler
-                .end_recovery_after(self.config.recovery_window)
-                .await;
+            tracing::info!(
+                plans = resumed,
+                "resumed unfinished plans; waiting for workers to re-report their attempts"
+            );
         }
         let mut outcome = Ok(());
         loop {
@@ -342,11 +336,11 @@ impl RegistryActor {
                         break;
                     }
                 },
-                Some(event) = self.events.recv() => {
-                    self.record(event);
+                Some(output) = self.events.recv() => {
+                    self.take(output);
                     // Take everything already queued into the same commit.
-                    while let Ok(event) = self.events.try_recv() {
-                        self.record(event);
+                    while let Ok(output) = self.events.try_recv() {
+                        self.take(output);
                     }
                 }
                 msg = self.mailbox.recv() => match msg {
@@ -410,12 +404,14 @@ impl RegistryActor {
             let resumed_ok = self
                 .scheduler
                 .restore(
-                    id.clone(),
-                    r.plan,
-                    r.record.options,
-                    gates,
-                    r.cancel,
-                    age,
+                    RestoredPlan {
+                        id: id.clone(),
+                        plan: r.plan,
+                        options: r.record.options,
+                        gates,
+                        cancel: r.cancel,
+                        age,
+                    },
                     self.events_tx.clone(),
                 )
                 .await;
@@ -551,6 +547,19 @@ impl RegistryActor {
         }
     }
 
+    fn take(&mut self, output: PlanOutput) {
+        match output {
+            PlanOutput::Event(event) => self.record(event),
+            // The results are recorded by events already queued: acknowledge them once
+            // those are durable.
+            PlanOutput::Ack { worker, attempts } => match (&mut self.journal, &self.acks) {
+                (Some(j), _) => j.push_waiter(Waiter::Ack(worker, attempts)),
+                (None, Some(sink)) => sink.ack(&worker, attempts),
+                (None, None) => {}
+            },
+        }
+    }
+
     fn record(&mut self, event: PlanEvent) {
         let plan_id = match &event {
             PlanEvent::Gate(g) => g.plan.clone(),
@@ -559,25 +568,6 @@ impl RegistryActor {
         let Some(r) = self.plans.get_mut(&plan_id) else {
             return;
         };
-        let ack = match &event {
-            PlanEvent::Gate(g)
-                if g.result.is_some()
-                    && matches!(
-                        g.status,
-                        GateStatus::Finished(_) | GateStatus::Retrying { .. }
-                    ) =>
-            {
-                g.worker.clone().map(|w| {
-                    let attempt = gatehouse_common::exec::AttemptRef {
-                        plan: plan_id.clone(),
-                        gate: g.gate,
-                        attempt: g.attempt,
-                    };
-                    Waiter::Ack(w, attempt)
-                })
-            }
-            _ => None,
-        };
         let finished = matches!(event, PlanEvent::Finished(_));
         let Some(seq) = apply(r, event, self.config.stderr_tail_bytes) else {
             return;
@@ -585,14 +575,11 @@ impl RegistryActor {
         match &mut self.journal {
             Some(j) => {
                 let logged = r.log.last().cloned().expect("apply logged an event");
-                j.push_event(&plan_id, seq, logged, ack);
+                j.push_event(&plan_id, seq, logged, None);
             }
             None => {
                 r.durable = seq;
                 r.newest.send_replace(seq);
-                if let (Some(sink), Some(Waiter::Ack(worker, attempt))) = (&self.acks, ack) {
-                    sink.ack(&worker, vec![attempt]);
-                }
             }
         }
         if finished {

@@ -13,7 +13,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::testkit::{MI, flat, g, result, worker};
 use crate::core::{GateStatus, PlanEvent, PlanOutcome, PlanSummary, RunOptions, Terminal};
-use crate::scheduler::{self, SchedulerConfig, TransportError, WorkerEvent, WorkerTransport};
+use crate::scheduler::{
+    self, PlanOutput, RestoredPlan, SchedulerConfig, TransportError, WorkerEvent, WorkerTransport,
+};
+
+/// The next published event of a subscriber (acknowledgements are skipped).
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<PlanOutput>) -> Option<PlanEvent> {
+    loop {
+        match rx.recv().await? {
+            PlanOutput::Event(ev) => return Some(ev),
+            PlanOutput::Ack { .. } => continue,
+        }
+    }
+}
 
 /// Forwards every message to the test.
 struct ChanTransport(mpsc::UnboundedSender<(WorkerId, ToWorker)>);
@@ -79,7 +91,7 @@ impl Harness {
     /// Answers every assignment with `status` until the plan's summary arrives.
     async fn serve(
         &mut self,
-        events: &mut mpsc::UnboundedReceiver<PlanEvent>,
+        events: &mut mpsc::UnboundedReceiver<PlanOutput>,
         mut status: impl FnMut(u32) -> ExitStatus,
     ) -> (Vec<PlanEvent>, usize) {
         let mut seen = Vec::new();
@@ -95,7 +107,7 @@ impl Harness {
                         self.reports.send(FromWorker::Finished { attempt, result: r }.into()).await.expect("report");
                     }
                 }
-                Some(ev) = events.recv() => {
+                Some(ev) = next_event(events) => {
                     let last = matches!(ev, PlanEvent::Finished(_));
                     seen.push(ev);
                     if last {
@@ -223,7 +235,7 @@ async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
         .await
         .expect("submit");
     let waiting = loop {
-        match events.recv().await.expect("event") {
+        match next_event(&mut events).await.expect("event") {
             PlanEvent::Gate(ev) => {
                 if let GateStatus::Waiting { reason } = ev.status {
                     break reason;
@@ -237,7 +249,7 @@ async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
         .cancel(PlanId::new("p"), false)
         .await
         .expect("cancel");
-    match events.recv().await.expect("event") {
+    match next_event(&mut events).await.expect("event") {
         PlanEvent::Gate(ev) => assert_eq!(ev.status, GateStatus::Finished(Terminal::Cancelled)),
         other => panic!("unexpected {other:?}"),
     }
@@ -315,7 +327,7 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
     // The executor dies: its report channel closes with the attempt still running.
     drop(reports);
     let summary = loop {
-        if let PlanEvent::Finished(s) = events.recv().await.expect("event") {
+        if let PlanEvent::Finished(s) = next_event(&mut events).await.expect("event") {
             break s;
         }
     };
@@ -325,13 +337,45 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
     task.await.expect("task");
 }
 
-/// Submits the same plan twice at once; answers each assignment with `status` after
-/// a delay (so the other plan's lookup of the same key happens while it runs). Returns
-/// both summaries and how many attempts were dispatched.
+/// A disk cache that announces every lookup it has answered.
+struct Announcing(
+    DiskCache,
+    mpsc::UnboundedSender<gatehouse_common::cache::CacheKey>,
+);
+
+#[async_trait::async_trait]
+impl gatehouse_common::cache::ResultCache for Announcing {
+    async fn get(
+        &self,
+        key: &gatehouse_common::cache::CacheKey,
+    ) -> Result<Option<gatehouse_common::cache::CacheEntry>, gatehouse_common::cache::CacheError>
+    {
+        let got = self.0.get(key).await;
+        let _ = self.1.send(*key);
+        got
+    }
+
+    async fn put(
+        &self,
+        key: &gatehouse_common::cache::CacheKey,
+        entry: &gatehouse_common::cache::CacheEntry,
+    ) -> Result<(), gatehouse_common::cache::CacheError> {
+        self.0.put(key, entry).await
+    }
+}
+
+/// Submits the same plan twice at once; answers the first assignment with `status` only
+/// once both plans' lookups of its key have been answered (so the other plan's gate
+/// misses while it runs), and every later one at once. Returns both summaries and how
+/// many attempts were dispatched.
 async fn identical_plans_at_once(status: ExitStatus) -> (Vec<PlanSummary>, usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
-    let mut h = start(Some(cache));
+    let (looked_up, mut lookups) = mpsc::unbounded_channel();
+    let cache = Arc::new(Announcing(
+        DiskCache::open(dir.path()).expect("cache"),
+        looked_up,
+    ));
+    let mut h = start_with(SchedulerConfig::default(), Some(cache));
     h.reports
         .send(WorkerEvent::Joined(worker("w", 4, 4096 * MI)))
         .await
@@ -354,13 +398,21 @@ async fn identical_plans_at_once(status: ExitStatus) -> (Vec<PlanSummary>, usize
             Some((_, msg)) = h.to_worker.recv() => {
                 if let ToWorker::Assign(a) = msg {
                     dispatched += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if dispatched == 1 {
+                        let key = a.cache_key.expect("a cacheable gate's assignment has its key");
+                        let mut answered = 0;
+                        while answered < 2 {
+                            if lookups.recv().await.expect("lookups") == key {
+                                answered += 1;
+                            }
+                        }
+                    }
                     let attempt = a.attempt.clone();
                     let r = result(status.clone());
                     h.reports.send(FromWorker::Finished { attempt, result: r }.into()).await.expect("report");
                 }
             }
-            Some(ev) = events.recv() => {
+            Some(ev) = next_event(&mut events) => {
                 if let PlanEvent::Finished(s) = ev {
                     summaries.push(s);
                 }
@@ -430,7 +482,7 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
         .send(FromWorker::Finished { attempt, result: r }.into())
         .await
         .expect("report");
-    while let Some(ev) = events.recv().await {
+    while let Some(ev) = next_event(&mut events).await {
         if matches!(ev, PlanEvent::Finished(_)) {
             break;
         }
@@ -445,11 +497,12 @@ async fn with_executors_storing_assignments_carry_the_key_and_nothing_is_written
 }
 
 /// A cache that answers every lookup with a miss, after a delay for one key; each
-/// lookup of that key is announced on the channel when it starts.
+/// lookup of that key is announced on the channel when it starts (`true`) and when it
+/// answers (`false`).
 struct SlowMissFor(
     gatehouse_common::cache::CacheKey,
     Duration,
-    mpsc::UnboundedSender<()>,
+    mpsc::UnboundedSender<bool>,
 );
 
 #[async_trait::async_trait]
@@ -460,8 +513,9 @@ impl gatehouse_common::cache::ResultCache for SlowMissFor {
     ) -> Result<Option<gatehouse_common::cache::CacheEntry>, gatehouse_common::cache::CacheError>
     {
         if *key == self.0 {
-            let _ = self.2.send(());
+            let _ = self.2.send(true);
             tokio::time::sleep(self.1).await;
+            let _ = self.2.send(false);
         }
         Ok(None)
     }
@@ -476,12 +530,12 @@ impl gatehouse_common::cache::ResultCache for SlowMissFor {
 }
 
 /// A scheduler whose cache misses everything, slowly (300 ms) for the key of `plan`'s
-/// first gate, with one worker of `slots` slots; the receiver hears of every start of
-/// a slow lookup.
+/// first gate, with one worker of `slots` slots; the receiver hears of every start
+/// (`true`) and answer (`false`) of a slow lookup.
 async fn start_slow_for_first_gate(
     plan: &Arc<gatehouse_common::plan::Plan>,
     slots: u32,
-) -> (Harness, mpsc::UnboundedReceiver<()>) {
+) -> (Harness, mpsc::UnboundedReceiver<bool>) {
     let key = gatehouse_common::cache::compute_key(
         plan,
         gatehouse_common::ids::GateIdx(0),
@@ -533,18 +587,22 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
         .expect("submit p2");
     let x = next_assignment(&mut h.to_worker).await.expect("x or y");
     let y = next_assignment(&mut h.to_worker).await.expect("x or y");
-    // p1's lookup of `a`, then p2's.
-    for _ in 0..2 {
-        started.recv().await.expect("a lookup of a's key");
+    // p1's lookup of `a` (started and answered: `a` runs), then p2's start.
+    for expected in [true, false, true] {
+        let seen = started.recv().await.expect("a lookup of a's key");
+        assert_eq!(seen, expected, "lookups of a's key: start, answer, start");
     }
     h.handle
         .cancel(PlanId::new("p2"), false)
         .await
         .expect("cancel");
     // `a`'s lookup comes back (a miss, at 300 ms) while p2 waits for `x` and `y` to
-    // stop. Nothing outside the actor shows that it has handled that answer, so the
-    // test gives it time before stopping `x` and `y` (which would end p2).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // stop: the core ignores an answer for a gate that no longer waits, so it never
+    // joins the key's flight, whichever of the answer and the stops it sees first.
+    assert!(
+        !started.recv().await.expect("p2's lookup answers"),
+        "p2's lookup of a's key answered"
+    );
     for stopped in [&x, &y] {
         h.reports
             .send(finish(stopped, ExitStatus::Cancelled))
@@ -587,11 +645,13 @@ async fn next_assignment(
 async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = Arc::new(DiskCache::open(dir.path()).expect("cache"));
-    let config = SchedulerConfig {
+    let mut config = SchedulerConfig {
         executors_store: true,
         hash_inputs: false,
         ..SchedulerConfig::default()
     };
+    // `b` may have been dispatched without a record: it runs once the window is over.
+    config.core.recovery_window = Duration::ZERO;
     let mut h = start_with(config, Some(cache));
     h.reports
         .send(WorkerEvent::Joined(worker("w", 1, 4096 * MI)))
@@ -608,26 +668,21 @@ async fn a_restored_plan_keys_gates_that_depend_on_gates_passed_before() {
         },
         crate::core::RestoredGate::NotStarted,
     ];
+    let restored = RestoredPlan {
+        id: PlanId::new("p"),
+        plan,
+        options: RunOptions {
+            use_cache: true,
+            ..RunOptions::default()
+        },
+        gates,
+        cancel: None,
+        age: Duration::ZERO,
+    };
     h.handle
-        .restore(
-            PlanId::new("p"),
-            plan,
-            RunOptions {
-                use_cache: true,
-                ..RunOptions::default()
-            },
-            gates,
-            None,
-            Duration::ZERO,
-            events_tx,
-        )
+        .restore(restored, events_tx)
         .await
         .expect("restore");
-    // `b` may have been dispatched without a record: it runs once the window is over.
-    h.handle
-        .end_recovery_after(Duration::ZERO)
-        .await
-        .expect("end recovery");
     let b = next_assignment(&mut h.to_worker).await.expect("b runs");
     assert_eq!(b.spec.gate.as_str(), "b");
     assert!(
@@ -660,8 +715,9 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
         .await
         .expect("submit p2");
     // p1's lookup, then p2's: p2's is in flight (300 ms) when p1's `a` passes.
-    for _ in 0..2 {
-        started.recv().await.expect("a lookup of a's key");
+    for expected in [true, false, true] {
+        let seen = started.recv().await.expect("a lookup of a's key");
+        assert_eq!(seen, expected, "lookups of a's key: start, answer, start");
     }
     h.reports
         .send(
@@ -676,7 +732,7 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
     let mut cached = 0;
     let mut finished = 0;
     while finished < 2 {
-        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        match tokio::time::timeout(Duration::from_secs(5), next_event(&mut events)).await {
             Ok(Some(PlanEvent::Finished(s))) => {
                 finished += 1;
                 cached += s.counts.cached;

@@ -1,0 +1,250 @@
+//! Unit tests of the decisions the core owns beyond gate lifecycles: single flight on
+//! cache keys, acknowledgements of reported results, recovery timing, and what a
+//! dispatch carries.
+
+use std::time::Duration;
+
+use gatehouse_common::exec::{AttemptRef, ExitStatus};
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::plan::Policy;
+
+use super::testkit::*;
+use super::*;
+
+/// A simulator with one worker of 4 slots and three copies of a one-gate plan (`a`),
+/// whose lookups missed on the same key, in plan order.
+fn three_misses() -> Sim {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 4, 4096 * MI)]);
+    let plan = flat(Policy::default(), &[g("a", &[])]);
+    for p in ["p1", "p2", "p3"] {
+        sim.feed(Event::PlanSubmitted {
+            id: PlanId::new(p),
+            plan: plan.clone(),
+            options: RunOptions {
+                use_cache: true,
+                ..RunOptions::default()
+            },
+        });
+        sim.feed(Event::CacheChecked {
+            plan: PlanId::new(p),
+            gate: GateIdx(0),
+            key: Some(key(7)),
+            hit: None,
+        });
+    }
+    sim
+}
+
+fn running_plans(sim: &Sim) -> Vec<String> {
+    sim.running
+        .iter()
+        .map(|(_, a)| a.plan.to_string())
+        .collect()
+}
+
+fn finish(sim: &mut Sim, plan: &str, status: ExitStatus) -> Vec<Command> {
+    let i = sim
+        .running
+        .iter()
+        .position(|(_, a)| a.plan == PlanId::new(plan))
+        .expect("the plan's gate runs");
+    let (_, attempt) = sim.running.remove(i);
+    sim.feed(Event::GateFinished {
+        attempt,
+        result: result(status),
+    })
+}
+
+fn ended<'a>(sim: &'a Sim, plan: &str) -> Option<&'a GateEvent> {
+    sim.events
+        .iter()
+        .find(|e| e.plan == PlanId::new(plan) && matches!(e.status, GateStatus::Finished(_)))
+}
+
+#[test]
+fn the_first_miss_leads_and_a_pass_serves_every_waiter() {
+    let mut sim = three_misses();
+    assert_eq!(running_plans(&sim), ["p1"], "only the leader runs");
+    assert_eq!(sim.core.flights(), 1);
+    finish(&mut sim, "p1", ExitStatus::Exited(0));
+    for p in ["p2", "p3"] {
+        let e = ended(&sim, p).expect("served");
+        assert_eq!(e.status, GateStatus::Finished(Terminal::Passed));
+        assert!(e.cached, "{p} took the leader's result");
+        assert_eq!(
+            e.result.as_ref().map(|r| r.status.clone()),
+            Some(ExitStatus::Exited(0))
+        );
+    }
+    assert!(sim.running.is_empty());
+    assert_eq!(sim.core.flights(), 0);
+}
+
+#[test]
+fn a_failed_leader_hands_the_key_to_the_oldest_waiter() {
+    let mut sim = three_misses();
+    finish(&mut sim, "p1", ExitStatus::Exited(1));
+    assert_eq!(running_plans(&sim), ["p2"], "the oldest waiter runs it now");
+    assert!(ended(&sim, "p3").is_none(), "the other keeps waiting");
+    finish(&mut sim, "p2", ExitStatus::Exited(0));
+    let e = ended(&sim, "p3").expect("served by the new leader");
+    assert!(e.cached);
+    assert_eq!(sim.core.flights(), 0);
+}
+
+#[test]
+fn a_waiter_that_was_cancelled_leaves_and_is_never_promoted() {
+    let mut sim = three_misses();
+    sim.feed(Event::Cancel {
+        plan: PlanId::new("p2"),
+        force: false,
+    });
+    assert_eq!(
+        ended(&sim, "p2").map(|e| e.status.clone()),
+        Some(GateStatus::Finished(Terminal::Cancelled))
+    );
+    finish(&mut sim, "p1", ExitStatus::Exited(1));
+    assert_eq!(running_plans(&sim), ["p3"], "p2 stopped waiting: p3 leads");
+}
+
+#[test]
+fn a_cancelled_leader_hands_the_key_on_once_its_attempt_ends() {
+    let mut sim = three_misses();
+    sim.feed(Event::Cancel {
+        plan: PlanId::new("p1"),
+        force: false,
+    });
+    assert!(
+        sim.running_gates().len() == 1 && ended(&sim, "p2").is_none(),
+        "the leader is still stopping: the waiters wait"
+    );
+    finish(&mut sim, "p1", ExitStatus::Cancelled);
+    assert_eq!(running_plans(&sim), ["p2"]);
+}
+
+#[test]
+fn an_uncacheable_gate_or_one_without_a_key_never_waits() {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 4, 4096 * MI)]);
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[]), g("c", &[])]);
+    let mut uncacheable = (*plan).clone();
+    uncacheable.gates[1].cache = false;
+    sim.submit(std::sync::Arc::new(uncacheable), true);
+    let answers = [(0, Some(key(1))), (1, Some(key(1))), (2, None)];
+    for (gate, key) in answers {
+        sim.feed(Event::CacheChecked {
+            plan: sim.plan.clone(),
+            gate: GateIdx(gate),
+            key,
+            hit: None,
+        });
+    }
+    assert_eq!(sim.running_gates(), [0, 1, 2], "all three run at once");
+    let keys: Vec<_> = sim
+        .log
+        .iter()
+        .filter_map(|c| match c {
+            Command::Dispatch { assignment, .. } => Some(assignment.cache_key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [Some(key(1)), None, None],
+        "an assignment carries the key its result is stored under, if any"
+    );
+    let stored = sim.pass(0);
+    assert!(
+        stored.iter().any(|c| matches!(c,
+            Command::StoreResult { key: k, gate, .. } if *k == key(1) && gate.0 == 0)),
+        "a pass is stored under its key"
+    );
+    let not_stored = sim.pass(2);
+    assert!(
+        !not_stored
+            .iter()
+            .any(|c| matches!(c, Command::StoreResult { .. })),
+        "a gate without a key is not stored"
+    );
+}
+
+#[test]
+fn a_stale_result_is_acked_at_once_and_a_used_one_after_its_event() {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    sim.submit(flat(Policy::default(), &[g("a", &[])]), false);
+    let (_, attempt) = sim.running[0].clone();
+    let stale = AttemptRef {
+        attempt: 7,
+        ..attempt.clone()
+    };
+    let cmds = sim.feed(Event::AttemptsReported {
+        worker: WorkerId::new("w"),
+        running: vec![],
+        finished: vec![(stale.clone(), result(ExitStatus::Exited(0)))],
+    });
+    assert!(
+        matches!(cmds.as_slice(), [Command::AckResults { attempts, .. }] if *attempts == [stale]),
+        "a result the core ignores is acknowledged and changes nothing: {cmds:?}"
+    );
+    let cmds = sim.feed(Event::AttemptsReported {
+        worker: WorkerId::new("w"),
+        running: vec![],
+        finished: vec![(attempt.clone(), result(ExitStatus::Exited(0)))],
+    });
+    let recorded = cmds.iter().position(|c| {
+        matches!(c, Command::Emit(PlanEvent::Gate(e)) if e.result.is_some() && e.attempt == attempt.attempt)
+    });
+    let acked = cmds.iter().position(
+        |c| matches!(c, Command::AckResults { attempts, .. } if *attempts == [attempt.clone()]),
+    );
+    assert!(
+        matches!((recorded, acked), (Some(r), Some(a)) if r < a),
+        "the ack follows the event that records the result: {cmds:?}"
+    );
+    // An executor reporting in-process (no worker keeps the result) is never acked.
+    let mut local = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    local.submit(flat(Policy::default(), &[g("a", &[])]), false);
+    let cmds = local.pass(0);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::AckResults { .. })));
+}
+
+#[test]
+fn a_restored_plan_with_gates_in_doubt_asks_for_its_recovery_window() {
+    let config = CoreConfig {
+        recovery_window: Duration::from_secs(7),
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(config, &[worker("w", 1, 4096 * MI)]);
+    sim.now = Duration::from_secs(100);
+    let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[0])]);
+    let restored = |id: &str, gates: Vec<RestoredGate>| Event::PlanRestored {
+        id: PlanId::new(id),
+        plan: plan.clone(),
+        options: RunOptions::default(),
+        gates,
+        cancel: None,
+        age: Duration::ZERO,
+        keys: vec![Some(key(1)), None],
+    };
+    sim.feed(restored("p1", vec![RestoredGate::NotStarted; 2]));
+    assert_eq!(
+        sim.timers,
+        [(
+            Duration::from_secs(107),
+            Timer::RecoveryWindow {
+                plan: PlanId::new("p1")
+            }
+        )],
+        "one recovery window from the restore"
+    );
+    assert!(sim.running.is_empty(), "nothing runs while `a` is in doubt");
+    sim.fire_timer();
+    assert_eq!(sim.running_gates(), [0], "the window ended: `a` runs again");
+    // A plan whose gates all ended in the log has nothing in doubt and no window.
+    let done = RestoredGate::Done {
+        terminal: Terminal::Passed,
+        cached: false,
+        flaky: false,
+    };
+    sim.feed(restored("p2", vec![done.clone(), done]));
+    assert!(sim.timers.is_empty());
+}

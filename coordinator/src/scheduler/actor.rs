@@ -1,0 +1,415 @@
+//! The scheduler actor's run loop: events in, the core's commands carried out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use gatehouse_common::cache::{FileHashes, ResultCache};
+use gatehouse_common::exec::{AttemptRef, FromWorker, ToWorker};
+use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::plan::Plan;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::handle::{RestoredPlan, SchedulerMsg};
+use super::lookups::{CacheIo, LookupDone, LookupRequest, entry};
+use super::{PlanOutput, SchedulerConfig, SchedulerError, WorkerEvent, WorkerTransport};
+use crate::core::{Command, Event, PlanEvent, RunOptions, Scheduler, Timer};
+use crate::observe::Observer;
+
+/// Driver-side state of one live plan.
+struct PlanDriver {
+    plan: Arc<Plan>,
+    /// Its subscriber.
+    events: mpsc::UnboundedSender<PlanOutput>,
+    /// Input file hashes memoised for this run.
+    files: Arc<FileHashes>,
+}
+
+pub(super) struct SchedulerActor {
+    core: Scheduler,
+    /// Metrics and spans.
+    observer: Observer,
+    config: SchedulerConfig,
+    /// Core time is `Instant::now() - epoch`.
+    epoch: Instant,
+    transport: Box<dyn WorkerTransport>,
+    cache: CacheIo,
+    mailbox: mpsc::Receiver<SchedulerMsg>,
+    /// `None` once every executor report sender is gone.
+    reports: Option<mpsc::Receiver<WorkerEvent>>,
+    timers: DelayQueue<Timer>,
+    plans: HashMap<PlanId, PlanDriver>,
+    shutdown: CancellationToken,
+}
+
+impl SchedulerActor {
+    pub(super) fn new(
+        config: SchedulerConfig,
+        transport: Box<dyn WorkerTransport>,
+        reports: mpsc::Receiver<WorkerEvent>,
+        cache: Option<Arc<dyn ResultCache>>,
+        mailbox: mpsc::Receiver<SchedulerMsg>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            core: Scheduler::new(config.core.clone()),
+            observer: Observer::new(config.metrics.clone(), config.tracer.clone()),
+            cache: CacheIo::new(cache, config.max_cache_lookups, config.hash_inputs),
+            config,
+            epoch: Instant::now(),
+            transport,
+            mailbox,
+            reports: Some(reports),
+            timers: DelayQueue::new(),
+            plans: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                // Worker events before new requests: they free capacity, and a worker that
+                // registered before a plan was submitted is known when the plan starts.
+                report = recv_opt(&mut self.reports) => match report {
+                    Some(event) => self.on_worker_event(event),
+                    None => {
+                        // Every executor is gone: nothing it ran will report back.
+                        self.reports = None;
+                        for worker in self.core.worker_ids() {
+                            self.feed(Event::WorkerLost { worker });
+                        }
+                    }
+                },
+                msg = self.mailbox.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => break,
+                },
+                Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)),
+                    if !self.timers.is_empty() => self.feed(Event::TimerFired(expired.into_inner())),
+                done = self.cache.next() => self.on_lookup(done),
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&mut self) {
+        self.observer.interrupt_all();
+        self.mailbox.close();
+        while let Ok(msg) = self.mailbox.try_recv() {
+            if let SchedulerMsg::Submit { reply, .. } = msg {
+                let _ = reply.send(Err(SchedulerError::ShuttingDown));
+            }
+        }
+        self.cache.drain(self.config.drain_timeout).await;
+    }
+
+    fn on_worker_event(&mut self, event: WorkerEvent) {
+        let metrics = &self.observer.metrics;
+        match &event {
+            WorkerEvent::Joined(info) => metrics.worker_memory(
+                info.id.as_str(),
+                None,
+                Some(info.memory_available),
+                Some(info.memory_total),
+            ),
+            WorkerEvent::Capacity {
+                worker,
+                memory_used,
+                memory_available,
+            } => metrics.worker_memory(
+                worker.as_str(),
+                Some(*memory_used),
+                Some(*memory_available),
+                None,
+            ),
+            WorkerEvent::Lost(worker) => metrics.worker_gone(worker.as_str()),
+            _ => {}
+        }
+        // Slot use also changes without a gate event (lost or adopted attempts, a
+        // drain): each heartbeat refreshes the worker's figures.
+        let refresh = match &event {
+            WorkerEvent::Joined(info) => Some(info.id.clone()),
+            WorkerEvent::Capacity { worker, .. } => Some(worker.clone()),
+            _ => None,
+        };
+        self.feed(core_event(event));
+        if let Some(w) = refresh {
+            self.refresh_slots(&w);
+        }
+    }
+
+    /// Exports a worker's slot use as the core accounts it.
+    fn refresh_slots(&self, worker: &WorkerId) {
+        if !self.observer.metrics.exported() {
+            return;
+        }
+        if let Some(slots) = self.core.slot_use(worker) {
+            self.observer.metrics.worker_slots(worker.as_str(), slots);
+        }
+    }
+
+    fn on_msg(&mut self, msg: SchedulerMsg) {
+        match msg {
+            SchedulerMsg::Submit {
+                id,
+                plan,
+                options,
+                events,
+                reply,
+            } => {
+                let Some(options) = self.register(&id, &plan, options, events, false) else {
+                    let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
+                    return;
+                };
+                let _ = reply.send(Ok(id.clone()));
+                self.feed(Event::PlanSubmitted { id, plan, options });
+            }
+            SchedulerMsg::Cancel { plan, force } => self.feed(Event::Cancel { plan, force }),
+            SchedulerMsg::Restore {
+                restored,
+                events,
+                reply,
+            } => {
+                let RestoredPlan {
+                    id,
+                    plan,
+                    options,
+                    gates,
+                    cancel,
+                    age,
+                } = restored;
+                let Some(options) = self.register(&id, &plan, options, events, true) else {
+                    let _ = reply.send(Err(SchedulerError::DuplicatePlan(id)));
+                    return;
+                };
+                let _ = reply.send(Ok(()));
+                let keys = match (options.use_cache, self.plans.get(&id)) {
+                    (true, Some(driver)) => self.cache.restored_keys(&plan, &driver.files),
+                    _ => Vec::new(),
+                };
+                self.feed(Event::PlanRestored {
+                    id,
+                    plan,
+                    options,
+                    gates,
+                    cancel,
+                    age,
+                    keys,
+                });
+            }
+        }
+    }
+
+    /// Sets up the driver's state of a new live plan; `None` if the id is live already.
+    /// Returns the options the core gets (no cache without one).
+    fn register(
+        &mut self,
+        id: &PlanId,
+        plan: &Arc<Plan>,
+        options: RunOptions,
+        events: mpsc::UnboundedSender<PlanOutput>,
+        resumed: bool,
+    ) -> Option<RunOptions> {
+        if self.plans.contains_key(id) {
+            return None;
+        }
+        self.observer
+            .plan_started(id, plan, options.trace_parent.as_deref(), resumed);
+        self.plans.insert(
+            id.clone(),
+            PlanDriver {
+                plan: plan.clone(),
+                events,
+                files: Arc::new(FileHashes::default()),
+            },
+        );
+        Some(RunOptions {
+            use_cache: options.use_cache && self.cache.enabled(),
+            trace_parent: options.trace_parent,
+        })
+    }
+
+    fn on_lookup(&mut self, done: LookupDone) {
+        self.observer
+            .lookup_done(&done.plan, done.gate, done.answer);
+        self.feed(done.event);
+    }
+
+    /// Runs one event through the core and carries out the commands (which may feed
+    /// further events, e.g. a worker found unreachable).
+    fn feed(&mut self, event: Event) {
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let now = self.epoch.elapsed();
+            for cmd in self.core.handle(now, event) {
+                self.execute(cmd, &mut queue);
+            }
+        }
+        if self.observer.metrics.exported() {
+            self.observer
+                .core_state(&self.core.gauges(), self.core.throttled_total());
+        }
+        let core = &self.core;
+        for (plan, gate) in self.cache.start(|p, g| core.awaits_cache(p, g)) {
+            // Its plan stopped (cancel, fail-fast) before the lookup could start.
+            self.observer.lookup_done(&plan, gate, None);
+        }
+    }
+
+    fn execute(&mut self, cmd: Command, queue: &mut VecDeque<Event>) {
+        match cmd {
+            Command::Dispatch {
+                worker,
+                mut assignment,
+                queued,
+            } => {
+                let a = &assignment.attempt;
+                if let Some(driver) = self.plans.get(&a.plan) {
+                    assignment.traceparent =
+                        self.observer
+                            .dispatching(&driver.plan, &a.plan, a.gate, Some(queued));
+                }
+                self.refresh_slots(&worker);
+                if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
+                    tracing::warn!(worker_id = %e.worker, "dispatch failed; declaring the worker lost");
+                    queue.push_back(Event::WorkerLost { worker: e.worker });
+                }
+            }
+            Command::CancelAttempt {
+                worker,
+                attempt,
+                grace,
+            } => {
+                if let Err(e) = self
+                    .transport
+                    .send(&worker, ToWorker::Cancel { attempt, grace })
+                {
+                    queue.push_back(Event::WorkerLost { worker: e.worker });
+                }
+            }
+            Command::CheckCache { plan, gate, deps } => {
+                let Some(driver) = self.plans.get(&plan) else {
+                    return;
+                };
+                self.observer.lookup_started(&driver.plan, &plan, gate);
+                self.cache.queue(LookupRequest {
+                    plan_id: plan,
+                    gate,
+                    plan: driver.plan.clone(),
+                    deps,
+                    files: driver.files.clone(),
+                });
+            }
+            Command::StoreResult {
+                plan,
+                gate,
+                key,
+                result,
+            } => {
+                if let Some(driver) = self.plans.get(&plan) {
+                    let producer = driver.plan.gate(gate).id.clone();
+                    let write = !self.config.executors_store;
+                    self.cache.stored(key, entry(result, producer), write);
+                }
+            }
+            Command::SetTimer { at, timer } => {
+                self.timers.insert_at(timer, self.epoch + at);
+            }
+            Command::AckResults { worker, attempts } => self.ack(worker, attempts),
+            Command::Emit(event) => self.emit(event),
+        }
+    }
+
+    /// Acknowledgements follow the events of their plan through its subscriber, which
+    /// delivers them once those events are durable; a plan no longer live here has
+    /// nothing left to make durable, so its results are acknowledged at once.
+    fn ack(&mut self, worker: WorkerId, attempts: Vec<AttemptRef>) {
+        let mut by_plan: HashMap<PlanId, Vec<AttemptRef>> = HashMap::new();
+        for a in attempts {
+            by_plan.entry(a.plan.clone()).or_default().push(a);
+        }
+        let mut at_once = Vec::new();
+        for (plan, attempts) in by_plan {
+            match self.plans.get(&plan) {
+                Some(driver) => {
+                    let ack = PlanOutput::Ack {
+                        worker: worker.clone(),
+                        attempts,
+                    };
+                    // A subscriber that went away keeps nothing durable.
+                    let _ = driver.events.send(ack);
+                }
+                None => at_once.extend(attempts),
+            }
+        }
+        if !at_once.is_empty() {
+            self.transport.ack(&worker, at_once);
+        }
+    }
+
+    fn emit(&mut self, event: PlanEvent) {
+        match &event {
+            PlanEvent::Gate(g) => {
+                self.observer.gate_event(g);
+                if let (Some(w), true) = (&g.worker, g.result.is_some()) {
+                    self.refresh_slots(w);
+                }
+            }
+            PlanEvent::Finished(s) => self.observer.plan_finished(s),
+        }
+        let (plan, last) = match &event {
+            PlanEvent::Gate(g) => (g.plan.clone(), false),
+            PlanEvent::Finished(s) => (s.plan.clone(), true),
+        };
+        if let Some(driver) = self.plans.get(&plan) {
+            // A subscriber that went away just stops receiving.
+            let _ = driver.events.send(PlanOutput::Event(event));
+        }
+        if last {
+            self.plans.remove(&plan);
+        }
+    }
+}
+
+/// The core's event for an executor's report or membership change.
+fn core_event(event: WorkerEvent) -> Event {
+    match event {
+        WorkerEvent::Report(FromWorker::Started { attempt }) => Event::GateStarted { attempt },
+        WorkerEvent::Report(FromWorker::Finished { attempt, result }) => {
+            Event::GateFinished { attempt, result }
+        }
+        WorkerEvent::Joined(info) => Event::WorkerJoined(info),
+        WorkerEvent::Capacity {
+            worker,
+            memory_used,
+            memory_available,
+        } => Event::WorkerCapacity {
+            worker,
+            memory_used,
+            memory_available,
+        },
+        WorkerEvent::Draining(worker) => Event::WorkerDraining { worker },
+        WorkerEvent::Lost(worker) => Event::WorkerLost { worker },
+        WorkerEvent::Reported {
+            worker,
+            running,
+            finished,
+        } => Event::AttemptsReported {
+            worker,
+            running,
+            finished,
+        },
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,365 @@
+//! The scheduler's cache I/O: key computation and lookups for [`Command::CheckCache`],
+//! writes for [`Command::StoreResult`], and the recent passes that cover a write still
+//! on its way.
+//!
+//! State it owns: the lookups waiting for a slot (FIFO), the lookup tasks in flight (at
+//! most [`SchedulerConfig::max_cache_lookups`]; a task computes the key in
+//! `spawn_blocking`, since it may hash input files, then asks the cache), the write
+//! tasks, and [`RecentPasses`]. It decides nothing about scheduling: each lookup ends
+//! as one [`Event::CacheChecked`] with the key and, on a hit, the entry. A failed
+//! lookup or key computation is a miss (with no key: the gate runs uncached), never a
+//! gate failure; a failed write is logged.
+//!
+//! [`Command::CheckCache`]: crate::core::Command::CheckCache
+//! [`Command::StoreResult`]: crate::core::Command::StoreResult
+//! [`SchedulerConfig::max_cache_lookups`]: super::SchedulerConfig::max_cache_lookups
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_common::cache::{
+    CacheEntry, CacheError, CacheKey, FileHashes, ResultCache, compute_key, unix_ms_now,
+};
+use gatehouse_common::ids::{GateId, GateIdx, PlanId};
+use gatehouse_common::plan::Plan;
+use gatehouse_common::spawn::spawn_in;
+use tokio::task::JoinSet;
+
+use crate::core::Event;
+use crate::metrics::CacheResult;
+
+/// How long a passed result stays in [`RecentPasses`].
+const RECENT_FOR: Duration = Duration::from_secs(60);
+/// Bytes of output tails [`RecentPasses`] holds at most.
+const RECENT_BYTES: u64 = 64 << 20;
+
+/// One lookup to run: which gate, and what its key is made of.
+pub(super) struct LookupRequest {
+    pub(super) plan_id: PlanId,
+    pub(super) gate: GateIdx,
+    pub(super) plan: Arc<Plan>,
+    /// Keys of its prerequisites (`None`: one is unknown, so it has no key).
+    pub(super) deps: Option<Vec<CacheKey>>,
+    pub(super) files: Arc<FileHashes>,
+}
+
+/// A finished lookup: the event for the core and how the cache answered.
+pub(super) struct LookupDone {
+    pub(super) event: Event,
+    pub(super) plan: PlanId,
+    pub(super) gate: GateIdx,
+    /// How the cache answered (`None`: not asked).
+    pub(super) answer: Option<CacheResult>,
+}
+
+/// The driver's cache I/O. See the module docs.
+pub(super) struct CacheIo {
+    cache: Option<Arc<dyn ResultCache>>,
+    max_lookups: usize,
+    /// Whether gates' `inputs` can be hashed here (else a gate with inputs has no key).
+    hash_inputs: bool,
+    queue: VecDeque<LookupRequest>,
+    lookups: JoinSet<LookupDone>,
+    /// Which gate each lookup task serves, so a task that fails still answers.
+    serving: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
+    stores: JoinSet<Result<(), CacheError>>,
+    recent: RecentPasses,
+}
+
+impl CacheIo {
+    pub(super) fn new(
+        cache: Option<Arc<dyn ResultCache>>,
+        max_lookups: usize,
+        hash_inputs: bool,
+    ) -> Self {
+        Self {
+            cache,
+            max_lookups,
+            hash_inputs,
+            queue: VecDeque::new(),
+            lookups: JoinSet::new(),
+            serving: HashMap::new(),
+            stores: JoinSet::new(),
+            recent: RecentPasses::default(),
+        }
+    }
+
+    /// Whether there is a cache at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// Queues a lookup.
+    pub(super) fn queue(&mut self, request: LookupRequest) {
+        self.queue.push_back(request);
+    }
+
+    /// Starts queued lookups while below the limit; `wanted` says whether a gate still
+    /// waits for its answer (lookups of gates that stopped waiting are dropped: nobody
+    /// reads their answer). Returns the dropped ones.
+    pub(super) fn start(
+        &mut self,
+        wanted: impl Fn(&PlanId, GateIdx) -> bool,
+    ) -> Vec<(PlanId, GateIdx)> {
+        let mut dropped = Vec::new();
+        while self.lookups.len() < self.max_lookups {
+            let Some(req) = self.queue.pop_front() else {
+                break;
+            };
+            if !wanted(&req.plan_id, req.gate) {
+                dropped.push((req.plan_id, req.gate));
+                continue;
+            }
+            let served = (req.plan_id.clone(), req.gate);
+            let task = spawn_in(
+                &mut self.lookups,
+                "cache-lookup",
+                lookup(req, self.cache.clone(), self.hash_inputs),
+            );
+            self.serving.insert(task.id(), served);
+        }
+        dropped
+    }
+
+    /// The next finished lookup (pending while none runs). Writes that finish
+    /// meanwhile are reaped here, their failures logged. A passed result this scheduler
+    /// saw recently answers a lookup's miss.
+    pub(super) async fn next(&mut self) -> LookupDone {
+        loop {
+            tokio::select! {
+                done = next_lookup(&mut self.lookups, &mut self.serving, &self.recent),
+                    if !self.lookups.is_empty() => return done,
+                Some(stored) = self.stores.join_next(), if !self.stores.is_empty() => {
+                    log_store(stored);
+                }
+                else => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// A gate passed: remember it for lookups racing its write, and write it unless the
+    /// executor does.
+    pub(super) fn stored(&mut self, key: CacheKey, entry: CacheEntry, write: bool) {
+        self.recent.insert(key, entry.clone());
+        if let (true, Some(cache)) = (write, self.cache.clone()) {
+            spawn_in(&mut self.stores, "cache-store", async move {
+                cache.put(&key, &entry).await
+            });
+        }
+    }
+
+    /// Shutdown: stops lookups; gives pending writes `timeout` to finish.
+    pub(super) async fn drain(&mut self, timeout: Duration) {
+        self.lookups.abort_all();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        while !self.stores.is_empty() {
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::warn!(pending = self.stores.len(), "cache writes did not finish before shutdown");
+                    self.stores.abort_all();
+                    break;
+                }
+                Some(stored) = self.stores.join_next() => log_store(stored),
+            }
+        }
+    }
+
+    /// Every key of a restored plan, in dependency order, when keys do not hash files
+    /// (then this is pure hashing): gates that passed before the failover are never
+    /// looked up again, and without their keys every gate that depends on them would
+    /// run uncached. Empty when keys hash files.
+    pub(super) fn restored_keys(&self, plan: &Plan, files: &FileHashes) -> Vec<Option<CacheKey>> {
+        if self.hash_inputs {
+            return Vec::new();
+        }
+        let n = plan.gates.len();
+        let mut keys: Vec<Option<CacheKey>> = vec![None; n];
+        let mut dependents: Vec<Vec<GateIdx>> = vec![Vec::new(); n];
+        let mut blocking = vec![0usize; n];
+        for g in (0..n as u32).map(GateIdx) {
+            for d in plan.prerequisites(g) {
+                dependents[d.ix()].push(g);
+                blocking[g.ix()] += 1;
+            }
+        }
+        let mut ready: VecDeque<GateIdx> = (0..n as u32)
+            .map(GateIdx)
+            .filter(|g| blocking[g.ix()] == 0)
+            .collect();
+        while let Some(g) = ready.pop_front() {
+            let deps: Option<Vec<CacheKey>> = plan.prerequisites(g).map(|d| keys[d.ix()]).collect();
+            keys[g.ix()] = deps
+                .filter(|_| plan.gate(g).inputs.is_empty())
+                .and_then(|deps| compute_key(plan, g, &deps, files).ok());
+            for &d in &dependents[g.ix()] {
+                blocking[d.ix()] -= 1;
+                if blocking[d.ix()] == 0 {
+                    ready.push_back(d);
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// The next finished lookup task as a [`LookupDone`] (pending while none runs).
+async fn next_lookup(
+    lookups: &mut JoinSet<LookupDone>,
+    serving: &mut HashMap<tokio::task::Id, (PlanId, GateIdx)>,
+    recent: &RecentPasses,
+) -> LookupDone {
+    let mut done = loop {
+        let Some(joined) = lookups.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        match joined {
+            Ok((id, done)) => {
+                serving.remove(&id);
+                break done;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cache lookup task failed; treating it as a miss");
+                // Every task is registered when spawned; a failed one still answers.
+                let Some((plan, gate)) = serving.remove(&e.id()) else {
+                    continue;
+                };
+                break LookupDone {
+                    event: Event::CacheChecked {
+                        plan: plan.clone(),
+                        gate,
+                        key: None,
+                        hit: None,
+                    },
+                    plan,
+                    gate,
+                    answer: Some(CacheResult::Error),
+                };
+            }
+        }
+    };
+    if let (
+        Event::CacheChecked {
+            key: Some(key),
+            hit: hit @ None,
+            ..
+        },
+        Some(_),
+    ) = (&mut done.event, done.answer)
+    {
+        // The cache was asked and had nothing: the executor's write of an identical
+        // gate's pass may still be on its way.
+        *hit = recent.get(key).map(Box::new);
+    }
+    done
+}
+
+/// One lookup task: the key (in `spawn_blocking`: it may hash files), then the cache.
+async fn lookup(
+    req: LookupRequest,
+    cache: Option<Arc<dyn ResultCache>>,
+    hash_inputs: bool,
+) -> LookupDone {
+    let LookupRequest {
+        plan_id,
+        gate,
+        plan,
+        deps,
+        files,
+    } = req;
+    // Gates' input files live on the workers in the cluster: such a gate has no key.
+    let deps = deps.filter(|_| hash_inputs || plan.gate(gate).inputs.is_empty());
+    let key = match deps {
+        Some(deps) => {
+            let p = plan.clone();
+            tokio::task::spawn_blocking(move || compute_key(&p, gate, &deps, &files))
+                .await
+                .map_err(|e| tracing::error!(error = %e, "cache key task failed"))
+                .ok()
+                .and_then(|r| {
+                    r.map_err(
+                        |e| tracing::warn!(error = %e, "cannot compute cache key; gate runs uncached"),
+                    )
+                    .ok()
+                })
+        }
+        None => None,
+    };
+    let mut hit = None;
+    let mut answer = None;
+    if let (Some(key), Some(cache), true) = (key, cache, plan.gate(gate).cache) {
+        match cache.get(&key).await {
+            Ok(entry) => {
+                answer = Some(match entry {
+                    Some(_) => CacheResult::Hit,
+                    None => CacheResult::Miss,
+                });
+                hit = entry.map(Box::new);
+            }
+            Err(e) => {
+                answer = Some(CacheResult::Error);
+                tracing::warn!(error = %e, "cache lookup failed; treating as a miss")
+            }
+        }
+    }
+    LookupDone {
+        event: Event::CacheChecked {
+            plan: plan_id.clone(),
+            gate,
+            key,
+            hit,
+        },
+        plan: plan_id,
+        gate,
+        answer,
+    }
+}
+
+fn log_store(stored: Result<Result<(), CacheError>, tokio::task::JoinError>) {
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
+        Err(e) => tracing::warn!(error = %e, "cache write task failed"),
+    }
+}
+
+/// Passes seen here in the last minute (bounded by bytes): a lookup that started before
+/// an identical gate passed, and missed because the executor's write had not landed
+/// yet, is answered from here instead of running the gate again. A read-through of the
+/// cache, not a scheduling decision (single flight is the core's).
+pub(super) struct RecentPasses(moka::sync::Cache<CacheKey, CacheEntry>);
+
+impl Default for RecentPasses {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(RECENT_BYTES)
+                .weigher(|_, e: &CacheEntry| {
+                    let tails = e.result.stdout.bytes.len() + e.result.stderr.bytes.len();
+                    u32::try_from(tails + 256).unwrap_or(u32::MAX)
+                })
+                .time_to_live(RECENT_FOR)
+                .build(),
+        )
+    }
+}
+
+impl RecentPasses {
+    fn insert(&self, key: CacheKey, entry: CacheEntry) {
+        self.0.insert(key, entry);
+    }
+
+    fn get(&self, key: &CacheKey) -> Option<CacheEntry> {
+        self.0.get(key)
+    }
+}
+
+/// The entry a passed gate is stored as.
+pub(super) fn entry(result: gatehouse_common::exec::GateResult, producer: GateId) -> CacheEntry {
+    CacheEntry {
+        result,
+        producer,
+        created_unix_ms: unix_ms_now(),
+    }
+}
