@@ -14,10 +14,11 @@ use anyhow::Context;
 use clap::Args;
 use gatehouse_common::cache::tiered::Tiered;
 use gatehouse_common::cache::{DiskCache, ResultCache};
+use gatehouse_common::events::{PlanEvent, PlanOutcome};
 use gatehouse_common::ids::{PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
 use gatehouse_common::units::{parse_duration, parse_size};
-use gatehouse_coordinator::core::{CoreConfig, PlanEvent, PlanOutcome, RunOptions, WorkerInfo};
+use gatehouse_coordinator::core::{CoreConfig, RunOptions, WorkerInfo};
 use gatehouse_coordinator::scheduler::{
     self, LocalTransport, PlanOutput, SchedulerConfig, WorkerEvent,
 };

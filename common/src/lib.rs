@@ -1,5 +1,6 @@
 //! Plain types shared by every Gatehouse role: the validated plan model, ids, units,
-//! the messages exchanged with executors, the cache key and the result cache.
+//! the messages exchanged with executors, the events a plan publishes, the cache key and
+//! the result cache.
 //!
 //! This crate owns no long-lived state and spawns no tasks of its own; the only
 //! task-related item is [`spawn::spawn_named`], the helper every crate uses to
@@ -7,6 +8,7 @@
 
 pub mod backoff;
 pub mod cache;
+pub mod events;
 pub mod exec;
 pub mod http;
 pub mod ids;

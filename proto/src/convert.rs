@@ -1,6 +1,9 @@
-//! Wire <-> domain conversions for the types both the coordinator and workers use.
+//! Wire <-> domain conversions for the types both the coordinator and workers use, and
+//! ([`events`]) for the events a plan publishes to clients.
 //! Decoding never trusts the peer: a missing or out-of-range field is a [`WireError`]
 //! naming the field, which services turn into `INVALID_ARGUMENT`.
+
+pub mod events;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use gatehouse_common::ids::{GateId, GateIdx, ItemId, PlanId};
 use crate::v1;
 
 /// A message from the peer that cannot be turned into a domain value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// A field that must be set is missing or empty.
     #[error("missing field {0}")]
@@ -23,6 +26,14 @@ pub enum WireError {
         field: &'static str,
         /// What is wrong.
         reason: String,
+    },
+    /// A field names something (a gate, an item) that the receiver does not have.
+    #[error("invalid field {field}: unknown id {value:?}")]
+    Unknown {
+        /// The field.
+        field: &'static str,
+        /// The id it names.
+        value: String,
     },
 }
 

@@ -22,8 +22,8 @@
 
 use std::time::Duration;
 
+use gatehouse_common::events::PlanOutcome;
 use gatehouse_common::ids::PlanId;
-use gatehouse_coordinator::core::PlanOutcome;
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::tls::is_downgrade;
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
@@ -304,18 +304,36 @@ impl<'a> Follower<'a> {
             return None;
         }
         self.last_seq = self.last_seq.max(ev.seq);
+        let plan = wire::Followed {
+            id: self.plan_id,
+            view: self.renderer.view(),
+        };
         match ev.event {
-            Some(Event::Gate(gate)) => match wire::gate_update(self.renderer.view(), gate) {
-                Ok(Some(update)) => self.renderer.gate(&update),
+            Some(Event::Gate(gate)) => match wire::gate_event(&plan, gate) {
+                Ok(Some(gate)) => self.renderer.core_gate(&gate),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(plan_id = %self.plan_id, seq = ev.seq, error = %e, "ignoring an event")
                 }
             },
             Some(Event::Summary(s)) => {
-                let summary = wire::summary_view(&s);
-                self.renderer.summary(&summary);
-                return Some(outcome_exit_code(summary.outcome, self.interrupts > 0));
+                let outcome = match wire::summary(&plan, s) {
+                    Ok(summary) => {
+                        self.renderer.core_summary(&summary);
+                        summary.outcome
+                    }
+                    // The plan ended all the same; an ending that cannot be read is
+                    // not a pass.
+                    Err(e) => {
+                        self.renderer.finish();
+                        self.renderer.notice(&format!(
+                            "plan {} ended, but its summary cannot be read: {e}",
+                            self.plan_id
+                        ));
+                        PlanOutcome::Failed
+                    }
+                };
+                return Some(outcome_exit_code(outcome, self.interrupts > 0));
             }
             None => {}
         }

@@ -8,6 +8,7 @@
 
 use std::io::Write;
 
+use gatehouse_common::events::Counts;
 use gatehouse_common::exec::ExitStatus;
 use serde_json::{Value, json};
 
@@ -43,7 +44,7 @@ pub fn gate_value(view: &PlanView, ev: &GateUpdate<'_>) -> Value {
         "flaky": ev.flaky,
         "exit_code": Value::Null,
         "duration_ms": Value::Null,
-        "worker": ev.worker.as_deref(),
+        "worker": ev.worker,
     });
     if let Some(r) = &ev.result {
         v["duration_ms"] = json!(r.duration.as_millis() as u64);
@@ -101,7 +102,7 @@ pub fn summary_value(view: &PlanView, s: &SummaryView) -> Value {
 }
 
 /// Gate counts as in the summary line's `gates` object.
-pub fn counts_value(c: &gatehouse_coordinator::core::Counts) -> Value {
+pub fn counts_value(c: &Counts) -> Value {
     json!({
         "total": c.total,
         "passed": c.passed,

@@ -3,10 +3,11 @@
 //! summary (`--quiet`). The renderer only formats; it owns the tallies it shows and
 //! nothing else.
 //!
-//! It works on a [`PlanView`] and [`GateUpdate`]s ([`view`]), which a local plan and the
-//! scheduler core's events convert into ([`Renderer::core_gate`]) as well as a
-//! coordinator's plan description and wire events ([`wire`]); the output of both is the
-//! same, byte for byte.
+//! It works on a [`PlanView`] and [`GateUpdate`]s ([`view`]). The view comes from a
+//! local plan or a coordinator's plan description ([`wire`]); the updates come from the
+//! scheduler core's events ([`Renderer::core_gate`]), emitted in this process or decoded
+//! from a coordinator's stream ([`wire`]), so the output of both is the same, byte for
+//! byte.
 
 pub mod json;
 pub mod text;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use gatehouse_coordinator::core::{self, Terminal};
+use gatehouse_common::events::{GateEvent, PlanSummary, Terminal};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use view::{GateUpdate, PlanView, SummaryView};
@@ -111,15 +112,17 @@ impl Renderer {
         &self.view
     }
 
-    /// One event of the scheduler core (`gatehouse run`); dispatches are not shown.
-    pub fn core_gate(&mut self, ev: &core::GateEvent) {
+    /// One gate event of the scheduler core (`gatehouse run`, or decoded from a
+    /// coordinator's stream); dispatches are not shown.
+    pub fn core_gate(&mut self, ev: &GateEvent) {
         if let Some(update) = GateUpdate::from_core(ev) {
             self.gate(&update);
         }
     }
 
-    /// The scheduler core's last event of the plan (`gatehouse run`).
-    pub fn core_summary(&mut self, s: &core::PlanSummary) {
+    /// The scheduler core's last event of the plan (`gatehouse run`, or decoded from a
+    /// coordinator's stream).
+    pub fn core_summary(&mut self, s: &PlanSummary) {
         let summary = SummaryView::from_core(&self.view, s);
         self.summary(&summary);
     }

@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 use std::io::Write;
 
+use gatehouse_common::events::{Counts, Terminal};
 use gatehouse_common::exec::ExitStatus;
 use gatehouse_common::plan::PlanForm;
 use gatehouse_common::units::format_duration;
-use gatehouse_coordinator::core::{Counts, Terminal};
 
 use super::tail_str;
 use super::view::{Change, GateUpdate, PlanView, SummaryView};

@@ -1,22 +1,23 @@
 //! What the renderer needs to know about a plan and its events, independent of where they
-//! come from: a local [`Plan`] and the scheduler core's events (`gatehouse run`), or a
-//! coordinator's `GetPlanResponse` and wire events (`gatehouse submit --watch`, `watch`;
-//! see [`super::wire`]). Both sources convert into the same [`PlanView`], [`GateUpdate`]
-//! and [`SummaryView`], so every output mode is written once.
+//! come from: a local [`Plan`] (`gatehouse run`), or a coordinator's `GetPlanResponse`
+//! (`gatehouse submit --watch`, `watch`; see [`super::wire`]). The events are the
+//! scheduler core's [`GateEvent`]s and [`PlanSummary`]s either way: a coordinator's wire
+//! events decode into them. Both kinds of plan convert into the same [`PlanView`], and
+//! events into [`GateUpdate`] and [`SummaryView`], so every output mode is written once.
 //!
 //! Gates and items are addressed by their index in plan order, as in [`Plan`]; a view
-//! built from a `Plan` uses exactly the plan's indices, so core events convert without a
-//! lookup. A [`GateUpdate`] borrows what it can from the event it was made from (a
-//! result can carry up to 2 MiB of output tails), and owns what it decoded from the wire.
+//! built from a `Plan` uses exactly the plan's indices, and a view built from a
+//! coordinator's description has the same ones, so events convert without a lookup. A
+//! [`GateUpdate`] borrows from the event it was made from (a result can carry up to
+//! 2 MiB of output tails).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use gatehouse_common::events::{Counts, GateEvent, GateStatus, PlanOutcome, PlanSummary, Terminal};
 use gatehouse_common::exec::GateResult;
-use gatehouse_common::ids::{GateId, ItemId};
+use gatehouse_common::ids::{GateId, ItemId, WorkerId};
 use gatehouse_common::plan::{Plan, PlanForm};
-use gatehouse_coordinator::core::{self, Counts, GateStatus, PlanOutcome, Terminal};
 
 /// One gate, as shown.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +52,12 @@ pub struct PlanView {
     pub levels: Vec<Vec<String>>,
     /// Gate index by id, to resolve wire events (which name gates by id).
     index: HashMap<GateId, usize>,
+    /// Item index by id, to resolve wire summaries (which name items by id).
+    item_index: HashMap<ItemId, usize>,
 }
 
 impl PlanView {
-    /// A view from its parts; `index` is derived from `gates`.
+    /// A view from its parts; the indices by id are derived from `gates` and `items`.
     pub fn new(
         name: String,
         gates: Vec<GateView>,
@@ -66,12 +69,18 @@ impl PlanView {
             .enumerate()
             .map(|(i, g)| (g.id.clone(), i))
             .collect();
+        let item_index = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.id.clone(), i))
+            .collect();
         Self {
             name,
             gates,
             items,
             levels,
             index,
+            item_index,
         }
     }
 
@@ -111,6 +120,11 @@ impl PlanView {
         self.index.get(id).copied()
     }
 
+    /// Index of the item with this id.
+    pub fn item_index(&self, id: &ItemId) -> Option<usize> {
+        self.item_index.get(id).copied()
+    }
+
     /// The id of gate `g`.
     pub fn gate_id(&self, g: usize) -> &str {
         self.gates.get(g).map_or("?", |gate| gate.id.as_str())
@@ -137,7 +151,7 @@ pub enum Change<'a> {
     /// Ready, but no worker can run it.
     Waiting {
         /// Why.
-        reason: Cow<'a, str>,
+        reason: &'a str,
     },
     /// The gate ended.
     Finished(Terminal),
@@ -153,15 +167,15 @@ pub struct GateUpdate<'a> {
     /// Attempt number (0: never ran, or answered from the cache).
     pub attempt: u32,
     /// The worker involved, if any.
-    pub worker: Option<Cow<'a, str>>,
+    pub worker: Option<&'a str>,
     /// The result came from the cache.
     pub cached: bool,
     /// Passed after at least one failed attempt.
     pub flaky: bool,
     /// Result of the attempt (finished and retrying events of executed or cached gates).
-    pub result: Option<Cow<'a, GateResult>>,
+    pub result: Option<&'a GateResult>,
     /// Machine-readable reason (`exit_code`, `dependency_failed`, ...).
-    pub reason: Option<Cow<'a, str>>,
+    pub reason: Option<&'a str>,
     /// For a skipped gate: index of the failed gate that caused it.
     pub cause: Option<usize>,
 }
@@ -169,13 +183,13 @@ pub struct GateUpdate<'a> {
 impl<'a> GateUpdate<'a> {
     /// The update for a core event, or `None` for events that are not shown
     /// (dispatches). Indices are the plan's, so the view must come from the same plan.
-    pub fn from_core(ev: &'a core::GateEvent) -> Option<Self> {
+    pub fn from_core(ev: &'a GateEvent) -> Option<Self> {
         let change = match &ev.status {
             GateStatus::Dispatched => return None,
             GateStatus::Running => Change::Running,
             GateStatus::Retrying { backoff } => Change::Retrying { backoff: *backoff },
             GateStatus::Waiting { reason } => Change::Waiting {
-                reason: Cow::Borrowed(reason.as_str()),
+                reason: reason.as_str(),
             },
             GateStatus::Finished(t) => Change::Finished(*t),
         };
@@ -183,11 +197,11 @@ impl<'a> GateUpdate<'a> {
             gate: ev.gate.ix(),
             change,
             attempt: ev.attempt,
-            worker: ev.worker.as_ref().map(|w| Cow::Borrowed(w.as_str())),
+            worker: ev.worker.as_ref().map(WorkerId::as_str),
             cached: ev.cached,
             flaky: ev.flaky,
-            result: ev.result.as_ref().map(Cow::Borrowed),
-            reason: ev.reason.map(Cow::Borrowed),
+            result: ev.result.as_ref(),
+            reason: ev.reason,
             cause: ev.cause.map(|c| c.ix()),
         })
     }
@@ -216,7 +230,7 @@ pub struct SummaryView {
 
 impl SummaryView {
     /// The summary of a core plan summary; `view` must come from the same plan.
-    pub fn from_core(view: &PlanView, s: &core::PlanSummary) -> Self {
+    pub fn from_core(view: &PlanView, s: &PlanSummary) -> Self {
         let merge_order = s
             .merge_order
             .iter()

@@ -1,35 +1,20 @@
-//! Wire (`gatehouse.v1`) to view conversions for the client commands: a
-//! `GetPlanResponse` becomes a [`PlanView`], a `GateEvent` a [`GateUpdate`], a
-//! `PlanSummary` a [`SummaryView`]. Decoding never trusts the coordinator: unknown enum
-//! values read as unspecified, a gate id the plan does not have is an error the caller
-//! reports and skips, an undecodable attempt result is dropped rather than failing the
-//! whole watch.
+//! The client side of the wire (`gatehouse.v1`): a `GetPlanResponse` becomes a
+//! [`PlanView`]; wire gate events and summaries decode into the core's events through
+//! the one conversion per message of [`gatehouse_proto::convert::events`], with what is
+//! this client's own: which malformed parts it drops to still show a change (see
+//! [`gate_event`]), and that an unknown outcome reads as failed. Also the names of wire
+//! states, for `gatehouse status`, `plans` and `workers`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::time::Duration;
 
+use gatehouse_common::events::{Counts, GateEvent, PlanOutcome, PlanSummary};
 use gatehouse_common::exec::GateResult;
-use gatehouse_common::ids::{GateId, ItemId};
-use gatehouse_coordinator::core::{Counts, PlanOutcome, Terminal};
+use gatehouse_common::ids::{GateId, GateIdx, ItemId, ItemIdx, PlanId};
+use gatehouse_proto::convert::WireError;
+use gatehouse_proto::convert::events::{InPlan, PlanIndex};
 use gatehouse_proto::v1;
 
-use super::view::{Change, GateUpdate, GateView, ItemView, PlanView, SummaryView};
-
-/// A wire event that cannot be shown.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WireViewError {
-    /// The event names a gate that is not in the plan.
-    UnknownGate(String),
-}
-
-impl std::fmt::Display for WireViewError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WireViewError::UnknownGate(id) => write!(f, "event for unknown gate {id:?}"),
-        }
-    }
-}
+use super::view::{GateView, ItemView, PlanView};
 
 /// The view of a plan as the coordinator describes it. Items are the distinct `item_id`s
 /// of the gates, in order of first appearance (gates come in plan order, item by item);
@@ -72,88 +57,71 @@ pub fn plan_view(resp: &v1::GetPlanResponse) -> PlanView {
     PlanView::new(name, gates, items, levels)
 }
 
-/// The update for a wire gate event: `Ok(None)` for states that are not shown
-/// (pending, unspecified).
-pub fn gate_update(
-    view: &PlanView,
-    ev: v1::GateEvent,
-) -> Result<Option<GateUpdate<'static>>, WireViewError> {
-    let state = v1::GateState::try_from(ev.state).unwrap_or(v1::GateState::Unspecified);
-    let change = match state {
-        v1::GateState::Unspecified | v1::GateState::Pending => return Ok(None),
-        v1::GateState::Running => Change::Running,
-        v1::GateState::Retrying => Change::Retrying {
-            backoff: Duration::from_millis(ev.backoff_ms),
-        },
-        v1::GateState::Waiting => Change::Waiting {
-            reason: Cow::Owned(ev.waiting_for),
-        },
-        v1::GateState::Passed => Change::Finished(Terminal::Passed),
-        v1::GateState::Failed => Change::Finished(Terminal::Failed),
-        v1::GateState::TimedOut => Change::Finished(Terminal::TimedOut),
-        v1::GateState::Skipped => Change::Finished(Terminal::Skipped),
-        v1::GateState::Cancelled => Change::Finished(Terminal::Cancelled),
-    };
-    let gate_id = GateId::new(ev.gate_id);
-    let gate = view
-        .gate_index(&gate_id)
-        .ok_or_else(|| WireViewError::UnknownGate(gate_id.to_string()))?;
-    let cause = (!ev.cause.is_empty())
-        .then(|| view.gate_index(&GateId::new(ev.cause)))
-        .flatten();
-    Ok(Some(GateUpdate {
-        gate,
-        change,
-        attempt: ev.attempt,
-        worker: non_empty(ev.worker_id),
-        cached: ev.cached,
-        flaky: ev.flaky,
-        result: ev
-            .result
-            .and_then(|r| GateResult::try_from(r).ok())
-            .map(Cow::Owned),
-        reason: non_empty(ev.reason),
-        cause,
-    }))
+/// The plan a watch follows, as decoding its wire events needs it: its id (wire gate
+/// events do not repeat it) and its view (gates and items by id).
+pub struct Followed<'a> {
+    /// The plan's id.
+    pub id: &'a PlanId,
+    /// The plan as shown.
+    pub view: &'a PlanView,
 }
 
-fn non_empty(s: String) -> Option<Cow<'static, str>> {
-    (!s.is_empty()).then_some(Cow::Owned(s))
-}
-
-/// The outcome of a wire outcome; an unspecified one reads as failed, so an unknown
-/// ending never exits 0.
-pub fn outcome(o: i32) -> PlanOutcome {
-    match v1::PlanOutcome::try_from(o).unwrap_or(v1::PlanOutcome::Unspecified) {
-        v1::PlanOutcome::Passed => PlanOutcome::Passed,
-        v1::PlanOutcome::Cancelled => PlanOutcome::Cancelled,
-        v1::PlanOutcome::Failed | v1::PlanOutcome::Unspecified => PlanOutcome::Failed,
+impl PlanIndex for Followed<'_> {
+    fn plan_id(&self) -> &PlanId {
+        self.id
     }
+
+    fn gate_index(&self, id: &str) -> Option<GateIdx> {
+        let g = self.view.gate_index(&GateId::new(id))?;
+        u32::try_from(g).ok().map(GateIdx)
+    }
+
+    fn item_index(&self, id: &str) -> Option<ItemIdx> {
+        let i = self.view.item_index(&ItemId::new(id))?;
+        u32::try_from(i).ok().map(ItemIdx)
+    }
+}
+
+/// The core event a wire gate event encodes, as this client shows it. A client shows
+/// what it can: `Ok(None)` for a state it does not know (a newer coordinator's), which
+/// is not shown; an attempt result that does not decode and a cause that names no gate
+/// of the plan are dropped rather than losing the change they annotate. Anything else
+/// malformed (no gate, or one the plan does not have) is an error the caller reports
+/// and skips.
+pub fn gate_event(
+    plan: &Followed<'_>,
+    mut ev: v1::GateEvent,
+) -> Result<Option<GateEvent>, WireError> {
+    let result = ev.result.take().and_then(|r| GateResult::try_from(r).ok());
+    if !ev.cause.is_empty() && plan.gate_index(&ev.cause).is_none() {
+        ev.cause.clear();
+    }
+    match GateEvent::try_from(InPlan::new(plan, ev)) {
+        Ok(decoded) => Ok(Some(GateEvent { result, ..decoded })),
+        Err(WireError::Missing("state") | WireError::Invalid { field: "state", .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The core summary a wire summary encodes. An outcome this client does not know reads
+/// as failed ([`outcome`]), so an unknown ending never exits 0.
+pub fn summary(plan: &Followed<'_>, mut s: v1::PlanSummary) -> Result<PlanSummary, WireError> {
+    s.outcome = v1::PlanOutcome::from(outcome(s.outcome)) as i32;
+    PlanSummary::try_from(InPlan::new(plan, s))
+}
+
+/// The outcome of a wire outcome; an unspecified or unknown one reads as failed, so an
+/// unknown ending never exits 0.
+pub fn outcome(o: i32) -> PlanOutcome {
+    v1::PlanOutcome::try_from(o)
+        .ok()
+        .and_then(|o| PlanOutcome::try_from(o).ok())
+        .unwrap_or(PlanOutcome::Failed)
 }
 
 /// Counts from the wire (absent: zero).
 pub fn counts(c: Option<&v1::Counts>) -> Counts {
-    let c = c.cloned().unwrap_or_default();
-    Counts {
-        total: c.total,
-        passed: c.passed,
-        failed: c.failed,
-        timed_out: c.timed_out,
-        skipped: c.skipped,
-        cancelled: c.cancelled,
-        cached: c.cached,
-        flaky: c.flaky,
-    }
-}
-
-/// The summary of a wire plan summary.
-pub fn summary_view(s: &v1::PlanSummary) -> SummaryView {
-    SummaryView {
-        outcome: outcome(s.outcome),
-        counts: counts(s.counts.as_ref()),
-        merge_order: s.merge_order.iter().cloned().map(ItemId::new).collect(),
-        duration: Duration::from_millis(s.duration_ms),
-    }
+    c.cloned().map(Counts::from).unwrap_or_default()
 }
 
 /// The lowercase name of a wire gate state, as in `--json` (`unknown` if unspecified).

@@ -1,17 +1,23 @@
-//! Wire events render exactly like the core events they were encoded from.
+//! Wire events, as the coordinator publishes them and this client decodes them, render
+//! exactly like the core events they were encoded from. (That every message converts
+//! domain -> wire -> domain losslessly is tested with the conversions, in
+//! `gatehouse_proto::convert::events`.)
 
 use std::path::Path;
+use std::time::Duration;
 
+use gatehouse_common::events::{GateStatus, Terminal};
 use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
 use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
 use gatehouse_common::plan::{Plan, PlanFormat, parse_plan};
-use gatehouse_coordinator::core::{self, GateStatus};
+// The coordinator itself encodes, so these tests read exactly what it publishes.
 use gatehouse_coordinator::grpc::wire;
 use gatehouse_coordinator::registry::{PlanInfo, PlanSnapshot};
 
 use super::*;
 use crate::render::json::{gate_value, summary_value};
 use crate::render::text::gate_line;
+use crate::render::view::{Change, GateUpdate, SummaryView};
 
 const ITEMS: &str = r#"
 version: 1
@@ -43,8 +49,12 @@ fn plan(text: &str) -> Plan {
 }
 
 /// What the coordinator publishes for a core event.
-fn encode(plan: &Plan, ev: &core::GateEvent) -> v1::GateEvent {
+fn encode(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
     wire::gate_event(plan, ev)
+}
+
+fn p1() -> PlanId {
+    PlanId::new("p-1")
 }
 
 /// What the coordinator answers to `GetPlan` for a plan where nothing happened yet.
@@ -82,18 +92,18 @@ fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
     }
 }
 
-fn event(gate: u32, status: GateStatus) -> core::GateEvent {
+fn event(gate: u32, status: GateStatus) -> GateEvent {
     let worker = Some(WorkerId::new("w-1"));
-    core::GateEvent::new(PlanId::new("p-1"), GateIdx(gate), status, 1, worker)
+    GateEvent::new(PlanId::new("p-1"), GateIdx(gate), status, 1, worker)
 }
 
 /// One event of every kind the core emits, with the fields each carries.
-fn every_kind_of_event() -> Vec<core::GateEvent> {
+fn every_kind_of_event() -> Vec<GateEvent> {
     let failed = |status| Some(result(status, "boom\nbad things\n", 0));
     vec![
         event(0, GateStatus::Dispatched),
         event(0, GateStatus::Running),
-        core::GateEvent {
+        GateEvent {
             attempt: 2,
             result: failed(ExitStatus::Exited(3)),
             reason: Some("exit_code"),
@@ -104,7 +114,7 @@ fn every_kind_of_event() -> Vec<core::GateEvent> {
                 },
             )
         },
-        core::GateEvent {
+        GateEvent {
             worker: None,
             attempt: 0,
             reason: Some("unschedulable"),
@@ -115,20 +125,20 @@ fn every_kind_of_event() -> Vec<core::GateEvent> {
                 },
             )
         },
-        core::GateEvent {
+        GateEvent {
             attempt: 3,
             flaky: true,
             result: Some(result(ExitStatus::Exited(0), "", 0)),
             ..event(0, GateStatus::Finished(Terminal::Passed))
         },
-        core::GateEvent {
+        GateEvent {
             attempt: 0,
             cached: true,
             worker: None,
             result: Some(result(ExitStatus::Exited(0), "", 0)),
             ..event(3, GateStatus::Finished(Terminal::Passed))
         },
-        core::GateEvent {
+        GateEvent {
             result: Some(result(
                 ExitStatus::Exited(2),
                 "line\n".repeat(30).as_str(),
@@ -137,12 +147,12 @@ fn every_kind_of_event() -> Vec<core::GateEvent> {
             reason: Some("exit_code"),
             ..event(1, GateStatus::Finished(Terminal::Failed))
         },
-        core::GateEvent {
+        GateEvent {
             result: failed(ExitStatus::Signaled(9)),
             reason: Some("signal"),
             ..event(1, GateStatus::Finished(Terminal::Failed))
         },
-        core::GateEvent {
+        GateEvent {
             // The wire has one peak field: an executor reports the peak that crossed
             // the limit as the attempt's sampled peak too.
             result: Some(GateResult {
@@ -159,35 +169,35 @@ fn every_kind_of_event() -> Vec<core::GateEvent> {
             reason: Some("memory"),
             ..event(1, GateStatus::Finished(Terminal::Failed))
         },
-        core::GateEvent {
+        GateEvent {
             result: failed(ExitStatus::SpawnFailed("no such directory".into())),
             reason: Some("spawn_failed"),
             ..event(1, GateStatus::Finished(Terminal::Failed))
         },
-        core::GateEvent {
+        GateEvent {
             result: failed(ExitStatus::TimedOut),
             reason: Some("timeout"),
             ..event(1, GateStatus::Finished(Terminal::TimedOut))
         },
-        core::GateEvent {
+        GateEvent {
             worker: None,
             attempt: 0,
             reason: Some("dependency_failed"),
             cause: Some(GateIdx(1)),
             ..event(2, GateStatus::Finished(Terminal::Skipped))
         },
-        core::GateEvent {
+        GateEvent {
             result: failed(ExitStatus::Cancelled),
             reason: Some("cancelled"),
             ..event(0, GateStatus::Finished(Terminal::Cancelled))
         },
-        core::GateEvent {
+        GateEvent {
             worker: None,
             attempt: 0,
             reason: Some("cancelled"),
             ..event(3, GateStatus::Finished(Terminal::Cancelled))
         },
-        core::GateEvent {
+        GateEvent {
             worker: None,
             result: failed(ExitStatus::Exited(1)),
             reason: Some("worker_lost"),
@@ -209,9 +219,17 @@ fn wire_events_render_exactly_like_the_core_events_they_encode() {
     let plan = plan(ITEMS);
     let local = PlanView::from_plan(&plan);
     let remote = plan_view(&describe(&plan));
+    let id = p1();
+    let followed = Followed {
+        id: &id,
+        view: &remote,
+    };
     for ev in every_kind_of_event() {
+        let decoded = gate_event(&followed, encode(&plan, &ev))
+            .expect("known gate")
+            .expect("a state this client knows");
         let from_core = GateUpdate::from_core(&ev);
-        let from_wire = gate_update(&remote, encode(&plan, &ev)).expect("known gate");
+        let from_wire = GateUpdate::from_core(&decoded);
         assert_eq!(
             from_core.is_some(),
             from_wire.is_some(),
@@ -231,6 +249,11 @@ fn wire_events_render_exactly_like_the_core_events_they_encode() {
 fn every_wire_state_converts() {
     let plan = plan(FLAT);
     let view = plan_view(&describe(&plan));
+    let id = p1();
+    let followed = Followed {
+        id: &id,
+        view: &view,
+    };
     let convert = |state: v1::GateState| {
         let ev = v1::GateEvent {
             gate_id: "b".into(),
@@ -239,9 +262,7 @@ fn every_wire_state_converts() {
             waiting_for: "no worker".into(),
             ..Default::default()
         };
-        gate_update(&view, ev)
-            .expect("known gate")
-            .map(|u| u.change)
+        gate_event(&followed, ev).expect("known gate")
     };
     let expected = [
         (v1::GateState::Unspecified, None),
@@ -256,7 +277,7 @@ fn every_wire_state_converts() {
         (
             v1::GateState::Waiting,
             Some(Change::Waiting {
-                reason: "no worker".into(),
+                reason: "no worker",
             }),
         ),
         (
@@ -281,7 +302,12 @@ fn every_wire_state_converts() {
         ),
     ];
     for (state, change) in expected {
-        assert_eq!(convert(state), change, "{state:?}");
+        let ev = convert(state);
+        let shown = ev
+            .as_ref()
+            .and_then(GateUpdate::from_core)
+            .map(|u| u.change);
+        assert_eq!(shown, change, "{state:?}");
     }
     // A state this client does not know yet reads as unspecified.
     let unknown = v1::GateEvent {
@@ -289,20 +315,28 @@ fn every_wire_state_converts() {
         state: 99,
         ..Default::default()
     };
-    assert_eq!(gate_update(&view, unknown), Ok(None));
+    assert_eq!(gate_event(&followed, unknown), Ok(None));
 }
 
 #[test]
 fn wire_events_for_unknown_gates_are_refused_and_bad_fields_dropped() {
     let view = plan_view(&describe(&plan(FLAT)));
+    let id = p1();
+    let followed = Followed {
+        id: &id,
+        view: &view,
+    };
     let ev = v1::GateEvent {
         gate_id: "zzz".into(),
         state: v1::GateState::Passed as i32,
         ..Default::default()
     };
     assert_eq!(
-        gate_update(&view, ev),
-        Err(WireViewError::UnknownGate("zzz".into()))
+        gate_event(&followed, ev),
+        Err(WireError::Unknown {
+            field: "gate_id",
+            value: "zzz".into()
+        })
     );
     let ev = v1::GateEvent {
         gate_id: "b".into(),
@@ -311,7 +345,10 @@ fn wire_events_for_unknown_gates_are_refused_and_bad_fields_dropped() {
         result: Some(v1::AttemptResult::default()),
         ..Default::default()
     };
-    let update = gate_update(&view, ev).expect("known gate").expect("shown");
+    let decoded = gate_event(&followed, ev)
+        .expect("known gate")
+        .expect("a state this client knows");
+    let update = GateUpdate::from_core(&decoded).expect("shown");
     assert_eq!(
         (update.cause, update.result, update.worker),
         (None, None, None)
@@ -323,6 +360,11 @@ fn wire_summaries_render_like_core_summaries() {
     let plan = plan(ITEMS);
     let local = PlanView::from_plan(&plan);
     let remote = plan_view(&describe(&plan));
+    let id = p1();
+    let followed = Followed {
+        id: &id,
+        view: &remote,
+    };
     let counts = Counts {
         total: 4,
         passed: 3,
@@ -335,7 +377,7 @@ fn wire_summaries_render_like_core_summaries() {
         (PlanOutcome::Failed, v1::PlanOutcome::Failed),
         (PlanOutcome::Cancelled, v1::PlanOutcome::Cancelled),
     ] {
-        let core_summary = core::PlanSummary {
+        let core_summary = PlanSummary {
             plan: PlanId::new("p-1"),
             outcome,
             counts,
@@ -358,7 +400,8 @@ fn wire_summaries_render_like_core_summaries() {
             duration_ms: 2345,
         };
         let a = SummaryView::from_core(&local, &core_summary);
-        let b = summary_view(&wire_summary);
+        let b =
+            SummaryView::from_core(&remote, &summary(&followed, wire_summary).expect("decodes"));
         assert_eq!(a, b);
         assert_eq!(
             summary_value(&local, &a).to_string(),
@@ -368,5 +411,16 @@ fn wire_summaries_render_like_core_summaries() {
     assert_eq!(
         outcome(v1::PlanOutcome::Unspecified as i32),
         PlanOutcome::Failed
+    );
+    // An ending this client does not know (a newer coordinator's) never exits 0.
+    assert_eq!(outcome(99), PlanOutcome::Failed);
+    let unknown = v1::PlanSummary {
+        plan_id: "p-1".into(),
+        outcome: 99,
+        ..Default::default()
+    };
+    assert_eq!(
+        summary(&followed, unknown).map(|s| s.outcome),
+        Ok(PlanOutcome::Failed)
     );
 }

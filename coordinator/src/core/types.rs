@@ -1,12 +1,18 @@
-//! Inputs, outputs and published records of the scheduler core.
+//! Inputs, outputs and published records of the scheduler core. The published records
+//! (plan and gate events, summaries, counts) are plain types of
+//! [`gatehouse_common::events`], re-exported here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{Assignment, AttemptRef, GateResult};
-use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
+
+pub use gatehouse_common::events::{
+    Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, Terminal,
+};
 
 /// Core time: the driver's monotonic clock, as a duration since an epoch it chooses.
 pub type Now = Duration;
@@ -258,131 +264,6 @@ pub enum Command {
     Emit(PlanEvent),
 }
 
-/// Terminal states of a gate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Terminal {
-    /// Exit code 0 (or a cache hit).
-    Passed,
-    /// Non-zero exit, signal, memory limit, spawn failure, lost workers, unschedulable.
-    Failed,
-    /// Exceeded its timeout on the last attempt.
-    TimedOut,
-    /// Never ran because a dependency failed (or fail-fast stopped the plan).
-    Skipped,
-    /// Stopped or never started because the plan was cancelled.
-    Cancelled,
-}
-
-impl Terminal {
-    /// The lowercase name used in `--json` and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Terminal::Passed => "passed",
-            Terminal::Failed => "failed",
-            Terminal::TimedOut => "timed_out",
-            Terminal::Skipped => "skipped",
-            Terminal::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// What a published gate event says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GateStatus {
-    /// The attempt was dispatched to a worker.
-    Dispatched,
-    /// The worker spawned the attempt.
-    Running,
-    /// The attempt failed; the next one starts after `backoff`.
-    Retrying {
-        /// Delay before the next attempt.
-        backoff: Duration,
-    },
-    /// The gate is ready but no worker can run it; `reason` says why.
-    Waiting {
-        /// Why it waits.
-        reason: String,
-    },
-    /// The gate ended.
-    Finished(Terminal),
-}
-
-/// A published change of one gate.
-#[derive(Clone, Debug)]
-pub struct GateEvent {
-    /// The plan.
-    pub plan: PlanId,
-    /// The gate.
-    pub gate: GateIdx,
-    /// What happened.
-    pub status: GateStatus,
-    /// Attempt number (0 if the gate never ran).
-    pub attempt: u32,
-    /// The worker involved, if any.
-    pub worker: Option<WorkerId>,
-    /// Whether the result came from the cache.
-    pub cached: bool,
-    /// Passed after at least one failed attempt.
-    pub flaky: bool,
-    /// Result of the attempt (finished and retrying events of executed or cached gates).
-    pub result: Option<GateResult>,
-    /// Machine-readable reason for failed/skipped/cancelled/waiting (`exit_code`,
-    /// `timeout`, `memory`, `worker_lost`, `unschedulable`, `dependency_failed`, ...).
-    pub reason: Option<&'static str>,
-    /// For a skipped gate: the failed gate that caused it.
-    pub cause: Option<GateIdx>,
-    /// For a dispatched attempt: how long it waited from ready to dispatch.
-    pub queued: Option<Duration>,
-}
-
-impl GateEvent {
-    /// An event of `gate` with nothing else to say: not cached, not flaky, no result,
-    /// reason, cause or queue wait (set those with struct update syntax).
-    pub fn new(
-        plan: PlanId,
-        gate: GateIdx,
-        status: GateStatus,
-        attempt: u32,
-        worker: Option<WorkerId>,
-    ) -> Self {
-        Self {
-            plan,
-            gate,
-            status,
-            attempt,
-            worker,
-            cached: false,
-            flaky: false,
-            result: None,
-            reason: None,
-            cause: None,
-            queued: None,
-        }
-    }
-}
-
-/// Plan outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlanOutcome {
-    /// Every gate passed.
-    Passed,
-    /// At least one gate failed or timed out.
-    Failed,
-    /// The plan was cancelled.
-    Cancelled,
-}
-
-impl PlanOutcome {
-    /// The lowercase name used in `--json` and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PlanOutcome::Passed => "passed",
-            PlanOutcome::Failed => "failed",
-            PlanOutcome::Cancelled => "cancelled",
-        }
-    }
-}
-
 /// Point-in-time figures of the core, for metrics ([`crate::core::Scheduler::gauges`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -407,64 +288,4 @@ pub struct SlotUse {
     pub used: u32,
     /// Slots it declared.
     pub total: u32,
-}
-
-/// Gate counts of a plan.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Gates in the plan.
-    pub total: u32,
-    /// Passed (including cached).
-    pub passed: u32,
-    /// Failed.
-    pub failed: u32,
-    /// Timed out.
-    pub timed_out: u32,
-    /// Skipped.
-    pub skipped: u32,
-    /// Cancelled.
-    pub cancelled: u32,
-    /// Passed from the cache.
-    pub cached: u32,
-    /// Passed after a failed attempt.
-    pub flaky: u32,
-}
-
-impl Counts {
-    /// Counts one gate that ended in `t`.
-    pub fn record(&mut self, t: Terminal, cached: bool, flaky: bool) {
-        match t {
-            Terminal::Passed => self.passed += 1,
-            Terminal::Failed => self.failed += 1,
-            Terminal::TimedOut => self.timed_out += 1,
-            Terminal::Skipped => self.skipped += 1,
-            Terminal::Cancelled => self.cancelled += 1,
-        }
-        self.cached += u32::from(cached);
-        self.flaky += u32::from(flaky);
-    }
-}
-
-/// The last event of a plan.
-#[derive(Clone, Debug)]
-pub struct PlanSummary {
-    /// The plan.
-    pub plan: PlanId,
-    /// How it ended.
-    pub outcome: PlanOutcome,
-    /// Gate counts.
-    pub counts: Counts,
-    /// Items that may merge, in merge order (flat form: empty).
-    pub merge_order: Vec<ItemIdx>,
-    /// Core time from submission to the last gate's end.
-    pub duration: Duration,
-}
-
-/// A published plan event.
-#[derive(Clone, Debug)]
-pub enum PlanEvent {
-    /// A gate changed.
-    Gate(GateEvent),
-    /// The plan ended; no further events for it follow.
-    Finished(PlanSummary),
 }
