@@ -81,9 +81,12 @@
 //! misbehaving coordinator can only cause log lines, `SpawnFailed` answers or a
 //! reconnect, never a panic.
 
+mod attempts;
+mod cache_link;
 mod config;
 mod executor;
 mod frames;
+mod lifecycle;
 mod memory;
 mod offline;
 mod reconnect;
@@ -95,7 +98,6 @@ mod workspace;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,10 +110,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{LabelError, RemoteWorkerConfig, parse_label, parse_labels};
 
+use attempts::Attempts;
+use cache_link::CacheLink;
 use executor::Executor;
+use lifecycle::Lifecycle;
 use memory::MemoryProbe;
 use session::Worker;
-use unacked::Unacked;
 use workspace::Workspace;
 
 use crate::metrics::{ScrapeState, WorkerMetrics};
@@ -259,28 +263,12 @@ pub async fn run(
     tracing::info!(worker_id = %cfg.id, slots = cfg.slots, memory_total = memory.total(),
         workspace = ?workspace.shared(), cache_url = ?node.as_ref().map(|n| &n.url),
         "remote worker starting");
-    let mut worker = Worker {
-        cache: cache.clone(),
-        members,
-        cache_url: node.as_ref().map(|n| n.url.clone()),
-        cache_keys: std::collections::HashMap::new(),
-        ready,
-        cfg,
-        hostname,
-        workspace,
-        memory,
-        exec,
-        shutdown,
-        drain,
-        unacked: Unacked::default(),
-        unsent_started: BTreeSet::new(),
-        draining: None,
-        orphans: None,
-    };
+    let lifecycle = Lifecycle::new(&cfg, shutdown, drain, ready);
+    let link = CacheLink::new(node.as_ref().map(|n| n.url.clone()), members);
+    let attempts = Attempts::new(exec, cache.clone());
+    let mut worker = Worker::new(cfg, hostname, workspace, memory, attempts, lifecycle, link);
     let served = reconnect::serve(&mut worker).await;
-    // After an error attempts may still run; kill them so the executor ends promptly.
-    let _ = worker.exec.cancel_all(Duration::ZERO);
-    let finished = worker.exec.finish().await;
+    let finished = worker.finish().await;
     // Cache writes of the last results get a moment to reach their replicas.
     cache.close(CACHE_FLUSH).await;
     node_stop.cancel();
