@@ -1,5 +1,6 @@
 //! `gatehouse worker`: runs the gates a coordinator assigns, on this machine, through
-//! [`gatehouse_worker::remote::run`].
+//! [`gatehouse_worker::remote::run`], on the `--cache-listen` and `--http` listeners it
+//! binds first (a port in use exits 1 before anything starts).
 //!
 //! Signals: the first SIGTERM or SIGINT starts a drain (no new work, running gates get
 //! `--drain-grace` to finish, then are cancelled and re-queued by the coordinator) and
@@ -13,6 +14,7 @@
 //! `--memory-pressure` is sent in the worker's hello; the coordinator applies it to the
 //! used/total memory the worker reports in its heartbeats (its own default otherwise).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,7 +23,10 @@ use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_proto::tls::Tls;
 use gatehouse_worker::ExecConfig;
 use gatehouse_worker::cache::{CacheNodeConfig, StoreConfig};
-use gatehouse_worker::remote::{self, RemoteWorkerConfig, RemoteWorkerError, parse_labels};
+use gatehouse_worker::remote::{
+    self, RemoteWorkerConfig, RemoteWorkerError, WorkerListeners, parse_labels,
+};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +109,10 @@ pub struct WorkerArgs {
 /// Runs the worker until it drained (0), was stopped by a second signal (130), got
 /// invalid flags (2) or failed (1).
 pub fn main(args: WorkerArgs, tls: Tls) -> u8 {
+    let listen = Listen {
+        cache: args.cache_listen,
+        http: args.http,
+    };
     let cfg = match config(args, tls) {
         Ok(cfg) => cfg,
         Err(message) => {
@@ -111,7 +120,40 @@ pub fn main(args: WorkerArgs, tls: Tls) -> u8 {
             return EXIT_INVALID;
         }
     };
-    crate::block_on(serve(cfg)).unwrap_or_else(|code| code)
+    crate::block_on(serve(cfg, listen)).unwrap_or_else(|code| code)
+}
+
+/// The addresses the worker serves on (`--cache-listen`, `--http`).
+struct Listen {
+    cache: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+}
+
+impl Listen {
+    /// Binds every address; the error says which one failed.
+    async fn bind(&self) -> Result<WorkerListeners, String> {
+        let cache = match self.cache {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen for the cache on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let http = match self.http {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+                if let Ok(bound) = l.local_addr() {
+                    tracing::info!(address = %bound, "HTTP probes serving");
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(WorkerListeners { cache, http })
+    }
 }
 
 /// Validates the flags into a worker configuration.
@@ -145,9 +187,7 @@ fn config(args: WorkerArgs, tls: Tls) -> Result<RemoteWorkerConfig, String> {
     if args.cache_ttl.is_zero() {
         return Err("invalid --cache-ttl: must be above 0".into());
     }
-    cfg.http = args.http;
-    cfg.cache_node = args.cache_listen.map(|listen| CacheNodeConfig {
-        listen,
+    cfg.cache_node = args.cache_listen.map(|_| CacheNodeConfig {
         advertise: args.cache_advertise,
         store: StoreConfig {
             memory_bytes: args.cache_memory,
@@ -178,7 +218,7 @@ fn default_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-async fn serve(cfg: RemoteWorkerConfig) -> u8 {
+async fn serve(cfg: RemoteWorkerConfig, listen: Listen) -> u8 {
     let (mut sigterm, mut sigint) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -189,9 +229,16 @@ async fn serve(cfg: RemoteWorkerConfig) -> u8 {
             return EXIT_FAILED;
         }
     };
+    let listeners = match listen.bind().await {
+        Ok(listeners) => listeners,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_FAILED;
+        }
+    };
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
-    let worker = remote::run(cfg, shutdown.clone(), drain.clone());
+    let worker = remote::run(cfg, listeners, shutdown.clone(), drain.clone());
     tokio::pin!(worker);
     let result = loop {
         tokio::select! {

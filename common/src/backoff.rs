@@ -1,7 +1,9 @@
 //! The one retry delay sequence of every Gatehouse loop that waits and tries again
-//! (worker reconnects, leader election and lease renewal, state-store commits, cache
-//! writes, the CLI following a leader): exponential, doubling from `initial` up to
-//! `max`, optionally jittered, and reset once the thing retried works again.
+//! (the worker's reconnects, the coordinator's etcd connect and election campaign, the
+//! journal's state-store commits, the CLI's leader search and watch resume):
+//! exponential, doubling from `initial` up to `max`, optionally jittered, and reset
+//! once the thing retried works again. Fixed pauses (the lease keep-alive's retries,
+//! which its TTL bounds) are not backoffs and do not use it.
 //!
 //! Jitter draws each delay uniformly from `[d/2, d]`, so processes that lost the same
 //! peer at the same moment spread their retries instead of arriving together. The

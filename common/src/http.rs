@@ -100,12 +100,15 @@ mod tests {
         let counter = prometheus_client::metrics::counter::Counter::<u64>::default();
         registry.register("probes", "Probes answered", counter.clone());
         counter.inc();
-        let server = tokio::spawn(serve(
-            listener,
-            Arc::new(move || f.load(Ordering::Relaxed)),
-            Arc::new(registry),
-            stop.clone(),
-        ));
+        let server = crate::spawn::spawn_named(
+            "http",
+            serve(
+                listener,
+                Arc::new(move || f.load(Ordering::Relaxed)),
+                Arc::new(registry),
+                stop.clone(),
+            ),
+        );
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         flag.store(true, Ordering::Relaxed);

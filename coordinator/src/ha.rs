@@ -11,8 +11,11 @@
 //! for the TTL minus a margin: etcd unreachable, the process was paused, or the lease
 //! was revoked), when a write is fenced, or on shutdown. The replica then resigns (best
 //! effort), revokes its lease, and campaigns again; while etcd is unreachable it
-//! retries with backoff and leads nothing, so no work is dispatched that it cannot
-//! prove it may dispatch.
+//! retries with backoff ([`Backoff`], 200 ms doubling up to 2 s, for the first connect
+//! and for every failed campaign, reset once elected) and leads nothing, so no work is
+//! dispatched that it cannot prove it may dispatch. The lease keep-alive does not back
+//! off: it retries every 200 ms (TTL/3 if shorter) until the lease's own deadline,
+//! which bounds it.
 //!
 //! Followers observe the election (their own task; `observe` only answers once a leader
 //! exists) and publish the leader's URL in their role, which the services return with
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey, ProclaimOptions, ResignOptions};
+use gatehouse_common::backoff::Backoff;
 use gatehouse_common::spawn::spawn_named;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -47,9 +51,15 @@ pub struct EtcdConfig {
 
 /// Time one etcd request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Retry delays while etcd is unreachable.
+/// First retry delay while etcd is unreachable; doubles up to [`RETRY_MAX`].
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest retry delay while etcd is unreachable.
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The retry delays of connecting and campaigning.
+fn retry_backoff() -> Backoff {
+    Backoff::new(RETRY_INITIAL, RETRY_MAX)
+}
 
 /// Runs elections and terms until shutdown.
 pub(crate) async fn run(
@@ -76,7 +86,7 @@ pub(crate) async fn run(
             observer_stop.clone(),
         ),
     );
-    let mut delay = RETRY_INITIAL;
+    let mut backoff = retry_backoff();
     let outcome = loop {
         if shutdown.is_cancelled() {
             break Ok(());
@@ -90,16 +100,16 @@ pub(crate) async fn run(
             Ok(Some(won)) => won,
             Ok(None) => break Ok(()),
             Err(reason) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(%reason, retry_in = ?delay, "cannot campaign; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => break Ok(()),
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(RETRY_MAX);
                 continue;
             }
         };
-        delay = RETRY_INITIAL;
+        backoff.reset();
         tracing::info!(key = %String::from_utf8_lossy(key.key()), rev = key.rev(), "elected leader");
         let mut election = store.client().election_client();
         let proclaimed = tokio::time::timeout(
@@ -131,10 +141,11 @@ pub(crate) async fn run(
             }
             Err(ServerError::Store(e)) => {
                 tracing::warn!(error = %e, "cannot read plan state; campaigning again");
-                tokio::select! {
-                    () = shutdown.cancelled() => break Ok(()),
-                    () = tokio::time::sleep(delay) => {}
+                // The first delay; the next campaign failure starts from it again.
+                if !backoff.wait(shutdown).await {
+                    break Ok(());
                 }
+                backoff.reset();
             }
             Err(e) => break Err(e),
         }
@@ -150,21 +161,21 @@ async fn connect(
     etcd: &EtcdConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<EtcdStore>, ServerError> {
-    let mut delay = RETRY_INITIAL;
+    let mut backoff = retry_backoff();
     loop {
-        match EtcdStore::connect(&etcd.endpoints, &etcd.cluster, REQUEST_TIMEOUT).await {
+        let connected = EtcdStore::connect(&etcd.endpoints, &etcd.cluster, REQUEST_TIMEOUT).await;
+        let reason = match connected {
             Ok(store) => return Ok(Some(store)),
-            Err(crate::store::StoreError::Unavailable(reason)) => {
-                tracing::warn!(endpoints = ?etcd.endpoints, %reason, retry_in = ?delay,
-                    "etcd is unreachable; retrying");
-            }
+            Err(crate::store::StoreError::Unavailable(reason)) => reason,
             Err(e) => return Err(e.into()),
-        }
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(endpoints = ?etcd.endpoints, %reason, retry_in = ?delay,
+            "etcd is unreachable; retrying");
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(RETRY_MAX);
     }
 }
 

@@ -333,9 +333,11 @@ pub(crate) async fn lead(
         Arc::new(crate::store::Timed::new(store, config.metrics.clone()));
     let stored = store.load().await?;
     let count = stored.len();
-    let restored = tokio::task::spawn_blocking(move || registry::restore::prepare(stored))
-        .await
-        .map_err(|e| ServerError::ActorStopped("restore", e.to_string()))?;
+    let restored = gatehouse_common::spawn::spawn_blocking_named("restore", move || {
+        registry::restore::prepare(stored)
+    })
+    .await
+    .map_err(|e| ServerError::ActorStopped("restore", e.to_string()))?;
     tracing::info!(
         stored = count,
         restored = restored.len(),

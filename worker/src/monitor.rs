@@ -250,10 +250,13 @@ impl MonitorActor {
             .iter()
             .map(|(id, tree)| (*id, tree.pid))
             .collect();
-        self.sampling = Some(tokio::task::spawn_blocking(move || {
-            let rss = measure(&mut system, &roots);
-            (system, rss)
-        }));
+        self.sampling = Some(gatehouse_common::spawn::spawn_blocking_named(
+            "memory-sample",
+            move || {
+                let rss = measure(&mut system, &roots);
+                (system, rss)
+            },
+        ));
     }
 
     fn finish_sample(&mut self, joined: Result<Sample, JoinError>) {

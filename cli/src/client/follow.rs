@@ -7,7 +7,7 @@
 //! not-leader answer first, then the list, with redirects) and asks again with
 //! `after_seq` = that seq, so nothing is missed or shown twice, on whichever
 //! coordinator leads now. Resuming is retried with backoff
-//! ([`RETRY_FIRST`](super::leader::RETRY_FIRST) doubling up to
+//! ([`retry_backoff`]: [`RETRY_FIRST`](super::leader::RETRY_FIRST) doubling up to
 //! [`RETRY_MAX`](super::leader::RETRY_MAX)) for at most the failover timeout
 //! (`--failover-timeout`, 30 s by default: a leader change takes up to two lease TTLs)
 //! counted from the break; a received event ends the outage.
@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use gatehouse_common::backoff::Backoff;
 use gatehouse_common::events::PlanOutcome;
 use gatehouse_common::ids::PlanId;
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
@@ -35,7 +36,7 @@ use tonic::{Code, Streaming};
 
 use super::connect::{Coordinator, RPC_TIMEOUT};
 use super::error::ClientError;
-use super::leader::{Cluster, Resend, retry_delay};
+use super::leader::{Cluster, Resend, retry_backoff};
 use crate::render::{Renderer, wire};
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED};
 
@@ -134,8 +135,33 @@ pub struct Follower<'a> {
 /// A broken watch being resumed.
 struct Outage {
     since: Instant,
+    /// Failures to read or resume since the watch broke.
     attempts: u32,
+    /// The delays between attempts to resume.
+    backoff: Backoff,
+    /// The delay before the next attempt.
+    delay: Duration,
+    /// The last failure.
     reason: String,
+}
+
+impl Outage {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            attempts: 0,
+            backoff: retry_backoff(),
+            delay: Duration::ZERO,
+            reason: String::new(),
+        }
+    }
+
+    /// Records one more failure; the next attempt waits the next delay.
+    fn failed(&mut self, reason: String) {
+        self.attempts += 1;
+        self.delay = self.backoff.next_delay();
+        self.reason = reason;
+    }
 }
 
 /// What woke the follower.
@@ -279,13 +305,8 @@ impl<'a> Follower<'a> {
 
     /// Records a failure to read or resume; gives up once the budget is spent.
     fn broke(&self, outage: Option<Outage>, reason: String) -> Result<Outage, ClientError> {
-        let mut o = outage.unwrap_or_else(|| Outage {
-            since: Instant::now(),
-            attempts: 0,
-            reason: String::new(),
-        });
-        o.attempts += 1;
-        o.reason = reason;
+        let mut o = outage.unwrap_or_else(Outage::new);
+        o.failed(reason);
         tracing::debug!(plan_id = %self.plan_id, attempts = o.attempts, reason = %o.reason, "watch broke; resuming");
         if o.since.elapsed() >= self.budget {
             return Err(ClientError::Lost {
@@ -395,7 +416,7 @@ impl<'a> Follower<'a> {
 
 /// When the next attempt to resume may start.
 fn retry_at(o: &Outage) -> Instant {
-    Instant::now() + retry_delay(o.attempts)
+    Instant::now() + o.delay
 }
 
 /// Where and how long a resumed watch looks for the leader.
@@ -564,13 +585,11 @@ mod tests {
     #[test]
     fn resume_backoff_doubles_up_to_the_cap() {
         use crate::client::leader::{RETRY_FIRST, RETRY_MAX};
-        let now = Instant::now();
         let delay = |attempts| {
-            let o = Outage {
-                since: now,
-                attempts,
-                reason: String::new(),
-            };
+            let mut o = Outage::new();
+            for _ in 0..attempts {
+                o.failed(String::new());
+            }
             retry_at(&o).saturating_duration_since(Instant::now())
         };
         assert!(delay(1) <= RETRY_FIRST);

@@ -10,8 +10,8 @@
 //! - to the named leader at once when a not-leader answer names one, even if that URL
 //!   is not in the list, at most [`MAX_REDIRECTS`] times in a row (so coordinators that
 //!   name each other cannot make it spin);
-//! - after a pass over the whole list, again after a backoff delay ([`RETRY_FIRST`]
-//!   doubling up to [`RETRY_MAX`]), until the failover timeout ([`FAILOVER_TIMEOUT`] by
+//! - after a pass over the whole list, again after a backoff delay ([`retry_backoff`]:
+//!   [`RETRY_FIRST`] doubling up to [`RETRY_MAX`]), until the failover timeout ([`FAILOVER_TIMEOUT`] by
 //!   default, `--failover-timeout`) is spent; then it fails naming the URLs and the last
 //!   reason. The first pass is always made in full, so a timeout of 0 means "try each
 //!   URL once".
@@ -28,6 +28,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use gatehouse_common::backoff::Backoff;
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::tls::{Tls, is_downgrade};
 use gatehouse_proto::v1::plan_service_client::PlanServiceClient;
@@ -148,8 +149,8 @@ pub struct Search {
     next: usize,
     /// List URLs tried in this pass.
     tried: usize,
-    /// Passes completed (the backoff exponent).
-    passes: u32,
+    /// The delays between passes.
+    backoff: Backoff,
     /// A URL to try before the list: a named leader.
     redirect: Option<String>,
     /// Redirects followed in this pass.
@@ -166,7 +167,7 @@ impl Search {
             urls: urls.to_vec(),
             next: 0,
             tried: 0,
-            passes: 0,
+            backoff: retry_backoff(),
             redirect: None,
             redirects: 0,
             last: None,
@@ -190,8 +191,7 @@ impl Search {
             }
             self.tried = 0;
             self.redirects = 0;
-            self.passes += 1;
-            return Step::Wait(retry_delay(self.passes).min(budget - elapsed));
+            return Step::Wait(self.backoff.next_delay().min(budget - elapsed));
         }
         let url = self.urls[self.next].clone();
         self.next = (self.next + 1) % self.urls.len();
@@ -235,10 +235,10 @@ impl Search {
     }
 }
 
-/// The delay before pass `passes + 1`: [`RETRY_FIRST`] doubling up to [`RETRY_MAX`].
-pub fn retry_delay(passes: u32) -> Duration {
-    let shift = passes.saturating_sub(1).min(16);
-    RETRY_FIRST.saturating_mul(1 << shift).min(RETRY_MAX)
+/// The delays between passes over the URL list, and between attempts to resume a
+/// broken watch: [`RETRY_FIRST`] doubling up to [`RETRY_MAX`].
+pub fn retry_backoff() -> Backoff {
+    Backoff::new(RETRY_FIRST, RETRY_MAX)
 }
 
 /// The coordinators of one command and how long to look for their leader.

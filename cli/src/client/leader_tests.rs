@@ -129,10 +129,12 @@ fn giving_up_names_the_urls_and_the_last_reason() {
 
 #[test]
 fn retry_delays_double_up_to_the_cap() {
-    assert_eq!(retry_delay(1), RETRY_FIRST);
-    assert_eq!(retry_delay(2), 2 * RETRY_FIRST);
-    assert_eq!(retry_delay(4), 8 * RETRY_FIRST);
-    assert_eq!(retry_delay(40), RETRY_MAX);
+    let mut backoff = retry_backoff();
+    let delays: Vec<Duration> = (0..40).map(|_| backoff.next_delay()).collect();
+    assert_eq!(delays[0], RETRY_FIRST);
+    assert_eq!(delays[1], 2 * RETRY_FIRST);
+    assert_eq!(delays[3], 8 * RETRY_FIRST);
+    assert_eq!(delays[39], RETRY_MAX);
 }
 
 #[test]

@@ -9,8 +9,8 @@
 //! fails its checksum or does not decode is also a miss, logged with `tracing::warn!`;
 //! it is never an error and never a crash. Only real I/O failures are errors.
 //!
-//! Concurrency: the cache owns no in-memory state; all file I/O runs in
-//! `tokio::task::spawn_blocking`. `put` writes a temporary file (`.tmp*`, never a valid
+//! Concurrency: the cache owns no in-memory state; all file I/O runs on
+//! tokio's blocking pool ([`spawn_blocking_named`]). `put` writes a temporary file (`.tmp*`, never a valid
 //! entry name) in the entry's directory and renames it over the entry, so readers see
 //! the old entry, the new one or none, never half of one, and concurrent `put`s of one
 //! key each leave a complete entry (the last rename wins). Writes are not fsynced: an
@@ -25,6 +25,7 @@ use tempfile::NamedTempFile;
 
 use super::codec::{FORMAT_VERSION, MAX_ENTRY_BYTES, check_entry, decode_entry, encode_entry};
 use super::{CacheEntry, CacheError, CacheKey, ResultCache};
+use crate::spawn::spawn_blocking_named;
 
 /// A [`ResultCache`] in a local directory. Cheap to clone; clones share the directory.
 #[derive(Clone, Debug)]
@@ -59,7 +60,7 @@ impl ResultCache for DiskCache {
     async fn get(&self, key: &CacheKey) -> Result<Option<CacheEntry>, CacheError> {
         let (path, key) = (self.entry_path(key), *key);
         let join_path = path.clone();
-        tokio::task::spawn_blocking(move || read_entry(&path, &key))
+        spawn_blocking_named("cache-read", move || read_entry(&path, &key))
             .await
             .map_err(|e| io_error(&join_path, io::Error::other(e)))?
     }
@@ -67,7 +68,7 @@ impl ResultCache for DiskCache {
     async fn put(&self, key: &CacheKey, entry: &CacheEntry) -> Result<(), CacheError> {
         let (path, key, entry) = (self.entry_path(key), *key, entry.clone());
         let join_path = path.clone();
-        tokio::task::spawn_blocking(move || write_entry(&path, &key, &entry))
+        spawn_blocking_named("cache-write", move || write_entry(&path, &key, &entry))
             .await
             .map_err(|e| io_error(&join_path, io::Error::other(e)))?
     }

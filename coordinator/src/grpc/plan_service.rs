@@ -90,7 +90,7 @@ impl PlanService for PlanServiceImpl {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
-        let parsed = tokio::task::spawn_blocking(move || {
+        let parsed = gatehouse_common::spawn::spawn_blocking_named("parse-plan", move || {
             let parsed = parse_plan(&req.document, format, &source, Path::new("/"));
             let source = PlanSource {
                 document: req.document,

@@ -12,13 +12,15 @@
 //! Every write may carry [`Waiter`]s that fire once it is durable: the `SubmitPlan`
 //! answer, and the acknowledgement of a worker's result. Each commit also reports, per
 //! plan, the newest event now durable (the registry serves watchers only that far). A store that is unavailable is
-//! retried with backoff (writes keep queueing; nothing is acknowledged meanwhile); a
-//! fenced or failing store ends the commit with an error, and the registry stops.
+//! retried with backoff ([`Backoff`], 50 ms doubling up to 2 s, afresh for each
+//! transaction; writes keep queueing and nothing is acknowledged meanwhile); a fenced
+//! or failing store ends the commit with an error, and the registry stops.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_common::backoff::Backoff;
 use gatehouse_common::exec::AttemptRef;
 use gatehouse_common::ids::{PlanId, WorkerId};
 use gatehouse_common::spawn::spawn_named;
@@ -38,6 +40,7 @@ const FLUSH_AT_OPS: usize = 256;
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
 /// First delay before retrying an unavailable store; doubles up to [`RETRY_MAX`].
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
+/// Longest delay between retries of an unavailable store.
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Receives acknowledgements of durable results (sent on to the worker's session).
@@ -339,14 +342,14 @@ async fn commit(
 ) -> Result<JournalStats, StoreError> {
     let mut stats = JournalStats::default();
     for txn in txns {
-        let mut delay = RETRY_INITIAL;
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         loop {
             match store.apply(&txn).await {
                 Ok(()) => break,
                 Err(StoreError::Unavailable(reason)) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(%reason, retry_in = ?delay, "state store unavailable; retrying the commit");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
                 Err(e) => return Err(e),
             }

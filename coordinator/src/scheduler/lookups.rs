@@ -23,7 +23,7 @@ use gatehouse_common::cache::{
 };
 use gatehouse_common::ids::{GateId, GateIdx, PlanId};
 use gatehouse_common::plan::Plan;
-use gatehouse_common::spawn::spawn_in;
+use gatehouse_common::spawn::{spawn_blocking_named, spawn_in};
 use tokio::task::JoinSet;
 
 use crate::core::Event;
@@ -273,7 +273,7 @@ async fn lookup(
     let key = match deps {
         Some(deps) => {
             let p = plan.clone();
-            tokio::task::spawn_blocking(move || compute_key(&p, gate, &deps, &files))
+            spawn_blocking_named("cache-key", move || compute_key(&p, gate, &deps, &files))
                 .await
                 .map_err(|e| tracing::error!(error = %e, "cache key task failed"))
                 .ok()

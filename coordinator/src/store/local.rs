@@ -83,7 +83,7 @@ impl LocalStore {
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || work(&db))
+        gatehouse_common::spawn::spawn_blocking_named("redb", move || work(&db))
             .await
             .map_err(|e| {
                 StoreError::Io(format!(

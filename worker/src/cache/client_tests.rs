@@ -23,6 +23,13 @@ struct Node {
     url: String,
 }
 
+/// A listener on a free loopback port.
+async fn loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+}
+
 /// Starts `n` cache nodes on loopback.
 async fn nodes(n: usize, stop: &CancellationToken) -> Vec<Node> {
     let mut out = Vec::new();
@@ -30,14 +37,21 @@ async fn nodes(n: usize, stop: &CancellationToken) -> Vec<Node> {
         let id = format!("node-{i}");
         let (_, members) = watch::channel(Arc::new(Membership::default()));
         let config = CacheNodeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
             advertise: None,
             store: StoreConfig::default(),
             tls: Default::default(),
         };
-        let node = start_node(id.clone(), "localhost", config, members, None, stop.clone())
-            .await
-            .expect("start node");
+        let node = start_node(
+            id.clone(),
+            "localhost",
+            loopback().await,
+            config,
+            members,
+            None,
+            stop.clone(),
+        )
+        .await
+        .expect("start node");
         out.push(Node { id, url: node.url });
     }
     out
@@ -251,15 +265,22 @@ fn tls(cert: Option<&str>, ca: &str, client_auth: bool) -> gatehouse_proto::tls:
 async fn tls_node(id: &str, tls: gatehouse_proto::tls::Tls, stop: &CancellationToken) -> String {
     let (_, members) = watch::channel(Arc::new(Membership::default()));
     let config = CacheNodeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         store: StoreConfig::default(),
         tls,
     };
-    start_node(id.into(), "localhost", config, members, None, stop.clone())
-        .await
-        .expect("start node")
-        .url
+    start_node(
+        id.into(),
+        "localhost",
+        loopback().await,
+        config,
+        members,
+        None,
+        stop.clone(),
+    )
+    .await
+    .expect("start node")
+    .url
 }
 
 /// [`tls`] checking servers against `server_name` (`None`: each URL's host).
@@ -324,7 +345,6 @@ async fn an_advertised_scheme_that_does_not_match_is_refused() {
     ] {
         let (_, members) = watch::channel(Arc::new(Membership::default()));
         let config = CacheNodeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
             advertise: Some(advertise.into()),
             store: StoreConfig::default(),
             tls,
@@ -332,6 +352,7 @@ async fn an_advertised_scheme_that_does_not_match_is_refused() {
         let err = start_node(
             "n".into(),
             "localhost",
+            loopback().await,
             config,
             members,
             None,

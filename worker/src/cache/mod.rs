@@ -9,12 +9,14 @@
 //! its sessions receive.
 
 pub mod service;
+// Its raw `spawn_blocking` calls move to `gatehouse_common::spawn::spawn_blocking_named`
+// with the store's move; until then clippy.toml's ban is lifted for this module only.
+#[allow(clippy::disallowed_methods)]
 pub mod store;
 
 #[cfg(test)]
 mod client_tests;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +34,6 @@ pub use store::{NodeStore, StoreConfig, StoreStats};
 /// How a worker serves its part of the cache.
 #[derive(Clone, Debug)]
 pub struct CacheNodeConfig {
-    /// Where the CacheService listens (`--cache-listen`; port 0 picks a free port).
-    pub listen: SocketAddr,
     /// The URL other processes reach it at (`--cache-advertise`); by default
     /// `http://<listen address>:<bound port>` (`https://` when serving TLS), with the
     /// host name when the listen address is unspecified (0.0.0.0 or ::).
@@ -48,14 +48,9 @@ pub struct CacheNodeConfig {
 /// Why the cache node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheNodeError {
-    /// The listen address cannot be bound.
-    #[error("cannot listen for the cache on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The listener's address cannot be read.
+    #[error("cannot read the cache listener's address: {0}")]
+    Listen(std::io::Error),
     /// The store cannot be opened (its directory).
     #[error("cannot open the cache store: {0}")]
     Store(#[from] gatehouse_common::cache::CacheError),
@@ -80,28 +75,17 @@ pub struct CacheNode {
 /// Most bytes of one message the service takes (a chunk of at most 1 MiB plus framing).
 const MAX_MESSAGE: usize = 2 * gatehouse_proto::cache::CHUNK_BYTES + 4096;
 
-/// Binds, opens the store and serves it until `shutdown`.
+/// Opens the store and serves it on `listener` (bound by the caller) until `shutdown`.
 pub async fn start_node(
     node_id: String,
     hostname: &str,
+    listener: TcpListener,
     config: CacheNodeConfig,
     members: watch::Receiver<Arc<Membership>>,
     client: Option<Arc<ClusterCache>>,
     shutdown: CancellationToken,
 ) -> Result<CacheNode, CacheNodeError> {
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| CacheNodeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| CacheNodeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let bound = listener.local_addr().map_err(CacheNodeError::Listen)?;
     let url = match config.advertise {
         Some(url) => url,
         None if bound.ip().is_unspecified() => {

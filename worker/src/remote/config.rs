@@ -67,13 +67,12 @@ pub struct RemoteWorkerConfig {
     pub close_timeout: Duration,
     /// Settings of the executor that runs the attempts.
     pub exec: ExecConfig,
-    /// Serve part of the shared result cache (`--cache-listen`); `None`: not a node.
+    /// Serve part of the shared result cache (`--cache-listen`) on
+    /// [`WorkerListeners::cache`](crate::remote::WorkerListeners::cache); `None`: not a
+    /// node.
     pub cache_node: Option<crate::cache::CacheNodeConfig>,
     /// How this worker writes passed results to the cache's replicas.
     pub cache_client: gatehouse_proto::cache::ClientConfig,
-    /// Serve HTTP probes here (`--http`): `/healthz`, and `/readyz` while a session with
-    /// the leader is welcomed and the worker is not draining.
-    pub http: Option<std::net::SocketAddr>,
     /// TLS: of the connections to `https://` coordinators (presenting the certificate
     /// when one is set), and of the cache listener, served when a certificate is set.
     /// The cache client's writes use [`gatehouse_proto::cache::ClientConfig::tls`].
@@ -103,7 +102,6 @@ impl RemoteWorkerConfig {
             exec: ExecConfig::default(),
             cache_node: None,
             cache_client: gatehouse_proto::cache::ClientConfig::default(),
-            http: None,
             tls: Tls::default(),
         }
     }

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, FromWorker, ToWorker};
+use gatehouse_common::spawn::spawn_blocking_in;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -163,7 +164,7 @@ impl Executor {
             return;
         };
         let attempt = attempt.clone();
-        self.cleanups.spawn_blocking(move || {
+        spawn_blocking_in(&mut self.cleanups, "scratch-cleanup", move || {
             let path = dir.path().to_path_buf();
             if let Err(error) = dir.close() {
                 tracing::warn!(?attempt, path = %path.display(), %error,
@@ -184,7 +185,7 @@ impl Executor {
         // Every attempt has reported by now; anything left never will.
         for (_, running) in std::mem::take(&mut self.running) {
             if let Some(dir) = running.scratch {
-                self.cleanups.spawn_blocking(move || drop(dir));
+                spawn_blocking_in(&mut self.cleanups, "scratch-cleanup", move || drop(dir));
             }
         }
         while self.cleanups.join_next().await.is_some() {}

@@ -11,6 +11,12 @@
 //! assigned and not finished, `free_slots = slots - running` (0 while draining) and the
 //! memory figures (see [`RemoteWorkerConfig::memory_total`]).
 //!
+//! **Entry point.** `run(config, listeners, shutdown, drain)` is how `gatehouse worker`
+//! and the tests start a worker alike: the caller binds the sockets it serves
+//! ([`WorkerListeners`]: the cache node's, with [`RemoteWorkerConfig::cache_node`], and
+//! the HTTP probes'), so a port in use fails before anything starts and tests bind
+//! port 0, as they do for the coordinator.
+//!
 //! **Workspaces.** With [`RemoteWorkerConfig::workspace`] (`--workspace DIR`), a gate's
 //! relative `workdir` resolves against `DIR`, one directory shared by every attempt:
 //! gates see what earlier gates left there (use it for a checkout kept on the worker).
@@ -75,9 +81,12 @@
 //! misbehaving coordinator can only cause log lines, `SpawnFailed` answers or a
 //! reconnect, never a panic.
 
+mod attempts;
+mod cache_link;
 mod config;
 mod executor;
 mod frames;
+mod lifecycle;
 mod memory;
 mod offline;
 mod reconnect;
@@ -89,22 +98,24 @@ mod workspace;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_proto::cache::{ClusterCache, Membership};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use tokio_util::sync::CancellationToken;
 
 pub use config::{LabelError, RemoteWorkerConfig, parse_label, parse_labels};
 
+use attempts::Attempts;
+use cache_link::CacheLink;
 use executor::Executor;
+use lifecycle::Lifecycle;
 use memory::MemoryProbe;
 use session::Worker;
-use unacked::Unacked;
 use workspace::Workspace;
 
 use crate::metrics::{ScrapeState, WorkerMetrics};
@@ -156,30 +167,43 @@ pub enum RemoteWorkerError {
     /// The cache node could not start.
     #[error(transparent)]
     CacheNode(#[from] crate::cache::CacheNodeError),
-    /// The `--http` address cannot be bound.
-    #[error("cannot listen for HTTP on {addr}: {source}")]
-    Http {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// [`RemoteWorkerConfig::cache_node`] and [`WorkerListeners::cache`] were not given
+    /// together.
+    #[error("a cache node needs both its settings and its listener")]
+    CacheListener,
+}
+
+/// The sockets a remote worker serves on, bound by its caller: the binary binds the
+/// addresses of its flags, tests bind port 0 (as for the coordinator's
+/// `server::run`). The worker serves them until it stops.
+#[derive(Debug, Default)]
+pub struct WorkerListeners {
+    /// The cache node's `CacheService` (`--cache-listen`); given exactly when
+    /// [`RemoteWorkerConfig::cache_node`] is set.
+    pub cache: Option<TcpListener>,
+    /// HTTP probes and metrics (`--http`): `/healthz`, `/readyz` (a session with the
+    /// leader is welcomed and the worker is not draining) and `/metrics`.
+    pub http: Option<TcpListener>,
 }
 
 /// How long a stopping worker lets its pending cache writes finish.
 const CACHE_FLUSH: Duration = Duration::from_secs(2);
 
-/// Runs the remote worker until a drain completes or `shutdown` fires (see the module
-/// docs). Fails only on invalid configuration or an executor failure; coordinators that
-/// are unreachable or misbehave are retried forever.
+/// Runs the remote worker on `listeners` until a drain completes or `shutdown` fires
+/// (see the module docs). Fails only on invalid configuration or an executor failure;
+/// coordinators that are unreachable or misbehave are retried forever.
 pub async fn run(
     cfg: RemoteWorkerConfig,
+    listeners: WorkerListeners,
     shutdown: CancellationToken,
     drain: CancellationToken,
 ) -> Result<(), RemoteWorkerError> {
     cfg.validate()?;
     // Every configured URL is checked before anything connects.
     cfg.endpoints()?;
+    if cfg.cache_node.is_some() != listeners.cache.is_some() {
+        return Err(RemoteWorkerError::CacheListener);
+    }
     let workspace = resolve_workspace(cfg.workspace.as_deref())?;
     let memory = MemoryProbe::new(cfg.memory_total)?;
     let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned());
@@ -190,11 +214,12 @@ pub async fn run(
     ));
     // The cache node outlives the sessions; it stops after the worker is done.
     let node_stop = CancellationToken::new();
-    let node = match cfg.cache_node.clone() {
-        Some(node) => Some(
+    let node = match cfg.cache_node.clone().zip(listeners.cache) {
+        Some((node, listener)) => Some(
             crate::cache::start_node(
                 cfg.id.to_string(),
                 &hostname,
+                listener,
                 node,
                 members_rx,
                 Some(cache.clone()),
@@ -207,11 +232,8 @@ pub async fn run(
     };
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = WorkerMetrics::default();
-    let probes = match cfg.http {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RemoteWorkerError::Http { addr, source })?;
+    let probes = match listeners.http {
+        Some(listener) => {
             let r = ready.clone();
             let ready_now: gatehouse_common::http::Readiness =
                 Arc::new(move || r.load(std::sync::atomic::Ordering::Relaxed));
@@ -241,28 +263,12 @@ pub async fn run(
     tracing::info!(worker_id = %cfg.id, slots = cfg.slots, memory_total = memory.total(),
         workspace = ?workspace.shared(), cache_url = ?node.as_ref().map(|n| &n.url),
         "remote worker starting");
-    let mut worker = Worker {
-        cache: cache.clone(),
-        members,
-        cache_url: node.as_ref().map(|n| n.url.clone()),
-        cache_keys: std::collections::HashMap::new(),
-        ready,
-        cfg,
-        hostname,
-        workspace,
-        memory,
-        exec,
-        shutdown,
-        drain,
-        unacked: Unacked::default(),
-        unsent_started: BTreeSet::new(),
-        draining: None,
-        orphans: None,
-    };
+    let lifecycle = Lifecycle::new(&cfg, shutdown, drain, ready);
+    let link = CacheLink::new(node.as_ref().map(|n| n.url.clone()), members);
+    let attempts = Attempts::new(exec, cache.clone());
+    let mut worker = Worker::new(cfg, hostname, workspace, memory, attempts, lifecycle, link);
     let served = reconnect::serve(&mut worker).await;
-    // After an error attempts may still run; kill them so the executor ends promptly.
-    let _ = worker.exec.cancel_all(Duration::ZERO);
-    let finished = worker.exec.finish().await;
+    let finished = worker.finish().await;
     // Cache writes of the last results get a moment to reach their replicas.
     cache.close(CACHE_FLUSH).await;
     node_stop.cancel();

@@ -25,10 +25,10 @@ pub(crate) const HOLDING_RETRY_MAX: Duration = Duration::from_millis(300);
 
 /// Connects, runs sessions and reconnects until a drain or shutdown ends the worker.
 pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> {
-    let mut backoff =
-        Backoff::new(worker.cfg.reconnect_initial, worker.cfg.reconnect_max).with_jitter();
-    let mut route = Route::new(worker.cfg.coordinators.clone());
-    let connect_timeout = worker.cfg.connect_timeout;
+    let cfg = worker.cfg();
+    let mut backoff = Backoff::new(cfg.reconnect_initial, cfg.reconnect_max).with_jitter();
+    let mut route = Route::new(cfg.coordinators.clone());
+    let connect_timeout = cfg.connect_timeout;
     // URLs whose last connect failed (warned about once).
     let mut unreachable: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
@@ -36,7 +36,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
             Next::Connect(url) => url,
             Next::Backoff => {
                 let mut delay = backoff.next_delay();
-                if worker.exec.running_count() > 0 || !worker.unacked.is_empty() {
+                if worker.holds_attempts() {
                     // Attempts or results from a lost session wait for a new leader,
                     // which waits only one liveness timeout for them: retry often.
                     delay = delay.min(HOLDING_RETRY_MAX);
@@ -48,7 +48,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 }
             }
         };
-        let endpoint = match worker.cfg.endpoint(&url) {
+        let endpoint = match worker.cfg().endpoint(&url) {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::warn!(coordinator = %url, %error, "cannot use the coordinator URL");
@@ -62,7 +62,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 channel
             }
             Offline::Done(Err(error)) => {
-                let error = worker.cfg.tls.explain(&url, error);
+                let error = worker.cfg().tls.explain(&url, error);
                 // Once per URL and outage at warn; the retries every few hundred
                 // milliseconds while a leader is elected would drown the log.
                 if unreachable.insert(url.clone()) {
@@ -90,7 +90,7 @@ pub(crate) async fn serve(worker: &mut Worker) -> Result<(), RemoteWorkerError> 
                 reason,
                 welcomed: false,
             } => {
-                let reason = worker.cfg.tls.explain(&url, reason);
+                let reason = worker.cfg().tls.explain(&url, reason);
                 tracing::warn!(coordinator = %url, %reason, "no session with the coordinator");
             }
             SessionEnd::NotLeader { leader, reason } => {

@@ -5,9 +5,11 @@
 //! State it owns per session: the outbox (bounded, see [`outbox_capacity`]; a full
 //! outbox means the coordinator stopped reading, and the session is treated as lost
 //! rather than letting the loop block), the inbound stream, whether `Draining` was sent,
-//! and the backlog of kept results still to send. The executor, the unacknowledged
-//! results, the drain and orphan deadlines, the memory probe and the workspace belong to
-//! [`Worker`] and outlive the session.
+//! and the backlog of kept results still to send. What outlives the session belongs to
+//! [`Worker`], in parts that keep their own state behind their methods: the attempts
+//! and their unacknowledged results ([`Attempts`]), the drain, shutdown and orphan
+//! deadlines ([`Lifecycle`]), the cache membership ([`CacheLink`]), and the settings,
+//! host name, memory probe and workspace, which only this module uses.
 //!
 //! **Handshake.** `Hello` carries the attempts still running and the unacknowledged
 //! results that fit [`HELLO_FINISHED_BYTES`]. Until `Welcome` arrives the worker is
@@ -39,29 +41,28 @@
 //!   forwarded (best effort, bounded), then the stream was closed the same way, with a
 //!   shorter bound on the coordinator's answer.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::time::Duration;
 
-use gatehouse_common::cache::{CacheEntry, CacheKey, unix_ms_now};
-use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker, GateResult};
-use gatehouse_common::ids::GateId;
-use gatehouse_proto::cache::{ClusterCache, Membership};
+use gatehouse_common::cache::CacheKey;
+use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker};
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::v1::worker_service_client::WorkerServiceClient;
 use gatehouse_proto::v1::{self, CoordinatorMessage, WorkerMessage};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::remote::executor::Executor;
+use crate::remote::attempts::Attempts;
+use crate::remote::cache_link::CacheLink;
 use crate::remote::frames::{self, Inbound, Welcome};
+use crate::remote::lifecycle::Lifecycle;
 use crate::remote::memory::MemoryProbe;
-use crate::remote::offline::{Deadline, Offline, sleep_until_some};
-use crate::remote::unacked::{HELLO_FINISHED_BYTES, Unacked};
+use crate::remote::offline::{Offline, offline};
+use crate::remote::unacked::HELLO_FINISHED_BYTES;
 use crate::remote::workspace::Workspace;
 use crate::remote::{RemoteWorkerConfig, RemoteWorkerError};
 
@@ -108,33 +109,20 @@ impl SessionEnd {
 
 /// What the worker keeps across sessions.
 pub(crate) struct Worker {
-    pub(crate) cfg: RemoteWorkerConfig,
-    pub(crate) hostname: String,
-    pub(crate) workspace: Workspace,
-    pub(crate) memory: MemoryProbe,
-    pub(crate) exec: Executor,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) drain: CancellationToken,
-    /// Results not acknowledged yet, across sessions.
-    pub(crate) unacked: Unacked,
-    /// Attempts whose `Started` came while no session was welcomed; announced after the
-    /// next `Welcome` if they still run.
-    pub(crate) unsent_started: BTreeSet<AttemptRef>,
-    /// Set once the drain started: when running attempts get cancelled.
-    pub(crate) draining: Option<Deadline>,
-    /// Set when a welcomed session was lost with attempts running: when they get
-    /// cancelled unless a session is welcomed first.
-    pub(crate) orphans: Option<Deadline>,
-    /// Writes passed results to the shared cache.
-    pub(crate) cache: std::sync::Arc<ClusterCache>,
-    /// The cache membership, as the last coordinator sent it (kept across sessions).
-    pub(crate) members: watch::Sender<std::sync::Arc<Membership>>,
-    /// This worker's CacheService URL, if it is a cache node.
-    pub(crate) cache_url: Option<String>,
-    /// Running attempts whose passed result goes to the cache: key and gate id.
-    pub(crate) cache_keys: HashMap<AttemptRef, (CacheKey, GateId)>,
-    /// What `/readyz` says: a session is welcomed and the worker is not draining.
-    pub(crate) ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Its settings.
+    cfg: RemoteWorkerConfig,
+    /// The machine's name, sent in `Hello`.
+    hostname: String,
+    /// Where assignments run.
+    workspace: Workspace,
+    /// The memory figures of `Hello` and heartbeats.
+    memory: MemoryProbe,
+    /// The attempts and their unacknowledged results.
+    attempts: Attempts,
+    /// Drain, shutdown, orphan deadline and readiness.
+    lifecycle: Lifecycle,
+    /// Its cache node's URL and the cache membership.
+    cache: CacheLink,
 }
 
 /// One live session's stream ends and progress.
@@ -182,29 +170,56 @@ impl Refused {
 }
 
 impl Worker {
-    /// The bound on waiting for attempts killed with `grace` to report.
-    pub(crate) fn kill_bound(&self, grace: Duration) -> Duration {
-        grace + self.cfg.exec.pipe_drain + KILL_SLACK
+    pub(crate) fn new(
+        cfg: RemoteWorkerConfig,
+        hostname: String,
+        workspace: Workspace,
+        memory: MemoryProbe,
+        attempts: Attempts,
+        lifecycle: Lifecycle,
+        cache: CacheLink,
+    ) -> Self {
+        Self {
+            cfg,
+            hostname,
+            workspace,
+            memory,
+            attempts,
+            lifecycle,
+            cache,
+        }
     }
 
-    /// Keeps a finished attempt's result until a coordinator acknowledges it.
-    /// A passed result that carries a cache key is also written to the shared cache
-    /// (in the background; see `gatehouse_proto::cache`).
-    pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
-        if let Some((key, gate)) = self.cache_keys.remove(&attempt)
-            && result.status.passed()
-        {
-            let entry = CacheEntry {
-                result: result.clone(),
-                producer: gate,
-                created_unix_ms: unix_ms_now(),
-            };
-            if let Err(e) = self.cache.put_detached(&key, &entry) {
-                tracing::warn!(?attempt, error = %e, "cannot cache the result");
-            }
-        }
-        self.unsent_started.remove(&attempt);
-        self.unacked.insert(attempt, result);
+    pub(crate) fn cfg(&self) -> &RemoteWorkerConfig {
+        &self.cfg
+    }
+
+    /// Whether the worker holds attempts running or results not acknowledged.
+    pub(crate) fn holds_attempts(&self) -> bool {
+        self.attempts.holds_any()
+    }
+
+    /// Runs `fut` while no session is welcomed (see [`offline`]).
+    pub(crate) async fn offline<F: Future>(
+        &mut self,
+        fut: F,
+    ) -> Result<Offline<F::Output>, RemoteWorkerError> {
+        offline(&mut self.lifecycle, &mut self.attempts, fut).await
+    }
+
+    /// A welcomed session was lost: the running attempts start their orphan grace.
+    pub(crate) fn session_lost(&mut self) {
+        self.lifecycle.session_lost(&self.attempts);
+    }
+
+    /// Kills what still runs and stops the executor.
+    pub(crate) async fn finish(self) -> Result<(), RemoteWorkerError> {
+        self.attempts.finish().await
+    }
+
+    /// The bound on waiting for attempts killed with `grace` to report.
+    fn kill_bound(&self, grace: Duration) -> Duration {
+        grace + self.cfg.exec.pipe_drain + KILL_SLACK
     }
 
     /// Runs one session over a connected channel.
@@ -213,17 +228,17 @@ impl Worker {
         channel: Channel,
     ) -> Result<SessionEnd, RemoteWorkerError> {
         let (outbox, rx) = mpsc::channel(outbox_capacity(self.cfg.slots));
-        let split = self.unacked.split_for_hello(HELLO_FINISHED_BYTES);
+        let split = self.attempts.split_for_hello(HELLO_FINISHED_BYTES);
         let hello = frames::hello(
             &self.cfg,
-            self.cache_url.as_deref(),
+            self.cache.url(),
             &self.hostname,
             self.memory.total(),
-            self.exec.running(),
+            self.attempts.running(),
             &split.in_hello,
         );
         tracing::debug!(
-            running = self.exec.running_count(),
+            running = self.attempts.running_count(),
             finished = split.in_hello.len(),
             after_welcome = split.after_welcome.len(),
             "hello"
@@ -276,10 +291,10 @@ impl Worker {
         };
         tracing::info!(heartbeat = ?welcome.heartbeat, liveness = ?welcome.liveness,
             "session established");
-        self.welcomed();
+        self.lifecycle.welcomed(&self.attempts);
         let backlog = self
-            .unacked
-            .attempts()
+            .attempts
+            .unacked()
             .filter(|a| !in_hello.contains(a))
             .cloned()
             .collect();
@@ -309,13 +324,11 @@ impl Worker {
 
     /// Sends `AttemptStarted` for the attempts that started while offline and still run.
     fn announce_started(&mut self, live: &Live) -> Result<(), SessionEnd> {
-        for attempt in std::mem::take(&mut self.unsent_started) {
-            if self.exec.is_running(&attempt) {
-                send(
-                    &live.outbox,
-                    frames::report(&FromWorker::Started { attempt }),
-                )?;
-            }
+        for attempt in self.attempts.take_started_offline() {
+            send(
+                &live.outbox,
+                frames::report(&FromWorker::Started { attempt }),
+            )?;
         }
         Ok(())
     }
@@ -329,17 +342,16 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(welcome.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            if let Some(end) = drained(live, &self.exec) {
+            if let Some(end) = drained(live, &self.attempts) {
                 return Ok(end);
             }
-            let drain_deadline = self.draining.and_then(|d| d.pending());
             let backlog_ready = live.backlog_ready();
             let step = tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => Step::Shutdown,
-                () = self.drain.cancelled(), if !live.draining => Step::StartDrain,
-                () = sleep_until_some(drain_deadline) => Step::DrainExpired,
-                report = self.exec.recv() => match report {
+                () = self.lifecycle.shutdown_requested() => Step::Shutdown,
+                () = self.lifecycle.drain_requested(), if !live.draining => Step::StartDrain,
+                () = self.lifecycle.drain_due() => Step::DrainExpired,
+                report = self.attempts.recv() => match report {
                     Some(report) => Step::Report(report),
                     None => return Err(RemoteWorkerError::ExecutorStopped),
                 },
@@ -351,7 +363,7 @@ impl Worker {
                 Step::Shutdown => Some(SessionEnd::Shutdown),
                 Step::StartDrain => self.start_drain(live),
                 Step::DrainExpired => {
-                    self.drain_expired()?;
+                    self.lifecycle.drain_expired(&self.attempts)?;
                     None
                 }
                 Step::Report(report) => self.forward(live, report),
@@ -368,7 +380,7 @@ impl Worker {
     }
 
     fn start_drain(&mut self, live: &mut Live) -> Option<SessionEnd> {
-        let grace = self.begin_drain();
+        let grace = self.lifecycle.begin_drain(&self.attempts);
         live.draining = true;
         send(&live.outbox, frames::draining(grace)).err()
     }
@@ -377,7 +389,7 @@ impl Worker {
     fn forward(&mut self, live: &Live, report: FromWorker) -> Option<SessionEnd> {
         let frame = frames::report(&report);
         if let FromWorker::Finished { attempt, result } = report {
-            self.keep_result(attempt, result);
+            self.attempts.keep_result(attempt, result);
         }
         send(&live.outbox, frame).err()
     }
@@ -385,7 +397,7 @@ impl Worker {
     /// Sends the oldest kept result of the backlog that is still unacknowledged.
     fn send_backlog(&mut self, live: &mut Live) -> Option<SessionEnd> {
         while let Some(attempt) = live.backlog.pop_front() {
-            if let Some(result) = self.unacked.get(&attempt) {
+            if let Some(result) = self.attempts.result(&attempt) {
                 return send(&live.outbox, frames::finished(&attempt, result)).err();
             }
         }
@@ -393,7 +405,7 @@ impl Worker {
     }
 
     fn heartbeat(&mut self, live: &Live) -> WorkerMessage {
-        let running = self.exec.running_count();
+        let running = self.attempts.running_count();
         let free_slots = if live.draining {
             0
         } else {
@@ -401,8 +413,8 @@ impl Worker {
                 .slots
                 .saturating_sub(u32::try_from(running).unwrap_or(u32::MAX))
         };
-        let memory = self.memory.sample(self.exec.requested_memory());
-        frames::heartbeat(free_slots, memory, self.exec.running())
+        let memory = self.memory.sample(self.attempts.requested_memory());
+        frames::heartbeat(free_slots, memory, self.attempts.running())
     }
 
     fn on_frame(
@@ -429,38 +441,23 @@ impl Worker {
                 traceparent,
             } => self.on_assign(live, attempt, spec, cache_key, traceparent),
             Inbound::CacheMembers(members) => {
-                tracing::debug!(
-                    epoch = members.epoch(),
-                    nodes = members.len(),
-                    "cache membership"
-                );
-                self.members.send_replace(std::sync::Arc::new(members));
+                self.cache.set_members(members);
                 Ok(None)
             }
             Inbound::Cancel { attempt, grace } => {
-                if self.exec.is_running(&attempt) {
+                if self.attempts.is_running(&attempt) {
                     tracing::debug!(?attempt, ?grace, "cancel");
-                    self.exec.cancel(attempt, grace)?;
+                    self.attempts.cancel(attempt, grace)?;
                 } else {
                     tracing::debug!(?attempt, "cancel for an attempt not running; ignored");
                 }
                 Ok(None)
             }
             Inbound::Ack(attempts) => {
-                self.on_ack(&attempts);
+                self.attempts.ack(&attempts);
                 Ok(None)
             }
         }
-    }
-
-    fn on_ack(&mut self, attempts: &[AttemptRef]) {
-        let forgotten = attempts.iter().filter(|a| self.unacked.ack(a)).count();
-        tracing::debug!(
-            acked = attempts.len(),
-            forgotten,
-            kept = self.unacked.len(),
-            "results acknowledged"
-        );
     }
 
     fn on_assign(
@@ -471,14 +468,14 @@ impl Worker {
         cache_key: Option<CacheKey>,
         traceparent: Option<String>,
     ) -> Result<Option<SessionEnd>, RemoteWorkerError> {
-        if self.exec.is_running(&attempt) {
+        if self.attempts.is_running(&attempt) {
             tracing::warn!(
                 ?attempt,
                 "assignment of an attempt already running here; it reports when it ends"
             );
             return Ok(None);
         }
-        if let Some(result) = self.unacked.get(&attempt) {
+        if let Some(result) = self.attempts.result(&attempt) {
             tracing::warn!(
                 ?attempt,
                 "assignment of an attempt that already ran here; answered with its result"
@@ -489,7 +486,7 @@ impl Worker {
             tracing::info!(?attempt, "assignment while draining; answered cancelled");
             return Ok(self.answer_not_run(live, attempt, ExitStatus::Cancelled));
         }
-        if self.exec.running_count() >= self.cfg.slots as usize {
+        if self.attempts.running_count() >= self.cfg.slots as usize {
             tracing::warn!(
                 ?attempt,
                 slots = self.cfg.slots,
@@ -499,11 +496,7 @@ impl Worker {
         match frames::prepare_assignment(&self.workspace, attempt.clone(), spec, traceparent) {
             Ok(prepared) => {
                 tracing::debug!(?attempt, gate = %prepared.assignment.spec.gate, "assigned");
-                if let Some(key) = cache_key {
-                    let gate = prepared.assignment.spec.gate.clone();
-                    self.cache_keys.insert(attempt.clone(), (key, gate));
-                }
-                self.exec.assign(prepared)?;
+                self.attempts.assign(prepared, cache_key)?;
                 Ok(None)
             }
             Err(reason) => {
@@ -524,24 +517,24 @@ impl Worker {
     ) -> Option<SessionEnd> {
         let result = frames::not_run(status);
         let frame = frames::finished(&attempt, &result);
-        self.keep_result(attempt, result);
+        self.attempts.keep_result(attempt, result);
         send(&live.outbox, frame).err()
     }
 
     /// Shutdown: kill everything at once and forward the reports while the stream lives.
     async fn kill_and_report(&mut self, live: &Live) -> Result<(), RemoteWorkerError> {
-        if self.exec.running_count() == 0 {
+        if self.attempts.running_count() == 0 {
             return Ok(());
         }
         tracing::info!(
-            running = self.exec.running_count(),
+            running = self.attempts.running_count(),
             "shutting down; killing attempts"
         );
-        self.exec.cancel_all(Duration::ZERO)?;
+        self.attempts.cancel_all(Duration::ZERO)?;
         let bound = self.kill_bound(Duration::ZERO);
         let forward = async {
-            while self.exec.running_count() > 0 {
-                let Some(report) = self.exec.recv().await else {
+            while self.attempts.running_count() > 0 {
+                let Some(report) = self.attempts.recv().await else {
                     return Err(RemoteWorkerError::ExecutorStopped);
                 };
                 // Best effort: a dead stream only loses reports the coordinator re-queues.
@@ -572,7 +565,7 @@ impl Worker {
             loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => match frames::decode(msg) {
-                        Ok(Inbound::Ack(attempts)) => self.on_ack(&attempts),
+                        Ok(Inbound::Ack(attempts)) => self.attempts.ack(&attempts),
                         other => {
                             tracing::debug!(?other, "frame after closing the stream; ignored");
                         }
@@ -584,9 +577,9 @@ impl Worker {
         if tokio::time::timeout(bound, rest).await.is_err() {
             tracing::warn!("coordinator did not close its side of the stream in time");
         }
-        if !self.unacked.is_empty() {
+        if self.attempts.unacked_count() > 0 {
             tracing::info!(
-                unacknowledged = self.unacked.len(),
+                unacknowledged = self.attempts.unacked_count(),
                 "stopping with results the coordinator has not acknowledged"
             );
         }
@@ -594,8 +587,8 @@ impl Worker {
 }
 
 /// `Drained` once draining, nothing runs any more and the backlog is sent.
-fn drained(live: &Live, exec: &Executor) -> Option<SessionEnd> {
-    (live.draining && exec.running_count() == 0 && live.backlog.is_empty())
+fn drained(live: &Live, attempts: &Attempts) -> Option<SessionEnd> {
+    (live.draining && attempts.running_count() == 0 && live.backlog.is_empty())
         .then_some(SessionEnd::Drained)
 }
 

@@ -12,7 +12,8 @@
 //! the attempt lost. Only a coordinator that never acknowledges makes this happen: one
 //! that does acknowledges within a round trip of receiving each result.
 //!
-//! Plain data, owned by the session loop; no I/O, no clock.
+//! Plain data, owned by [`Attempts`](crate::remote::attempts::Attempts); no I/O, no
+//! clock.
 
 use std::collections::{BTreeMap, HashMap};
 

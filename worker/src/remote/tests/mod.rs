@@ -3,6 +3,7 @@
 mod fake;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,13 @@ use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
 use gatehouse_common::spawn::spawn_named;
 use gatehouse_proto::convert::attempt_from_wire;
 use gatehouse_proto::v1::{self, coordinator_message, worker_message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{RemoteWorkerConfig, RemoteWorkerError, run};
+use super::{RemoteWorkerConfig, RemoteWorkerError, WorkerListeners, run};
+use crate::cache::{CacheNodeConfig, StoreConfig};
 use fake::{Conn, DEADLINE, Fake};
 
 const MIB: u64 = 1024 * 1024;
@@ -71,9 +75,17 @@ struct Running {
 
 impl Running {
     fn start(cfg: RemoteWorkerConfig) -> Self {
+        Self::start_on(cfg, WorkerListeners::default())
+    }
+
+    /// Starts a worker serving `listeners`.
+    fn start_on(cfg: RemoteWorkerConfig, listeners: WorkerListeners) -> Self {
         let shutdown = CancellationToken::new();
         let drain = CancellationToken::new();
-        let task = spawn_named("remote-worker", run(cfg, shutdown.clone(), drain.clone()));
+        let task = spawn_named(
+            "remote-worker",
+            run(cfg, listeners, shutdown.clone(), drain.clone()),
+        );
         Self {
             shutdown,
             drain,
@@ -351,6 +363,7 @@ async fn invalid_configuration_fails_at_once() {
     let never = CancellationToken::new();
     let err = run(
         config(vec!["localhost:7700".into()]),
+        WorkerListeners::default(),
         never.clone(),
         never.clone(),
     )
@@ -361,10 +374,93 @@ async fn invalid_configuration_fails_at_once() {
 
     let mut cfg = config(vec!["http://127.0.0.1:1".into()]);
     cfg.workspace = Some("/nonexistent/gatehouse-workspace".into());
-    let err = run(cfg, never.clone(), never)
-        .await
-        .expect_err("no workspace");
+    let err = run(
+        cfg,
+        WorkerListeners::default(),
+        never.clone(),
+        never.clone(),
+    )
+    .await
+    .expect_err("no workspace");
     assert!(matches!(err, RemoteWorkerError::Workspace { .. }), "{err}");
+
+    let listeners = WorkerListeners {
+        cache: Some(loopback().await),
+        http: None,
+    };
+    let cfg = config(vec!["http://127.0.0.1:1".into()]);
+    let err = run(cfg, listeners, never.clone(), never.clone())
+        .await
+        .expect_err("a cache listener without a cache node");
+    assert!(matches!(err, RemoteWorkerError::CacheListener), "{err}");
+    let mut cfg = config(vec!["http://127.0.0.1:1".into()]);
+    cfg.cache_node = Some(CacheNodeConfig {
+        advertise: None,
+        store: StoreConfig::default(),
+        tls: Default::default(),
+    });
+    let err = run(cfg, WorkerListeners::default(), never.clone(), never)
+        .await
+        .expect_err("a cache node without its listener");
+    assert!(matches!(err, RemoteWorkerError::CacheListener), "{err}");
+}
+
+/// A listener on a free loopback port.
+async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// The status code of `GET path` on the HTTP server at `addr`.
+async fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The worker serves the listeners its caller bound (port 0 here, as for the
+/// coordinator): its `Hello` advertises the cache node at the bound port, and its
+/// `/readyz` turns ready once the session is welcomed.
+#[tokio::test]
+async fn serves_the_listeners_it_is_given() {
+    let (cache, http) = (loopback().await, loopback().await);
+    let cache_addr = cache.local_addr().expect("addr");
+    let http_addr = http.local_addr().expect("addr");
+    let mut fake = Fake::start().await;
+    let mut cfg = config(vec![fake.url.clone()]);
+    cfg.cache_node = Some(CacheNodeConfig {
+        advertise: None,
+        store: StoreConfig::default(),
+        tls: Default::default(),
+    });
+    let listeners = WorkerListeners {
+        cache: Some(cache),
+        http: Some(http),
+    };
+    let worker = Running::start_on(cfg, listeners);
+    let mut conn = fake.accept().await;
+    let hello = conn.hello().await;
+    assert_eq!(hello.cache_url, format!("http://{cache_addr}"));
+    assert_eq!(http_status(http_addr, "/healthz").await, 200);
+    assert_eq!(
+        http_status(http_addr, "/readyz").await,
+        503,
+        "not ready before the welcome"
+    );
+    conn.welcome().await;
+    let deadline = Instant::now() + DEADLINE;
+    while http_status(http_addr, "/readyz").await != 200 {
+        assert!(Instant::now() < deadline, "timed out waiting for /readyz");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown.cancel();
+    assert!(worker.join().await.is_ok());
+    fake.stop().await;
 }
 
 #[tokio::test]
