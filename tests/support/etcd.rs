@@ -2,15 +2,17 @@
 //! temp data dir, its log in a file there, readiness through `GET /health`. Killed on
 //! drop; on a failing test the tail of its log is printed.
 //!
-//! `GATEHOUSE_SKIP_ETCD=1` makes [`EtcdServer::start`] return `None` (the test returns
-//! early); without it a missing `etcd` binary is a test failure, not a silent skip.
+//! `etcd` and `etcdctl` are found by [`super::tools::find`] (Debian `etcd-server` and
+//! `etcd-client`, installed by `scripts/test-deps.sh`). `GATEHOUSE_SKIP_ETCD=1` makes
+//! [`EtcdServer::start`] return `None` (the test returns early) and prints `SKIPPED` for
+//! the test; without it a missing `etcd` binary is a test failure, not a silent skip.
 
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,7 @@ impl EtcdServer {
     /// Starts etcd and waits until it is healthy; `None` when `GATEHOUSE_SKIP_ETCD=1`.
     /// If another process took one of the chosen ports first, tries new ones.
     pub fn start() -> Option<EtcdServer> {
-        if std::env::var("GATEHOUSE_SKIP_ETCD").as_deref() == Ok("1") {
-            eprintln!("skipping: GATEHOUSE_SKIP_ETCD=1");
+        if super::tools::skipping("GATEHOUSE_SKIP_ETCD") {
             return None;
         }
         const ATTEMPTS: usize = 3;
@@ -155,33 +156,14 @@ impl Drop for EtcdServer {
     }
 }
 
-/// The etcd binary: on PATH or in /usr/bin.
+/// The etcd binary (panics, saying how to install it, if missing).
 pub fn etcd() -> PathBuf {
-    find_binary("etcd").unwrap_or_else(|| {
-        panic!(
-            "etcd not found: install it (apt-get install etcd-server) or set GATEHOUSE_SKIP_ETCD=1"
-        )
-    })
+    super::tools::find("etcd")
 }
 
-/// The etcdctl binary: on PATH or in /usr/bin.
+/// The etcdctl binary (panics, saying how to install it, if missing).
 pub fn etcdctl() -> PathBuf {
-    find_binary("etcdctl").unwrap_or_else(|| {
-        panic!("etcdctl not found: install it (apt-get install etcd-client) or set GATEHOUSE_SKIP_ETCD=1")
-    })
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    super::tools::find("etcdctl")
 }
 
 /// Distinct loopback ports that were free a moment ago (bound together, then released).

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod ha;
 pub mod otlp;
+pub mod tools;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
 //! The test tools from PyPI: an OTLP/gRPC trace receiver (`oteltest`'s `GrpcSink`, run
 //! by `tests/support/otlp_sink.py`) and the OpenMetrics parser of `prometheus-client`,
 //! both in the venv `scripts/test-deps.sh` makes (`target/test-venv`, or the Python
-//! named by `GATEHOUSE_TEST_PYTHON`). Also `promtool` (Debian `prometheus`).
+//! named by `GATEHOUSE_TEST_PYTHON`). Also `promtool` (Debian `prometheus`), found by
+//! [`super::tools::find`]. All are listed in `tests/tools.txt`.
 //!
 //! `GATEHOUSE_SKIP_OBSERVABILITY=1` makes the lookups return `None` (the test returns
-//! early); without it a missing tool is a test failure, never a silent skip.
+//! early) and prints `SKIPPED` for the test; without it a missing tool is a test
+//! failure, never a silent skip.
 
 #![allow(dead_code)]
 
@@ -17,11 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 fn skipping() -> bool {
-    if std::env::var("GATEHOUSE_SKIP_OBSERVABILITY").as_deref() == Ok("1") {
-        eprintln!("skipping: GATEHOUSE_SKIP_OBSERVABILITY=1");
-        return true;
-    }
-    false
+    super::tools::skipping("GATEHOUSE_SKIP_OBSERVABILITY")
 }
 
 /// The test venv's Python; `None` when skipping. Panics if it is missing.
@@ -31,33 +29,24 @@ pub fn python() -> Option<PathBuf> {
     }
     let path = match std::env::var_os("GATEHOUSE_TEST_PYTHON") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python"),
+        None => super::tools::venv().join("bin/python"),
     };
     assert!(
         path.exists(),
-        "the test venv is missing ({}): run scripts/test-deps.sh, or set \
-         GATEHOUSE_SKIP_OBSERVABILITY=1 to skip the observability tests",
-        path.display()
+        "the test venv is missing ({}): it holds the PyPI packages {}; scripts/test-deps.sh \
+         makes it (scripts/test.sh does, then runs the whole suite)",
+        path.display(),
+        super::tools::pypi_packages()
     );
     Some(path)
 }
 
-/// `promtool`; `None` when skipping. Panics if it is missing.
+/// `promtool`; `None` when skipping. Panics, saying how to install it, if missing.
 pub fn promtool() -> Option<PathBuf> {
     if skipping() {
         return None;
     }
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("promtool"))
-        .find(|p| p.exists());
-    assert!(
-        found.is_some(),
-        "promtool is missing: run scripts/test-deps.sh (Debian: apt-get install prometheus), \
-         or set GATEHOUSE_SKIP_OBSERVABILITY=1"
-    );
-    found
+    Some(super::tools::find("promtool"))
 }
 
 /// A running OTLP receiver and the spans it has received (one JSON object each, see
