@@ -94,7 +94,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_proto::cache::{ClusterCache, Membership};
+use gatehouse_cache::{ClusterCache, Membership};
 use tokio::sync::watch;
 
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,7 @@ pub enum RemoteWorkerError {
     ExecutorFailed(String),
     /// The cache node could not start.
     #[error(transparent)]
-    CacheNode(#[from] crate::cache::CacheNodeError),
+    CacheNode(#[from] gatehouse_cache::node::CacheNodeError),
     /// The `--http` address cannot be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     Http {
@@ -192,7 +192,7 @@ pub async fn run(
     let node_stop = CancellationToken::new();
     let node = match cfg.cache_node.clone() {
         Some(node) => Some(
-            crate::cache::start_node(
+            gatehouse_cache::node::start_node(
                 cfg.id.to_string(),
                 &hostname,
                 node,

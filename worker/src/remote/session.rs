@@ -42,10 +42,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use gatehouse_cache::{ClusterCache, Membership};
 use gatehouse_common::cache::{CacheEntry, CacheKey, unix_ms_now};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker, GateResult};
 use gatehouse_common::ids::GateId;
-use gatehouse_proto::cache::{ClusterCache, Membership};
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::v1::worker_service_client::WorkerServiceClient;
 use gatehouse_proto::v1::{self, CoordinatorMessage, WorkerMessage};
@@ -189,7 +189,7 @@ impl Worker {
 
     /// Keeps a finished attempt's result until a coordinator acknowledges it.
     /// A passed result that carries a cache key is also written to the shared cache
-    /// (in the background; see `gatehouse_proto::cache`).
+    /// (in the background; see `gatehouse_cache::client`).
     pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
         if let Some((key, gate)) = self.cache_keys.remove(&attempt)
             && result.status.passed()
