@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gatehouse_proto::cache::node_stats;
+use gatehouse_cache::node_stats;
 use gatehouse_proto::v1;
 use serde_json::Value;
 use support::cluster::{Cluster, submit_with, summary};

@@ -19,10 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gatehouse_cache::{ClientConfig, ClusterCache, Membership};
 use gatehouse_common::cache::{CacheEntry, CacheKey, ResultCache, unix_ms_now};
 use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
 use gatehouse_common::ids::GateId;
-use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership};
 
 struct Args {
     nodes: usize,

@@ -65,7 +65,7 @@ pub struct CoordinatorArgs {
     advertise: Option<String>,
     /// Cache nodes (workers started with --cache-listen) that hold each cache entry.
     #[arg(long, value_name = "N", default_value_t = 2,
-        value_parser = clap::value_parser!(u32).range(1..=gatehouse_proto::cache::MAX_REPLICAS as i64))]
+        value_parser = clap::value_parser!(u32).range(1..=gatehouse_cache::MAX_REPLICAS as i64))]
     cache_replicas: u32,
     /// A cache lookup with no hit by then counts as a miss and the gate runs; a slow
     /// or hung cache node never holds a gate up longer.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership, check_url, node_stats};
+use gatehouse_cache::{ClientConfig, ClusterCache, Membership, node_stats};
+use gatehouse_proto::cache::check_url;
 use gatehouse_proto::tls::Tls;
 
 /// How long finding the membership may take.

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gatehouse_cache::node::{CacheNodeConfig, StoreConfig};
 use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_proto::tls::Tls;
 use gatehouse_worker::ExecConfig;
-use gatehouse_worker::cache::{CacheNodeConfig, StoreConfig};
 use gatehouse_worker::remote::{
     self, RemoteWorkerConfig, RemoteWorkerError, WorkerListeners, parse_labels,
 };

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use gatehouse_proto::cache::{ClientConfig, ClusterCache};
+use gatehouse_cache::{ClientConfig, ClusterCache};
 
 use crate::core::CoreConfig;
 use crate::grpc::{

@@ -11,12 +11,17 @@
 //! - [`local`]: [`LocalWorker`], the in-process executor `gatehouse run` drives with
 //!   [`ToWorker`](gatehouse_common::exec::ToWorker) messages.
 //! - [`remote`]: the remote worker, a session layer that connects a [`LocalWorker`] to a
-//!   coordinator's gRPC `WorkerService.Session` stream.
+//!   coordinator's gRPC `WorkerService.Session` stream. It also runs the worker's part
+//!   of the shared result cache, both from `gatehouse_cache`: a
+//!   [`ClusterCache`](gatehouse_cache::ClusterCache) following the membership its
+//!   sessions receive, through which every worker writes the results of passed gates
+//!   that carry a cache key, and with `--cache-listen` a cache node
+//!   ([`start_node`](gatehouse_cache::node::start_node)), started before the first
+//!   session and stopped after the last.
 //!
 //! This crate owns no global state. Every process it starts is owned by exactly one
 //! [`RunningGate`], which kills the process group if it is dropped before the gate ended.
 
-pub mod cache;
 pub mod cancel;
 pub mod execute;
 pub mod local;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use gatehouse_cache::ClusterCache;
+use gatehouse_cache::node::NodeStore;
 use gatehouse_common::exec::ExitStatus;
 use gatehouse_common::telemetry::metrics::{duration_buckets, seconds};
-use gatehouse_proto::cache::ClusterCache;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -20,8 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-use crate::cache::NodeStore;
 
 type L1 = [(&'static str, &'static str); 1];
 

@@ -110,7 +110,7 @@ pub fn cache_stats(args: CacheStatsArgs, tls: Tls) -> u8 {
 }
 
 async fn node_stats(url: &str, tls: &Tls) -> Result<v1::StatsResponse, String> {
-    gatehouse_proto::cache::node_stats(url, STATS_TIMEOUT, tls).await
+    gatehouse_cache::node_stats(url, STATS_TIMEOUT, tls).await
 }
 
 /// Hits / (hits + misses), as a percentage with one decimal, or "-".

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use gatehouse_proto::cache::Membership;
+use gatehouse_cache::Membership;
 use tokio::sync::watch;
 
 /// The membership of one term (cheap to clone; clones share it).

@@ -24,9 +24,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use gatehouse_common::exec::{FromWorker, ToWorker};
 
+use gatehouse_cache::Membership;
 use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::spawn::spawn_tracked;
-use gatehouse_proto::cache::Membership;
 use gatehouse_proto::convert::{WireError, attempt_from_wire};
 use gatehouse_proto::v1;
 use gatehouse_proto::v1::worker_service_server::WorkerService;

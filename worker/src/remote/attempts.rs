@@ -19,10 +19,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatehouse_cache::ClusterCache;
 use gatehouse_common::cache::{CacheEntry, CacheKey, unix_ms_now};
 use gatehouse_common::exec::{AttemptRef, FromWorker, GateResult};
 use gatehouse_common::ids::GateId;
-use gatehouse_proto::cache::ClusterCache;
 
 use crate::remote::RemoteWorkerError;
 use crate::remote::executor::Executor;
@@ -129,7 +129,7 @@ impl Attempts {
 
     /// Keeps a finished attempt's result until a coordinator acknowledges it.
     /// A passed result that carries a cache key is also written to the shared cache
-    /// (in the background; see `gatehouse_proto::cache`).
+    /// (in the background; see `gatehouse_cache::client`).
     pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
         if let Some((key, gate)) = self.cache_keys.remove(&attempt)
             && result.status.passed()

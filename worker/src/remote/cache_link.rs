@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use gatehouse_proto::cache::Membership;
+use gatehouse_cache::Membership;
 use tokio::sync::watch;
 
 /// What the worker says and hears about the shared cache (see the module docs).

@@ -70,12 +70,12 @@ pub struct RemoteWorkerConfig {
     /// Serve part of the shared result cache (`--cache-listen`) on
     /// [`WorkerListeners::cache`](crate::remote::WorkerListeners::cache); `None`: not a
     /// node.
-    pub cache_node: Option<crate::cache::CacheNodeConfig>,
+    pub cache_node: Option<gatehouse_cache::node::CacheNodeConfig>,
     /// How this worker writes passed results to the cache's replicas.
-    pub cache_client: gatehouse_proto::cache::ClientConfig,
+    pub cache_client: gatehouse_cache::ClientConfig,
     /// TLS: of the connections to `https://` coordinators (presenting the certificate
     /// when one is set), and of the cache listener, served when a certificate is set.
-    /// The cache client's writes use [`gatehouse_proto::cache::ClientConfig::tls`].
+    /// The cache client's writes use [`gatehouse_cache::ClientConfig::tls`].
     pub tls: Tls,
 }
 
@@ -101,7 +101,7 @@ impl RemoteWorkerConfig {
             close_timeout: Duration::from_secs(5),
             exec: ExecConfig::default(),
             cache_node: None,
-            cache_client: gatehouse_proto::cache::ClientConfig::default(),
+            cache_client: gatehouse_cache::ClientConfig::default(),
             tls: Tls::default(),
         }
     }

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
+use gatehouse_cache::Membership;
 use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::{Assignment, AttemptRef, ExitStatus, FromWorker, GateResult};
-use gatehouse_proto::cache::{Membership, key_from_wire};
+use gatehouse_proto::cache::key_from_wire;
 use gatehouse_proto::convert::{WireError, attempt_from_wire, gate_spec_from_wire};
 use gatehouse_proto::v1::{self, coordinator_message, worker_message};
 use tempfile::TempDir;

@@ -102,7 +102,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatehouse_proto::cache::{ClusterCache, Membership};
+use gatehouse_cache::{ClusterCache, Membership};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -166,7 +166,7 @@ pub enum RemoteWorkerError {
     ExecutorFailed(String),
     /// The cache node could not start.
     #[error(transparent)]
-    CacheNode(#[from] crate::cache::CacheNodeError),
+    CacheNode(#[from] gatehouse_cache::node::CacheNodeError),
     /// [`RemoteWorkerConfig::cache_node`] and [`WorkerListeners::cache`] were not given
     /// together.
     #[error("a cache node needs both its settings and its listener")]
@@ -216,7 +216,7 @@ pub async fn run(
     let node_stop = CancellationToken::new();
     let node = match cfg.cache_node.clone().zip(listeners.cache) {
         Some((node, listener)) => Some(
-            crate::cache::start_node(
+            gatehouse_cache::node::start_node(
                 cfg.id.to_string(),
                 &hostname,
                 listener,

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{RemoteWorkerConfig, RemoteWorkerError, WorkerListeners, run};
-use crate::cache::{CacheNodeConfig, StoreConfig};
 use fake::{Conn, DEADLINE, Fake};
+use gatehouse_cache::node::{CacheNodeConfig, StoreConfig};
 
 const MIB: u64 = 1024 * 1024;
 

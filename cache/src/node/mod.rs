@@ -1,37 +1,42 @@
-//! The worker as a cache node: a [`NodeStore`] served as `gatehouse.v1.CacheService`
-//! (see `docs/cache.md`). A worker with [`CacheNodeConfig`] (`--cache-listen`) binds
-//! the port before it says `Hello`, advertises the URL in `Hello.cache_url`, and the
-//! coordinator adds it to the membership it distributes.
+//! A cache node: a [`NodeStore`] served as `gatehouse.v1.CacheService` (see
+//! `docs/cache.md`). [`start_node`] takes a listener its caller bound (tests bind port
+//! 0), checks the URL the node advertises, opens the store and serves it; a worker
+//! started with `--cache-listen` ([`CacheNodeConfig`]) calls it before it says `Hello`, advertises the URL in
+//! `Hello.cache_url`, and the coordinator adds it to the membership it distributes.
 //!
-//! Every worker, cache node or not, writes the results of passed gates that carry a
-//! cache key to the key's replicas through a
-//! [`ClusterCache`](gatehouse_proto::cache::ClusterCache) that follows the membership
-//! its sessions receive.
+//! - [`store`]: what the node holds (bounded memory and disk tiers, TTL).
+//! - [`service`]: the RPCs, each a thin translation to store calls.
+//!
+//! **Failure.** A listener whose address cannot be read, a store directory that cannot
+//! be opened, an advertised URL that is not usable or whose scheme does not match what
+//! the node serves, and unusable TLS settings are [`CacheNodeError`]s: the node does not
+//! start. Once serving, a request the protocol does not allow is `INVALID_ARGUMENT`, a
+//! damaged or oversized entry is refused (counted, never stored or served), and a
+//! server that fails is logged.
+//!
+//! **Shutdown.** The server stops accepting once its `shutdown` token fires and ends
+//! when its connections closed, or 2 s later, closing them; its task is the caller's
+//! ([`CacheNode::task`]) to await.
 
 pub mod service;
-// Its raw `spawn_blocking` calls move to `gatehouse_common::spawn::spawn_blocking_named`
-// with the store's move; until then clippy.toml's ban is lifted for this module only.
-#[allow(clippy::disallowed_methods)]
 pub mod store;
-
-#[cfg(test)]
-mod client_tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::spawn::spawn_named;
-use gatehouse_proto::cache::{ClusterCache, Membership};
+use gatehouse_proto::cache::check_url;
 use gatehouse_proto::v1::cache_service_server::CacheServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::{ClusterCache, Membership};
 pub use service::CacheServiceImpl;
 pub use store::{NodeStore, StoreConfig, StoreStats};
 
-/// How a worker serves its part of the cache.
+/// How a node (a worker with `--cache-listen`) serves its part of the cache.
 #[derive(Clone, Debug)]
 pub struct CacheNodeConfig {
     /// The URL other processes reach it at (`--cache-advertise`); by default
@@ -95,7 +100,7 @@ pub async fn start_node(
     };
     // Also the default: a host name that makes no valid URL must stop the worker here,
     // not get every session refused.
-    gatehouse_proto::cache::check_url(&url)
+    check_url(&url)
         .map_err(|e| CacheNodeError::Advertise(format!("{e} (set --cache-advertise)")))?;
     if config.tls.serves() != gatehouse_proto::tls::is_https(&url) {
         return Err(CacheNodeError::Advertise(format!(

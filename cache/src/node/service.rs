@@ -1,12 +1,15 @@
 //! `gatehouse.v1.CacheService` over a [`NodeStore`]: a thin translation of RPCs to
-//! store calls (see `proto/gatehouse/v1/cache.proto` for the contract).
+//! store calls (see `proto/gatehouse/v1/cache.proto` for the contract). It holds only
+//! the store, the membership receiver and the worker's client (read by `Stats`); every
+//! RPC is independent, and a malformed request is `INVALID_ARGUMENT` without touching
+//! the store. Streams end with their RPC; the server that runs it owns shutdown.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use gatehouse_common::cache::CacheKey;
 use gatehouse_common::cache::codec::MAX_ENTRY_BYTES;
-use gatehouse_proto::cache::{CHUNK_BYTES, ClusterCache, MAX_GET_KEYS, Membership, key_from_wire};
+use gatehouse_proto::cache::{CHUNK_BYTES, MAX_GET_KEYS, key_from_wire};
 use gatehouse_proto::v1;
 use gatehouse_proto::v1::cache_service_server::CacheService;
 use tokio::sync::watch;
@@ -14,6 +17,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::store::NodeStore;
+use crate::{ClusterCache, Membership};
 
 /// The service of one cache node.
 pub struct CacheServiceImpl {

@@ -1,4 +1,4 @@
-//! The cache client ([`ClusterCache`]) against real cache nodes (this crate's service
+//! The cache client ([`ClusterCache`]) against real cache nodes (this crate's node
 //! over real loopback sockets), and against a node that accepts connections but never
 //! answers (what a SIGSTOPped process looks like to its peers).
 
@@ -10,13 +10,13 @@ use gatehouse_common::cache::codec::encode_entry;
 use gatehouse_common::cache::{CacheEntry, CacheKey, ResultCache, unix_ms_now};
 use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
 use gatehouse_common::ids::GateId;
-use gatehouse_proto::cache::{ClientConfig, ClusterCache, Membership};
 use gatehouse_proto::v1;
 use gatehouse_proto::v1::cache_service_client::CacheServiceClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{CacheNodeConfig, StoreConfig, start_node};
+use crate::node::{CacheNodeConfig, StoreConfig, noise, start_node};
+use crate::{ClientConfig, ClusterCache, Membership};
 
 struct Node {
     id: String,
@@ -142,7 +142,7 @@ async fn large_entries_travel_in_chunks() {
     let nodes = nodes(2, &stop).await;
     let cache = client(&pairs(&nodes), 2, ClientConfig::default());
     // About 3 MiB after compression: three chunks each way.
-    let big = entry(super::noise(1, 3 << 20));
+    let big = entry(noise(1, 3 << 20));
     assert!(encode_entry(&key(1), &big).expect("encode").len() > 2 << 20);
     assert!(put_and_wait(&cache, &key(1), &big).await, "put");
     assert_eq!(cache.get(&key(1)).await.expect("get"), Some(big));
