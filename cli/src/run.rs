@@ -15,7 +15,7 @@ use clap::Args;
 use gatehouse_common::cache::tiered::Tiered;
 use gatehouse_common::cache::{DiskCache, ResultCache};
 use gatehouse_common::events::{PlanEvent, PlanOutcome};
-use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::ids::{PlanId, SessionKey, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_coordinator::core::{CoreConfig, RunOptions, WorkerInfo};
@@ -181,7 +181,7 @@ async fn run(
     // scheduler sees it before any report.
     reports_tx
         .send(WorkerEvent::Joined(WorkerInfo {
-            id: WorkerId::new(LOCAL_WORKER),
+            id: SessionKey::new(WorkerId::new(LOCAL_WORKER), 0),
             slots,
             memory_total: capacity,
             memory_available: capacity,
@@ -201,7 +201,7 @@ async fn run(
         tracer,
         ..SchedulerConfig::default()
     };
-    let (sched, sched_task) = scheduler::spawn(
+    let (sched, _workers, sched_task) = scheduler::spawn(
         config,
         Box::new(LocalTransport::new(to_worker)),
         reports,

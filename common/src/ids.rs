@@ -50,6 +50,33 @@ string_id!(
     WorkerId
 );
 
+/// One connection of a worker, as the scheduler knows it: the worker's id and the
+/// session's generation (unique per coordinator process). A worker that reconnects is a
+/// new session; the reports and membership changes of its older session (a reconnect
+/// racing that session's cleanup) name the old generation and never touch the new one.
+/// `gatehouse run`'s in-process executor is generation 0.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionKey {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Which of its sessions.
+    pub generation: u64,
+}
+
+impl SessionKey {
+    /// Session `generation` of `worker`.
+    pub fn new(worker: WorkerId, generation: u64) -> Self {
+        Self { worker, generation }
+    }
+}
+
+impl fmt::Display for SessionKey {
+    /// `worker#generation`, for logs (never parsed back).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.worker, self.generation)
+    }
+}
+
 /// Dense index of a gate inside a validated [`crate::plan::Plan`] (plan order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GateIdx(pub u32);

@@ -118,15 +118,6 @@ impl CacheResult {
     }
 }
 
-/// The `worker` label: the worker's id without its session generation (`w1#3` is
-/// `w1`), so a reconnect keeps the worker's series.
-fn worker_name(session: &str) -> String {
-    session
-        .split_once('#')
-        .map_or(session, |(name, _)| name)
-        .to_string()
-}
-
 /// The outcome of one executed attempt, for `gatehouse_gate_duration_seconds`.
 pub fn attempt_outcome(status: &gatehouse_common::exec::ExitStatus) -> &'static str {
     use gatehouse_common::exec::ExitStatus;
@@ -324,7 +315,7 @@ impl Metrics {
         for (kind, v) in [("used", slots.used), ("total", slots.total)] {
             self.inner
                 .worker_slots
-                .get_or_create(&[("worker", worker_name(worker)), ("kind", kind.to_string())])
+                .get_or_create(&[("worker", worker.to_string()), ("kind", kind.to_string())])
                 .set(i64::from(v));
         }
     }
@@ -341,7 +332,7 @@ impl Metrics {
             if let Some(v) = v {
                 self.inner
                     .worker_memory
-                    .get_or_create(&[("worker", worker_name(worker)), ("kind", kind.to_string())])
+                    .get_or_create(&[("worker", worker.to_string()), ("kind", kind.to_string())])
                     .set(i64::try_from(v).unwrap_or(i64::MAX));
             }
         }
@@ -352,12 +343,12 @@ impl Metrics {
         for kind in ["used", "available", "total"] {
             self.inner
                 .worker_memory
-                .remove(&[("worker", worker_name(worker)), ("kind", kind.to_string())]);
+                .remove(&[("worker", worker.to_string()), ("kind", kind.to_string())]);
         }
         for kind in ["used", "total"] {
             self.inner
                 .worker_slots
-                .remove(&[("worker", worker_name(worker)), ("kind", kind.to_string())]);
+                .remove(&[("worker", worker.to_string()), ("kind", kind.to_string())]);
         }
     }
 

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use gatehouse_common::ids::{GateIdx, PlanId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::telemetry::{Tracer, context_from_traceparent, traceparent};
 use opentelemetry::trace::{Status, TraceContextExt, Tracer as _};
@@ -136,6 +136,7 @@ impl Observer {
         id: &PlanId,
         gate: GateIdx,
         queued: Option<Duration>,
+        worker: &SessionKey,
     ) -> Option<String> {
         let (Some(tracer), Some(trace)) = (&self.tracer, self.plans.get_mut(id)) else {
             return None;
@@ -161,7 +162,10 @@ impl Observer {
         let span = gate_cx.span();
         let queue_ms = KeyValue::new("gatehouse.queue_ms", queued.as_millis() as i64);
         span.add_event("dispatched", vec![queue_ms.clone()]);
-        span.set_attribute(queue_ms);
+        span.set_attributes([
+            queue_ms,
+            KeyValue::new("gatehouse.worker.id", worker.to_string()),
+        ]);
         traceparent(gate_cx)
     }
 
@@ -277,7 +281,8 @@ impl Observer {
         let Some(trace) = self.plans.get_mut(&ev.plan) else {
             return;
         };
-        trace.dispatched.remove(&ev.gate);
+        // Dispatched here: the span names the worker's session already.
+        let dispatched = trace.dispatched.remove(&ev.gate);
         let Some(cx) = trace.gates.remove(&ev.gate) else {
             return;
         };
@@ -287,7 +292,7 @@ impl Observer {
             KeyValue::new("gatehouse.cached", ev.cached),
             KeyValue::new("gatehouse.outcome", outcome),
         ]);
-        if let Some(w) = &ev.worker {
+        if let (false, Some(w)) = (dispatched, &ev.worker) {
             span.set_attribute(KeyValue::new("gatehouse.worker.id", w.to_string()));
         }
         if let Some(reason) = ev.reason {
@@ -377,8 +382,12 @@ mod tests {
         )
     }
 
+    fn session() -> SessionKey {
+        SessionKey::new(WorkerId::new("w1"), 1)
+    }
+
     fn event(gate: u32, status: GateStatus, attempt: u32, worker: bool) -> GateEvent {
-        let worker = worker.then(|| WorkerId::new("w#1"));
+        let worker = worker.then(|| WorkerId::new("w1"));
         GateEvent::new(PlanId::new("p"), GateIdx(gate), status, attempt, worker)
     }
 
@@ -405,9 +414,18 @@ mod tests {
         let plan = flat(Policy::default(), &[g("a", &[])]);
         let id = PlanId::new("p");
         o.plan_started(&id, &plan, None, false);
-        assert!(o.dispatching(&plan, &id, GateIdx(0), None).is_some());
+        assert!(
+            o.dispatching(&plan, &id, GateIdx(0), None, &session())
+                .is_some()
+        );
         // The worker is lost: the core re-queues the gate without an event.
-        o.dispatching(&plan, &id, GateIdx(0), Some(Duration::from_millis(3)));
+        o.dispatching(
+            &plan,
+            &id,
+            GateIdx(0),
+            Some(Duration::from_millis(3)),
+            &session(),
+        );
         let mut done = event(0, GateStatus::Finished(Terminal::Passed), 2, true);
         done.result = Some(result(ExitStatus::Exited(0)));
         o.gate_event(&done);
@@ -445,7 +463,7 @@ mod tests {
         let plan = flat(Policy::default(), &[g("a", &[]), g("b", &[])]);
         let id = PlanId::new("p");
         o.plan_started(&id, &plan, None, false);
-        o.dispatching(&plan, &id, GateIdx(0), None);
+        o.dispatching(&plan, &id, GateIdx(0), None, &session());
         o.lookup_started(&plan, &id, GateIdx(1));
         o.interrupt_all();
         let spans = spans.0.lock().expect("lock");

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::grpc::{CacheMembers, Outboxes, WorkerDirectory};
+use crate::grpc::{CacheMembers, Sessions};
 use crate::registry::RegistryHandle;
-use crate::scheduler::WorkerEvent;
+use crate::scheduler::{WorkerEvent, WorkerSnapshot};
 
 /// The components of one leadership term, as the services use them.
 pub struct Term {
@@ -21,10 +21,10 @@ pub struct Term {
     pub registry: RegistryHandle,
     /// The scheduler's worker-event channel.
     pub reports: mpsc::Sender<WorkerEvent>,
-    /// Sessions' outbound queues (the scheduler's transport reads them).
-    pub outboxes: Outboxes,
-    /// Connected workers, for `ListWorkers`.
-    pub directory: WorkerDirectory,
+    /// The workers' sessions (the scheduler's transport and the acks go through them).
+    pub sessions: Sessions,
+    /// The workers as the scheduler core accounts them, for `ListWorkers`.
+    pub workers: watch::Receiver<Arc<WorkerSnapshot>>,
     /// The cache nodes among them.
     pub cache_members: CacheMembers,
     /// Fires when the term ends: sessions and watch streams of the term end with it.

@@ -30,8 +30,8 @@ use gatehouse_cache::{ClientConfig, ClusterCache};
 
 use crate::core::CoreConfig;
 use crate::grpc::{
-    CacheMembers, GrpcTransport, Outboxes, PlanServiceImpl, SessionAcks, SessionConfig,
-    WorkerDirectory, WorkerServiceImpl,
+    CacheMembers, GrpcTransport, PlanServiceImpl, SessionAcks, SessionConfig, Sessions,
+    WorkerServiceImpl,
 };
 use crate::metrics::Metrics;
 use crate::registry::{self, Durability, JournalError, RegistryConfig};
@@ -208,7 +208,6 @@ async fn serve(
         heartbeat_interval: config.heartbeat_interval,
         liveness_timeout: config.liveness_timeout,
         hello_timeout: Duration::from_secs(10),
-        memory_pressure: config.memory_pressure,
     };
     let workers = WorkerServiceImpl::new(role.clone(), session_config);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -343,8 +342,7 @@ pub(crate) async fn lead(
         restored = restored.len(),
         "plan state read back"
     );
-    let outboxes = Outboxes::default();
-    let directory = WorkerDirectory::default();
+    let sessions = Sessions::default();
     let cache_members = CacheMembers::new(config.cache_replicas);
     let cache = Arc::new(ClusterCache::new(
         ClientConfig {
@@ -372,9 +370,9 @@ pub(crate) async fn lead(
         tracer: config.tracer.clone(),
         ..SchedulerConfig::default()
     };
-    let (sched, sched_task) = scheduler::spawn(
+    let (sched, workers, sched_task) = scheduler::spawn(
         sched_config,
-        Box::new(GrpcTransport::new(outboxes.clone())),
+        Box::new(GrpcTransport::new(sessions.clone())),
         reports,
         Some(cache.clone() as Arc<dyn gatehouse_common::cache::ResultCache>),
         actors.clone(),
@@ -383,8 +381,7 @@ pub(crate) async fn lead(
         retain_finished: config.retain_finished,
         ..RegistryConfig::default()
     };
-    let acks: Arc<dyn registry::AckSink> =
-        Arc::new(SessionAcks::new(outboxes.clone(), directory.clone()));
+    let acks: Arc<dyn registry::AckSink> = Arc::new(SessionAcks::new(sessions.clone()));
     let durability = Some(Durability {
         store,
         restored,
@@ -400,8 +397,8 @@ pub(crate) async fn lead(
     let term = Arc::new(Term {
         registry,
         reports: reports_tx,
-        outboxes,
-        directory,
+        sessions,
+        workers,
         cache_members,
         token: shutdown.child_token(),
         tasks: TaskTracker::new(),

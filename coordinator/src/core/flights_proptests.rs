@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
-use gatehouse_common::ids::{GateId, GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateId, GateIdx, PlanId, SessionKey};
 use proptest::prelude::*;
 use proptest::test_runner::TestRng;
 
@@ -70,7 +70,7 @@ proptest! {
         // What the simulated driver answered, and when (index into `sim.log`).
         let mut answered_key: HashMap<(PlanId, GateIdx), CacheKey> = HashMap::new();
         let mut missed_at: HashMap<(PlanId, GateIdx), usize> = HashMap::new();
-        let mut reported: Vec<(usize, WorkerId, AttemptRef)> = Vec::new();
+        let mut reported: Vec<(usize, SessionKey, AttemptRef)> = Vec::new();
         let mut pending: Vec<(PlanId, GateIdx)> = Vec::new();
         let mut seen = 0;
         let mut steps = 0usize;
@@ -188,7 +188,7 @@ proptest! {
             }
         }
         // Acknowledgements: one per reported result, after the event recording it.
-        let mut acked: HashMap<(WorkerId, AttemptRef), Vec<usize>> = HashMap::new();
+        let mut acked: HashMap<(SessionKey, AttemptRef), Vec<usize>> = HashMap::new();
         for (at, w, a) in &sim.acks {
             acked.entry((w.clone(), a.clone())).or_default().push(*at);
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus};
-use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId};
 use gatehouse_common::plan::Policy;
 
 use super::testkit::*;
@@ -177,7 +177,7 @@ fn a_stale_result_is_acked_at_once_and_a_used_one_after_its_event() {
         ..attempt.clone()
     };
     let cmds = sim.feed(Event::AttemptsReported {
-        worker: WorkerId::new("w"),
+        worker: wk("w"),
         running: vec![],
         finished: vec![(stale.clone(), result(ExitStatus::Exited(0)))],
     });
@@ -186,7 +186,7 @@ fn a_stale_result_is_acked_at_once_and_a_used_one_after_its_event() {
         "a result the core ignores is acknowledged and changes nothing: {cmds:?}"
     );
     let cmds = sim.feed(Event::AttemptsReported {
-        worker: WorkerId::new("w"),
+        worker: wk("w"),
         running: vec![],
         finished: vec![(attempt.clone(), result(ExitStatus::Exited(0)))],
     });

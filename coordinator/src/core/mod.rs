@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
-use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
 use flights::{Flights, Landed};
@@ -56,6 +56,7 @@ pub use transitions::retry_backoff;
 use transitions::{Done, finish_gate, gate_event, lose_attempt, make_ready, stop_plan};
 pub use types::*;
 use workers::WorkerSlots;
+pub use workers::{WorkerState, WorkerView};
 
 /// Tunables of the core (config, never test-only branches).
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +91,7 @@ impl Default for CoreConfig {
 /// What an attempt on a worker holds there.
 #[derive(Clone, Debug)]
 struct Held {
-    worker: WorkerId,
+    worker: SessionKey,
     /// Memory reserved for it.
     memory: u64,
     /// It occupies one of the worker's slots.
@@ -115,7 +116,7 @@ struct Sink {
 pub struct Scheduler {
     config: CoreConfig,
     plans: BTreeMap<PlanId, PlanRun>,
-    workers: BTreeMap<WorkerId, WorkerSlots>,
+    workers: BTreeMap<SessionKey, WorkerSlots>,
     /// Attempts on workers and not finished: who runs them and what they hold.
     attempts: HashMap<AttemptRef, Held>,
     /// The plan that got the last dispatch (round-robin cursor).
@@ -148,7 +149,7 @@ impl Scheduler {
     }
 
     /// Ids of the registered workers.
-    pub fn worker_ids(&self) -> Vec<WorkerId> {
+    pub fn worker_ids(&self) -> Vec<SessionKey> {
         self.workers.keys().cloned().collect()
     }
 
@@ -200,7 +201,7 @@ impl Scheduler {
     }
 
     /// A worker's slot use, if it is known.
-    pub fn slot_use(&self, worker: &WorkerId) -> Option<SlotUse> {
+    pub fn slot_use(&self, worker: &SessionKey) -> Option<SlotUse> {
         self.workers.get(worker).map(|w| SlotUse {
             used: w.info.slots.saturating_sub(w.free_slots),
             total: w.info.slots,
@@ -222,7 +223,7 @@ impl Scheduler {
                 worker,
                 memory_used,
                 memory_available,
-            } => self.on_worker_capacity(&worker, memory_used, memory_available),
+            } => self.on_worker_capacity(now, &worker, memory_used, memory_available),
             Event::WorkerDraining { worker } => self.on_worker_draining(&worker),
             Event::WorkerLost { worker } => self.on_worker_lost(now, &worker),
             Event::CacheChecked {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::GateResult;
-use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
 use super::flights::Role;
@@ -29,12 +29,12 @@ pub(crate) enum GateState {
     /// Ready, but no live worker could ever run it; back to `Ready` when a worker joins.
     Parked,
     /// Dispatched to `worker` as `attempt` (started or not yet).
-    Running { worker: WorkerId, attempt: u32 },
+    Running { worker: SessionKey, attempt: u32 },
     /// Failed attempt; `attempt` starts when the retry timer fires.
     Backoff { attempt: u32 },
     /// A cancel was sent for the running attempt; ends as `then`.
     Stopping {
-        worker: WorkerId,
+        worker: SessionKey,
         attempt: u32,
         then: Terminal,
     },

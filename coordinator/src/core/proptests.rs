@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::CacheEntry;
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
-use gatehouse_common::ids::{GateId, GateIdx, WorkerId};
+use gatehouse_common::ids::{GateId, GateIdx};
 use gatehouse_common::plan::{Plan, Policy};
 use proptest::prelude::*;
 use proptest::test_runner::TestRng;
@@ -258,7 +258,7 @@ proptest! {
             }
         }
         prop_assert!(sim.core.running_attempts() == 0);
-        let _ = (WorkerId::new("unused"), Duration::ZERO);
+        let _ = (wk("unused"), Duration::ZERO);
     }
 }
 
@@ -373,12 +373,12 @@ proptest! {
             .chain(resent.iter().map(|(a, _)| a.clone()))
             .collect();
         new.feed(Event::AttemptsReported {
-            worker: WorkerId::new("w0"),
+            worker: wk("w0"),
             running: reported.clone(),
             finished: resent,
         });
         for a in reported {
-            new.running.push((WorkerId::new("w0"), a));
+            new.running.push((wk("w0"), a));
         }
         if !window_first {
             new.end_recovery();

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::{AttemptRef, GateResult};
-use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
 use super::plan_run::{GateState, PlanRun, Stopping};
@@ -151,7 +151,7 @@ impl Scheduler {
     pub(super) fn on_reported(
         &mut self,
         now: Now,
-        worker: &WorkerId,
+        worker: &SessionKey,
         running: Vec<AttemptRef>,
         finished: Vec<(AttemptRef, GateResult)>,
     ) {
@@ -172,7 +172,7 @@ impl Scheduler {
     fn take_reports(
         &mut self,
         now: Now,
-        worker: &WorkerId,
+        worker: &SessionKey,
         running: Vec<AttemptRef>,
         finished: Vec<(AttemptRef, GateResult)>,
     ) {
@@ -237,7 +237,7 @@ impl Scheduler {
 
     /// Makes `attempt` on `worker` the current attempt of its gate if the gate is in
     /// doubt and the attempt is recent enough; `slot`: it still runs there.
-    fn adopt(&mut self, worker: &WorkerId, attempt: &AttemptRef, slot: bool) -> bool {
+    fn adopt(&mut self, worker: &SessionKey, attempt: &AttemptRef, slot: bool) -> bool {
         let Some(run) = self.plans.get_mut(&attempt.plan) else {
             return false;
         };

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus};
-use gatehouse_common::ids::{GateIdx, WorkerId};
+use gatehouse_common::ids::{GateIdx, SessionKey};
 use gatehouse_common::plan::Policy;
 
 use super::testkit::*;
@@ -40,8 +40,8 @@ fn aref(sim: &Sim, g: u32, attempt: u32) -> AttemptRef {
     }
 }
 
-fn w1() -> WorkerId {
-    WorkerId::new("w1")
+fn w1() -> SessionKey {
+    wk("w1")
 }
 
 #[test]

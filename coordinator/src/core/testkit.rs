@@ -6,12 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, OutputTail};
-use gatehouse_common::ids::{GateId, GateIdx, ItemId, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateId, GateIdx, ItemId, ItemIdx, PlanId, SessionKey, WorkerId};
 use gatehouse_common::plan::{DEFAULT_MEMORY, Gate, Item, Plan, Policy};
 
 use super::*;
 
 pub(crate) const MI: u64 = 1024 * 1024;
+
+/// Session 0 of worker `id`.
+pub(crate) fn wk(id: &str) -> SessionKey {
+    SessionKey::new(WorkerId::new(id), 0)
+}
 
 /// A cache key made of byte `n`.
 pub(crate) fn key(n: u8) -> gatehouse_common::cache::CacheKey {
@@ -110,7 +115,7 @@ pub(crate) fn result(status: ExitStatus) -> GateResult {
 
 pub(crate) fn worker(id: &str, slots: u32, mem: u64) -> WorkerInfo {
     WorkerInfo {
-        id: WorkerId::new(id),
+        id: wk(id),
         slots,
         memory_total: mem,
         memory_available: mem,
@@ -125,14 +130,14 @@ pub(crate) struct Sim {
     pub now: Duration,
     pub plan: PlanId,
     pub log: Vec<Command>,
-    pub running: Vec<(WorkerId, AttemptRef)>,
+    pub running: Vec<(SessionKey, AttemptRef)>,
     pub timers: Vec<(Duration, Timer)>,
     pub cache_checks: Vec<GateIdx>,
     pub events: Vec<GateEvent>,
     pub summary: Option<PlanSummary>,
     pub cancels: HashSet<AttemptRef>,
     /// Acknowledged results, with the index in `log` of the command that did it.
-    pub acks: Vec<(usize, WorkerId, AttemptRef)>,
+    pub acks: Vec<(usize, SessionKey, AttemptRef)>,
 }
 
 impl Sim {
@@ -259,7 +264,7 @@ impl Sim {
     }
 
     /// Attempts sent to each worker that were not finished yet, per worker.
-    pub fn per_worker(&self) -> HashMap<WorkerId, usize> {
+    pub fn per_worker(&self) -> HashMap<SessionKey, usize> {
         let mut m = HashMap::new();
         for (w, _) in &self.running {
             *m.entry(w.clone()).or_default() += 1;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::CacheEntry;
 use gatehouse_common::exec::ExitStatus;
-use gatehouse_common::ids::{GateId, GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateId, GateIdx, PlanId};
 use gatehouse_common::plan::Policy;
 
 use super::testkit::*;
@@ -246,7 +246,7 @@ fn memory_admission_throttles_instead_of_overcommitting() {
     sim.pass(0);
     assert_eq!(sim.running.len(), 2);
     sim.feed(Event::WorkerCapacity {
-        worker: WorkerId::new("w"),
+        worker: wk("w"),
         memory_used: 0,
         memory_available: 2000 * MI,
     });
@@ -261,7 +261,7 @@ fn placement_prefers_most_headroom() {
         &[worker("small", 4, 1024 * MI), worker("big", 4, 4096 * MI)],
     );
     sim.submit(plan, false);
-    let workers: Vec<&str> = sim.running.iter().map(|(w, _)| w.as_str()).collect();
+    let workers: Vec<&str> = sim.running.iter().map(|(w, _)| w.worker.as_str()).collect();
     assert_eq!(workers, ["big", "big"]);
 }
 
@@ -400,9 +400,7 @@ fn lost_worker_requeues_then_fails_after_three_losses() {
     for loss in 1..=3u32 {
         assert_eq!(sim.running[0].1.attempt, loss);
         sim.running.clear();
-        sim.feed(Event::WorkerLost {
-            worker: WorkerId::new("w1"),
-        });
+        sim.feed(Event::WorkerLost { worker: wk("w1") });
         if loss < 3 {
             sim.feed(Event::WorkerJoined(worker("w1", 1, 4096 * MI)));
         }
@@ -523,7 +521,7 @@ fn losing_the_only_worker_of_a_fixed_pool_fails_instead_of_hanging() {
     sim.submit(plan, false);
     sim.running.clear();
     sim.feed(Event::WorkerLost {
-        worker: WorkerId::new("local-0"),
+        worker: wk("local-0"),
     });
     assert_eq!(sim.state(0), Terminal::Failed);
     assert_eq!(sim.terminal(0).reason, Some("unschedulable"));
@@ -546,7 +544,7 @@ fn labels_constrain_placement_and_unmatched_gates_wait_with_a_reason() {
     let placed: Vec<(u32, &str)> = sim
         .running
         .iter()
-        .map(|(w, a)| (a.gate.0, w.as_str()))
+        .map(|(w, a)| (a.gate.0, w.worker.as_str()))
         .collect();
     assert!(placed.contains(&(0, "arm64")), "{placed:?}");
     assert!(
@@ -571,22 +569,20 @@ fn pressured_and_draining_workers_get_nothing_new() {
         &[worker("w1", 4, 4096 * MI), worker("w2", 4, 4096 * MI)],
     );
     sim.feed(Event::WorkerCapacity {
-        worker: WorkerId::new("w1"),
+        worker: wk("w1"),
         memory_used: 3900 * MI,
         memory_available: 196 * MI,
     });
-    sim.feed(Event::WorkerDraining {
-        worker: WorkerId::new("w2"),
-    });
+    sim.feed(Event::WorkerDraining { worker: wk("w2") });
     sim.submit(plan, false);
     assert!(sim.running.is_empty(), "w1 is over 90% used, w2 drains");
     sim.feed(Event::WorkerCapacity {
-        worker: WorkerId::new("w1"),
+        worker: wk("w1"),
         memory_used: 100 * MI,
         memory_available: 3996 * MI,
     });
     assert_eq!(sim.running.len(), 3, "w1 recovered");
-    assert!(sim.running.iter().all(|(w, _)| w.as_str() == "w1"));
+    assert!(sim.running.iter().all(|(w, _)| w.worker.as_str() == "w1"));
 }
 
 #[test]
@@ -686,7 +682,7 @@ fn an_unplaceable_gate_does_not_block_the_gates_behind_it_and_waits_quietly() {
             4096 * MI,
         )));
         sim.feed(Event::WorkerLost {
-            worker: WorkerId::new(format!("flap{i}")),
+            worker: wk(&format!("flap{i}")),
         });
     }
     let waits = sim
@@ -711,7 +707,7 @@ fn a_worker_may_set_its_own_memory_pressure_threshold() {
     strict.memory_pressure = Some(0.5);
     let mut sim = Sim::new(CoreConfig::default(), &[strict]);
     sim.feed(Event::WorkerCapacity {
-        worker: WorkerId::new("strict"),
+        worker: wk("strict"),
         memory_used: 2500 * MI,
         memory_available: 1596 * MI,
     });
@@ -806,14 +802,14 @@ fn admission_throttling_is_counted_once_per_wait() {
     assert_eq!(sim.running_gates().len(), 1, "only one of a and b fits");
     assert_eq!(sim.core.throttled_total(), 1);
     assert_eq!(
-        sim.core.slot_use(&WorkerId::new("w")),
+        sim.core.slot_use(&wk("w")),
         Some(SlotUse { used: 1, total: 2 }),
         "a slot is free: memory holds the gate back"
     );
     // Heartbeats re-run the pass: still the same wait.
     for _ in 0..3 {
         sim.feed(Event::WorkerCapacity {
-            worker: WorkerId::new("w"),
+            worker: wk("w"),
             memory_used: 0,
             memory_available: 4 * 1024 * MI,
         });
@@ -843,11 +839,9 @@ fn the_gauges_count_workers_by_state() {
             worker("c", 1, 1024 * MI),
         ],
     );
-    sim.feed(Event::WorkerDraining {
-        worker: WorkerId::new("b"),
-    });
+    sim.feed(Event::WorkerDraining { worker: wk("b") });
     sim.feed(Event::WorkerCapacity {
-        worker: WorkerId::new("c"),
+        worker: wk("c"),
         memory_used: 1000 * MI,
         memory_available: 24 * MI,
     });

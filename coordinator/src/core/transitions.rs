@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
-use gatehouse_common::ids::{GateIdx, WorkerId};
+use gatehouse_common::ids::{GateIdx, SessionKey};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
 use super::flights::{Landed, Role};
@@ -26,7 +26,7 @@ pub fn retry_backoff(first: Duration, failures: u32) -> Duration {
 pub(super) struct Done {
     pub(super) terminal: Terminal,
     pub(super) attempt: u32,
-    pub(super) worker: Option<WorkerId>,
+    pub(super) worker: Option<SessionKey>,
     pub(super) cached: bool,
     pub(super) flaky: bool,
     pub(super) result: Option<GateResult>,
@@ -59,9 +59,10 @@ pub(super) fn gate_event(
     g: GateIdx,
     status: GateStatus,
     attempt: u32,
-    worker: Option<WorkerId>,
+    worker: Option<SessionKey>,
 ) -> GateEvent {
-    GateEvent::new(run.id.clone(), g, status, attempt, worker)
+    // Published events name the worker, not its session.
+    GateEvent::new(run.id.clone(), g, status, attempt, worker.map(|k| k.worker))
 }
 
 pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
@@ -321,7 +322,7 @@ pub(super) fn stop_plan(
 fn cancel_attempt(
     run: &PlanRun,
     g: GateIdx,
-    worker: WorkerId,
+    worker: SessionKey,
     attempt: u32,
     grace: Duration,
 ) -> Command {

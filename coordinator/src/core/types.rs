@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{Assignment, AttemptRef, GateResult};
-use gatehouse_common::ids::{GateIdx, PlanId, WorkerId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
 pub use gatehouse_common::events::{
@@ -32,7 +32,7 @@ pub struct RunOptions {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerInfo {
     /// The worker's id.
-    pub id: WorkerId,
+    pub id: SessionKey,
     /// Gates it runs at once.
     pub slots: u32,
     /// Its machine's total memory in bytes (bounds what it could ever admit).
@@ -62,7 +62,7 @@ pub enum Event {
     /// An executor reported its memory (heartbeat).
     WorkerCapacity {
         /// Which worker.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Memory in use on its machine, in bytes.
         memory_used: u64,
         /// Memory available now, in bytes.
@@ -71,12 +71,12 @@ pub enum Event {
     /// An executor is draining: it finishes what it runs and takes nothing new.
     WorkerDraining {
         /// Which worker.
-        worker: WorkerId,
+        worker: SessionKey,
     },
     /// An executor is gone; its running attempts are re-queued.
     WorkerLost {
         /// Which worker.
-        worker: WorkerId,
+        worker: SessionKey,
     },
     /// The driver finished a cache lookup requested by [`Command::CheckCache`].
     CacheChecked {
@@ -132,7 +132,7 @@ pub enum Event {
     /// event that records it.
     AttemptsReported {
         /// The worker.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Attempts it still runs.
         running: Vec<AttemptRef>,
         /// Attempts that ended, with their results.
@@ -204,7 +204,7 @@ pub enum Command {
     /// stored under, if any); the driver adds only transport details (trace context).
     Dispatch {
         /// The worker.
-        worker: WorkerId,
+        worker: SessionKey,
         /// The assignment.
         assignment: Assignment,
         /// How long the gate waited from ready to this dispatch.
@@ -213,7 +213,7 @@ pub enum Command {
     /// Stop a running attempt (TERM, then KILL after `grace`).
     CancelAttempt {
         /// The worker running it.
-        worker: WorkerId,
+        worker: SessionKey,
         /// The attempt.
         attempt: AttemptRef,
         /// Grace between TERM and KILL.
@@ -248,7 +248,7 @@ pub enum Command {
     /// them, so the driver delivers it once those events are durable.
     AckResults {
         /// The worker that reported them.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Their attempts.
         attempts: Vec<AttemptRef>,
     },

@@ -1,8 +1,10 @@
 //! Workers as the core sees them: slots, memory headroom, labels, draining and memory
-//! pressure, and what happens to their attempts when they leave.
+//! pressure, and what happens to their attempts when they leave. The core is the one
+//! owner of this state; [`Scheduler::worker_views`] is what others read (the driver
+//! publishes it for `ListWorkers`).
 
 use gatehouse_common::exec::AttemptRef;
-use gatehouse_common::ids::WorkerId;
+use gatehouse_common::ids::SessionKey;
 
 use super::plan_run::GateState;
 use super::transitions::{Done, finish_gate, lose_attempt};
@@ -19,6 +21,38 @@ pub(super) struct WorkerSlots {
     pub(super) draining: bool,
     /// Above the memory-pressure threshold at its last heartbeat: takes nothing new.
     pub(super) pressured: bool,
+    /// Memory in use on its machine at its last heartbeat, in bytes.
+    pub(super) memory_used: u64,
+    /// When it joined or last sent a heartbeat.
+    pub(super) last_heartbeat: Now,
+}
+
+/// Whether a worker takes new gates, as the core decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// It takes gates that fit.
+    Ready,
+    /// Above its memory-pressure threshold: nothing new until it recovers.
+    Pressured,
+    /// Draining: it finishes what it runs and takes nothing new.
+    Draining,
+}
+
+/// A worker as the core accounts it, for display (`ListWorkers`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerView {
+    /// What it declared when it joined.
+    pub info: WorkerInfo,
+    /// Slots taken by attempts.
+    pub slots_used: u32,
+    /// Memory in use on its machine at its last heartbeat, in bytes.
+    pub memory_used: u64,
+    /// Memory reserved for the attempts assigned to it, in bytes.
+    pub memory_reserved: u64,
+    /// Whether it takes new gates.
+    pub state: WorkerState,
+    /// When it joined or last sent a heartbeat (core time).
+    pub last_heartbeat: Now,
 }
 
 impl WorkerSlots {
@@ -66,12 +100,14 @@ impl Scheduler {
             reserved: 0,
             draining: false,
             pressured: false,
+            memory_used: info.memory_total.saturating_sub(info.memory_available),
+            last_heartbeat: now,
             info,
         };
         self.workers.insert(slots.info.id.clone(), slots);
     }
 
-    pub(super) fn on_worker_lost(&mut self, _now: Now, worker: &WorkerId) {
+    pub(super) fn on_worker_lost(&mut self, _now: Now, worker: &SessionKey) {
         if self.workers.remove(worker).is_none() {
             return;
         }
@@ -118,12 +154,15 @@ impl Scheduler {
     /// memory-pressure threshold (then it takes nothing new).
     pub(super) fn on_worker_capacity(
         &mut self,
-        worker: &WorkerId,
+        now: Now,
+        worker: &SessionKey,
         memory_used: u64,
         memory_available: u64,
     ) {
         if let Some(w) = self.workers.get_mut(worker) {
             w.info.memory_available = memory_available;
+            w.memory_used = memory_used;
+            w.last_heartbeat = now;
             let total = w.info.memory_total.max(1) as f64;
             let threshold = w
                 .info
@@ -134,9 +173,30 @@ impl Scheduler {
     }
 
     /// The worker finishes what it runs and takes nothing new.
-    pub(super) fn on_worker_draining(&mut self, worker: &WorkerId) {
+    pub(super) fn on_worker_draining(&mut self, worker: &SessionKey) {
         if let Some(w) = self.workers.get_mut(worker) {
             w.draining = true;
         }
+    }
+
+    /// Every registered worker as the core accounts it, sorted by session. O(workers).
+    pub fn worker_views(&self) -> Vec<WorkerView> {
+        self.workers
+            .values()
+            .map(|w| WorkerView {
+                info: w.info.clone(),
+                slots_used: w.info.slots.saturating_sub(w.free_slots),
+                memory_used: w.memory_used,
+                memory_reserved: w.reserved,
+                state: if w.draining {
+                    WorkerState::Draining
+                } else if w.pressured {
+                    WorkerState::Pressured
+                } else {
+                    WorkerState::Ready
+                },
+                last_heartbeat: w.last_heartbeat,
+            })
+            .collect()
     }
 }

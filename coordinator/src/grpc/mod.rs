@@ -4,14 +4,14 @@
 
 mod cache_members;
 mod plan_service;
+mod sessions;
 pub mod wire;
 mod worker_service;
 
 pub use cache_members::CacheMembers;
 pub use plan_service::PlanServiceImpl;
-pub use worker_service::{
-    GrpcTransport, Outboxes, SessionAcks, SessionConfig, WorkerDirectory, WorkerServiceImpl,
-};
+pub use sessions::{GrpcTransport, SessionAcks, Sessions};
+pub use worker_service::{SessionConfig, WorkerServiceImpl};
 
 use crate::registry::RegistryError;
 

@@ -246,7 +246,7 @@ impl PlanService for PlanServiceImpl {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         let term = current_term(&self.role)?;
         Ok(Response::new(v1::ListWorkersResponse {
-            workers: term.directory.snapshot(),
+            workers: term.sessions.list(&term.workers.borrow()),
         }))
     }
 }

@@ -1,44 +1,24 @@
 //! What the coordinator publishes to clients (`WatchPlan`, `GetPlan`, `ListPlans`), built
 //! on the one conversion per message of [`gatehouse_proto::convert::events`]. What is
-//! the coordinator's own: workers are published by the id a user knows (the scheduler
-//! tracks sessions as `id#generation`), and plan info and `GetPlan` answers are built
-//! from the registry's snapshots. Public so clients can test that they read back exactly
+//! the coordinator's own: plan info and `GetPlan` answers are built from the
+//! registry's snapshots. Public so clients can test that they read back exactly
 //! what the coordinator writes.
 
 use gatehouse_common::events::{GateEvent, PlanEvent};
-use gatehouse_common::ids::WorkerId;
 use gatehouse_common::plan::Plan;
 use gatehouse_proto::convert::events::{InPlan, levels};
 use gatehouse_proto::v1;
 
 use crate::registry::{PlanInfo, PlanSnapshot};
 
-/// The worker id a user knows: the scheduler tracks sessions as `id#generation`.
-pub fn worker_name(w: &WorkerId) -> String {
-    w.as_str().split('#').next().unwrap_or_default().to_string()
-}
-
-/// Puts the worker of `ev` into its wire form `out` by the name a user knows.
-fn publish_worker(ev: &GateEvent, out: &mut v1::GateEvent) {
-    if let Some(w) = &ev.worker {
-        out.worker_id = worker_name(w);
-    }
-}
-
 /// A gate event as published.
 pub fn gate_event(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
-    let mut out = v1::GateEvent::from(InPlan::new(plan, ev));
-    publish_worker(ev, &mut out);
-    out
+    v1::GateEvent::from(InPlan::new(plan, ev))
 }
 
 /// The event numbered `seq` in the plan's log, as streamed by `WatchPlan`.
 pub fn plan_event(plan: &Plan, seq: u64, ev: &PlanEvent) -> v1::PlanEvent {
-    let mut out = v1::PlanEvent::from(InPlan::new(plan, (seq, ev)));
-    if let (PlanEvent::Gate(g), Some(v1::plan_event::Event::Gate(wire))) = (ev, &mut out.event) {
-        publish_worker(g, wire);
-    }
-    out
+    v1::PlanEvent::from(InPlan::new(plan, (seq, ev)))
 }
 
 pub fn plan_info(info: &PlanInfo) -> v1::PlanInfo {

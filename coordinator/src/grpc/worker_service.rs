@@ -1,5 +1,4 @@
-//! `gatehouse.v1.WorkerService`: one bidirectional session per worker, and the
-//! [`GrpcTransport`] through which the scheduler reaches those sessions.
+//! `gatehouse.v1.WorkerService`: one bidirectional session per worker.
 //!
 //! Each session is a task (owned by the server's `TaskTracker`) that turns frames into
 //! scheduler messages: Hello registers the worker (`WorkerJoined`), heartbeats update its
@@ -8,12 +7,11 @@
 //! the stream fails, no frame arrives for the liveness timeout, or on shutdown; the
 //! worker is then declared lost (its attempts are re-queued).
 //!
-//! Shared state: [`Outboxes`] (worker id -> the session's outbound queue) and
-//! [`WorkerDirectory`] (what `ListWorkers` shows) are `DashMap`s. Invariant: only the
-//! session task that owns an entry's generation inserts, updates or removes it; the
-//! transport and `ListWorkers` only read. Outbound queues are unbounded because the
-//! scheduler must never wait on a worker: a worker holds at most its slots in
-//! assignments plus their cancellations.
+//! The scheduler knows each session by its [`SessionKey`] (worker id and a generation
+//! unique per process), so a reconnect racing an older session's cleanup never touches
+//! the new one. A session registers itself in [`Sessions`] (see [`super::sessions`])
+//! and keeps no worker state of its own: slots, memory, pressure and draining are the
+//! scheduler core's.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -21,11 +19,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use gatehouse_common::exec::{FromWorker, ToWorker};
+use gatehouse_common::exec::FromWorker;
 
 use gatehouse_cache::Membership;
-use gatehouse_common::ids::{WorkerId, is_valid_id};
+use gatehouse_common::ids::{SessionKey, WorkerId, is_valid_id};
 use gatehouse_common::spawn::spawn_tracked;
 use gatehouse_proto::convert::{WireError, attempt_from_wire};
 use gatehouse_proto::v1;
@@ -37,11 +34,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::sessions::{Outbound, Sessions, WorkerAbout};
 use crate::core::WorkerInfo;
 use crate::role::{RoleWatch, current_term};
-use crate::scheduler::{TransportError, WorkerEvent, WorkerTransport};
-
-type Outbound = mpsc::UnboundedSender<Result<v1::CoordinatorMessage, Status>>;
+use crate::scheduler::WorkerEvent;
 
 /// How often a session forwards cache membership changes at most.
 const MEMBERS_EVERY: Duration = Duration::from_millis(100);
@@ -54,42 +50,6 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Session key (`worker-id#generation`, the id the scheduler knows the session by) ->
-/// (session generation, the session's outbound queue).
-#[derive(Clone, Default)]
-pub struct Outboxes(Arc<DashMap<WorkerId, (u64, Outbound)>>);
-
-/// What the coordinator knows of each connected worker, for `ListWorkers`.
-#[derive(Clone, Default)]
-pub struct WorkerDirectory(Arc<DashMap<WorkerId, WorkerEntry>>);
-
-/// One worker's directory entry.
-#[derive(Clone, Debug)]
-pub struct WorkerEntry {
-    generation: u64,
-    /// The memory-pressure threshold that applies to this worker.
-    pressure: f64,
-    status: v1::WorkerStatus,
-    last_heartbeat: Instant,
-}
-
-impl WorkerDirectory {
-    /// Every connected worker, sorted by id.
-    pub fn snapshot(&self) -> Vec<v1::WorkerStatus> {
-        let mut out: Vec<v1::WorkerStatus> = self
-            .0
-            .iter()
-            .map(|e| {
-                let mut s = e.status.clone();
-                s.last_heartbeat_age_ms = e.last_heartbeat.elapsed().as_millis() as u64;
-                s
-            })
-            .collect();
-        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-        out
-    }
-}
-
 /// Session timing.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -99,8 +59,6 @@ pub struct SessionConfig {
     pub liveness_timeout: Duration,
     /// How long a new session may take to send its Hello.
     pub hello_timeout: Duration,
-    /// Memory-pressure threshold, mirrored into the directory's worker state.
-    pub memory_pressure: f64,
 }
 
 /// The worker-facing service.
@@ -124,40 +82,6 @@ impl WorkerServiceImpl {
     }
 }
 
-/// Sends acknowledgements of durable results to the worker's current session.
-pub struct SessionAcks {
-    outboxes: Outboxes,
-    directory: WorkerDirectory,
-}
-
-impl SessionAcks {
-    /// Acks through the sessions of one term.
-    pub fn new(outboxes: Outboxes, directory: WorkerDirectory) -> Self {
-        Self {
-            outboxes,
-            directory,
-        }
-    }
-}
-
-impl crate::registry::AckSink for SessionAcks {
-    fn ack(&self, worker: &WorkerId, attempts: Vec<gatehouse_common::exec::AttemptRef>) {
-        // The result came through session `id#generation`; if the worker has
-        // reconnected since, its newer session gets the ack.
-        let name = super::wire::worker_name(worker);
-        let key = match self.outboxes.0.contains_key(worker) {
-            true => worker.clone(),
-            false => match self.directory.0.get(&WorkerId::new(name.clone())) {
-                Some(e) => WorkerId::new(format!("{name}#{}", e.generation)),
-                None => return,
-            },
-        };
-        if let Some(entry) = self.outboxes.0.get(&key) {
-            let _ = entry.1.send(Ok(ack_frame(&attempts)));
-        }
-    }
-}
-
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -177,8 +101,7 @@ impl WorkerService for WorkerServiceImpl {
         let (out, out_rx) = mpsc::unbounded_channel();
         let session = Session {
             reports: term.reports.clone(),
-            outboxes: term.outboxes.clone(),
-            directory: term.directory.clone(),
+            sessions: term.sessions.clone(),
             cache_members: term.cache_members.clone(),
             config: self.config.clone(),
             shutdown: term.token.clone(),
@@ -195,8 +118,7 @@ impl WorkerService for WorkerServiceImpl {
 /// One worker connection.
 struct Session {
     reports: mpsc::Sender<WorkerEvent>,
-    outboxes: Outboxes,
-    directory: WorkerDirectory,
+    sessions: Sessions,
     cache_members: super::CacheMembers,
     config: SessionConfig,
     shutdown: CancellationToken,
@@ -240,39 +162,14 @@ impl Session {
         };
         tracing::info!(worker_id = %id, address = %self.address, slots = hello.slots,
             memory_total = hello.memory_total_bytes, "worker joined");
-        // The scheduler knows this session as `id#generation`: events of an older session
-        // of the same worker id (a reconnect racing its cleanup) can never touch it.
-        let key = WorkerId::new(format!("{id}#{}", self.generation));
-        self.outboxes
-            .0
-            .insert(key.clone(), (self.generation, out.clone()));
-        self.directory.0.insert(
-            id.clone(),
-            WorkerEntry {
-                generation: self.generation,
-                pressure: if hello.memory_pressure > 0.0 && hello.memory_pressure <= 1.0 {
-                    hello.memory_pressure
-                } else {
-                    self.config.memory_pressure
-                },
-                status: v1::WorkerStatus {
-                    worker_id: id.to_string(),
-                    hostname: hello.hostname.clone(),
-                    address: self.address.clone(),
-                    state: v1::WorkerState::Ready as i32,
-                    slots_total: hello.slots,
-                    slots_used: 0,
-                    memory_total_bytes: hello.memory_total_bytes,
-                    memory_used_bytes: 0,
-                    memory_available_bytes: hello.memory_total_bytes,
-                    last_heartbeat_age_ms: 0,
-                    labels: hello.labels.clone(),
-                    version: hello.version.clone(),
-                    cache_url: hello.cache_url.clone(),
-                },
-                last_heartbeat: Instant::now(),
-            },
-        );
+        let key = SessionKey::new(id.clone(), self.generation);
+        let about = WorkerAbout {
+            hostname: hello.hostname.clone(),
+            address: self.address.clone(),
+            version: hello.version.clone(),
+            cache_url: hello.cache_url.clone(),
+        };
+        self.sessions.insert(&key, out.clone(), about);
         let welcome = v1::CoordinatorMessage {
             msg: Some(v1::coordinator_message::Msg::Welcome(v1::Welcome {
                 heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
@@ -314,7 +211,7 @@ impl Session {
     async fn serve(
         &self,
         id: &WorkerId,
-        key: &WorkerId,
+        key: &SessionKey,
         inbound: &mut Streaming<v1::WorkerMessage>,
         out: &Outbound,
     ) {
@@ -382,7 +279,7 @@ impl Session {
     async fn on_frame(
         &self,
         id: &WorkerId,
-        key: &WorkerId,
+        key: &SessionKey,
         msg: v1::worker_message::Msg,
     ) -> Result<(), WireError> {
         use v1::worker_message::Msg;
@@ -394,26 +291,6 @@ impl Session {
         }
         match msg {
             Msg::Heartbeat(hb) => {
-                if let Some(mut e) = self
-                    .directory
-                    .0
-                    .get_mut(id)
-                    .filter(|e| e.generation == self.generation)
-                {
-                    let total = e.status.memory_total_bytes.max(1) as f64;
-                    let pressured = hb.memory_used_bytes as f64 / total > e.pressure;
-                    if e.status.state != v1::WorkerState::Draining as i32 {
-                        e.status.state = if pressured {
-                            v1::WorkerState::Pressured
-                        } else {
-                            v1::WorkerState::Ready
-                        } as i32;
-                    }
-                    e.status.slots_used = e.status.slots_total.saturating_sub(hb.free_slots);
-                    e.status.memory_used_bytes = hb.memory_used_bytes;
-                    e.status.memory_available_bytes = hb.memory_available_bytes;
-                    e.last_heartbeat = Instant::now();
-                }
                 self.reports
                     .send(WorkerEvent::Capacity {
                         worker: key.clone(),
@@ -445,14 +322,6 @@ impl Session {
             }
             Msg::Draining(d) => {
                 tracing::info!(worker_id = %id, grace_ms = d.grace_ms, "worker is draining");
-                if let Some(mut e) = self
-                    .directory
-                    .0
-                    .get_mut(id)
-                    .filter(|e| e.generation == self.generation)
-                {
-                    e.status.state = v1::WorkerState::Draining as i32;
-                }
                 self.reports
                     .send(WorkerEvent::Draining(key.clone()))
                     .await
@@ -470,12 +339,9 @@ impl Session {
 
     /// Removes this session's entries (unless a newer session of the same worker id
     /// replaced them) and declares the worker lost.
-    async fn leave(&self, id: &WorkerId, key: &WorkerId) {
-        self.outboxes.0.remove(key);
+    async fn leave(&self, id: &WorkerId, key: &SessionKey) {
+        self.sessions.remove(key);
         self.cache_members.leave(id.as_str(), self.generation);
-        self.directory
-            .0
-            .remove_if(id, |_, e| e.generation == self.generation);
         tracing::info!(worker_id = %id, "worker left");
         let _ = self.reports.send(WorkerEvent::Lost(key.clone())).await;
     }
@@ -508,15 +374,6 @@ fn reported_attempts(
     (running, finished)
 }
 
-/// The frame acknowledging `attempts`' results.
-fn ack_frame(attempts: &[gatehouse_common::exec::AttemptRef]) -> v1::CoordinatorMessage {
-    v1::CoordinatorMessage {
-        msg: Some(v1::coordinator_message::Msg::Ack(v1::ResultAck {
-            attempts: attempts.iter().map(Into::into).collect(),
-        })),
-    }
-}
-
 fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
     if !is_valid_id(&h.worker_id) {
         return Err(WireError::Invalid {
@@ -537,53 +394,4 @@ fn validate_hello(h: &v1::Hello) -> Result<WorkerId, WireError> {
         });
     }
     Ok(WorkerId::new(h.worker_id.clone()))
-}
-
-/// Reaches workers through their sessions' outbound queues (never waits).
-pub struct GrpcTransport {
-    outboxes: Outboxes,
-}
-
-impl GrpcTransport {
-    /// A transport over the sessions registered in `outboxes`.
-    pub fn new(outboxes: Outboxes) -> Self {
-        Self { outboxes }
-    }
-}
-
-impl WorkerTransport for GrpcTransport {
-    fn ack(&mut self, worker: &WorkerId, attempts: Vec<gatehouse_common::exec::AttemptRef>) {
-        if let Some(entry) = self.outboxes.0.get(worker) {
-            let _ = entry.1.send(Ok(ack_frame(&attempts)));
-        }
-    }
-
-    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
-        use v1::coordinator_message::Msg;
-        let unreachable = || TransportError {
-            worker: worker.clone(),
-        };
-        let frame = match msg {
-            ToWorker::Assign(a) => {
-                let deadline = gatehouse_common::cache::unix_ms_now()
-                    .saturating_add(a.spec.timeout.as_millis() as u64);
-                Msg::Assign(v1::Assignment {
-                    attempt: Some((&a.attempt).into()),
-                    spec: Some(a.spec.as_ref().into()),
-                    deadline_unix_ms: deadline,
-                    traceparent: a.traceparent.clone().unwrap_or_default(),
-                    cache_key: a.cache_key.map(|k| k.0.to_vec()).unwrap_or_default(),
-                })
-            }
-            ToWorker::Cancel { attempt, grace } => Msg::Cancel(v1::CancelAttempt {
-                attempt: Some((&attempt).into()),
-                grace_ms: grace.as_millis() as u64,
-            }),
-        };
-        let entry = self.outboxes.0.get(worker).ok_or_else(unreachable)?;
-        entry
-            .1
-            .send(Ok(v1::CoordinatorMessage { msg: Some(frame) }))
-            .map_err(|_| unreachable())
-    }
 }

@@ -345,6 +345,15 @@ fn event_to_v1(event: &PlanEvent) -> EventV1 {
     }
 }
 
+/// Logs written before events named workers by id stored the session as
+/// `id#generation`; a worker id never contains `#` (see `ids::is_valid_id`).
+fn worker_id_of(mut stored: String) -> String {
+    if let Some(at) = stored.find('#') {
+        stored.truncate(at);
+    }
+    stored
+}
+
 fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError> {
     Ok(match event {
         EventV1::Gate {
@@ -370,7 +379,7 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
                 StatusV1::Finished(t) => GateStatus::Finished(terminal_from(t)?),
             },
             attempt,
-            worker: worker.map(WorkerId::new),
+            worker: worker.map(|w| WorkerId::new(worker_id_of(w))),
             cached,
             flaky,
             result,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use gatehouse_common::backoff::Backoff;
 use gatehouse_common::exec::AttemptRef;
-use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::ids::{PlanId, SessionKey};
 use gatehouse_common::spawn::spawn_named;
 use tokio::task::JoinHandle;
 
@@ -46,7 +46,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Receives acknowledgements of durable results (sent on to the worker's session).
 pub trait AckSink: Send + Sync + 'static {
     /// These attempts' results of `worker` are durable.
-    fn ack(&self, worker: &WorkerId, attempts: Vec<AttemptRef>);
+    fn ack(&self, worker: &SessionKey, attempts: Vec<AttemptRef>);
 }
 
 /// What to do once a write is durable.
@@ -54,7 +54,7 @@ pub enum Waiter {
     /// Run this (answer a caller).
     Then(Box<dyn FnOnce() + Send>),
     /// Acknowledge a worker's results.
-    Ack(WorkerId, Vec<AttemptRef>),
+    Ack(SessionKey, Vec<AttemptRef>),
 }
 
 enum Pending {
@@ -272,7 +272,7 @@ impl Journal {
     }
 
     fn fire(&self, waiters: Vec<Waiter>) {
-        let mut acks: HashMap<WorkerId, Vec<AttemptRef>> = HashMap::new();
+        let mut acks: HashMap<SessionKey, Vec<AttemptRef>> = HashMap::new();
         for w in waiters {
             match w {
                 Waiter::Then(f) => f(),

@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use gatehouse_common::cache::{FileHashes, ResultCache};
 use gatehouse_common::exec::{AttemptRef, FromWorker, ToWorker};
-use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::ids::{PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 use super::handle::{RestoredPlan, SchedulerMsg};
 use super::lookups::{CacheIo, LookupDone, LookupRequest, entry};
-use super::{PlanOutput, SchedulerConfig, SchedulerError, WorkerEvent, WorkerTransport};
+use super::{
+    PlanOutput, SchedulerConfig, SchedulerError, WorkerEvent, WorkerSnapshot, WorkerTransport,
+};
 use crate::core::{Command, Event, PlanEvent, RunOptions, Scheduler, Timer};
 use crate::observe::Observer;
 
@@ -41,6 +43,8 @@ pub(super) struct SchedulerActor {
     reports: Option<mpsc::Receiver<WorkerEvent>>,
     timers: DelayQueue<Timer>,
     plans: HashMap<PlanId, PlanDriver>,
+    /// Where the workers as the core accounts them are published.
+    workers: watch::Sender<Arc<WorkerSnapshot>>,
     shutdown: CancellationToken,
 }
 
@@ -51,19 +55,22 @@ impl SchedulerActor {
         reports: mpsc::Receiver<WorkerEvent>,
         cache: Option<Arc<dyn ResultCache>>,
         mailbox: mpsc::Receiver<SchedulerMsg>,
+        workers: watch::Sender<Arc<WorkerSnapshot>>,
         shutdown: CancellationToken,
     ) -> Self {
+        let epoch = workers.borrow().epoch;
         Self {
             core: Scheduler::new(config.core.clone()),
             observer: Observer::new(config.metrics.clone(), config.tracer.clone()),
             cache: CacheIo::new(cache, config.max_cache_lookups, config.hash_inputs),
             config,
-            epoch: Instant::now(),
+            epoch,
             transport,
             mailbox,
             reports: Some(reports),
             timers: DelayQueue::new(),
             plans: HashMap::new(),
+            workers,
             shutdown,
         }
     }
@@ -112,7 +119,7 @@ impl SchedulerActor {
         let metrics = &self.observer.metrics;
         match &event {
             WorkerEvent::Joined(info) => metrics.worker_memory(
-                info.id.as_str(),
+                info.id.worker.as_str(),
                 None,
                 Some(info.memory_available),
                 Some(info.memory_total),
@@ -122,34 +129,63 @@ impl SchedulerActor {
                 memory_used,
                 memory_available,
             } => metrics.worker_memory(
-                worker.as_str(),
+                worker.worker.as_str(),
                 Some(*memory_used),
                 Some(*memory_available),
                 None,
             ),
-            WorkerEvent::Lost(worker) => metrics.worker_gone(worker.as_str()),
             _ => {}
         }
-        // Slot use also changes without a gate event (lost or adopted attempts, a
-        // drain): each heartbeat refreshes the worker's figures.
+        // Slot use changes with results, and without a gate event too (lost or adopted
+        // attempts, a drain): each report and heartbeat refreshes the worker's figures.
         let refresh = match &event {
-            WorkerEvent::Joined(info) => Some(info.id.clone()),
-            WorkerEvent::Capacity { worker, .. } => Some(worker.clone()),
+            WorkerEvent::Joined(info) => vec![info.id.clone()],
+            WorkerEvent::Capacity { worker, .. } | WorkerEvent::Reported { worker, .. } => {
+                vec![worker.clone()]
+            }
+            // The in-process executor of `gatehouse run` is the only worker there.
+            WorkerEvent::Report(_) if self.observer.metrics.exported() => self.core.worker_ids(),
+            _ => Vec::new(),
+        };
+        let membership = !matches!(event, WorkerEvent::Report(_) | WorkerEvent::Reported { .. });
+        let lost = match &event {
+            WorkerEvent::Lost(worker) => Some(worker.worker.clone()),
             _ => None,
         };
         self.feed(core_event(event));
-        if let Some(w) = refresh {
+        // A worker's series go with its last session (a reconnect may have replaced it).
+        if let Some(w) = lost
+            && !self.core.worker_ids().iter().any(|k| k.worker == w)
+        {
+            self.observer.metrics.worker_gone(w.as_str());
+        }
+        for w in refresh {
             self.refresh_slots(&w);
+        }
+        if membership {
+            self.publish_workers();
         }
     }
 
+    /// Publishes the workers as the core accounts them (on membership changes and
+    /// heartbeats, so at most once per worker per heartbeat interval).
+    fn publish_workers(&self) {
+        let snapshot = WorkerSnapshot {
+            epoch: self.epoch,
+            workers: self.core.worker_views(),
+        };
+        self.workers.send_replace(Arc::new(snapshot));
+    }
+
     /// Exports a worker's slot use as the core accounts it.
-    fn refresh_slots(&self, worker: &WorkerId) {
+    fn refresh_slots(&self, worker: &SessionKey) {
         if !self.observer.metrics.exported() {
             return;
         }
         if let Some(slots) = self.core.slot_use(worker) {
-            self.observer.metrics.worker_slots(worker.as_str(), slots);
+            self.observer
+                .metrics
+                .worker_slots(worker.worker.as_str(), slots);
         }
     }
 
@@ -270,9 +306,13 @@ impl SchedulerActor {
             } => {
                 let a = &assignment.attempt;
                 if let Some(driver) = self.plans.get(&a.plan) {
-                    assignment.traceparent =
-                        self.observer
-                            .dispatching(&driver.plan, &a.plan, a.gate, Some(queued));
+                    assignment.traceparent = self.observer.dispatching(
+                        &driver.plan,
+                        &a.plan,
+                        a.gate,
+                        Some(queued),
+                        &worker,
+                    );
                 }
                 self.refresh_slots(&worker);
                 if let Err(e) = self.transport.send(&worker, ToWorker::Assign(assignment)) {
@@ -328,7 +368,7 @@ impl SchedulerActor {
     /// Acknowledgements follow the events of their plan through its subscriber, which
     /// delivers them once those events are durable; a plan no longer live here has
     /// nothing left to make durable, so its results are acknowledged at once.
-    fn ack(&mut self, worker: WorkerId, attempts: Vec<AttemptRef>) {
+    fn ack(&mut self, worker: SessionKey, attempts: Vec<AttemptRef>) {
         let mut by_plan: HashMap<PlanId, Vec<AttemptRef>> = HashMap::new();
         for a in attempts {
             by_plan.entry(a.plan.clone()).or_default().push(a);
@@ -354,12 +394,7 @@ impl SchedulerActor {
 
     fn emit(&mut self, event: PlanEvent) {
         match &event {
-            PlanEvent::Gate(g) => {
-                self.observer.gate_event(g);
-                if let (Some(w), true) = (&g.worker, g.result.is_some()) {
-                    self.refresh_slots(w);
-                }
-            }
+            PlanEvent::Gate(g) => self.observer.gate_event(g),
             PlanEvent::Finished(s) => self.observer.plan_finished(s),
         }
         let (plan, last) = match &event {

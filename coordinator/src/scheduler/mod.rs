@@ -39,13 +39,14 @@ use std::time::Duration;
 
 use gatehouse_common::cache::ResultCache;
 use gatehouse_common::exec::AttemptRef;
-use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::ids::{PlanId, SessionKey};
 use gatehouse_common::spawn::spawn_named;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{CoreConfig, PlanEvent};
+use crate::core::{CoreConfig, Now, PlanEvent, WorkerView};
 
 pub use handle::{RestoredPlan, SchedulerHandle};
 pub use transport::{LocalTransport, TransportError, WorkerEvent, WorkerTransport};
@@ -110,22 +111,53 @@ pub enum PlanOutput {
     /// ignores it). Only remote workers' results are acknowledged.
     Ack {
         /// The worker that reported them.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Their attempts.
         attempts: Vec<AttemptRef>,
     },
 }
 
-/// Starts the scheduler actor.
+/// The workers as the core accounts them, at one moment.
+#[derive(Clone, Debug)]
+pub struct WorkerSnapshot {
+    /// The instant core time counts from.
+    pub epoch: Instant,
+    /// Every registered worker session, sorted.
+    pub workers: Vec<WorkerView>,
+}
+
+impl WorkerSnapshot {
+    /// No workers.
+    pub fn empty() -> Self {
+        Self {
+            epoch: Instant::now(),
+            workers: Vec::new(),
+        }
+    }
+
+    /// How long ago core time `at` was.
+    pub fn age(&self, at: Now) -> Duration {
+        (self.epoch + at).elapsed()
+    }
+}
+
+/// Starts the scheduler actor. Also returns the published [`WorkerSnapshot`]s.
 pub fn spawn(
     config: SchedulerConfig,
     transport: Box<dyn WorkerTransport>,
     reports: mpsc::Receiver<WorkerEvent>,
     cache: Option<Arc<dyn ResultCache>>,
     shutdown: CancellationToken,
-) -> (SchedulerHandle, JoinHandle<()>) {
+) -> (
+    SchedulerHandle,
+    watch::Receiver<Arc<WorkerSnapshot>>,
+    JoinHandle<()>,
+) {
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
-    let actor = actor::SchedulerActor::new(config, transport, reports, cache, mailbox, shutdown);
+    let (workers_tx, workers) = watch::channel(Arc::new(WorkerSnapshot::empty()));
+    let actor = actor::SchedulerActor::new(
+        config, transport, reports, cache, mailbox, workers_tx, shutdown,
+    );
     let task = spawn_named("scheduler", actor.run());
-    (SchedulerHandle { tx }, task)
+    (SchedulerHandle { tx }, workers, task)
 }

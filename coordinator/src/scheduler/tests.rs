@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::DiskCache;
 use gatehouse_common::exec::{ExitStatus, FromWorker, ToWorker};
-use gatehouse_common::ids::{PlanId, WorkerId};
+use gatehouse_common::ids::{PlanId, SessionKey};
 use gatehouse_common::plan::Policy;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,10 +28,10 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<PlanOutput>) -> Option<Plan
 }
 
 /// Forwards every message to the test.
-struct ChanTransport(mpsc::UnboundedSender<(WorkerId, ToWorker)>);
+struct ChanTransport(mpsc::UnboundedSender<(SessionKey, ToWorker)>);
 
 impl WorkerTransport for ChanTransport {
-    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
+    fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError> {
         self.0
             .send((worker.clone(), msg))
             .map_err(|_| TransportError {
@@ -44,7 +44,7 @@ impl WorkerTransport for ChanTransport {
 struct DeadTransport;
 
 impl WorkerTransport for DeadTransport {
-    fn send(&mut self, worker: &WorkerId, _: ToWorker) -> Result<(), TransportError> {
+    fn send(&mut self, worker: &SessionKey, _: ToWorker) -> Result<(), TransportError> {
         Err(TransportError {
             worker: worker.clone(),
         })
@@ -54,7 +54,7 @@ impl WorkerTransport for DeadTransport {
 struct Harness {
     handle: scheduler::SchedulerHandle,
     task: tokio::task::JoinHandle<()>,
-    to_worker: mpsc::UnboundedReceiver<(WorkerId, ToWorker)>,
+    to_worker: mpsc::UnboundedReceiver<(SessionKey, ToWorker)>,
     reports: mpsc::Sender<WorkerEvent>,
     shutdown: CancellationToken,
 }
@@ -71,7 +71,7 @@ fn start_with(
     let (tx, to_worker) = mpsc::unbounded_channel();
     let (reports, reports_rx) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
-    let (handle, task) = scheduler::spawn(
+    let (handle, _workers, task) = scheduler::spawn(
         config,
         Box::new(ChanTransport(tx)),
         reports_rx,
@@ -213,7 +213,7 @@ async fn second_run_is_served_from_the_cache_without_dispatching() {
 async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
     let (reports, reports_rx) = mpsc::channel(1);
     let shutdown = CancellationToken::new();
-    let (handle, task) = scheduler::spawn(
+    let (handle, _workers, task) = scheduler::spawn(
         SchedulerConfig::default(),
         Box::new(DeadTransport),
         reports_rx,
@@ -303,7 +303,7 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
     let shutdown = CancellationToken::new();
     let mut config = SchedulerConfig::default();
     config.core.fail_unschedulable = true;
-    let (handle, task) = scheduler::spawn(
+    let (handle, _workers, task) = scheduler::spawn(
         config,
         Box::new(ChanTransport(tx)),
         reports_rx,
@@ -630,7 +630,7 @@ async fn a_gate_cancelled_during_its_lookup_never_holds_its_key() {
 /// The next assignment sent to the executor (cancellations are skipped), or `None` if
 /// none comes within 5 s.
 async fn next_assignment(
-    rx: &mut mpsc::UnboundedReceiver<(WorkerId, ToWorker)>,
+    rx: &mut mpsc::UnboundedReceiver<(SessionKey, ToWorker)>,
 ) -> Option<gatehouse_common::exec::Assignment> {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {

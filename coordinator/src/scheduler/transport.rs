@@ -3,7 +3,7 @@
 //! in on one ordered channel.
 
 use gatehouse_common::exec::{AttemptRef, FromWorker, GateResult, ToWorker};
-use gatehouse_common::ids::WorkerId;
+use gatehouse_common::ids::SessionKey;
 use tokio::sync::mpsc;
 
 use crate::core::WorkerInfo;
@@ -13,20 +13,20 @@ use crate::core::WorkerInfo;
 #[error("worker {worker} is unreachable")]
 pub struct TransportError {
     /// The unreachable worker.
-    pub worker: WorkerId,
+    pub worker: SessionKey,
 }
 
 /// Carries [`ToWorker`] messages to executors. `send` must not block or await: an
 /// implementation queues the message (in-process channel, a gRPC stream's outbox).
 pub trait WorkerTransport: Send + 'static {
     /// Queues `msg` for `worker`.
-    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError>;
+    fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError>;
 
     /// Tells `worker` it may forget these results at once: nothing that records them
     /// still has to become durable (their plan is no longer live here). Acknowledgements
     /// of results a live plan recorded go through its subscriber instead
     /// ([`super::PlanOutput::Ack`]). Executors that keep no results need nothing.
-    fn ack(&mut self, _worker: &WorkerId, _attempts: Vec<AttemptRef>) {}
+    fn ack(&mut self, _worker: &SessionKey, _attempts: Vec<AttemptRef>) {}
 }
 
 /// In-process transport to one local executor (used by `gatehouse run`). The channel is
@@ -44,7 +44,7 @@ impl LocalTransport {
 }
 
 impl WorkerTransport for LocalTransport {
-    fn send(&mut self, worker: &WorkerId, msg: ToWorker) -> Result<(), TransportError> {
+    fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError> {
         self.tx.send(msg).map_err(|_| TransportError {
             worker: worker.clone(),
         })
@@ -63,22 +63,22 @@ pub enum WorkerEvent {
     /// A heartbeat's memory figures.
     Capacity {
         /// The worker.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Memory in use on its machine, in bytes.
         memory_used: u64,
         /// Memory available now, in bytes.
         memory_available: u64,
     },
     /// The executor is draining: nothing new for it.
-    Draining(WorkerId),
+    Draining(SessionKey),
     /// The executor is gone; its attempts are re-queued.
-    Lost(WorkerId),
+    Lost(SessionKey),
     /// A remote executor reported attempts: those kept from an earlier session (sent
     /// right after its `Joined`), or a result it just finished. Every finished result
     /// reported this way is acknowledged.
     Reported {
         /// The worker.
-        worker: WorkerId,
+        worker: SessionKey,
         /// Attempts it still runs.
         running: Vec<AttemptRef>,
         /// Attempts that ended, with their results.
