@@ -29,28 +29,9 @@ use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId};
 
-use super::plan_run::{GateState, PlanRun};
+use super::plan_run::{GateState, PlanRun, Role};
 use super::transitions::{Done, finish_gate};
 use super::{Scheduler, Terminal};
-
-/// A gate's part in the flight of its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// It runs the key for everyone.
-    Leader,
-    /// It waits for the leader (state [`GateState::AwaitingLeader`]).
-    Waiter,
-}
-
-/// A leader that ended, to be settled after the event that ended it.
-#[derive(Debug)]
-pub(super) struct Landed {
-    pub(super) plan: PlanId,
-    pub(super) gate: GateIdx,
-    pub(super) key: CacheKey,
-    /// Its result if it passed.
-    pub(super) passed: Option<GateResult>,
-}
 
 /// The keys being computed, with their leaders and waiters.
 #[derive(Debug, Default)]

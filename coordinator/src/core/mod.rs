@@ -50,8 +50,8 @@ use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
-use flights::{Flights, Landed};
-use plan_run::{GateState, PlanRun, Stopping};
+use flights::Flights;
+use plan_run::{GateState, Landed, PlanRun, Stopping};
 pub use transitions::retry_backoff;
 use transitions::{Done, finish_gate, gate_event, lose_attempt, make_ready, stop_plan};
 pub use types::*;

@@ -10,7 +10,6 @@ use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
-use super::flights::Role;
 use super::graph::PlanGraph;
 use super::types::{Counts, Now, RunOptions, Terminal};
 
@@ -51,6 +50,26 @@ impl GateState {
     pub(crate) fn is_queued(&self) -> bool {
         matches!(self, GateState::Ready | GateState::Parked)
     }
+}
+
+/// A gate's part in the flight of its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// It runs the key for everyone.
+    Leader,
+    /// It waits for the leader (state [`GateState::AwaitingLeader`]).
+    Waiter,
+}
+
+/// A single-flight leader that ended, settled by `Scheduler::settle_flights` after the
+/// event that ended it.
+#[derive(Debug)]
+pub(crate) struct Landed {
+    pub(crate) plan: PlanId,
+    pub(crate) gate: GateIdx,
+    pub(crate) key: CacheKey,
+    /// Its result if it passed.
+    pub(crate) passed: Option<GateResult>,
 }
 
 /// Per-gate bookkeeping.

@@ -8,8 +8,7 @@ use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
 use gatehouse_common::ids::{GateIdx, SessionKey};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
-use super::flights::{Landed, Role};
-use super::plan_run::{GateState, PlanRun, Stopping};
+use super::plan_run::{GateState, Landed, PlanRun, Role, Stopping};
 use super::types::*;
 use super::{CoreConfig, Sink};
 
