@@ -218,6 +218,8 @@ impl Journal {
         }
         if self.pending.is_empty() {
             // Nothing to write: waiters queued behind no write are durable already.
+            self.pending_since = None;
+            self.pending_count = 0;
             let waiters = std::mem::take(&mut self.waiters);
             self.fire(waiters);
             return;
@@ -459,5 +461,49 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, vec![vec![10, 11, 12], vec![13], vec![960], vec![14]]);
+    }
+
+    /// Records what it acknowledges.
+    #[derive(Default)]
+    struct Acks(Mutex<Vec<(SessionKey, Vec<AttemptRef>)>>);
+
+    impl AckSink for Acks {
+        fn ack(&self, worker: &SessionKey, attempts: Vec<AttemptRef>) {
+            let acked = (worker.clone(), attempts);
+            self.0.lock().expect("not poisoned").push(acked);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_waits_for_the_commit_of_what_came_before_it_and_then_nothing_lingers() {
+        let store = Arc::new(CountingStore::default());
+        let acks = Arc::new(Acks::default());
+        let sink: Arc<dyn AckSink> = acks.clone();
+        let mut j = Journal::new(store, Some(sink), 1, Duration::from_millis(5));
+        let worker = SessionKey::new(gatehouse_common::ids::WorkerId::new("w"), 1);
+        let plan = PlanId::new("p");
+        let attempt = AttemptRef {
+            plan: plan.clone(),
+            gate: gatehouse_common::ids::GateIdx(0),
+            attempt: 1,
+        };
+        let ack = || Waiter::Ack(worker.clone(), vec![attempt.clone()]);
+        let acked = || acks.0.lock().expect("not poisoned").len();
+        // Nothing queued or in flight: durable already.
+        j.push_waiter(ack());
+        assert_eq!(acked(), 1);
+        // The event that records it goes into a commit now in flight; the ack comes after.
+        j.push_event(&plan, 1, event(&plan, 0), None);
+        j.flush();
+        j.push_waiter(ack());
+        assert_eq!(acked(), 1, "not before the event is durable");
+        j.committed().await.expect("commit");
+        assert_eq!(acked(), 1, "its turn is the next flush");
+        let due = j.due().expect("a flush is due for the waiter");
+        tokio::time::sleep_until(due).await;
+        j.flush_if_due();
+        assert_eq!(acked(), 2);
+        assert!(j.idle());
+        assert_eq!(j.due(), None, "nothing left to flush");
     }
 }
