@@ -28,6 +28,14 @@ the median of the per-round ratios gatehouse/make, and the peak RSS of the gateh
 process (ru_maxrss from os.wait4: the largest of the process and its reaped children,
 i.e. gatehouse itself, since its children are `sh -c true`).
 
+With `--baseline PATH` (a second gatehouse binary, e.g. built before a change) every
+round also runs each gatehouse command with that binary, right after the candidate's
+(before it in the warm-up and every even round), with cache dirs of its own
+(cache-<N>-baseline, cache-<N>-distinct-baseline); the report then adds both binaries'
+versions and, per command, the baseline's median, min-max and peak RSS next to the
+candidate's and the median of the per-round ratios candidate/baseline. The other tables
+and the targets stay the candidate's.
+
 It measures; it does not gate: the targets are printed as PASS/MISS and the exit status
 is 0 whatever they say. It exits non-zero only on errors (a command that did not exit 0,
 a missing binary, bad arguments).
@@ -38,6 +46,7 @@ Python 3.11 standard library only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import re
@@ -69,6 +78,9 @@ LABELS = {
     "cached-distinct": "gatehouse, all cached (1 entry per gate)",
 }
 
+# A baseline binary's series are named after the candidate's, plus this suffix.
+BASELINE = "-baseline"
+
 SUMMARY_RE = re.compile(r"gates: (\d+) total, (\d+) passed(?: \((\d+) cached\))?")
 
 
@@ -86,6 +98,39 @@ def release_binary(path: Path) -> Path:
     if not gh.is_file() or not os.access(gh, os.X_OK):
         raise BenchUsage(f"{gh} not found; run `cargo build --release -p gatehouse-cli` first")
     return gh
+
+
+def baseline_binary(p: argparse.ArgumentParser, path: Path | None) -> Path | None:
+    """`--baseline PATH` resolved, or None without it; a usage error (exit 2) when PATH
+    is not an executable file."""
+    if path is None:
+        return None
+    bl = path.resolve()
+    if not bl.exists():
+        p.error(f"--baseline {path}: no such file")
+    if not bl.is_file() or not os.access(bl, os.X_OK):
+        p.error(f"--baseline {path}: not an executable file")
+    return bl
+
+
+def sha256_prefix(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: two builds of one version print the
+    same `--version`, this tells them apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def print_binaries(gh: Path, baseline: Path) -> None:
+    """Markdown list items naming the candidate and the baseline binary."""
+    sums = {b: sha256_prefix(b) for b in (gh, baseline)}
+    for role, flag, b in (("candidate", "--gatehouse", gh), ("baseline", "--baseline", baseline)):
+        print(f"- {role} (`{flag}`): {first_line([str(b), '--version'])} "
+              f"({b}, sha256 {sums[b]})")
+    if sums[gh] == sums[baseline]:
+        print("- the two files are identical: the ratios show this machine's noise")
 
 
 def dag_plan(out: Path, name: str, size: int, seed: int, distinct: bool = False) -> Path:
@@ -233,24 +278,48 @@ def run_timed(argv: list[str], cwd: Path, log_dir: Path,
     return Sample(wall=wall, maxrss_kib=rusage.ru_maxrss, output=text)
 
 
-def alternate(cmds: dict[str, list[str]], repeat: int, cwd: Path, log_dir: Path,
-              envs: dict[str, dict[str, str]] | None = None,
-              check=None) -> dict[str, list[float]]:
+def alternate_samples(cmds: dict[str, list[str]], repeat: int, cwd: Path, log_dir: Path,
+                      envs: dict[str, dict[str, str]] | None = None, check=None,
+                      progress=None, pairs: dict[str, str] | None = None
+                      ) -> dict[str, list[Sample]]:
     """Runs every command once as a warm-up, then `repeat` rounds with the commands
-    alternating, printing each round on stderr; returns each command's timed walls.
-    `check(name, round, sample)` (round 0 = warm-up) may raise BenchError."""
-    walls: dict[str, list[float]] = {k: [] for k in cmds}
+    alternating in the order of `cmds`; returns each command's timed samples.
+
+    `check(name, round, sample)` (round 0 = warm-up) may raise BenchError.
+    `progress(round, samples)` reports each finished round; by default one line on stderr
+    with each command's last wall time.
+    `pairs` maps a command to its partner, the same command run by a baseline binary and
+    listed right after it: in the warm-up and every even round the partner goes first, so
+    neither binary always runs right after the same command.
+    """
+    samples: dict[str, list[Sample]] = {k: [] for k in cmds}
     for rnd in range(repeat + 1):
-        for name, cmd in cmds.items():
-            s = run_timed(cmd, cwd, log_dir, env=(envs or {}).get(name))
+        order = list(cmds)
+        if pairs and rnd % 2 == 0:
+            for a, b in pairs.items():
+                i, j = order.index(a), order.index(b)
+                order[i], order[j] = order[j], order[i]
+        for name in order:
+            s = run_timed(cmds[name], cwd, log_dir, env=(envs or {}).get(name))
             if check:
                 check(name, rnd, s)
             if rnd > 0:
-                walls[name].append(s.wall)
+                samples[name].append(s)
+        if progress:
+            progress(rnd, samples)
+            continue
         label = "warm-up" if rnd == 0 else f"round {rnd}/{repeat}"
         print(f"[{label}] " + "  ".join(
-            f"{k} {walls[k][-1] if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
-    return walls
+            f"{k} {samples[k][-1].wall if rnd else 0:.3f}s" for k in cmds), file=sys.stderr)
+    return samples
+
+
+def alternate(cmds: dict[str, list[str]], repeat: int, cwd: Path, log_dir: Path,
+              envs: dict[str, dict[str, str]] | None = None,
+              check=None) -> dict[str, list[float]]:
+    """`alternate_samples`, returning each command's timed walls only."""
+    return {k: [s.wall for s in v]
+            for k, v in alternate_samples(cmds, repeat, cwd, log_dir, envs, check).items()}
 
 
 def print_walls(walls: dict[str, list[float]], repeat: int) -> None:
@@ -266,6 +335,12 @@ def print_walls(walls: dict[str, list[float]], repeat: int) -> None:
 def round_ratio(walls: dict[str, list[float]], a: str, b: str) -> float:
     """The median of the per-round ratios a/b."""
     return statistics.median([x / y for x, y in zip(walls[a], walls[b])])
+
+
+def ratio_spread(a: list[float], b: list[float]) -> str:
+    """The median of the per-round ratios a/b, then their min–max."""
+    r = [x / y for x, y in zip(a, b)]
+    return f"{statistics.median(r):.2f} ({min(r):.2f}–{max(r):.2f})"
 
 
 def cached_count(output: str) -> tuple[int, int] | None:
@@ -287,7 +362,8 @@ def first_line(argv: list[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-def machine_info(gatehouse: Path, make: str, jobs: int) -> list[tuple[str, str]]:
+def machine_info(gatehouse: Path, make: str, jobs: int,
+                 baseline: Path | None = None) -> list[tuple[str, str]]:
     cpu_model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -302,6 +378,8 @@ def machine_info(gatehouse: Path, make: str, jobs: int) -> list[tuple[str, str]]
         ("kernel (uname -r)", os.uname().release),
         ("make", first_line([make, "--version"])),
         ("gatehouse", f"{first_line([str(gatehouse), '--version'])} ({gatehouse})"),
+        *([("gatehouse baseline", f"{first_line([str(baseline), '--version'])} ({baseline})")]
+          if baseline else []),
         ("python", sys.version.split()[0]),
         ("jobs (-j)", str(jobs)),
         ("load average at the end (1/5/15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())),
@@ -329,6 +407,9 @@ def print_report(results: dict[int, dict[str, Series]], info, cmds, args, notes)
     print()
     print(f"## Results ({args.repeat} timed rounds after 1 warm-up, commands alternating)")
     print()
+    if args.baseline:
+        print("The candidate (`--gatehouse`); the baseline is in the next section.")
+        print()
     print("| gates | command | median wall (s) | min–max (s) | peak RSS | ratio vs make (median) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for size, by in results.items():
@@ -344,6 +425,8 @@ def print_report(results: dict[int, dict[str, Series]], info, cmds, args, notes)
     print("Peak RSS is ru_maxrss of the gatehouse process (os.wait4), max over its runs;")
     print("make's is not shown (its recipes are tiny and make's own RSS is not the question).")
     print()
+    if args.baseline:
+        print_baseline(results, args.gatehouse.resolve(), args.baseline)
     print("## Commands (cwd: output dir; N = jobs)")
     print()
     print("```")
@@ -359,8 +442,38 @@ def print_report(results: dict[int, dict[str, Series]], info, cmds, args, notes)
     print()
     print("## Targets")
     print()
+    if args.baseline:
+        print("Checked on the candidate.")
+        print()
     for verdict, text in check_targets(results):
         print(f"- {verdict}: {text}")
+    print()
+
+
+def print_baseline(results: dict[int, dict[str, Series]], gh: Path, baseline: Path) -> None:
+    """The candidate's figures next to the baseline's, and the per-round ratios."""
+    print("## Candidate against baseline")
+    print()
+    print_binaries(gh, baseline)
+    print("- every round runs each gatehouse command with both binaries, one right after "
+          "the other (the baseline first in the warm-up and every even round), make in the "
+          "same rounds; each binary fills and reads its own cache dirs")
+    print()
+    print("| gates | command | candidate median (s) | min–max (s) | peak RSS | "
+          "baseline median (s) | min–max (s) | peak RSS | candidate/baseline |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for size, by in results.items():
+        for label, name in LABELS.items():
+            if label == "make":
+                continue
+            c, b = by[label], by[label + BASELINE]
+            print(f"| {size:,} | {name} | " + " | ".join(
+                f"{fmt_s(statistics.median(s.walls))} | "
+                f"{fmt_s(min(s.walls))}–{fmt_s(max(s.walls))} | {fmt_mb(s.peak_rss_bytes)}"
+                for s in (c, b)) + f" | {ratio_spread(c.walls, b.walls)} |")
+    print()
+    print("candidate/baseline: the median of the per-round ratios of wall times, then their")
+    print("min–max; below 1.00 the candidate was faster. Peak RSS as above, for each binary.")
     print()
 
 
@@ -410,6 +523,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="timed rounds after one warm-up round (default: %(default)s)")
     p.add_argument("--gatehouse", type=Path, default=DEFAULT_GATEHOUSE,
                    help="gatehouse binary (default: target/release/gatehouse in the repo)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="PATH",
+                   help="a second gatehouse binary (e.g. built before a change): every "
+                        "round also runs each gatehouse command with it, and the report "
+                        "puts its figures next to --gatehouse's, with the per-round ratios")
     p.add_argument("--make", default="make", help="make binary (default: %(default)s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="where plans, Makefiles and caches go (default: bench/out)")
@@ -436,6 +553,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.layers = layers
     if args.jobs < 1 or args.repeat < 1:
         p.error("--jobs and --repeat must be at least 1")
+    args.baseline = None if args.generate_only else baseline_binary(p, args.baseline)
     return args
 
 
@@ -473,54 +591,68 @@ def main(argv: list[str]) -> int:
 
     results: dict[int, dict[str, Series]] = {}
     notes: list[str] = []
-    cmds = [
-        f"{args.make} -j {n} -f bench-SIZE.mk all",
-        f"{gh} run --no-cache -j {n} --quiet bench-SIZE.yaml",
-        f"{gh} run -j {n} --quiet --cache-dir cache-SIZE bench-SIZE.yaml",
-        f"{gh} run -j {n} --quiet --cache-dir cache-SIZE-distinct bench-SIZE-distinct.yaml",
-        "# each cache dir is emptied and filled by one untimed run of its command first",
-    ]
+    binaries = {"": gh, **({BASELINE: args.baseline} if args.baseline else {})}
+    cmds = [f"{args.make} -j {n} -f bench-SIZE.mk all"]
+    for suffix, binary in binaries.items():
+        if suffix:
+            cmds.append("# the baseline (--baseline), in the same rounds, with its own cache dirs")
+        cmds += [
+            f"{binary} run --no-cache -j {n} --quiet bench-SIZE.yaml",
+            f"{binary} run -j {n} --quiet --cache-dir cache-SIZE{suffix} bench-SIZE.yaml",
+            f"{binary} run -j {n} --quiet --cache-dir cache-SIZE-distinct{suffix} "
+            f"bench-SIZE-distinct.yaml",
+        ]
+    cmds.append("# each cache dir is emptied and filled by one untimed run of its command first")
     for size, plan, mk in plans:
-        ghrun = [str(gh), "run", "-j", str(n), "--quiet"]
-        series = {
-            "make": Series(size, "make", [args.make, "-j", str(n), "-f", mk.name, "all"]),
-            "uncached": Series(size, "uncached", ghrun + ["--no-cache", plan.name]),
-            "cached": Series(size, "cached",
-                             ghrun + ["--cache-dir", f"cache-{size}", plan.name]),
-            "cached-distinct": Series(size, "cached-distinct",
-                                      ghrun + ["--cache-dir", f"cache-{size}-distinct",
-                                               f"bench-{size}-distinct.yaml"]),
-        }
-        for label in ("cached", "cached-distinct"):
-            cache_dir = out / series[label].argv[-2]
+        # make, then each gatehouse command with the candidate and right after it with
+        # the baseline; each binary has its own cache dirs.
+        series = {"make": Series(size, "make", [args.make, "-j", str(n), "-f", mk.name, "all"])}
+        for label, cache_dir, plan_name in (
+                ("uncached", None, plan.name),
+                ("cached", f"cache-{size}", plan.name),
+                ("cached-distinct", f"cache-{size}-distinct", f"bench-{size}-distinct.yaml")):
+            for suffix, binary in binaries.items():
+                argv = [str(binary), "run", "-j", str(n), "--quiet"]
+                argv += ["--no-cache"] if cache_dir is None else ["--cache-dir", cache_dir + suffix]
+                series[label + suffix] = Series(size, label + suffix, argv + [plan_name])
+        for label, s in series.items():
+            if not label.startswith("cached"):
+                continue
+            cache_dir = out / s.argv[-2]
             shutil.rmtree(cache_dir, ignore_errors=True)
-            fill = run_timed(series[label].argv, out, out)
+            fill = run_timed(s.argv, out, out)
             entries = sum(1 for p in cache_dir.rglob("*") if p.is_file())
             print(f"[{size}] filled {cache_dir.name} in {fill.wall:.3f} s: "
                   f"{entries} files", file=sys.stderr)
             notes.append(f"{size:,} gates: {cache_dir.name} holds {entries} files after the "
                          f"untimed fill run")
-        for rnd in range(args.repeat + 1):
-            warm = rnd == 0
-            for label in LABELS:
-                s = run_timed(series[label].argv, out, out)
-                if label.startswith("cached"):
-                    counts = cached_count(s.output)
-                    if counts is not None and counts[1] != size:
-                        notes.append(f"{size:,} gates, {label}: a timed run reported "
-                                     f"{counts[1]} of {counts[0]} gates cached")
-                    elif counts is None and warm:
-                        notes.append(f"{size:,} gates, {label}: could not read the cached "
-                                     f"count from gatehouse's summary line")
-                if not warm:
-                    series[label].samples.append(s)
-            tag = "warm-up" if warm else f"round {rnd}/{args.repeat}"
+
+        def check_cached(label: str, rnd: int, s: Sample) -> None:
+            if label.startswith("cached"):
+                counts = cached_count(s.output)
+                if counts is not None and counts[1] != size:
+                    notes.append(f"{size:,} gates, {label}: a timed run reported "
+                                 f"{counts[1]} of {counts[0]} gates cached")
+                elif counts is None and rnd == 0:
+                    notes.append(f"{size:,} gates, {label}: could not read the cached "
+                                 f"count from gatehouse's summary line")
+
+        def progress(rnd: int, samples: dict[str, list[Sample]]) -> None:
+            tag = "warm-up" if rnd == 0 else f"round {rnd}/{args.repeat}"
             print(f"[{size}] {tag}: " + "  ".join(
-                label if warm else f"{label} {series[label].samples[-1].wall:.3f}s"
-                for label in LABELS), file=sys.stderr)
+                label if rnd == 0 else f"{label} {samples[label][-1].wall:.3f}s"
+                for label in samples), file=sys.stderr)
+
+        samples = alternate_samples(
+            {label: s.argv for label, s in series.items()}, args.repeat, out, out,
+            check=check_cached, progress=progress,
+            pairs={label: label + BASELINE for label in LABELS if label != "make"}
+            if args.baseline else None)
+        for label, s in series.items():
+            s.samples = samples[label]
         results[size] = series
 
-    print_report(results, machine_info(gh, args.make, n), cmds, args,
+    print_report(results, machine_info(gh, args.make, n, args.baseline), cmds, args,
                  list(dict.fromkeys(notes)))
     return 0
 
