@@ -206,6 +206,8 @@ async fn run(
         Box::new(LocalTransport::new(to_worker)),
         reports,
         cache,
+        // The in-process executor keeps no results: nothing is ever acknowledged.
+        None,
         sched_shutdown.clone(),
     );
 

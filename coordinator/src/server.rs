@@ -353,6 +353,9 @@ pub(crate) async fn lead(
         cache_members.subscribe(),
     ));
     let (reports_tx, reports) = mpsc::channel(REPORTS_CAPACITY);
+    // The plans' events and the results' acks, in order, from the scheduler to the
+    // registry (unbounded: the scheduler never waits; see `registry`).
+    let (outputs_tx, outputs_rx) = mpsc::unbounded_channel();
     let actors = CancellationToken::new();
     let sched_config = SchedulerConfig {
         core: CoreConfig {
@@ -375,6 +378,7 @@ pub(crate) async fn lead(
         Box::new(GrpcTransport::new(sessions.clone())),
         reports,
         Some(cache.clone() as Arc<dyn gatehouse_common::cache::ResultCache>),
+        Some(outputs_tx.clone()),
         actors.clone(),
     );
     let registry_config = RegistryConfig {
@@ -392,6 +396,7 @@ pub(crate) async fn lead(
         sched,
         Some(acks),
         durability,
+        (outputs_tx, outputs_rx),
         actors.clone(),
     );
     let term = Arc::new(Term {
@@ -403,35 +408,50 @@ pub(crate) async fn lead(
         token: shutdown.child_token(),
         tasks: TaskTracker::new(),
     });
-    role_tx.send_replace(Role::Leading(term.clone()));
-    config.metrics.set_leader(true);
-    // Whatever ends the term, this replica stops reporting as the leader.
-    let _not_leading = NotLeading(config.metrics.clone());
-    tracing::info!("leading: scheduler and plan registry started");
     tokio::pin!(sched_task);
     tokio::pin!(registry_task);
     tokio::pin!(lost);
+    // Workers and clients reach this term once its plans run again: a worker's report of
+    // an attempt of a plan not restored yet would be taken for a stale one.
+    let before = tokio::select! {
+        () = shutdown.cancelled() => Some(TermEnd::Shutdown),
+        why = &mut lost => Some(TermEnd::LostLeadership(why)),
+        // An error means the registry stopped: the select below sees why.
+        _ = term.registry.restored() => None,
+    };
+    if before.is_none() {
+        role_tx.send_replace(Role::Leading(term.clone()));
+        config.metrics.set_leader(true);
+        tracing::info!("leading: scheduler and plan registry started");
+    }
+    // Whatever ends the term, this replica stops reporting as the leader.
+    let _not_leading = NotLeading(config.metrics.clone());
     let mut registry_done = false;
-    let end = tokio::select! {
-        () = shutdown.cancelled() => TermEnd::Shutdown,
-        why = &mut lost => TermEnd::LostLeadership(why),
-        ended = &mut registry_task => {
-            registry_done = true;
-            match ended {
-                Ok(Err(JournalError::Store(StoreError::Fenced))) =>
-                    TermEnd::LostLeadership("another coordinator leads (fenced)".into()),
-                other => {
-                    let why = format!("{other:?}");
+    let end = match before {
+        Some(end) => end,
+        None => {
+            tokio::select! {
+                () = shutdown.cancelled() => TermEnd::Shutdown,
+                why = &mut lost => TermEnd::LostLeadership(why),
+                ended = &mut registry_task => {
+                    registry_done = true;
+                    match ended {
+                        Ok(Err(JournalError::Store(StoreError::Fenced))) =>
+                            TermEnd::LostLeadership("another coordinator leads (fenced)".into()),
+                        other => {
+                            let why = format!("{other:?}");
+                            role_tx.send_replace(Role::Following { leader: None });
+                            term.token.cancel();
+                            return Err(ServerError::ActorStopped("plan registry", why));
+                        }
+                    }
+                }
+                ended = &mut sched_task => {
                     role_tx.send_replace(Role::Following { leader: None });
                     term.token.cancel();
-                    return Err(ServerError::ActorStopped("plan registry", why));
+                    return Err(ServerError::ActorStopped("scheduler", format!("{ended:?}")));
                 }
             }
-        }
-        ended = &mut sched_task => {
-            role_tx.send_replace(Role::Following { leader: None });
-            term.token.cancel();
-            return Err(ServerError::ActorStopped("scheduler", format!("{ended:?}")));
         }
     };
     tracing::info!(?end, "term ending");

@@ -13,15 +13,21 @@
 //! waiting: queues are cleaned lazily, and a queue entry counts only while its gate
 //! still waits for that key. A leader's retries, lost attempts and re-queues do not end
 //! its flight; only its terminal state does ([`super::transitions::end_gate`] records a
-//! [`Landed`] leader, which [`Scheduler::settle_flights`] settles before the next
-//! dispatch).
+//! [`Landed`](super::plan_run::Landed) leader, which [`Scheduler::settle_flights`]
+//! settles before the event is done: after the event's handler and again after each
+//! round of dispatching, which can end leaders too).
 //!
 //! State: the flights by key, and each gate's [`Role`] in `GateRun::flight`. Costs:
 //! joining and landing are O(1) per gate plus the waiters served or skipped.
 //!
-//! A lookup that misses just *after* a leader passed starts a new flight here; the
-//! driver covers that window (an executor's write still on its way) by remembering
-//! recent passes in its lookups, which is a cache read, not a scheduling decision.
+//! A lookup can miss just *after* a leader passed: the executor's write of the result
+//! may still be on its way to the cache. So a leader's pass is also remembered for
+//! [`CoreConfig::recent_passes`] (a minute by default, bounded by
+//! [`CoreConfig::recent_passes_bytes`] of output tails, oldest forgotten first), and a
+//! miss on a remembered key is served from it like a waiter.
+//!
+//! [`CoreConfig::recent_passes`]: super::CoreConfig::recent_passes
+//! [`CoreConfig::recent_passes_bytes`]: super::CoreConfig::recent_passes_bytes
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,12 +37,64 @@ use gatehouse_common::ids::{GateIdx, PlanId};
 
 use super::plan_run::{GateState, PlanRun, Role};
 use super::transitions::{Done, finish_gate};
-use super::{Scheduler, Terminal};
+use super::{Now, Scheduler, Terminal};
 
-/// The keys being computed, with their leaders and waiters.
+/// The keys being computed, with their leaders and waiters, and the recent passes.
 #[derive(Debug, Default)]
 pub(super) struct Flights {
     by_key: HashMap<CacheKey, Flight>,
+    recent: RecentPasses,
+}
+
+/// Passes of leaders, by key, oldest first, bounded by age and by bytes.
+#[derive(Debug, Default)]
+struct RecentPasses {
+    by_key: HashMap<CacheKey, (Now, GateResult)>,
+    /// Insertion order (a key passed again has a newer entry; the older is skipped).
+    order: VecDeque<(Now, CacheKey)>,
+    /// Weight of what `by_key` holds.
+    bytes: u64,
+}
+
+/// What a remembered pass weighs: its output tails plus a fixed overhead.
+fn weight(result: &GateResult) -> u64 {
+    (result.stdout.bytes.len() + result.stderr.bytes.len() + 256) as u64
+}
+
+impl RecentPasses {
+    fn insert(&mut self, now: Now, key: CacheKey, result: GateResult, max_bytes: u64) {
+        self.bytes += weight(&result);
+        if let Some((_, old)) = self.by_key.insert(key, (now, result)) {
+            self.bytes -= weight(&old);
+        }
+        self.order.push_back((now, key));
+        while self.bytes > max_bytes && self.pop_oldest() {}
+    }
+
+    /// The pass of `key` if remembered and younger than `keep` at `now`.
+    fn get(&mut self, now: Now, keep: std::time::Duration, key: &CacheKey) -> Option<&GateResult> {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > keep)
+        {
+            self.pop_oldest();
+        }
+        self.by_key.get(key).map(|(_, r)| r)
+    }
+
+    /// Forgets the oldest entry; false if there was none.
+    fn pop_oldest(&mut self) -> bool {
+        let Some((at, key)) = self.order.pop_front() else {
+            return false;
+        };
+        if self.by_key.get(&key).is_some_and(|(t, _)| *t == at)
+            && let Some((_, old)) = self.by_key.remove(&key)
+        {
+            self.bytes -= weight(&old);
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -82,8 +140,16 @@ fn awaits(run: &PlanRun, g: GateIdx, key: CacheKey) -> bool {
 
 impl Scheduler {
     /// Gate `g` of `plan` (checking the cache) missed on `key`, which it may store
-    /// under: it leads the key's flight and is queued, or waits for the leader.
+    /// under: it takes a pass of the key seen here recently, or leads the key's flight
+    /// and is queued, or waits for the leader.
     pub(super) fn on_missed(&mut self, plan: &PlanId, g: GateIdx, key: CacheKey) {
+        let (now, keep) = (self.sink.now, self.config.recent_passes);
+        if let Some(result) = self.flights.recent.get(now, keep, &key).cloned() {
+            tracing::debug!(plan_id = %plan, gate = g.0, key = %key,
+                "an identical gate passed moments ago; using its result");
+            self.serve(plan, g, result);
+            return;
+        }
         let role = self.flights.join(key, (plan.clone(), g));
         let Some(run) = self.plans.get_mut(plan) else {
             return;
@@ -119,6 +185,9 @@ impl Scheduler {
                     for (plan, g) in flight.waiters {
                         self.serve_waiter(&plan, g, landed.key, &result);
                     }
+                    let max_bytes = self.config.recent_passes_bytes;
+                    let now = self.sink.now;
+                    (self.flights.recent).insert(now, landed.key, result, max_bytes);
                 }
                 None => self.promote(landed.key, flight.waiters),
             }
@@ -135,9 +204,17 @@ impl Scheduler {
         }
         tracing::debug!(plan_id = %plan, gate = g.0, key = %key, "served by an identical gate");
         run.gate_mut(g).flight = None;
+        self.serve(plan, g, result.clone());
+    }
+
+    /// Ends `g` as passed from the cache with an identical gate's `result`.
+    fn serve(&mut self, plan: &PlanId, g: GateIdx, result: GateResult) {
+        let Some(run) = self.plans.get_mut(plan) else {
+            return;
+        };
         let mut done = Done::new(Terminal::Passed, 0);
         done.cached = true;
-        done.result = Some(result.clone());
+        done.result = Some(result);
         finish_gate(run, &mut self.sink, &self.config, g, done);
     }
 

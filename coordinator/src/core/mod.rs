@@ -29,9 +29,9 @@ mod types;
 mod workers;
 
 #[cfg(test)]
-mod flights_proptests;
+mod decisions_tests;
 #[cfg(test)]
-mod flights_tests;
+mod flights_proptests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -74,6 +74,11 @@ pub struct CoreConfig {
     /// After a plan is restored, how long workers get to re-report its attempts before
     /// the gates in doubt run again (one liveness timeout).
     pub recovery_window: Duration,
+    /// How long a single-flight leader's pass answers later misses on its key (an
+    /// executor's write of it may still be on its way to the cache).
+    pub recent_passes: Duration,
+    /// Bytes of output tails those remembered passes hold at most (oldest go first).
+    pub recent_passes_bytes: u64,
 }
 
 impl Default for CoreConfig {
@@ -84,6 +89,8 @@ impl Default for CoreConfig {
             max_worker_losses: 3,
             memory_pressure: 0.9,
             recovery_window: Duration::from_secs(5),
+            recent_passes: Duration::from_secs(60),
+            recent_passes_bytes: 64 << 20,
         }
     }
 }
@@ -264,8 +271,15 @@ impl Scheduler {
                 finished,
             } => self.on_reported(now, &worker, running, finished),
         }
-        self.settle_flights();
-        self.pump();
+        // Dispatching can end leaders too (an unschedulable gate, then fail-fast): their
+        // flights settle before the event is done, so no waiter is left behind.
+        loop {
+            self.settle_flights();
+            self.pump();
+            if self.sink.landed.is_empty() {
+                break;
+            }
+        }
         self.finish_plans(now);
         std::mem::take(&mut self.sink.cmds)
     }

@@ -182,7 +182,11 @@ impl Scheduler {
         }
         for attempt in running {
             if let Some(held) = self.attempts.get(&attempt) {
-                if held.worker != *worker {
+                if held.worker.worker == worker.worker {
+                    // This worker's older session (not found lost yet) held it: the
+                    // worker reconnected, and carries it on in this session.
+                    self.move_hold(&attempt, worker);
+                } else {
                     // The same attempt on another worker (a stale copy): stop this one.
                     self.sink.cmds.push(Command::CancelAttempt {
                         worker: worker.clone(),
@@ -215,12 +219,59 @@ impl Scheduler {
         }
         for (attempt, result) in finished {
             let ours = match self.attempts.get(&attempt) {
-                Some(held) => held.worker == *worker,
+                // Held by this worker, in this session or an older one.
+                Some(held) => held.worker.worker == worker.worker,
                 None => self.adopt(worker, &attempt, false),
             };
             if ours {
                 self.on_finished(now, attempt, result);
             }
+        }
+    }
+
+    /// Moves the hold of `attempt` (slot, memory, the gate's state) from an older
+    /// session of the same worker to `to`.
+    fn move_hold(&mut self, attempt: &AttemptRef, to: &SessionKey) {
+        let Some(held) = self.attempts.get_mut(attempt) else {
+            return;
+        };
+        let from = std::mem::replace(&mut held.worker, to.clone());
+        let (slot, memory) = (u32::from(held.slot), held.memory);
+        if let Some(w) = self.workers.get_mut(&from) {
+            w.free_slots += slot;
+            w.reserved = w.reserved.saturating_sub(memory);
+        }
+        if let Some(w) = self.workers.get_mut(to) {
+            w.free_slots = w.free_slots.saturating_sub(slot);
+            w.reserved += memory;
+        }
+        let Some(run) = self.plans.get_mut(&attempt.plan) else {
+            return;
+        };
+        let g = attempt.gate;
+        let moved = match run.gate(g).state.clone() {
+            GateState::Running { attempt: a, .. } if a == attempt.attempt => GateState::Running {
+                worker: to.clone(),
+                attempt: a,
+            },
+            GateState::Stopping {
+                attempt: a, then, ..
+            } if a == attempt.attempt => GateState::Stopping {
+                worker: to.clone(),
+                attempt: a,
+                then,
+            },
+            _ => return,
+        };
+        let stopping = matches!(moved, GateState::Stopping { .. });
+        run.set_state(g, moved);
+        if stopping {
+            // Its cancel went to the old session.
+            self.sink.cmds.push(Command::CancelAttempt {
+                worker: to.clone(),
+                attempt: attempt.clone(),
+                grace: self.config.kill_grace,
+            });
         }
     }
 

@@ -49,14 +49,26 @@ struct SessionEntry {
 pub struct Sessions(Arc<DashMap<WorkerId, SessionEntry>>);
 
 impl Sessions {
-    /// Session `key` is the worker's newest (called by that session only).
-    pub(super) fn insert(&self, key: &SessionKey, outbound: Outbound, about: WorkerAbout) {
+    /// Session `key` becomes the worker's newest (called by that session only); false,
+    /// and nothing changes, if a newer session of the worker registered first (an old
+    /// connection whose Hello was slow).
+    pub(super) fn insert(&self, key: &SessionKey, outbound: Outbound, about: WorkerAbout) -> bool {
         let entry = SessionEntry {
             generation: key.generation,
             outbound,
             about,
         };
-        self.0.insert(key.worker.clone(), entry);
+        match self.0.entry(key.worker.clone()) {
+            dashmap::Entry::Occupied(e) if e.get().generation > key.generation => false,
+            dashmap::Entry::Occupied(mut e) => {
+                e.insert(entry);
+                true
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(entry);
+                true
+            }
+        }
     }
 
     /// Session `key` ended (called by that session only); a newer one stays.

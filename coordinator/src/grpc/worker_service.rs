@@ -169,7 +169,13 @@ impl Session {
             version: hello.version.clone(),
             cache_url: hello.cache_url.clone(),
         };
-        self.sessions.insert(&key, out.clone(), about);
+        if !self.sessions.insert(&key, out.clone(), about) {
+            tracing::info!(worker_id = %id, "a newer session of this worker exists; ending this one");
+            let _ = out.send(Err(Status::aborted(
+                "a newer session of this worker exists",
+            )));
+            return;
+        }
         let welcome = v1::CoordinatorMessage {
             msg: Some(v1::coordinator_message::Msg::Welcome(v1::Welcome {
                 heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,

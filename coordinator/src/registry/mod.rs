@@ -176,6 +176,9 @@ pub(crate) enum RegistryMsg {
         force: bool,
         reply: oneshot::Sender<Result<bool, RegistryError>>,
     },
+    Restored {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the registry actor.
@@ -185,6 +188,17 @@ pub struct RegistryHandle {
 }
 
 impl RegistryHandle {
+    /// Answers once the plans read back from the store are restored (the scheduler
+    /// runs the unfinished ones again); an error if the registry stopped first.
+    pub async fn restored(&self) -> Result<(), RegistryError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(RegistryMsg::Restored { reply })
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)?;
+        rx.await.map_err(|_| RegistryError::ShuttingDown)
+    }
+
     /// Accepts a validated plan and starts it; returns its new id.
     /// Answers once the plan is durable.
     pub async fn submit(
@@ -254,10 +268,14 @@ pub fn spawn(
     scheduler: SchedulerHandle,
     acks: Option<Arc<dyn AckSink>>,
     durability: Option<Durability>,
+    outputs: (
+        mpsc::UnboundedSender<PlanOutput>,
+        mpsc::UnboundedReceiver<PlanOutput>,
+    ),
     shutdown: CancellationToken,
 ) -> (RegistryHandle, JoinHandle<Result<(), JournalError>>) {
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = outputs;
     let (journal, restored) = match durability {
         Some(d) => (
             Some(Journal::new(
@@ -524,6 +542,8 @@ impl RegistryActor {
                 };
                 let _ = reply.send(batch);
             }
+            // The loop that answers this starts once the restore is done.
+            RegistryMsg::Restored { reply } => drop(reply.send(())),
             RegistryMsg::Cancel { id, force, reply } => {
                 let result = match self.plans.get(&id) {
                     None => Err(RegistryError::NotFound(id.clone())),
@@ -663,5 +683,7 @@ fn reject(msg: RegistryMsg) {
             drop(reply.send(Err(RegistryError::ShuttingDown)))
         }
         RegistryMsg::Cancel { reply, .. } => drop(reply.send(Err(RegistryError::ShuttingDown))),
+        // Dropped unanswered: the caller sees the registry stop.
+        RegistryMsg::Restored { reply } => drop(reply),
     }
 }

@@ -45,19 +45,31 @@ pub(super) struct SchedulerActor {
     plans: HashMap<PlanId, PlanDriver>,
     /// Where the workers as the core accounts them are published.
     workers: watch::Sender<Arc<WorkerSnapshot>>,
+    /// Acknowledgements of plans not live here (see [`super::spawn`]).
+    late_acks: Option<mpsc::UnboundedSender<PlanOutput>>,
     shutdown: CancellationToken,
 }
 
+/// The actor's edges, as `spawn` wires them.
+pub(super) struct Edges {
+    pub(super) transport: Box<dyn WorkerTransport>,
+    pub(super) reports: mpsc::Receiver<WorkerEvent>,
+    pub(super) cache: Option<Arc<dyn ResultCache>>,
+    pub(super) late_acks: Option<mpsc::UnboundedSender<PlanOutput>>,
+    pub(super) mailbox: mpsc::Receiver<SchedulerMsg>,
+    pub(super) workers: watch::Sender<Arc<WorkerSnapshot>>,
+}
+
 impl SchedulerActor {
-    pub(super) fn new(
-        config: SchedulerConfig,
-        transport: Box<dyn WorkerTransport>,
-        reports: mpsc::Receiver<WorkerEvent>,
-        cache: Option<Arc<dyn ResultCache>>,
-        mailbox: mpsc::Receiver<SchedulerMsg>,
-        workers: watch::Sender<Arc<WorkerSnapshot>>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub(super) fn new(config: SchedulerConfig, edges: Edges, shutdown: CancellationToken) -> Self {
+        let Edges {
+            transport,
+            reports,
+            cache,
+            late_acks,
+            mailbox,
+            workers,
+        } = edges;
         let epoch = workers.borrow().epoch;
         Self {
             core: Scheduler::new(config.core.clone()),
@@ -71,6 +83,7 @@ impl SchedulerActor {
             timers: DelayQueue::new(),
             plans: HashMap::new(),
             workers,
+            late_acks,
             shutdown,
         }
     }
@@ -143,8 +156,13 @@ impl SchedulerActor {
             WorkerEvent::Capacity { worker, .. } | WorkerEvent::Reported { worker, .. } => {
                 vec![worker.clone()]
             }
-            // The in-process executor of `gatehouse run` is the only worker there.
-            WorkerEvent::Report(_) if self.observer.metrics.exported() => self.core.worker_ids(),
+            // Only an in-process executor reports results this way, and it is the only
+            // worker there (`gatehouse run`); a start changes no slot.
+            WorkerEvent::Report(FromWorker::Finished { .. })
+                if self.observer.metrics.exported() =>
+            {
+                self.core.worker_ids()
+            }
             _ => Vec::new(),
         };
         let membership = !matches!(event, WorkerEvent::Report(_) | WorkerEvent::Reported { .. });
@@ -351,10 +369,11 @@ impl SchedulerActor {
                 key,
                 result,
             } => {
-                if let Some(driver) = self.plans.get(&plan) {
+                // In the cluster the executor that ran the gate writes it.
+                if let (false, Some(driver)) = (self.config.executors_store, self.plans.get(&plan))
+                {
                     let producer = driver.plan.gate(gate).id.clone();
-                    let write = !self.config.executors_store;
-                    self.cache.stored(key, entry(result, producer), write);
+                    self.cache.store(key, entry(result, producer));
                 }
             }
             Command::SetTimer { at, timer } => {
@@ -366,14 +385,15 @@ impl SchedulerActor {
     }
 
     /// Acknowledgements follow the events of their plan through its subscriber, which
-    /// delivers them once those events are durable; a plan no longer live here has
-    /// nothing left to make durable, so its results are acknowledged at once.
+    /// delivers them once those events are durable. Those of a plan not live here (it
+    /// finished, and its last events may still be on their way to the store) take the
+    /// late path behind every event sent so far.
     fn ack(&mut self, worker: SessionKey, attempts: Vec<AttemptRef>) {
         let mut by_plan: HashMap<PlanId, Vec<AttemptRef>> = HashMap::new();
         for a in attempts {
             by_plan.entry(a.plan.clone()).or_default().push(a);
         }
-        let mut at_once = Vec::new();
+        let mut late = Vec::new();
         for (plan, attempts) in by_plan {
             match self.plans.get(&plan) {
                 Some(driver) => {
@@ -384,11 +404,23 @@ impl SchedulerActor {
                     // A subscriber that went away keeps nothing durable.
                     let _ = driver.events.send(ack);
                 }
-                None => at_once.extend(attempts),
+                None => late.extend(attempts),
             }
         }
-        if !at_once.is_empty() {
-            self.transport.ack(&worker, at_once);
+        if late.is_empty() {
+            return;
+        }
+        match &self.late_acks {
+            Some(out) => {
+                let ack = PlanOutput::Ack {
+                    worker,
+                    attempts: late,
+                };
+                // Its reader gone (the term is ending), nothing is acknowledged: the
+                // worker keeps the results and reports them again to the next leader.
+                let _ = out.send(ack);
+            }
+            None => self.transport.ack(&worker, late),
         }
     }
 

@@ -1,11 +1,10 @@
 //! The scheduler's cache I/O: key computation and lookups for [`Command::CheckCache`],
-//! writes for [`Command::StoreResult`], and the recent passes that cover a write still
-//! on its way.
+//! and writes for [`Command::StoreResult`].
 //!
 //! State it owns: the lookups waiting for a slot (FIFO), the lookup tasks in flight (at
 //! most [`SchedulerConfig::max_cache_lookups`]; a task computes the key in
 //! `spawn_blocking`, since it may hash input files, then asks the cache), the write
-//! tasks, and [`RecentPasses`]. It decides nothing about scheduling: each lookup ends
+//! tasks. It decides nothing about scheduling: each lookup ends
 //! as one [`Event::CacheChecked`] with the key and, on a hit, the entry. A failed
 //! lookup or key computation is a miss (with no key: the gate runs uncached), never a
 //! gate failure; a failed write is logged.
@@ -28,11 +27,6 @@ use tokio::task::JoinSet;
 
 use crate::core::Event;
 use crate::metrics::CacheResult;
-
-/// How long a passed result stays in [`RecentPasses`].
-const RECENT_FOR: Duration = Duration::from_secs(60);
-/// Bytes of output tails [`RecentPasses`] holds at most.
-const RECENT_BYTES: u64 = 64 << 20;
 
 /// One lookup to run: which gate, and what its key is made of.
 pub(super) struct LookupRequest {
@@ -64,7 +58,6 @@ pub(super) struct CacheIo {
     /// Which gate each lookup task serves, so a task that fails still answers.
     serving: HashMap<tokio::task::Id, (PlanId, GateIdx)>,
     stores: JoinSet<Result<(), CacheError>>,
-    recent: RecentPasses,
 }
 
 impl CacheIo {
@@ -81,7 +74,6 @@ impl CacheIo {
             lookups: JoinSet::new(),
             serving: HashMap::new(),
             stores: JoinSet::new(),
-            recent: RecentPasses::default(),
         }
     }
 
@@ -123,12 +115,11 @@ impl CacheIo {
     }
 
     /// The next finished lookup (pending while none runs). Writes that finish
-    /// meanwhile are reaped here, their failures logged. A passed result this scheduler
-    /// saw recently answers a lookup's miss.
+    /// meanwhile are reaped here, their failures logged.
     pub(super) async fn next(&mut self) -> LookupDone {
         loop {
             tokio::select! {
-                done = next_lookup(&mut self.lookups, &mut self.serving, &self.recent),
+                done = next_lookup(&mut self.lookups, &mut self.serving),
                     if !self.lookups.is_empty() => return done,
                 Some(stored) = self.stores.join_next(), if !self.stores.is_empty() => {
                     log_store(stored);
@@ -138,11 +129,9 @@ impl CacheIo {
         }
     }
 
-    /// A gate passed: remember it for lookups racing its write, and write it unless the
-    /// executor does.
-    pub(super) fn stored(&mut self, key: CacheKey, entry: CacheEntry, write: bool) {
-        self.recent.insert(key, entry.clone());
-        if let (true, Some(cache)) = (write, self.cache.clone()) {
+    /// Writes a passed gate's entry.
+    pub(super) fn store(&mut self, key: CacheKey, entry: CacheEntry) {
+        if let Some(cache) = self.cache.clone() {
             spawn_in(&mut self.stores, "cache-store", async move {
                 cache.put(&key, &entry).await
             });
@@ -208,16 +197,15 @@ impl CacheIo {
 async fn next_lookup(
     lookups: &mut JoinSet<LookupDone>,
     serving: &mut HashMap<tokio::task::Id, (PlanId, GateIdx)>,
-    recent: &RecentPasses,
 ) -> LookupDone {
-    let mut done = loop {
+    loop {
         let Some(joined) = lookups.join_next_with_id().await else {
             return std::future::pending().await;
         };
         match joined {
             Ok((id, done)) => {
                 serving.remove(&id);
-                break done;
+                return done;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cache lookup task failed; treating it as a miss");
@@ -225,7 +213,7 @@ async fn next_lookup(
                 let Some((plan, gate)) = serving.remove(&e.id()) else {
                     continue;
                 };
-                break LookupDone {
+                return LookupDone {
                     event: Event::CacheChecked {
                         plan: plan.clone(),
                         gate,
@@ -238,21 +226,7 @@ async fn next_lookup(
                 };
             }
         }
-    };
-    if let (
-        Event::CacheChecked {
-            key: Some(key),
-            hit: hit @ None,
-            ..
-        },
-        Some(_),
-    ) = (&mut done.event, done.answer)
-    {
-        // The cache was asked and had nothing: the executor's write of an identical
-        // gate's pass may still be on its way.
-        *hit = recent.get(key).map(Box::new);
     }
-    done
 }
 
 /// One lookup task: the key (in `spawn_blocking`: it may hash files), then the cache.
@@ -321,37 +295,6 @@ fn log_store(stored: Result<Result<(), CacheError>, tokio::task::JoinError>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
         Err(e) => tracing::warn!(error = %e, "cache write task failed"),
-    }
-}
-
-/// Passes seen here in the last minute (bounded by bytes): a lookup that started before
-/// an identical gate passed, and missed because the executor's write had not landed
-/// yet, is answered from here instead of running the gate again. A read-through of the
-/// cache, not a scheduling decision (single flight is the core's).
-pub(super) struct RecentPasses(moka::sync::Cache<CacheKey, CacheEntry>);
-
-impl Default for RecentPasses {
-    fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(RECENT_BYTES)
-                .weigher(|_, e: &CacheEntry| {
-                    let tails = e.result.stdout.bytes.len() + e.result.stderr.bytes.len();
-                    u32::try_from(tails + 256).unwrap_or(u32::MAX)
-                })
-                .time_to_live(RECENT_FOR)
-                .build(),
-        )
-    }
-}
-
-impl RecentPasses {
-    fn insert(&self, key: CacheKey, entry: CacheEntry) {
-        self.0.insert(key, entry);
-    }
-
-    fn get(&self, key: &CacheKey) -> Option<CacheEntry> {
-        self.0.get(key)
     }
 }
 

@@ -142,11 +142,17 @@ impl WorkerSnapshot {
 }
 
 /// Starts the scheduler actor. Also returns the published [`WorkerSnapshot`]s.
+///
+/// `late_acks`: where acknowledgements go for results of plans that are not live here
+/// (finished, or never seen): the channel the plans' subscriber (the registry) reads,
+/// so they still wait for every event sent before them to be durable. Without one
+/// (`gatehouse run`, whose executor keeps no results) they go to the transport.
 pub fn spawn(
     config: SchedulerConfig,
     transport: Box<dyn WorkerTransport>,
     reports: mpsc::Receiver<WorkerEvent>,
     cache: Option<Arc<dyn ResultCache>>,
+    late_acks: Option<mpsc::UnboundedSender<PlanOutput>>,
     shutdown: CancellationToken,
 ) -> (
     SchedulerHandle,
@@ -155,9 +161,15 @@ pub fn spawn(
 ) {
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
     let (workers_tx, workers) = watch::channel(Arc::new(WorkerSnapshot::empty()));
-    let actor = actor::SchedulerActor::new(
-        config, transport, reports, cache, mailbox, workers_tx, shutdown,
-    );
+    let edges = actor::Edges {
+        transport,
+        reports,
+        cache,
+        late_acks,
+        mailbox,
+        workers: workers_tx,
+    };
+    let actor = actor::SchedulerActor::new(config, edges, shutdown);
     let task = spawn_named("scheduler", actor.run());
     (SchedulerHandle { tx }, workers, task)
 }

@@ -76,6 +76,7 @@ fn start_with(
         Box::new(ChanTransport(tx)),
         reports_rx,
         cache,
+        None,
         shutdown.clone(),
     );
     Harness {
@@ -218,6 +219,7 @@ async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
         Box::new(DeadTransport),
         reports_rx,
         None,
+        None,
         shutdown.clone(),
     );
     reports
@@ -307,6 +309,7 @@ async fn executor_gone_fails_the_plan_instead_of_hanging() {
         config,
         Box::new(ChanTransport(tx)),
         reports_rx,
+        None,
         None,
         shutdown.clone(),
     );
@@ -747,4 +750,80 @@ async fn a_lookup_that_misses_just_after_an_identical_gate_passed_reuses_its_res
         "p2's `a` was dispatched again"
     );
     h.stop().await;
+}
+
+#[tokio::test]
+async fn acks_follow_the_events_that_record_them_and_late_ones_take_the_late_path() {
+    let (tx, mut to_worker) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::channel(16);
+    let (late_tx, mut late) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let (handle, _workers, task) = scheduler::spawn(
+        SchedulerConfig::default(),
+        Box::new(ChanTransport(tx)),
+        reports_rx,
+        None,
+        Some(late_tx),
+        shutdown.clone(),
+    );
+    let remote = worker("w", 1, 4096 * MI);
+    let session = remote.id.clone();
+    reports
+        .send(WorkerEvent::Joined(remote))
+        .await
+        .expect("join");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    handle
+        .submit(
+            PlanId::new("p"),
+            flat(Policy::default(), &[g("a", &[])]),
+            RunOptions::default(),
+            events_tx,
+        )
+        .await
+        .expect("submit");
+    let Some((_, ToWorker::Assign(a))) = to_worker.recv().await else {
+        panic!("no assignment");
+    };
+    let reported = || WorkerEvent::Reported {
+        worker: session.clone(),
+        running: vec![],
+        finished: vec![(a.attempt.clone(), result(ExitStatus::Exited(0)))],
+    };
+    reports.send(reported()).await.expect("report");
+    let mut seen = Vec::new();
+    while let Some(out) = events.recv().await {
+        let last = matches!(out, PlanOutput::Event(PlanEvent::Finished(_)));
+        seen.push(match out {
+            PlanOutput::Event(PlanEvent::Gate(e)) if e.result.is_some() => "recorded".to_string(),
+            PlanOutput::Event(PlanEvent::Gate(_)) => "event".to_string(),
+            PlanOutput::Event(PlanEvent::Finished(_)) => "summary".to_string(),
+            PlanOutput::Ack { worker, attempts } => {
+                assert_eq!(
+                    (worker, attempts),
+                    (session.clone(), vec![a.attempt.clone()])
+                );
+                "ack".to_string()
+            }
+        });
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        seen[seen.len() - 3..],
+        ["recorded", "ack", "summary"],
+        "the ack comes after the event recording the result: {seen:?}"
+    );
+    // The worker did not see the ack (its session dropped) and reports the result again:
+    // the plan is gone, so the ack takes the late path, behind everything sent before.
+    reports.send(reported()).await.expect("report again");
+    match late.recv().await {
+        Some(PlanOutput::Ack { worker, attempts }) => {
+            assert_eq!((worker, attempts), (session, vec![a.attempt.clone()]));
+        }
+        other => panic!("expected a late ack, got {other:?}"),
+    }
+    shutdown.cancel();
+    task.await.expect("task");
 }

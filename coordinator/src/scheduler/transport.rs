@@ -22,10 +22,10 @@ pub trait WorkerTransport: Send + 'static {
     /// Queues `msg` for `worker`.
     fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError>;
 
-    /// Tells `worker` it may forget these results at once: nothing that records them
-    /// still has to become durable (their plan is no longer live here). Acknowledgements
-    /// of results a live plan recorded go through its subscriber instead
-    /// ([`super::PlanOutput::Ack`]). Executors that keep no results need nothing.
+    /// Tells `worker` it may forget these results at once. Only used by a scheduler
+    /// with no durable subscriber to wait for (see `late_acks` of [`super::spawn`]);
+    /// otherwise acknowledgements go through the subscriber ([`super::PlanOutput::Ack`]).
+    /// Executors that keep no results need nothing.
     fn ack(&mut self, _worker: &SessionKey, _attempts: Vec<AttemptRef>) {}
 }
 

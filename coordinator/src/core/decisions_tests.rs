@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus};
-use gatehouse_common::ids::{GateIdx, PlanId};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Policy;
 
 use super::testkit::*;
@@ -247,4 +247,155 @@ fn a_restored_plan_with_gates_in_doubt_asks_for_its_recovery_window() {
     };
     sim.feed(restored("p2", vec![done.clone(), done]));
     assert!(sim.timers.is_empty());
+}
+
+/// Misses of gates `gates` of the simulator's plan on key `k`, in order.
+fn miss(sim: &mut Sim, gates: &[u32], k: u8) {
+    for &gate in gates {
+        sim.feed(Event::CacheChecked {
+            plan: sim.plan.clone(),
+            gate: GateIdx(gate),
+            key: Some(key(k)),
+            hit: None,
+        });
+    }
+}
+
+#[test]
+fn a_leader_that_fails_while_dispatching_hands_on_its_key_at_once() {
+    // `gatehouse run` (fixed capacity): `x` can never be placed and fails when it is
+    // dispatched, which happens only once `z` frees the plan's one slot.
+    let config = CoreConfig {
+        fail_unschedulable: true,
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(config, &[worker("w", 1, 4096 * MI)]);
+    let policy = Policy {
+        max_parallel: Some(1),
+        ..Policy::default()
+    };
+    let mut x = g("x", &[]);
+    x.memory = 8192 * MI;
+    sim.submit(flat(policy, &[g("z", &[]), x, g("y", &[])]), true);
+    miss(&mut sim, &[0], 1);
+    miss(&mut sim, &[1, 2], 2);
+    assert_eq!(sim.running_gates(), [0], "x leads key 2, y waits for it");
+    sim.pass(0);
+    assert_eq!(sim.state(1), Terminal::Failed);
+    assert_eq!(sim.running_gates(), [2], "y took the lead in the same step");
+    sim.pass(2);
+    assert!(sim.summary.is_some());
+    assert_eq!(sim.core.flights(), 0);
+}
+
+#[test]
+fn a_lost_executor_ends_the_waiters_of_its_leader_too() {
+    let config = CoreConfig {
+        fail_unschedulable: true,
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(config, &[worker("w", 2, 4096 * MI)]);
+    sim.submit(flat(Policy::default(), &[g("a", &[]), g("b", &[])]), true);
+    miss(&mut sim, &[0, 1], 1);
+    assert_eq!(sim.running_gates(), [0], "b waits for a");
+    sim.running.clear();
+    sim.feed(Event::WorkerLost { worker: wk("w") });
+    let summary = sim
+        .summary
+        .clone()
+        .expect("the plan ends instead of hanging");
+    assert_eq!(summary.counts.failed, 2, "a and then b are unschedulable");
+}
+
+#[test]
+fn a_miss_just_after_a_pass_takes_it_until_the_pass_is_forgotten() {
+    let config = CoreConfig {
+        recent_passes: Duration::from_secs(60),
+        // Room for one remembered pass of a result without output (256 bytes).
+        recent_passes_bytes: 300,
+        ..CoreConfig::default()
+    };
+    let mut sim = Sim::new(config, &[worker("w", 4, 4096 * MI)]);
+    let plan = flat(
+        Policy::default(),
+        &[g("a", &[]), g("b", &[]), g("c", &[]), g("d", &[])],
+    );
+    sim.submit(plan, true);
+    miss(&mut sim, &[0], 1);
+    sim.pass(0);
+    sim.now = Duration::from_secs(30);
+    miss(&mut sim, &[1], 1);
+    assert!(sim.terminal(1).cached, "30 s later the pass still answers");
+    sim.now = Duration::from_secs(91);
+    miss(&mut sim, &[2], 1);
+    assert_eq!(
+        sim.running_gates(),
+        [2],
+        "91 s later it is forgotten: c runs"
+    );
+    // c passes key 1 again, then d passes key 2: only one pass fits in the bytes.
+    sim.pass(2);
+    miss(&mut sim, &[3], 2);
+    sim.pass(3);
+    assert_eq!(sim.core.flights(), 0);
+    let again = flat(Policy::default(), &[g("e", &[]), g("f", &[])]);
+    sim.feed(Event::PlanSubmitted {
+        id: PlanId::new("p2"),
+        plan: again,
+        options: RunOptions {
+            use_cache: true,
+            ..RunOptions::default()
+        },
+    });
+    for (gate, k) in [(0, 1), (1, 2)] {
+        sim.feed(Event::CacheChecked {
+            plan: PlanId::new("p2"),
+            gate: GateIdx(gate),
+            key: Some(key(k)),
+            hit: None,
+        });
+    }
+    let cached: Vec<bool> = sim
+        .events
+        .iter()
+        .filter(|e| e.plan == PlanId::new("p2") && matches!(e.status, GateStatus::Finished(_)))
+        .map(|e| e.cached)
+        .collect();
+    assert_eq!(cached, [true], "key 2 is remembered; key 1 was pushed out");
+    assert_eq!(running_plans(&sim), ["p2"], "p2's e runs key 1 again");
+}
+
+#[test]
+fn a_worker_that_reconnects_before_its_old_session_is_lost_keeps_its_attempt() {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    sim.submit(flat(Policy::default(), &[g("a", &[])]), false);
+    let (old, attempt) = sim.running[0].clone();
+    let mut again = worker("w", 1, 4096 * MI);
+    again.id = SessionKey::new(old.worker.clone(), 1);
+    sim.feed(Event::WorkerJoined(again.clone()));
+    let cmds = sim.feed(Event::AttemptsReported {
+        worker: again.id.clone(),
+        running: vec![attempt.clone()],
+        finished: vec![],
+    });
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::CancelAttempt { .. })),
+        "the only copy of the attempt keeps running: {cmds:?}"
+    );
+    let lost = sim.feed(Event::WorkerLost { worker: old });
+    assert!(
+        !lost.iter().any(|c| matches!(c, Command::Dispatch { .. })),
+        "the old session's loss re-queues nothing it no longer holds"
+    );
+    assert_eq!(sim.core.slot_use(&again.id).map(|s| s.used), Some(1));
+    sim.feed(Event::AttemptsReported {
+        worker: again.id.clone(),
+        running: vec![],
+        finished: vec![(attempt, result(ExitStatus::Exited(0)))],
+    });
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!((s.counts.passed, s.outcome), (1, PlanOutcome::Passed));
+    assert_eq!(sim.terminal(0).attempt, 1, "the same attempt, run once");
 }
