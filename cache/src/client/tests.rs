@@ -185,6 +185,10 @@ async fn a_replica_that_missed_an_entry_gets_it_back() {
     stop.cancel();
 }
 
+/// A node that accepts connections and never answers (a stopped process) costs one
+/// timeout, not one per lookup: once a request to it timed out (here the write of the
+/// entry), lookups skip it and are answered by the live replica alone. Counted, not
+/// timed: a lookup that waited on the hung node would end at its timeout as an error.
 #[tokio::test]
 async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
     let stop = CancellationToken::new();
@@ -196,12 +200,14 @@ async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
     let hung_url = format!("http://{}", hung.local_addr().expect("addr"));
     let mut all = pairs(&live);
     all.push(("hung".into(), hung_url));
-    let timeout = Duration::from_millis(200);
     let config = ClientConfig {
-        lookup_timeout: timeout,
-        put_timeout: Duration::from_millis(300),
+        // The one timeout this test waits for (the write to the hung node), long
+        // enough for the live node's write on a loaded machine.
+        put_timeout: Duration::from_secs(2),
         put_attempts: 1,
-        ..ClientConfig::default()
+        // Longer than any run of this test: the hung node stays skipped throughout.
+        suspect_for: Duration::from_secs(3600),
+        ..patient()
     };
     let cache = client(&all, 2, config);
     // R = 2 over two nodes: every key lives on both.
@@ -209,30 +215,30 @@ async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
         put_and_wait(&cache, &key(1), &entry(b"ok".to_vec())).await,
         "the live replica takes it"
     );
-    // A hit from the live replica does not wait for the hung one.
-    let t = Instant::now();
-    assert!(cache.get(&key(1)).await.expect("get").is_some());
-    assert!(t.elapsed() < timeout, "hit took {:?}", t.elapsed());
-    // A miss waits at most the timeout...
-    let t = Instant::now();
-    assert_eq!(cache.get(&key(2)).await.expect("get"), None);
-    assert!(
-        t.elapsed() < timeout + Duration::from_millis(150),
-        "miss took {:?}",
-        t.elapsed()
+    assert_eq!(
+        cache.stats().put_failures.load(Ordering::Relaxed),
+        1,
+        "the write to the hung node timed out"
     );
-    // ... and then the hung node is skipped: a hundred misses take far less than one
-    // timeout each.
-    let t = Instant::now();
+    // A hit and a miss, then a hundred misses: none waits on the hung node.
+    assert!(cache.get(&key(1)).await.expect("get").is_some());
+    assert_eq!(cache.get(&key(2)).await.expect("get"), None);
+    assert_eq!(
+        cache.stats().errors.load(Ordering::Relaxed),
+        0,
+        "a lookup waited on the hung node"
+    );
     for i in 100..200 {
         assert_eq!(cache.get(&key(i)).await.expect("get"), None);
     }
-    assert!(
-        t.elapsed() < timeout * 5,
-        "100 misses took {:?}",
-        t.elapsed()
+    assert_eq!(
+        cache.stats().errors.load(Ordering::Relaxed),
+        0,
+        "a lookup waited on the hung node"
     );
-    assert!(cache.stats().put_failures.load(Ordering::Relaxed) >= 1);
+    // The live node answered every lookup.
+    let s = stats(&live[0].url).await;
+    assert_eq!((s.hits, s.misses), (1, 101));
     drop(hung);
     stop.cancel();
 }
