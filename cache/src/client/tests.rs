@@ -57,6 +57,18 @@ async fn nodes(n: usize, stop: &CancellationToken) -> Vec<Node> {
     out
 }
 
+/// Client settings for tests whose lookups must find what live nodes hold. A lookup
+/// that has no answer by the lookup timeout is a miss, and the default 250 ms is
+/// shorter than a debug build's lookups take on a loaded machine (thousands of them
+/// queued behind each other take over a second): a generous timeout keeps these tests
+/// about placement, chunking, batching and repair, not about the machine's load.
+fn patient() -> ClientConfig {
+    ClientConfig {
+        lookup_timeout: Duration::from_secs(30),
+        ..ClientConfig::default()
+    }
+}
+
 fn client(nodes: &[(String, String)], replicas: usize, config: ClientConfig) -> ClusterCache {
     let members = Membership::new(1, replicas, nodes.iter().cloned());
     let (_, rx) = watch::channel(Arc::new(members));
@@ -113,7 +125,7 @@ async fn stats(url: &str) -> v1::CacheNodeStats {
 async fn entries_go_to_r_replicas_and_come_back() {
     let stop = CancellationToken::new();
     let nodes = nodes(3, &stop).await;
-    let cache = client(&pairs(&nodes), 2, ClientConfig::default());
+    let cache = client(&pairs(&nodes), 2, patient());
     for i in 0..30 {
         assert!(
             put_and_wait(&cache, &key(i), &entry(vec![i as u8; 10])).await,
@@ -140,7 +152,7 @@ async fn entries_go_to_r_replicas_and_come_back() {
 async fn large_entries_travel_in_chunks() {
     let stop = CancellationToken::new();
     let nodes = nodes(2, &stop).await;
-    let cache = client(&pairs(&nodes), 2, ClientConfig::default());
+    let cache = client(&pairs(&nodes), 2, patient());
     // About 3 MiB after compression: three chunks each way.
     let big = entry(noise(1, 3 << 20));
     assert!(encode_entry(&key(1), &big).expect("encode").len() > 2 << 20);
@@ -161,7 +173,8 @@ async fn a_replica_that_missed_an_entry_gets_it_back() {
         "put"
     );
     assert_eq!(stats(&nodes[1].url).await.puts, 0);
-    let cache = client(&all, 2, ClientConfig::default());
+    // Node-1's "missing" must arrive before the lookup's deadline to be repaired.
+    let cache = client(&all, 2, patient());
     assert!(cache.get(&key(5)).await.expect("get").is_some());
     let deadline = Instant::now() + Duration::from_secs(5);
     while stats(&nodes[1].url).await.puts == 0 {
@@ -172,6 +185,10 @@ async fn a_replica_that_missed_an_entry_gets_it_back() {
     stop.cancel();
 }
 
+/// A node that accepts connections and never answers (a stopped process) costs one
+/// timeout, not one per lookup: once a request to it timed out (here the write of the
+/// entry), lookups skip it and are answered by the live replica alone. Counted, not
+/// timed: a lookup that waited on the hung node would end at its timeout as an error.
 #[tokio::test]
 async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
     let stop = CancellationToken::new();
@@ -183,12 +200,14 @@ async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
     let hung_url = format!("http://{}", hung.local_addr().expect("addr"));
     let mut all = pairs(&live);
     all.push(("hung".into(), hung_url));
-    let timeout = Duration::from_millis(200);
     let config = ClientConfig {
-        lookup_timeout: timeout,
-        put_timeout: Duration::from_millis(300),
+        // The one timeout this test waits for (the write to the hung node), long
+        // enough for the live node's write on a loaded machine.
+        put_timeout: Duration::from_secs(2),
         put_attempts: 1,
-        ..ClientConfig::default()
+        // Longer than any run of this test: the hung node stays skipped throughout.
+        suspect_for: Duration::from_secs(3600),
+        ..patient()
     };
     let cache = client(&all, 2, config);
     // R = 2 over two nodes: every key lives on both.
@@ -196,49 +215,49 @@ async fn a_hung_node_costs_one_timeout_not_one_per_lookup() {
         put_and_wait(&cache, &key(1), &entry(b"ok".to_vec())).await,
         "the live replica takes it"
     );
-    // A hit from the live replica does not wait for the hung one.
-    let t = Instant::now();
-    assert!(cache.get(&key(1)).await.expect("get").is_some());
-    assert!(t.elapsed() < timeout, "hit took {:?}", t.elapsed());
-    // A miss waits at most the timeout...
-    let t = Instant::now();
-    assert_eq!(cache.get(&key(2)).await.expect("get"), None);
-    assert!(
-        t.elapsed() < timeout + Duration::from_millis(150),
-        "miss took {:?}",
-        t.elapsed()
+    assert_eq!(
+        cache.stats().put_failures.load(Ordering::Relaxed),
+        1,
+        "the write to the hung node timed out"
     );
-    // ... and then the hung node is skipped: a hundred misses take far less than one
-    // timeout each.
-    let t = Instant::now();
+    // A hit and a miss, then a hundred misses: none waits on the hung node.
+    assert!(cache.get(&key(1)).await.expect("get").is_some());
+    assert_eq!(cache.get(&key(2)).await.expect("get"), None);
+    assert_eq!(
+        cache.stats().errors.load(Ordering::Relaxed),
+        0,
+        "a lookup waited on the hung node"
+    );
     for i in 100..200 {
         assert_eq!(cache.get(&key(i)).await.expect("get"), None);
     }
-    assert!(
-        t.elapsed() < timeout * 5,
-        "100 misses took {:?}",
-        t.elapsed()
+    assert_eq!(
+        cache.stats().errors.load(Ordering::Relaxed),
+        0,
+        "a lookup waited on the hung node"
     );
-    assert!(cache.stats().put_failures.load(Ordering::Relaxed) >= 1);
+    // The live node answered every lookup.
+    let s = stats(&live[0].url).await;
+    assert_eq!((s.hits, s.misses), (1, 101));
     drop(hung);
     stop.cancel();
 }
 
+/// Two thousand lookups in flight at once, each queued on both replicas' batchers, all
+/// find their entries and none fails: however long they queue behind each other's
+/// RPCs (the lookup timeout is [`patient`]), none is dropped or answered wrongly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_concurrent_lookups_are_batched() {
     let stop = CancellationToken::new();
     let nodes = nodes(2, &stop).await;
-    let cache = Arc::new(client(&pairs(&nodes), 2, ClientConfig::default()));
-    for i in 0..2000 {
-        cache
-            .put_detached(&key(i), &entry(Vec::new()))
-            .expect("queue");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cache.stats().puts.load(Ordering::Relaxed) < 4000 {
-        assert!(Instant::now() < deadline, "writes did not land");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let cache = Arc::new(client(&pairs(&nodes), 2, patient()));
+    // All 2000 writes queued at once, then waited for: every entry on both nodes.
+    let keys: Vec<CacheKey> = (0..2000).map(key).collect();
+    let empty = entry(Vec::new());
+    let written =
+        futures_util::future::join_all(keys.iter().map(|k| put_and_wait(&cache, k, &empty))).await;
+    assert!(written.into_iter().all(|stored| stored), "a write failed");
+    assert_eq!(cache.stats().puts.load(Ordering::Relaxed), 4000);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..2000 {
         let cache = cache.clone();
