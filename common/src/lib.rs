@@ -13,6 +13,8 @@ pub mod exec;
 pub mod http;
 pub mod ids;
 pub mod plan;
+#[cfg(feature = "testing")]
+pub mod samples;
 pub mod spawn;
 pub mod telemetry;
 pub mod units;

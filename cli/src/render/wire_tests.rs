@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use gatehouse_common::events::{GateStatus, Terminal};
-use gatehouse_common::exec::{ExitStatus, GateResult, OutputTail};
-use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use gatehouse_common::events::Terminal;
+use gatehouse_common::ids::{ItemIdx, PlanId};
 use gatehouse_common::plan::{Plan, PlanFormat, parse_plan};
+use gatehouse_common::samples::every_kind_of_event;
 // The coordinator itself encodes, so these tests read exactly what it publishes.
 use gatehouse_coordinator::grpc::wire;
 use gatehouse_coordinator::registry::{PlanInfo, PlanSnapshot};
@@ -74,136 +74,6 @@ fn describe(plan: &Plan) -> v1::GetPlanResponse {
         plan,
     };
     wire::get_plan_response(&snapshot)
-}
-
-fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
-    GateResult {
-        status,
-        duration: std::time::Duration::from_millis(1234),
-        peak_memory: Some(3_600_000),
-        stdout: OutputTail {
-            bytes: b"out\n".to_vec(),
-            dropped: 0,
-        },
-        stderr: OutputTail {
-            bytes: stderr.as_bytes().to_vec(),
-            dropped,
-        },
-    }
-}
-
-fn event(gate: u32, status: GateStatus) -> GateEvent {
-    let worker = Some(WorkerId::new("w-1"));
-    GateEvent::new(PlanId::new("p-1"), GateIdx(gate), status, 1, worker)
-}
-
-/// One event of every kind the core emits, with the fields each carries.
-fn every_kind_of_event() -> Vec<GateEvent> {
-    let failed = |status| Some(result(status, "boom\nbad things\n", 0));
-    vec![
-        event(0, GateStatus::Dispatched),
-        event(0, GateStatus::Running),
-        GateEvent {
-            attempt: 2,
-            result: failed(ExitStatus::Exited(3)),
-            reason: Some("exit_code"),
-            ..event(
-                0,
-                GateStatus::Retrying {
-                    backoff: std::time::Duration::from_millis(1500),
-                },
-            )
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("unschedulable"),
-            ..event(
-                1,
-                GateStatus::Waiting {
-                    reason: "needs 64Gi; no worker has that much".into(),
-                },
-            )
-        },
-        GateEvent {
-            attempt: 3,
-            flaky: true,
-            result: Some(result(ExitStatus::Exited(0), "", 0)),
-            ..event(0, GateStatus::Finished(Terminal::Passed))
-        },
-        GateEvent {
-            attempt: 0,
-            cached: true,
-            worker: None,
-            result: Some(result(ExitStatus::Exited(0), "", 0)),
-            ..event(3, GateStatus::Finished(Terminal::Passed))
-        },
-        GateEvent {
-            result: Some(result(
-                ExitStatus::Exited(2),
-                "line\n".repeat(30).as_str(),
-                77,
-            )),
-            reason: Some("exit_code"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::Signaled(9)),
-            reason: Some("signal"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            // The wire has one peak field: an executor reports the peak that crossed
-            // the limit as the attempt's sampled peak too.
-            result: Some(GateResult {
-                peak_memory: Some(9 << 30),
-                ..result(
-                    ExitStatus::MemoryExceeded {
-                        peak: 9 << 30,
-                        limit: 4 << 30,
-                    },
-                    "killed\n",
-                    0,
-                )
-            }),
-            reason: Some("memory"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::SpawnFailed("no such directory".into())),
-            reason: Some("spawn_failed"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::TimedOut),
-            reason: Some("timeout"),
-            ..event(1, GateStatus::Finished(Terminal::TimedOut))
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("dependency_failed"),
-            cause: Some(GateIdx(1)),
-            ..event(2, GateStatus::Finished(Terminal::Skipped))
-        },
-        GateEvent {
-            result: failed(ExitStatus::Cancelled),
-            reason: Some("cancelled"),
-            ..event(0, GateStatus::Finished(Terminal::Cancelled))
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("cancelled"),
-            ..event(3, GateStatus::Finished(Terminal::Cancelled))
-        },
-        GateEvent {
-            worker: None,
-            result: failed(ExitStatus::Exited(1)),
-            reason: Some("worker_lost"),
-            ..event(3, GateStatus::Finished(Terminal::Failed))
-        },
-    ]
 }
 
 #[test]

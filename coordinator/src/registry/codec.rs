@@ -274,29 +274,6 @@ fn terminal_from(code: u8) -> Result<Terminal, CodecError> {
     })
 }
 
-/// Reasons the core publishes; stored as text, read back as the same static strings.
-const REASONS: &[&str] = &[
-    "passed",
-    "exit_code",
-    "signal",
-    "timeout",
-    "memory",
-    "cancelled",
-    "spawn_failed",
-    "worker_lost",
-    "unschedulable",
-    "dependency_failed",
-    "fail_fast",
-];
-
-fn intern_reason(reason: &str) -> &'static str {
-    REASONS
-        .iter()
-        .find(|r| **r == reason)
-        .copied()
-        .unwrap_or("unknown")
-}
-
 fn event_to_v1(event: &PlanEvent) -> EventV1 {
     match event {
         PlanEvent::Gate(g) => EventV1::Gate {
@@ -383,7 +360,9 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
             cached,
             flaky,
             result,
-            reason: reason.as_deref().map(intern_reason),
+            reason: reason
+                .as_deref()
+                .map(gatehouse_common::events::known_reason),
             cause: cause.map(GateIdx),
             // An observation for metrics and traces at dispatch time; not journaled.
             queued: None,
@@ -541,7 +520,13 @@ mod tests {
 
     #[test]
     fn unknown_reasons_read_back_as_unknown() {
-        assert_eq!(intern_reason("worker_lost"), "worker_lost");
-        assert_eq!(intern_reason("something_new"), "unknown");
+        assert_eq!(
+            gatehouse_common::events::known_reason("worker_lost"),
+            "worker_lost"
+        );
+        assert_eq!(
+            gatehouse_common::events::known_reason("something_new"),
+            "unknown"
+        );
     }
 }

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use gatehouse_common::exec::{ExitStatus, OutputTail};
+use gatehouse_common::exec::ExitStatus;
 use gatehouse_common::plan::{PlanFormat, parse_plan};
+
+use gatehouse_common::samples::{event, every_kind_of_event, result};
 
 use super::*;
 
@@ -77,142 +79,6 @@ impl PlanIndex for Index {
     fn item_index(&self, id: &str) -> Option<ItemIdx> {
         self.items.get(id).copied()
     }
-}
-
-fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
-    GateResult {
-        status,
-        duration: Duration::from_millis(1234),
-        peak_memory: Some(3_600_000),
-        stdout: OutputTail {
-            bytes: b"out\n".to_vec(),
-            dropped: 0,
-        },
-        stderr: OutputTail {
-            bytes: stderr.as_bytes().to_vec(),
-            dropped,
-        },
-    }
-}
-
-fn event(gate: u32, status: GateStatus) -> GateEvent {
-    let worker = Some(WorkerId::new("w-1"));
-    GateEvent::new(PlanId::new("p-1"), GateIdx(gate), status, 1, worker)
-}
-
-/// One event of every kind the core emits, with the fields each carries.
-fn every_kind_of_event() -> Vec<GateEvent> {
-    let failed = |status| Some(result(status, "boom\nbad things\n", 0));
-    vec![
-        event(0, GateStatus::Dispatched),
-        event(0, GateStatus::Running),
-        GateEvent {
-            attempt: 2,
-            result: failed(ExitStatus::Exited(3)),
-            reason: Some("exit_code"),
-            ..event(
-                0,
-                GateStatus::Retrying {
-                    backoff: Duration::from_millis(1500),
-                },
-            )
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("unschedulable"),
-            ..event(
-                1,
-                GateStatus::Waiting {
-                    reason: "needs 64Gi; no worker has that much".into(),
-                },
-            )
-        },
-        GateEvent {
-            attempt: 3,
-            flaky: true,
-            result: Some(result(ExitStatus::Exited(0), "", 0)),
-            ..event(0, GateStatus::Finished(Terminal::Passed))
-        },
-        GateEvent {
-            attempt: 0,
-            cached: true,
-            worker: None,
-            result: Some(result(ExitStatus::Exited(0), "", 0)),
-            ..event(3, GateStatus::Finished(Terminal::Passed))
-        },
-        GateEvent {
-            result: Some(result(
-                ExitStatus::Exited(2),
-                "line\n".repeat(30).as_str(),
-                77,
-            )),
-            reason: Some("exit_code"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::Signaled(9)),
-            reason: Some("signal"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            // The wire has one peak field: an executor reports the peak that crossed
-            // the limit as the attempt's sampled peak too.
-            result: Some(GateResult {
-                peak_memory: Some(9 << 30),
-                ..result(
-                    ExitStatus::MemoryExceeded {
-                        peak: 9 << 30,
-                        limit: 4 << 30,
-                    },
-                    "killed\n",
-                    0,
-                )
-            }),
-            reason: Some("memory"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::SpawnFailed("no such directory".into())),
-            reason: Some("spawn_failed"),
-            ..event(1, GateStatus::Finished(Terminal::Failed))
-        },
-        GateEvent {
-            result: failed(ExitStatus::TimedOut),
-            reason: Some("timeout"),
-            ..event(1, GateStatus::Finished(Terminal::TimedOut))
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("dependency_failed"),
-            cause: Some(GateIdx(1)),
-            ..event(2, GateStatus::Finished(Terminal::Skipped))
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("fail_fast"),
-            ..event(2, GateStatus::Finished(Terminal::Skipped))
-        },
-        GateEvent {
-            result: failed(ExitStatus::Cancelled),
-            reason: Some("cancelled"),
-            ..event(0, GateStatus::Finished(Terminal::Cancelled))
-        },
-        GateEvent {
-            worker: None,
-            attempt: 0,
-            reason: Some("cancelled"),
-            ..event(3, GateStatus::Finished(Terminal::Cancelled))
-        },
-        GateEvent {
-            worker: None,
-            result: failed(ExitStatus::Exited(1)),
-            reason: Some("worker_lost"),
-            ..event(3, GateStatus::Finished(Terminal::Failed))
-        },
-    ]
 }
 
 fn encode(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {
