@@ -1,5 +1,6 @@
 //! [`Lifecycle`]: whether the worker serves, drains or stops, and the two deadlines that
-//! cancel its running attempts when no coordinator can take them.
+//! cancel its running attempts when no coordinator can take them; and how a session
+//! ends ([`SessionEnd`]).
 //!
 //! State it owns: the `shutdown` and `drain` tokens given to [`run`](crate::remote::run),
 //! the drain deadline (set once the drain starts), the orphan deadline (set while a lost
@@ -27,6 +28,32 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::remote::attempts::Attempts;
 use crate::remote::{RemoteWorkerConfig, RemoteWorkerError};
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// Connection or protocol failure; `welcomed` says whether the session got as far
+    /// as `Welcome` (the reconnect backoff restarts then).
+    Lost { reason: String, welcomed: bool },
+    /// The coordinator answered that it is not the leader; `leader` is the URL it named.
+    NotLeader {
+        leader: Option<String>,
+        reason: String,
+    },
+    /// The drain completed.
+    Drained,
+    /// The shutdown token fired.
+    Shutdown,
+}
+
+impl SessionEnd {
+    pub(crate) fn lost(reason: impl Into<String>) -> Self {
+        Self::Lost {
+            reason: reason.into(),
+            welcomed: true,
+        }
+    }
+}
 
 /// A moment at which something happens once.
 #[derive(Clone, Copy, Debug)]

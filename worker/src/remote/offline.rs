@@ -27,8 +27,7 @@ use gatehouse_common::exec::FromWorker;
 
 use crate::remote::RemoteWorkerError;
 use crate::remote::attempts::Attempts;
-use crate::remote::lifecycle::Lifecycle;
-use crate::remote::session::SessionEnd;
+use crate::remote::lifecycle::{Lifecycle, SessionEnd};
 
 /// How a future run offline ended.
 pub(crate) enum Offline<T> {

@@ -14,9 +14,10 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
+use crate::remote::lifecycle::SessionEnd;
 use crate::remote::offline::Offline;
 use crate::remote::route::{Next, Route};
-use crate::remote::session::{SessionEnd, Worker};
+use crate::remote::session::Worker;
 use crate::remote::{RemoteWorkerError, error_chain};
 use gatehouse_common::backoff::Backoff;
 

@@ -59,7 +59,7 @@ use tonic::transport::Channel;
 use crate::remote::attempts::Attempts;
 use crate::remote::cache_link::CacheLink;
 use crate::remote::frames::{self, Inbound, Welcome};
-use crate::remote::lifecycle::Lifecycle;
+use crate::remote::lifecycle::{Lifecycle, SessionEnd};
 use crate::remote::memory::MemoryProbe;
 use crate::remote::offline::{Offline, offline};
 use crate::remote::unacked::HELLO_FINISHED_BYTES;
@@ -79,32 +79,6 @@ const SHUTDOWN_CLOSE: Duration = Duration::from_secs(1);
 /// live reports always find room.
 pub(crate) fn outbox_capacity(slots: u32) -> usize {
     64 + 4 * slots as usize
-}
-
-/// How a session ended.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum SessionEnd {
-    /// Connection or protocol failure; `welcomed` says whether the session got as far
-    /// as `Welcome` (the reconnect backoff restarts then).
-    Lost { reason: String, welcomed: bool },
-    /// The coordinator answered that it is not the leader; `leader` is the URL it named.
-    NotLeader {
-        leader: Option<String>,
-        reason: String,
-    },
-    /// The drain completed.
-    Drained,
-    /// The shutdown token fired.
-    Shutdown,
-}
-
-impl SessionEnd {
-    fn lost(reason: impl Into<String>) -> Self {
-        Self::Lost {
-            reason: reason.into(),
-            welcomed: true,
-        }
-    }
 }
 
 /// What the worker keeps across sessions.
