@@ -1,4 +1,7 @@
 //! Cache keys: [`compute_key`] hashes everything that determines a gate's result.
+//! [`compute_tree_key`] is the same for a gate of a source-aware plan, with the git tree
+//! it runs on ([`TreeInputs`]: the matched entries' paths and object ids, or the whole
+//! tree's id) in place of file contents.
 //!
 //! The key is BLAKE3 (in derive-key mode, so it can never collide with another use of
 //! BLAKE3 in Gatehouse) over a canonical, length-prefixed encoding of, in this order:
@@ -152,12 +155,62 @@ pub fn compute_key(
     dep_keys: &[CacheKey],
     files: &FileHashes,
 ) -> Result<CacheKey, CacheError> {
-    let gate = plan.gate(gate);
+    let g = plan.gate(gate);
     let mut hashed = Vec::new();
-    for (rel, abs) in collect_inputs(gate)? {
-        let hash = files.hash(&abs).map_err(|e| input_error(gate, &abs, e))?;
+    for (rel, abs) in collect_inputs(g)? {
+        let hash = files.hash(&abs).map_err(|e| input_error(g, &abs, e))?;
         hashed.extend(hash.map(|hash| (rel, hash)));
     }
+    Ok(encode(plan, gate, dep_keys, |w| {
+        w.section(b'f', hashed.len());
+        for (rel, hash) in &hashed {
+            w.bytes(rel);
+            w.raw(hash);
+        }
+    }))
+}
+
+/// What a gate of a source-aware plan is keyed on instead of files: the speculative
+/// tree it runs on, read from git, never from a checkout.
+#[derive(Clone, Copy, Debug)]
+pub enum TreeInputs<'a> {
+    /// A gate without `inputs`: the whole tree, by id.
+    Whole(&'a str),
+    /// A gate with `inputs`: the path (from the tree's root) and object id of every
+    /// tree entry its globs match, sorted by path.
+    Matched(&'a [(String, String)]),
+}
+
+/// The cache key of `gate` of a source-aware plan: everything [`compute_key`] hashes
+/// (command, env, labels, workdir, globs, dependency keys, salt), with the tree's
+/// entries (or the whole tree's id) in place of file contents. Pure: no I/O. A tree
+/// key never equals a file key (their input sections have different tags).
+pub fn compute_tree_key(
+    plan: &Plan,
+    gate: GateIdx,
+    dep_keys: &[CacheKey],
+    tree: TreeInputs<'_>,
+) -> CacheKey {
+    encode(plan, gate, dep_keys, |w| match tree {
+        TreeInputs::Whole(id) => w.field(b't', id.as_bytes()),
+        TreeInputs::Matched(entries) => {
+            w.section(b'o', entries.len());
+            for (path, oid) in entries {
+                w.bytes(path.as_bytes());
+                w.bytes(oid.as_bytes());
+            }
+        }
+    })
+}
+
+/// The key's encoding, with `inputs` writing the section of what the gate reads.
+fn encode(
+    plan: &Plan,
+    gate: GateIdx,
+    dep_keys: &[CacheKey],
+    inputs: impl FnOnce(&mut KeyWriter),
+) -> CacheKey {
+    let gate = plan.gate(gate);
     let globs: BTreeSet<&str> = gate.inputs.iter().map(String::as_str).collect();
     let deps: BTreeSet<CacheKey> = dep_keys.iter().copied().collect();
 
@@ -179,15 +232,11 @@ pub fn compute_key(
     w.field(b'w', gate.workdir_rel.as_bytes());
     w.section(b'i', globs.len());
     globs.iter().for_each(|glob| w.bytes(glob.as_bytes()));
-    w.section(b'f', hashed.len());
-    for (rel, hash) in &hashed {
-        w.bytes(rel);
-        w.raw(hash);
-    }
+    inputs(&mut w);
     w.section(b'd', deps.len());
     deps.iter().for_each(|dep| w.raw(&dep.0));
     w.field(b's', plan.policy.cache_salt.as_bytes());
-    Ok(CacheKey(*w.0.finalize().as_bytes()))
+    CacheKey(*w.0.finalize().as_bytes())
 }
 
 /// Writes the unambiguous encoding: one-byte section tags, then little-endian `u64`
@@ -598,5 +647,33 @@ mod tests {
         assert_eq!(files.entries.lock().expect("lock").len(), 3);
         write(dir.path(), "Cargo.lock", "LOCK");
         assert_ne!(compute_key(&p, GateIdx(0), &[], &files).expect("key"), ka);
+    }
+
+    #[test]
+    fn tree_keys_follow_the_tree_or_the_matched_entries_and_never_equal_file_keys() {
+        let g = gate("g", Path::new("/w"), &[]);
+        let p = plan(vec![g.clone()]);
+        let whole = |tree: &str| compute_tree_key(&p, GateIdx(0), &[], TreeInputs::Whole(tree));
+        assert_eq!(whole("t1"), whole("t1"));
+        assert_ne!(whole("t1"), whole("t2"), "another tree, another key");
+        assert_ne!(whole("t1"), key(&g), "a tree key is never a file key");
+
+        let inputs = with(&g, |g| g.inputs = vec!["src/**".into()]);
+        let p = plan(vec![inputs]);
+        let matched = |entries: &[(String, String)]| {
+            compute_tree_key(&p, GateIdx(0), &[], TreeInputs::Matched(entries))
+        };
+        let one = [("src/a.rs".to_string(), "oid1".to_string())];
+        let changed = [("src/a.rs".to_string(), "oid2".to_string())];
+        let renamed = [("src/b.rs".to_string(), "oid1".to_string())];
+        assert_ne!(matched(&one), matched(&changed), "content changed");
+        assert_ne!(matched(&one), matched(&renamed), "path changed");
+        assert_ne!(matched(&[]), matched(&one));
+        // Everything else of the key still counts: dependencies, for one.
+        let dep = CacheKey([7; 32]);
+        assert_ne!(
+            compute_tree_key(&p, GateIdx(0), &[dep], TreeInputs::Matched(&one)),
+            matched(&one)
+        );
     }
 }
