@@ -217,6 +217,7 @@ async fn run(
     let options = RunOptions {
         use_cache: !args.no_cache,
         trace_parent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
+        ..RunOptions::default()
     };
     sched
         .submit(plan_id.clone(), plan.clone(), options, events_tx)

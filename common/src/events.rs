@@ -80,6 +80,8 @@ pub const REASONS: &[&str] = &[
     "unschedulable",
     "dependency_failed",
     "fail_fast",
+    "merge_conflict",
+    "source",
 ];
 
 /// The reason read back from text (a stored log, the wire) as the static string events

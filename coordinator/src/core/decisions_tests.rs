@@ -399,3 +399,82 @@ fn a_worker_that_reconnects_before_its_old_session_is_lost_keeps_its_attempt() {
     assert_eq!((s.counts.passed, s.outcome), (1, PlanOutcome::Passed));
     assert_eq!(sim.terminal(0).attempt, 1, "the same attempt, run once");
 }
+
+#[test]
+fn a_blocked_item_fails_before_anything_runs_and_its_stack_is_skipped() {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 4, 4096 * MI)]);
+    // pr1 <- pr2 (stacked) and pr3 beside; pr2 does not merge.
+    let plan = items(
+        Policy::default(),
+        &[
+            ("pr1", &[], vec![g("test", &[])]),
+            ("pr2", &[0], vec![g("lint", &[]), g("test", &[1])]),
+            ("pr3", &[1], vec![g("test", &[])]),
+            ("pr4", &[], vec![g("test", &[])]),
+        ],
+    );
+    sim.feed(Event::PlanSubmitted {
+        id: sim.plan.clone(),
+        plan,
+        options: RunOptions {
+            blocked: vec![(gatehouse_common::ids::ItemIdx(1), "merge_conflict")],
+            ..RunOptions::default()
+        },
+    });
+    for g in [1, 2] {
+        let e = sim.terminal(g);
+        assert_eq!(
+            (e.status.clone(), e.reason, e.attempt),
+            (
+                GateStatus::Finished(Terminal::Failed),
+                Some("merge_conflict"),
+                0
+            ),
+            "every gate of the blocked item fails, none runs"
+        );
+    }
+    assert_eq!(
+        sim.terminal(3).reason,
+        Some("dependency_failed"),
+        "stacked: skipped"
+    );
+    assert_eq!(sim.running_gates(), [0, 4], "the rest runs");
+    sim.pass(0);
+    sim.pass(4);
+    let s = sim.summary.clone().expect("summary");
+    assert_eq!(
+        (s.counts.passed, s.counts.failed, s.counts.skipped),
+        (2, 2, 1)
+    );
+}
+
+#[test]
+fn a_restored_plan_fails_its_blocked_items_gates_that_the_log_does_not_show() {
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 2, 4096 * MI)]);
+    let plan = items(
+        Policy::default(),
+        &[
+            ("pr1", &[], vec![g("test", &[])]),
+            ("pr2", &[], vec![g("test", &[])]),
+        ],
+    );
+    sim.feed(Event::PlanRestored {
+        id: sim.plan.clone(),
+        plan,
+        options: RunOptions {
+            blocked: vec![(gatehouse_common::ids::ItemIdx(1), "source")],
+            ..RunOptions::default()
+        },
+        gates: vec![RestoredGate::NotStarted; 2],
+        cancel: None,
+        age: Duration::ZERO,
+        keys: vec![],
+    });
+    assert_eq!(sim.terminal(1).reason, Some("source"));
+    sim.end_recovery();
+    assert_eq!(
+        sim.running_gates(),
+        [0],
+        "only the item that can be built runs"
+    );
+}

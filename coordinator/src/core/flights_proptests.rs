@@ -73,11 +73,20 @@ proptest! {
         };
         let mut sim = Sim::new(config, &workers);
         let plans: Vec<PlanId> = (0..n_plans).map(|i| PlanId::new(format!("p{i}"))).collect();
+        // Some items cannot be built (their code does not merge).
+        let blocked: Vec<(gatehouse_common::ids::ItemIdx, &'static str)> = (0..plan.items.len())
+            .filter(|_| rng.random_bool(0.15))
+            .map(|i| (gatehouse_common::ids::ItemIdx(i as u32), "merge_conflict"))
+            .collect();
         for id in &plans {
             sim.feed(Event::PlanSubmitted {
                 id: id.clone(),
                 plan: plan.clone(),
-                options: RunOptions { use_cache: true, ..RunOptions::default() },
+                options: RunOptions {
+                    use_cache: true,
+                    blocked: blocked.clone(),
+                    ..RunOptions::default()
+                },
             });
         }
         let prereq = prerequisites(&plan);
@@ -169,6 +178,18 @@ proptest! {
             for g in 0..n as u32 {
                 let count = ends.get(&(id.clone(), GateIdx(g))).copied().unwrap_or(0);
                 prop_assert_eq!(count, 1, "gate {} of {} ended {} times", g, id, count);
+            }
+        }
+        // A blocked item's gates fail with its reason and never run.
+        for &(item, reason) in &blocked {
+            for g in &plan.item(item).gates {
+                for e in sim.events.iter().filter(|e| e.gate == *g) {
+                    prop_assert!(e.status != GateStatus::Dispatched, "a blocked gate ran");
+                    if let GateStatus::Finished(t) = e.status {
+                        prop_assert!(t == Terminal::Failed && e.reason == Some(reason),
+                            "blocked gate ended {:?} ({:?})", t, e.reason);
+                    }
+                }
             }
         }
         // Dispatches: prerequisites passed first; never once the gate's key passed.

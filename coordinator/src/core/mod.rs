@@ -53,7 +53,9 @@ use gatehouse_common::plan::Plan;
 use flights::Flights;
 use plan_run::{GateState, Landed, PlanRun, Stopping};
 pub use transitions::retry_backoff;
-use transitions::{Done, finish_gate, gate_event, lose_attempt, make_ready, stop_plan};
+use transitions::{
+    Done, fail_blocked_items, finish_gate, gate_event, lose_attempt, make_ready, stop_plan,
+};
 pub use types::*;
 use workers::WorkerSlots;
 pub use workers::{WorkerState, WorkerView};
@@ -290,8 +292,9 @@ impl Scheduler {
             return;
         }
         let mut run = PlanRun::new(id.clone(), plan, options, now);
+        fail_blocked_items(&mut run, &mut self.sink, &self.config);
         for g in 0..run.gates.len() {
-            if run.gates[g].pending == 0 {
+            if run.gates[g].pending == 0 && run.gates[g].state == GateState::Blocked {
                 make_ready(&mut run, &mut self.sink, GateIdx(g as u32));
             }
         }

@@ -32,7 +32,8 @@ use gatehouse_common::plan::Plan;
 
 use super::plan_run::{GateState, PlanRun, Stopping};
 use super::transitions::{
-    end_gate, gate_event, make_ready, propagate_pass, skip_dependents, stop_plan,
+    end_gate, fail_blocked_items, gate_event, make_ready, propagate_pass, skip_dependents,
+    stop_plan,
 };
 use super::{
     Command, GateStatus, Held, Now, PlanEvent, RestoredGate, RunOptions, Scheduler, Terminal, Timer,
@@ -103,6 +104,8 @@ impl Scheduler {
         for &(g, _) in &failed {
             skip_dependents(&mut run, &mut self.sink, g);
         }
+        // Blocked items whose failures did not reach the log fail now (they never run).
+        fail_blocked_items(&mut run, &mut self.sink, &self.config);
         // Blocked -> InDoubt: neither is queued, so `set_state`'s count is unaffected.
         for gr in &mut run.gates {
             if gr.state == GateState::Blocked && gr.pending == 0 {

@@ -210,6 +210,42 @@ pub(super) fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     }
 }
 
+/// Fails, before anything starts, every gate not yet ended of the items the run's
+/// options block (their code cannot be built: `merge_conflict`, `source`), then lets
+/// the failures propagate like any other: dependents skipped, or fail-fast.
+pub(super) fn fail_blocked_items(run: &mut PlanRun, sink: &mut Sink, config: &CoreConfig) {
+    let blocked = run.options.blocked.clone();
+    let mut failed = Vec::new();
+    for (item, reason) in blocked {
+        if item.ix() >= run.plan.items.len() {
+            continue;
+        }
+        for g in run.plan.item(item).gates.clone() {
+            if matches!(run.gate(g).state, GateState::Done(_)) {
+                continue;
+            }
+            end_gate(run, sink, g, Terminal::Failed, (false, false), None);
+            let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Failed), 0, None);
+            ev.reason = Some(reason);
+            sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+            failed.push(g);
+        }
+    }
+    if failed.is_empty() {
+        return;
+    }
+    if run.plan.policy.fail_fast && run.stopping == Stopping::No {
+        stop_plan(run, sink, Stopping::FailFast, config.kill_grace, false);
+    } else {
+        for g in failed {
+            skip_dependents(run, sink, g);
+        }
+    }
+    if run.is_finished() {
+        sink.finished.push(run.id.clone());
+    }
+}
+
 /// Skips every blocked gate that transitively waits for `failed` (through `needs`, and
 /// through item `deps` once the failed gate's item can no longer pass).
 pub(super) fn skip_dependents(run: &mut PlanRun, sink: &mut Sink, failed: GateIdx) {

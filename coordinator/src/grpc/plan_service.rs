@@ -117,6 +117,8 @@ impl PlanService for PlanServiceImpl {
         let options = RunOptions {
             use_cache: !no_cache,
             trace_parent: gatehouse_common::telemetry::current_traceparent().or(parent),
+            // The cluster takes no plans with a source yet: nothing is blocked.
+            blocked: Vec::new(),
         };
         let id = term
             .registry

@@ -157,6 +157,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
         options: RunOptions {
             use_cache: r.use_cache,
             trace_parent: r.trace_parent,
+            // Stored plans have no source yet, so nothing is blocked.
+            blocked: Vec::new(),
         },
         submitted_unix_ms: r.submitted_unix_ms,
     })
@@ -468,6 +470,7 @@ mod tests {
                 trace_parent: Some(
                     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
                 ),
+                ..RunOptions::default()
             },
             submitted_unix_ms: 42,
         };

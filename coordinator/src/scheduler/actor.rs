@@ -284,7 +284,7 @@ impl SchedulerActor {
         );
         Some(RunOptions {
             use_cache: options.use_cache && self.cache.enabled(),
-            trace_parent: options.trace_parent,
+            ..options
         })
     }
 
