@@ -17,7 +17,7 @@
 //! settles before the event is done: after the event's handler and again after each
 //! round of dispatching, which can end leaders too).
 //!
-//! State: the flights by key, and each gate's [`Role`] in `GateRun::flight`. Costs:
+//! State: the flights by key, and which gates lead one (`GateRun::leads`). Costs:
 //! joining and landing are O(1) per gate plus the waiters served or skipped.
 //!
 //! A lookup can miss just *after* a leader passed: the executor's write of the result
@@ -35,7 +35,7 @@ use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId};
 
-use super::plan_run::{GateState, PlanRun, Role};
+use super::plan_run::{GateState, PlanRun};
 use super::transitions::{Done, finish_gate};
 use super::{Now, Scheduler, Terminal};
 
@@ -105,12 +105,12 @@ struct Flight {
 }
 
 impl Flights {
-    /// `gate` missed `key`: it leads if nobody computes the key, else it waits.
-    fn join(&mut self, key: CacheKey, gate: (PlanId, GateIdx)) -> Role {
+    /// `gate` missed `key`: it leads (true) if nobody computes the key, else it waits.
+    fn join(&mut self, key: CacheKey, gate: (PlanId, GateIdx)) -> bool {
         match self.by_key.get_mut(&key) {
             Some(flight) => {
                 flight.waiters.push_back(gate);
-                Role::Waiter
+                false
             }
             None => {
                 self.by_key.insert(
@@ -120,7 +120,7 @@ impl Flights {
                         waiters: VecDeque::new(),
                     },
                 );
-                Role::Leader
+                true
             }
         }
     }
@@ -150,18 +150,17 @@ impl Scheduler {
             self.serve(plan, g, result);
             return;
         }
-        let role = self.flights.join(key, (plan.clone(), g));
+        let leads = self.flights.join(key, (plan.clone(), g));
         let Some(run) = self.plans.get_mut(plan) else {
             return;
         };
-        run.gate_mut(g).flight = Some(role);
-        match role {
-            Role::Leader => run.push_ready(g, self.sink.now),
-            Role::Waiter => {
-                tracing::debug!(plan_id = %plan, gate = g.0, key = %key,
-                    "an identical gate is running; waiting for its result");
-                run.set_state(g, GateState::AwaitingLeader);
-            }
+        run.gate_mut(g).leads = leads;
+        if leads {
+            run.push_ready(g, self.sink.now);
+        } else {
+            tracing::debug!(plan_id = %plan, gate = g.0, key = %key,
+                "an identical gate is running; waiting for its result");
+            run.set_state(g, GateState::AwaitingLeader);
         }
     }
 
@@ -173,7 +172,7 @@ impl Scheduler {
                 .flights
                 .by_key
                 .get(&landed.key)
-                .is_some_and(|f| f.leader == (landed.plan.clone(), landed.gate));
+                .is_some_and(|f| f.leader.0 == landed.plan && f.leader.1 == landed.gate);
             if !leads {
                 continue;
             }
@@ -203,7 +202,6 @@ impl Scheduler {
             return;
         }
         tracing::debug!(plan_id = %plan, gate = g.0, key = %key, "served by an identical gate");
-        run.gate_mut(g).flight = None;
         self.serve(plan, g, result.clone());
     }
 
@@ -230,7 +228,7 @@ impl Scheduler {
             }
             tracing::debug!(plan_id = %plan, gate = g.0, key = %key,
                 "the identical gate did not pass; running it here");
-            run.gate_mut(g).flight = Some(Role::Leader);
+            run.gate_mut(g).leads = true;
             run.push_ready(g, self.sink.now);
             self.flights.by_key.insert(
                 key,

@@ -52,15 +52,6 @@ impl GateState {
     }
 }
 
-/// A gate's part in the flight of its key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// It runs the key for everyone.
-    Leader,
-    /// It waits for the leader (state [`GateState::AwaitingLeader`]).
-    Waiter,
-}
-
 /// A single-flight leader that ended, settled by `Scheduler::settle_flights` after the
 /// event that ended it.
 #[derive(Debug)]
@@ -101,8 +92,9 @@ pub(crate) struct GateRun {
     /// Its cache key, once its lookup answered (or restored); dependents' keys and the
     /// stored result use it.
     pub(crate) key: Option<CacheKey>,
-    /// Its part in the single flight of its key, while it has one.
-    pub(crate) flight: Option<Role>,
+    /// It leads the single flight of its key: it runs it for every gate that waits
+    /// (those are in [`GateState::AwaitingLeader`]).
+    pub(crate) leads: bool,
 }
 
 /// Why a plan stops early.
@@ -166,7 +158,7 @@ impl PlanRun {
                 ready_at: now,
                 throttled: false,
                 key: None,
-                flight: None,
+                leads: false,
             })
             .collect();
         let item_remaining: Vec<u32> = plan.items.iter().map(|i| i.gates.len() as u32).collect();

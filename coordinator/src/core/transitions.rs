@@ -8,7 +8,7 @@ use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
 use gatehouse_common::ids::{GateIdx, SessionKey};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
-use super::plan_run::{GateState, Landed, PlanRun, Role, Stopping};
+use super::plan_run::{GateState, Landed, PlanRun, Stopping};
 use super::types::*;
 use super::{CoreConfig, Sink};
 
@@ -132,7 +132,7 @@ pub(super) fn end_gate(
     run.set_state(g, GateState::Done(terminal));
     run.count(terminal, cached, flaky);
     let gr = run.gate_mut(g);
-    if let (Some(Role::Leader), Some(key)) = (gr.flight.take(), gr.key) {
+    if let (true, Some(key)) = (std::mem::take(&mut gr.leads), gr.key) {
         sink.landed.push_back(Landed {
             plan: run.id.clone(),
             gate: g,
