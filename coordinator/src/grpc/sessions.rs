@@ -53,22 +53,19 @@ impl Sessions {
     /// and nothing changes, if a newer session of the worker registered first (an old
     /// connection whose Hello was slow).
     pub(super) fn insert(&self, key: &SessionKey, outbound: Outbound, about: WorkerAbout) -> bool {
-        let entry = SessionEntry {
+        let session = SessionEntry {
             generation: key.generation,
             outbound,
             about,
         };
-        match self.0.entry(key.worker.clone()) {
-            dashmap::Entry::Occupied(e) if e.get().generation > key.generation => false,
-            dashmap::Entry::Occupied(mut e) => {
-                e.insert(entry);
-                true
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(entry);
-                true
-            }
+        let entry = self.0.entry(key.worker.clone());
+        if let dashmap::Entry::Occupied(newer) = &entry
+            && newer.get().generation > key.generation
+        {
+            return false;
         }
+        entry.insert(session);
+        true
     }
 
     /// Session `key` ended (called by that session only); a newer one stays.
@@ -167,10 +164,6 @@ impl GrpcTransport {
 }
 
 impl WorkerTransport for GrpcTransport {
-    fn ack(&mut self, worker: &SessionKey, attempts: Vec<AttemptRef>) {
-        self.sessions.send(worker, ack_frame(&attempts));
-    }
-
     fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError> {
         use v1::coordinator_message::Msg;
         let frame = match msg {

@@ -61,7 +61,13 @@ pub(super) struct Edges {
 }
 
 impl SchedulerActor {
-    pub(super) fn new(config: SchedulerConfig, edges: Edges, shutdown: CancellationToken) -> Self {
+    /// An actor whose core time counts from `epoch`.
+    pub(super) fn new(
+        config: SchedulerConfig,
+        edges: Edges,
+        epoch: Instant,
+        shutdown: CancellationToken,
+    ) -> Self {
         let Edges {
             transport,
             reports,
@@ -70,7 +76,6 @@ impl SchedulerActor {
             mailbox,
             workers,
         } = edges;
-        let epoch = workers.borrow().epoch;
         Self {
             core: Scheduler::new(config.core.clone()),
             observer: Observer::new(config.metrics.clone(), config.tracer.clone()),
@@ -152,17 +157,14 @@ impl SchedulerActor {
         // Slot use changes with results, and without a gate event too (lost or adopted
         // attempts, a drain): each report and heartbeat refreshes the worker's figures.
         let refresh = match &event {
+            _ if !self.observer.metrics.exported() => Vec::new(),
             WorkerEvent::Joined(info) => vec![info.id.clone()],
             WorkerEvent::Capacity { worker, .. } | WorkerEvent::Reported { worker, .. } => {
                 vec![worker.clone()]
             }
             // Only an in-process executor reports results this way, and it is the only
             // worker there (`gatehouse run`); a start changes no slot.
-            WorkerEvent::Report(FromWorker::Finished { .. })
-                if self.observer.metrics.exported() =>
-            {
-                self.core.worker_ids()
-            }
+            WorkerEvent::Report(FromWorker::Finished { .. }) => self.core.worker_ids(),
             _ => Vec::new(),
         };
         let membership = !matches!(event, WorkerEvent::Report(_) | WorkerEvent::Reported { .. });
@@ -291,7 +293,7 @@ impl SchedulerActor {
     fn on_lookup(&mut self, done: LookupDone) {
         self.observer
             .lookup_done(&done.plan, done.gate, done.answer);
-        self.feed(done.event);
+        self.feed(done.into_event());
     }
 
     /// Runs one event through the core and carries out the commands (which may feed
@@ -387,40 +389,22 @@ impl SchedulerActor {
     /// Acknowledgements follow the events of their plan through its subscriber, which
     /// delivers them once those events are durable. Those of a plan not live here (it
     /// finished, and its last events may still be on their way to the store) take the
-    /// late path behind every event sent so far.
-    fn ack(&mut self, worker: SessionKey, attempts: Vec<AttemptRef>) {
-        let mut by_plan: HashMap<PlanId, Vec<AttemptRef>> = HashMap::new();
-        for a in attempts {
-            by_plan.entry(a.plan.clone()).or_default().push(a);
-        }
-        let mut late = Vec::new();
-        for (plan, attempts) in by_plan {
-            match self.plans.get(&plan) {
-                Some(driver) => {
-                    let ack = PlanOutput::Ack {
-                        worker: worker.clone(),
-                        attempts,
-                    };
-                    // A subscriber that went away keeps nothing durable.
-                    let _ = driver.events.send(ack);
-                }
-                None => late.extend(attempts),
+    /// late path behind every event sent so far; without one (`gatehouse run`, whose
+    /// executor keeps no results) there is nothing to acknowledge.
+    fn ack(&mut self, worker: SessionKey, mut attempts: Vec<AttemptRef>) {
+        attempts.sort_by(|a, b| a.plan.cmp(&b.plan));
+        for of_plan in attempts.chunk_by(|a, b| a.plan == b.plan) {
+            let ack = PlanOutput::Ack {
+                worker: worker.clone(),
+                attempts: of_plan.to_vec(),
+            };
+            // A reader that went away (a subscriber, or the registry as the term ends)
+            // keeps nothing durable: the worker reports the results again.
+            match (self.plans.get(&of_plan[0].plan), &self.late_acks) {
+                (Some(driver), _) => drop(driver.events.send(ack)),
+                (None, Some(late)) => drop(late.send(ack)),
+                (None, None) => {}
             }
-        }
-        if late.is_empty() {
-            return;
-        }
-        match &self.late_acks {
-            Some(out) => {
-                let ack = PlanOutput::Ack {
-                    worker,
-                    attempts: late,
-                };
-                // Its reader gone (the term is ending), nothing is acknowledged: the
-                // worker keeps the results and reports them again to the next leader.
-                let _ = out.send(ack);
-            }
-            None => self.transport.ack(&worker, late),
         }
     }
 

@@ -38,13 +38,29 @@ pub(super) struct LookupRequest {
     pub(super) files: Arc<FileHashes>,
 }
 
-/// A finished lookup: the event for the core and how the cache answered.
+/// A finished lookup: what the core gets ([`LookupDone::into_event`]) and how the cache
+/// answered.
 pub(super) struct LookupDone {
-    pub(super) event: Event,
     pub(super) plan: PlanId,
     pub(super) gate: GateIdx,
+    /// The gate's key (`None`: it could not be computed).
+    key: Option<CacheKey>,
+    /// The entry on a hit.
+    hit: Option<Box<CacheEntry>>,
     /// How the cache answered (`None`: not asked).
     pub(super) answer: Option<CacheResult>,
+}
+
+impl LookupDone {
+    /// The core's [`Event::CacheChecked`].
+    pub(super) fn into_event(self) -> Event {
+        Event::CacheChecked {
+            plan: self.plan,
+            gate: self.gate,
+            key: self.key,
+            hit: self.hit,
+        }
+    }
 }
 
 /// The driver's cache I/O. See the module docs.
@@ -214,14 +230,10 @@ async fn next_lookup(
                     continue;
                 };
                 return LookupDone {
-                    event: Event::CacheChecked {
-                        plan: plan.clone(),
-                        gate,
-                        key: None,
-                        hit: None,
-                    },
                     plan,
                     gate,
+                    key: None,
+                    hit: None,
                     answer: Some(CacheResult::Error),
                 };
             }
@@ -278,14 +290,10 @@ async fn lookup(
         }
     }
     LookupDone {
-        event: Event::CacheChecked {
-            plan: plan_id.clone(),
-            gate,
-            key,
-            hit,
-        },
         plan: plan_id,
         gate,
+        key,
+        hit,
         answer,
     }
 }

@@ -127,10 +127,10 @@ pub struct WorkerSnapshot {
 }
 
 impl WorkerSnapshot {
-    /// No workers.
-    pub fn empty() -> Self {
+    /// No workers, with core time counting from `epoch`.
+    pub fn empty(epoch: Instant) -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch,
             workers: Vec::new(),
         }
     }
@@ -146,7 +146,7 @@ impl WorkerSnapshot {
 /// `late_acks`: where acknowledgements go for results of plans that are not live here
 /// (finished, or never seen): the channel the plans' subscriber (the registry) reads,
 /// so they still wait for every event sent before them to be durable. Without one
-/// (`gatehouse run`, whose executor keeps no results) they go to the transport.
+/// (`gatehouse run`, whose executor keeps no results) there are none.
 pub fn spawn(
     config: SchedulerConfig,
     transport: Box<dyn WorkerTransport>,
@@ -160,7 +160,8 @@ pub fn spawn(
     JoinHandle<()>,
 ) {
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
-    let (workers_tx, workers) = watch::channel(Arc::new(WorkerSnapshot::empty()));
+    let epoch = Instant::now();
+    let (workers_tx, workers) = watch::channel(Arc::new(WorkerSnapshot::empty(epoch)));
     let edges = actor::Edges {
         transport,
         reports,
@@ -169,7 +170,7 @@ pub fn spawn(
         mailbox,
         workers: workers_tx,
     };
-    let actor = actor::SchedulerActor::new(config, edges, shutdown);
+    let actor = actor::SchedulerActor::new(config, edges, epoch, shutdown);
     let task = spawn_named("scheduler", actor.run());
     (SchedulerHandle { tx }, workers, task)
 }

@@ -18,15 +18,11 @@ pub struct TransportError {
 
 /// Carries [`ToWorker`] messages to executors. `send` must not block or await: an
 /// implementation queues the message (in-process channel, a gRPC stream's outbox).
+/// Acknowledgements of results do not go this way: they wait for durability in the
+/// plans' subscriber ([`super::PlanOutput::Ack`]).
 pub trait WorkerTransport: Send + 'static {
     /// Queues `msg` for `worker`.
     fn send(&mut self, worker: &SessionKey, msg: ToWorker) -> Result<(), TransportError>;
-
-    /// Tells `worker` it may forget these results at once. Only used by a scheduler
-    /// with no durable subscriber to wait for (see `late_acks` of [`super::spawn`]);
-    /// otherwise acknowledgements go through the subscriber ([`super::PlanOutput::Ack`]).
-    /// Executors that keep no results need nothing.
-    fn ack(&mut self, _worker: &SessionKey, _attempts: Vec<AttemptRef>) {}
 }
 
 /// In-process transport to one local executor (used by `gatehouse run`). The channel is
