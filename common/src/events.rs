@@ -32,6 +32,15 @@ pub enum Terminal {
 }
 
 impl Terminal {
+    /// Every terminal state.
+    pub const ALL: [Terminal; 5] = [
+        Terminal::Passed,
+        Terminal::Failed,
+        Terminal::TimedOut,
+        Terminal::Skipped,
+        Terminal::Cancelled,
+    ];
+
     /// The lowercase name used in `--json` and the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -257,13 +266,7 @@ mod tests {
     #[test]
     fn counts_record_each_terminal_once() {
         let mut c = Counts::default();
-        for t in [
-            Terminal::Passed,
-            Terminal::Failed,
-            Terminal::TimedOut,
-            Terminal::Skipped,
-            Terminal::Cancelled,
-        ] {
+        for t in Terminal::ALL {
             c.record(t, t == Terminal::Passed, false);
         }
         c.record(Terminal::Passed, false, true);

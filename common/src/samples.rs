@@ -8,6 +8,8 @@ use std::time::Duration;
 use crate::events::{GateEvent, GateStatus, Terminal};
 use crate::exec::{ExitStatus, GateResult, OutputTail};
 use crate::ids::{GateIdx, PlanId, WorkerId};
+use crate::plan::{Plan, PlanFormat, parse_plan};
+use std::path::Path;
 
 /// A result with `status`, `out\n` on stdout and `stderr` (of which `dropped` bytes
 /// were cut) on stderr.
@@ -146,4 +148,36 @@ pub fn every_kind_of_event() -> Vec<GateEvent> {
             ..event(3, GateStatus::Finished(Terminal::Failed))
         },
     ]
+}
+
+/// An item-form plan: a three-item pyramid.
+pub const ITEMS: &str = r#"
+version: 1
+name: pyramid
+items:
+  - id: pr-1
+    gates:
+      - { id: lint, run: "true" }
+      - { id: test, run: "true", needs: [lint] }
+  - id: pr-2
+    deps: [pr-1]
+    gates:
+      - { id: test, run: "true" }
+  - id: pr-3
+    gates:
+      - { id: build, run: "true" }
+"#;
+
+/// A flat-form plan of two gates.
+pub const FLAT: &str = r#"
+version: 1
+name: flat
+gates:
+  - { id: a, run: "true" }
+  - { id: b, run: "true", needs: [a] }
+"#;
+
+/// A validated plan from YAML `text` (panics if invalid: these are test samples).
+pub fn plan(text: &str) -> Plan {
+    parse_plan(text, PlanFormat::Yaml, "plan.yaml", Path::new("/")).expect("valid plan")
 }

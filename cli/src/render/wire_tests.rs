@@ -3,13 +3,12 @@
 //! domain -> wire -> domain losslessly is tested with the conversions, in
 //! `gatehouse_proto::convert::events`.)
 
-use std::path::Path;
 use std::time::Duration;
 
 use gatehouse_common::events::Terminal;
 use gatehouse_common::ids::{ItemIdx, PlanId};
-use gatehouse_common::plan::{Plan, PlanFormat, parse_plan};
-use gatehouse_common::samples::every_kind_of_event;
+use gatehouse_common::plan::Plan;
+use gatehouse_common::samples::{FLAT, ITEMS, every_kind_of_event, plan};
 // The coordinator itself encodes, so these tests read exactly what it publishes.
 use gatehouse_coordinator::grpc::wire;
 use gatehouse_coordinator::registry::{PlanInfo, PlanSnapshot};
@@ -18,35 +17,6 @@ use super::*;
 use crate::render::json::{gate_value, summary_value};
 use crate::render::text::gate_line;
 use crate::render::view::{Change, GateUpdate, SummaryView};
-
-const ITEMS: &str = r#"
-version: 1
-name: pyramid
-items:
-  - id: pr-1
-    gates:
-      - { id: lint, run: "true" }
-      - { id: test, run: "true", needs: [lint] }
-  - id: pr-2
-    deps: [pr-1]
-    gates:
-      - { id: test, run: "true" }
-  - id: pr-3
-    gates:
-      - { id: build, run: "true" }
-"#;
-
-const FLAT: &str = r#"
-version: 1
-name: flat
-gates:
-  - { id: a, run: "true" }
-  - { id: b, run: "true", needs: [a] }
-"#;
-
-fn plan(text: &str) -> Plan {
-    parse_plan(text, PlanFormat::Yaml, "plan.yaml", Path::new("/")).expect("valid plan")
-}
 
 /// What the coordinator publishes for a core event.
 fn encode(plan: &Plan, ev: &GateEvent) -> v1::GateEvent {

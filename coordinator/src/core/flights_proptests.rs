@@ -7,17 +7,10 @@ use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateId, GateIdx, PlanId, SessionKey};
 use proptest::prelude::*;
-use proptest::test_runner::TestRng;
 
-use super::proptests::{arb_plan, build, prerequisites};
+use super::proptests::{arb_plan, build, prerequisites, rng_from};
 use super::testkit::*;
 use super::*;
-
-fn rng_from(seed: u64) -> TestRng {
-    let mut s = [0u8; 32];
-    s[..8].copy_from_slice(&seed.to_le_bytes());
-    TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &s)
-}
 
 fn hit() -> Box<CacheEntry> {
     Box::new(CacheEntry {

@@ -14,6 +14,13 @@ use proptest::test_runner::TestRng;
 use super::testkit::*;
 use super::*;
 
+/// A deterministic random source from a proptest-drawn seed.
+pub(super) fn rng_from(seed: u64) -> TestRng {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &s)
+}
+
 /// A random plan: items with deps on earlier items (in a shuffled plan order), gates with
 /// needs on earlier gates of the same item or of dep items.
 /// One random item: (index, deps, gates).
@@ -30,11 +37,7 @@ pub(super) fn arb_plan() -> impl Strategy<Value = (Policy, bool, Vec<ItemSpec>)>
     )
         .prop_map(
             |(n_items, seed, fail_fast, retries, max_parallel, flat_form)| {
-                let mut rng = TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
-                    let mut s = [0u8; 32];
-                    s[..8].copy_from_slice(&seed.to_le_bytes());
-                    s
-                });
+                let mut rng = rng_from(seed);
                 let policy = Policy {
                     fail_fast,
                     retries,
@@ -118,11 +121,7 @@ proptest! {
             .map(|i| worker(&format!("w{i}"), 1 + i as u32, (2 + i as u64) * 1024 * MI))
             .collect();
         let mut sim = Sim::new(CoreConfig { fail_unschedulable: true, ..CoreConfig::default() }, &workers);
-        let mut rng = TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
-            let mut s = [0u8; 32];
-            s[..8].copy_from_slice(&seed.to_le_bytes());
-            s
-        });
+        let mut rng = rng_from(seed);
         let prereq = prerequisites(&plan);
         let mut passed: HashSet<u32> = HashSet::new();
         let mut pending_checks: Vec<GateIdx> = Vec::new();
@@ -309,11 +308,7 @@ proptest! {
     ) {
         let plan = build(policy.clone(), flat_form, &spec);
         let workers = [worker("w0", 3, 64 * 1024 * MI)];
-        let mut rng = TestRng::from_seed(proptest::test_runner::RngAlgorithm::ChaCha, &{
-            let mut s = [0u8; 32];
-            s[..8].copy_from_slice(&seed.to_le_bytes());
-            s
-        });
+        let mut rng = rng_from(seed);
         // The old leader runs part of the plan.
         let mut old = Sim::new(CoreConfig::default(), &workers);
         old.submit(plan.clone(), false);

@@ -2,43 +2,12 @@
 //! is the one clients read, and malformed wire input is a typed error naming the field.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use gatehouse_common::exec::ExitStatus;
-use gatehouse_common::plan::{PlanFormat, parse_plan};
 
-use gatehouse_common::samples::{event, every_kind_of_event, result};
+use gatehouse_common::samples::{FLAT, ITEMS, event, every_kind_of_event, plan, result};
 
 use super::*;
-
-const ITEMS: &str = r#"
-version: 1
-name: pyramid
-items:
-  - id: pr-1
-    gates:
-      - { id: lint, run: "true" }
-      - { id: test, run: "true", needs: [lint] }
-  - id: pr-2
-    deps: [pr-1]
-    gates:
-      - { id: test, run: "true" }
-  - id: pr-3
-    gates:
-      - { id: build, run: "true" }
-"#;
-
-const FLAT: &str = r#"
-version: 1
-name: flat
-gates:
-  - { id: a, run: "true" }
-  - { id: b, run: "true", needs: [a] }
-"#;
-
-fn plan(text: &str) -> Plan {
-    parse_plan(text, PlanFormat::Yaml, "plan.yaml", Path::new("/")).expect("valid plan")
-}
 
 /// A client's index of a plan, as it would build one from `GetPlan`.
 struct Index {
@@ -263,13 +232,7 @@ fn every_wire_state_decodes() {
 
 #[test]
 fn terminal_states_round_trip_and_others_are_refused() {
-    for t in [
-        Terminal::Passed,
-        Terminal::Failed,
-        Terminal::TimedOut,
-        Terminal::Skipped,
-        Terminal::Cancelled,
-    ] {
+    for t in Terminal::ALL {
         assert_eq!(Terminal::try_from(v1::GateState::from(t)), Ok(t));
         assert_eq!(
             v1::GateState::from(&GateStatus::Finished(t)),
