@@ -3,13 +3,13 @@
 //! events. Compiled only with the `testing` feature, which those crates enable as a
 //! dev-dependency.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::events::{GateEvent, GateStatus, Terminal};
 use crate::exec::{ExitStatus, GateResult, OutputTail};
 use crate::ids::{GateIdx, PlanId, WorkerId};
 use crate::plan::{Plan, PlanFormat, parse_plan};
-use std::path::Path;
 
 /// A result with `status`, `out\n` on stdout and `stderr` (of which `dropped` bytes
 /// were cut) on stderr.
