@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Rarely set and large: boxed, so every gate spec on the wire stays small.
+    config.boxed(".gatehouse.v1.GateSpec.checkout");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("gatehouse_descriptor.bin"))
         .compile_with_config(

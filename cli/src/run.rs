@@ -22,6 +22,8 @@ use gatehouse_coordinator::core::{CoreConfig, RunOptions, WorkerInfo};
 use gatehouse_coordinator::scheduler::{
     self, LocalTransport, PlanOutput, SchedulerConfig, WorkerEvent,
 };
+use gatehouse_source::{Git, Mirror};
+use gatehouse_worker::checkout::Checkouts;
 use gatehouse_worker::{ExecConfig, LocalWorker};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -73,6 +75,14 @@ pub struct RunArgs {
     /// Grace between SIGTERM and SIGKILL when gates are cancelled or time out.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     kill_grace: Duration,
+    /// Plans with a `source`: where the repository's bare mirror is kept (default:
+    /// <plan dir>/.gatehouse/git); gates run in checkouts made from it.
+    #[arg(long, env = "GATEHOUSE_GIT_CACHE")]
+    git_cache: Option<PathBuf>,
+    /// Plans with a `source`: deadline of each command that talks to the repository
+    /// (listing its refs, fetching).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    fetch_timeout: Duration,
 }
 
 pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
@@ -169,11 +179,22 @@ async fn run(
         }
     };
 
+    // A source plan: its refs resolved and its speculative states built once, before
+    // anything runs; gates then run in checkouts from the same mirror.
+    let (plan, checkouts) = match &plan.source {
+        None => (plan, None),
+        Some(_) => {
+            let (plan, checkouts) = prepare_source(&args, plan).await?;
+            (plan, Some(checkouts))
+        }
+    };
+
     let shutdown = CancellationToken::new();
     let (to_worker, inbox) = mpsc::unbounded_channel();
     let (reports_tx, reports) = mpsc::channel(1024);
     let exec_config = ExecConfig {
         kill_grace: args.kill_grace,
+        checkouts,
         ..ExecConfig::default()
     };
     let worker_shutdown = shutdown.child_token();
@@ -217,7 +238,10 @@ async fn run(
     let options = RunOptions {
         use_cache: !args.no_cache,
         trace_parent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
-        ..RunOptions::default()
+        blocked: plan
+            .resolution()
+            .map(|r| r.blocked(&plan))
+            .unwrap_or_default(),
     };
     sched
         .submit(plan_id.clone(), plan.clone(), options, events_tx)
@@ -233,6 +257,7 @@ async fn run(
         render::Mode::Plain
     };
     let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
+    renderer.source(&plan);
     let mut interrupts = 0u32;
     let outcome = loop {
         tokio::select! {
@@ -286,6 +311,33 @@ async fn run(
         (_, Some(PlanOutcome::Cancelled)) => EXIT_INTERRUPTED,
         _ => EXIT_FAILED,
     })
+}
+
+/// Resolves a source plan's refs and builds its speculative states through the mirror
+/// under the git cache; returns the plan with its resolution, and the checkouts its
+/// gates run in (from the same mirror, so nothing is fetched twice).
+async fn prepare_source(
+    args: &RunArgs,
+    plan: Arc<Plan>,
+) -> anyhow::Result<(Arc<Plan>, Arc<Checkouts>)> {
+    let git = Git::find().await?;
+    let cache = args
+        .git_cache
+        .clone()
+        .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("git"));
+    let mut prepared = (*plan).clone();
+    let Some(source) = prepared.source.as_mut() else {
+        anyhow::bail!("the plan has no source");
+    };
+    let mirror = Mirror::open(git, &cache, source.repo.clone())
+        .await
+        .with_context(|| format!("cannot open the git mirror under {}", cache.display()))?;
+    let resolution = gatehouse_source::prepare(&plan, &mirror, args.fetch_timeout)
+        .await
+        .with_context(|| format!("cannot prepare the code of {}", source.repo))?;
+    source.resolution = Some(Arc::new(resolution));
+    let checkouts = Checkouts::new(cache.clone(), cache.join(".checkouts"), args.fetch_timeout);
+    Ok((Arc::new(prepared), Arc::new(checkouts)))
 }
 
 /// Memory this machine reports available, in bytes.

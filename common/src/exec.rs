@@ -47,6 +47,9 @@ pub struct GateSpec {
     pub timeout: Duration,
     /// Memory request in bytes; a process tree above twice this is killed (`memory`).
     pub memory: u64,
+    /// For a gate of a source-aware plan: the tree it runs on. The attempt runs in a
+    /// fresh checkout of it, with `workdir_rel` relative to the checkout's root.
+    pub checkout: Option<crate::source::Checkout>,
 }
 
 /// Why an attempt ended.
@@ -64,6 +67,9 @@ pub enum ExitStatus {
     Cancelled,
     /// The process could not be started at all (missing workdir, fork failure...).
     SpawnFailed(String),
+    /// The gate's tree could not be checked out (fetch failed or timed out, or a
+    /// rebuilt speculative commit differed from the one keyed); nothing ran.
+    SourceFailed(String),
 }
 
 impl ExitStatus {
@@ -82,6 +88,7 @@ impl ExitStatus {
             ExitStatus::MemoryExceeded { .. } => "memory",
             ExitStatus::Cancelled => "cancelled",
             ExitStatus::SpawnFailed(_) => "spawn_failed",
+            ExitStatus::SourceFailed(_) => "source",
         }
     }
 }

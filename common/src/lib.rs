@@ -15,6 +15,7 @@ pub mod ids;
 pub mod plan;
 #[cfg(feature = "testing")]
 pub mod samples;
+pub mod source;
 pub mod spawn;
 pub mod telemetry;
 pub mod units;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec, OutputTail};
 use gatehouse_common::ids::{GateId, GateIdx, ItemId, PlanId};
+use gatehouse_common::source::{Checkout, CommitId, RepoUrl};
 
 use crate::v1;
 
@@ -104,6 +105,10 @@ impl From<&GateResult> for v1::AttemptResult {
                 out.error = msg.clone();
                 v1::ExitKind::SpawnFailed
             }
+            ExitStatus::SourceFailed(msg) => {
+                out.error = msg.clone();
+                v1::ExitKind::SourceFailed
+            }
         };
         out.kind = kind as i32;
         out
@@ -124,6 +129,7 @@ impl TryFrom<v1::AttemptResult> for GateResult {
             },
             v1::ExitKind::Cancelled => ExitStatus::Cancelled,
             v1::ExitKind::SpawnFailed => ExitStatus::SpawnFailed(r.error),
+            v1::ExitKind::SourceFailed => ExitStatus::SourceFailed(r.error),
             v1::ExitKind::Unspecified => return Err(WireError::Missing("result.kind")),
         };
         Ok(Self {
@@ -153,8 +159,50 @@ impl From<&GateSpec> for v1::GateSpec {
             workdir: s.workdir_rel.clone(),
             timeout_ms: ms(s.timeout),
             memory_bytes: s.memory,
+            checkout: s.checkout.as_ref().map(|c| {
+                Box::new(v1::GitCheckout {
+                    repo: c.repo.as_git_arg().to_string(),
+                    base: c.base.to_string(),
+                    stack: c.stack.iter().map(ToString::to_string).collect(),
+                    commit: c.commit.to_string(),
+                    item_commit: c
+                        .item_commit
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                })
+            }),
         }
     }
+}
+
+/// Decodes a checkout: every id a full object id, the repository a URL.
+fn checkout_from_wire(c: v1::GitCheckout) -> Result<Checkout, WireError> {
+    let id = |text: &str, field: &'static str| {
+        CommitId::parse(text).ok_or_else(|| WireError::Invalid {
+            field,
+            reason: format!("not a full commit id: {text:?}"),
+        })
+    };
+    let repo =
+        RepoUrl::parse(&c.repo, std::path::Path::new("/")).map_err(|e| WireError::Invalid {
+            field: "spec.checkout.repo",
+            reason: e.to_string(),
+        })?;
+    Ok(Checkout {
+        repo,
+        base: id(&c.base, "spec.checkout.base")?,
+        stack: c
+            .stack
+            .iter()
+            .map(|s| id(s, "spec.checkout.stack"))
+            .collect::<Result<_, _>>()?,
+        commit: id(&c.commit, "spec.checkout.commit")?,
+        item_commit: match c.item_commit.as_str() {
+            "" => None,
+            text => Some(id(text, "spec.checkout.item_commit")?),
+        },
+    })
 }
 
 /// Decodes a gate spec; its relative `workdir` resolves against `workspace`.
@@ -187,6 +235,7 @@ pub fn gate_spec_from_wire(
         workdir_rel: rel,
         timeout: Duration::from_millis(s.timeout_ms),
         memory: s.memory_bytes,
+        checkout: s.checkout.map(|c| checkout_from_wire(*c)).transpose()?,
     })
 }
 
@@ -200,6 +249,7 @@ fn normalize(p: &std::path::Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::path::Path;
 
     use super::*;
 
@@ -245,6 +295,7 @@ mod tests {
             workdir_rel: "./sub".into(),
             timeout: Duration::from_secs(5),
             memory: 42,
+            checkout: None,
         };
         let back = gate_spec_from_wire(v1::GateSpec::from(&spec), std::path::Path::new("/ws"))
             .expect("decodes");
@@ -268,6 +319,44 @@ mod tests {
             ..v1::GateSpec::from(&spec)
         };
         assert!(gate_spec_from_wire(no_run, std::path::Path::new("/ws")).is_err());
+    }
+
+    #[test]
+    fn checkouts_roundtrip_and_reject_partial_ids() {
+        let id = |c: char| CommitId::parse(&c.to_string().repeat(40)).expect("id");
+        let checkout = Checkout {
+            repo: RepoUrl::parse("https://u:tok@git.example.com/a.git", Path::new("/"))
+                .expect("url"),
+            base: id('a'),
+            stack: vec![id('b'), id('c')],
+            commit: id('d'),
+            item_commit: Some(id('c')),
+        };
+        let spec = GateSpec {
+            plan_name: "p".into(),
+            gate: GateId::new("i/g"),
+            item: Some(ItemId::new("i")),
+            run: "true".into(),
+            env: BTreeMap::new(),
+            workdir: PathBuf::from("/x"),
+            workdir_rel: ".".into(),
+            timeout: Duration::from_secs(5),
+            memory: 1,
+            checkout: Some(checkout.clone()),
+        };
+        let wire = v1::GateSpec::from(&spec);
+        assert_eq!(
+            wire.checkout.as_ref().map(|c| c.repo.as_str()),
+            Some("https://u:tok@git.example.com/a.git"),
+            "the worker gets the credentials it fetches with"
+        );
+        let back = gate_spec_from_wire(wire.clone(), Path::new("/ws")).expect("decodes");
+        assert_eq!(back.checkout, Some(checkout));
+        let mut short = wire;
+        if let Some(c) = short.checkout.as_mut() {
+            c.commit = "abc123".into();
+        }
+        assert!(gate_spec_from_wire(short, Path::new("/ws")).is_err());
     }
 
     #[test]

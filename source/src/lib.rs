@@ -9,14 +9,15 @@
 //! state beyond a mirror's directory; callers own the mirrors they open.
 
 pub mod git;
-pub mod ids;
 pub mod inputs;
 pub mod mirror;
+pub mod prepare;
 pub mod speculate;
-pub mod url;
+#[cfg(test)]
+mod testkit;
 
+pub use gatehouse_common::source::{CommitId, RepoUrl, TreeId, UrlError};
 pub use git::{Git, GitError, GitVersion, MIN_VERSION};
-pub use ids::{CommitId, TreeId};
 pub use mirror::{Merge, Mirror, MirrorError, TreeEntry};
+pub use prepare::prepare;
 pub use speculate::{SpeculateError, Speculator};
-pub use url::{RepoUrl, UrlError};

@@ -23,8 +23,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use crate::git::{Git, GitError};
-use crate::ids::{CommitId, TreeId};
-use crate::url::RepoUrl;
+use gatehouse_common::source::{CommitId, RepoUrl, TreeId};
 
 /// The deadline of commands that do not touch the network.
 pub const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -102,6 +101,10 @@ pub enum Merge {
     /// The merge conflicts on these paths.
     Conflict(Vec<String>),
 }
+
+/// A repository's refs as `ls-remote` listed them (annotated tags peeled).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteRefs(BTreeMap<String, CommitId>);
 
 /// One entry of a tree (a blob or a submodule), with its path from the tree's root.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,6 +199,30 @@ impl Mirror {
         }
     }
 
+    /// The repository's refs, with one `ls-remote`.
+    pub async fn refs(&self, timeout: Duration) -> Result<RemoteRefs, MirrorError> {
+        let listed = self
+            .git
+            .run(&self.dir, ["ls-remote", self.url.as_git_arg()], timeout)
+            .ok()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(RemoteRefs(parse_ls_remote(&String::from_utf8_lossy(
+            &listed.stdout,
+        ))))
+    }
+
+    /// What `name` (a branch, tag, full ref, `HEAD`, or a commit id) means in `refs`.
+    pub fn lookup(&self, refs: &RemoteRefs, name: &str) -> Result<CommitId, MirrorError> {
+        match CommitId::parse(name) {
+            Some(id) => Ok(id),
+            None => lookup(&refs.0, name).ok_or_else(|| MirrorError::NoSuchRef {
+                url: self.url.to_string(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
     /// Resolves each of `names` (a branch, tag, full ref, `HEAD`, or a commit id) to a
     /// commit id with one `ls-remote`, and fetches the commits this mirror lacks.
     pub async fn resolve(
@@ -203,24 +230,11 @@ impl Mirror {
         names: &[String],
         timeout: Duration,
     ) -> Result<Vec<CommitId>, MirrorError> {
-        let listed = self
-            .git
-            .run(&self.dir, ["ls-remote", self.url.as_git_arg()], timeout)
-            .ok()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let refs = parse_ls_remote(&String::from_utf8_lossy(&listed.stdout));
-        let mut ids = Vec::with_capacity(names.len());
-        for name in names {
-            let id = match CommitId::parse(name) {
-                Some(id) => id,
-                None => lookup(&refs, name).ok_or_else(|| MirrorError::NoSuchRef {
-                    url: self.url.to_string(),
-                    name: name.clone(),
-                })?,
-            };
-            ids.push(id);
-        }
+        let refs = self.refs(timeout).await?;
+        let ids = names
+            .iter()
+            .map(|name| self.lookup(&refs, name))
+            .collect::<Result<Vec<_>, _>>()?;
         self.fetch(&ids, names, timeout).await?;
         Ok(ids)
     }
@@ -307,6 +321,11 @@ impl Mirror {
             .ok()
             .await?;
         Ok(())
+    }
+
+    /// Whether `commit` is here.
+    pub async fn has(&self, commit: &CommitId) -> Result<bool, MirrorError> {
+        Ok(self.missing(std::slice::from_ref(commit)).await?.is_empty())
     }
 
     /// Which of `ids` are not commits here.

@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 
-use crate::ids::CommitId;
 use crate::mirror::{Merge, Mirror, MirrorError};
+use gatehouse_common::source::CommitId;
 
 /// Why a speculative state could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod git;
 pub mod ha;
 pub mod otlp;
 pub mod tools;

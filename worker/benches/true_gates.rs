@@ -24,6 +24,7 @@ fn spec(workdir: &std::path::Path) -> GateSpec {
         workdir_rel: ".".into(),
         timeout: Duration::from_secs(60),
         memory: 64 * 1024 * 1024,
+        checkout: None,
     }
 }
 

@@ -8,6 +8,8 @@
 //!   background grandchild outlives its gate.
 //! - [`monitor`]: the memory monitor actor that samples the resident memory of every
 //!   registered process tree, only while at least one is registered.
+//! - [`checkout`]: for a gate of a source-aware plan, a fresh checkout of exactly the
+//!   speculative commit it was keyed on, from a per-repository mirror.
 //! - [`local`]: [`LocalWorker`], the in-process executor `gatehouse run` drives with
 //!   [`ToWorker`](gatehouse_common::exec::ToWorker) messages.
 //! - [`remote`]: the remote worker, a session layer that connects a [`LocalWorker`] to a
@@ -23,6 +25,7 @@
 //! [`RunningGate`], which kills the process group if it is dropped before the gate ended.
 
 pub mod cancel;
+pub mod checkout;
 pub mod execute;
 pub mod local;
 pub mod metrics;
@@ -31,6 +34,7 @@ mod pgroup;
 pub mod remote;
 mod tail;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use cancel::{CancelHandle, CancelSignal, cancel_channel};
@@ -54,6 +58,9 @@ pub struct ExecConfig {
     /// a process that left the group (for example with `setsid`) can hold the pipes open
     /// that long; its further output is lost. Default 1 s.
     pub pipe_drain: Duration,
+    /// Mirrors and checkouts for gates of source-aware plans; `None`: such a gate fails
+    /// with reason `source` (this executor cannot check code out).
+    pub checkouts: Option<Arc<checkout::Checkouts>>,
 }
 
 impl Default for ExecConfig {
@@ -63,6 +70,7 @@ impl Default for ExecConfig {
             kill_grace: Duration::from_secs(5),
             monitor_interval: Duration::from_millis(250),
             pipe_drain: Duration::from_secs(1),
+            checkouts: None,
         }
     }
 }

@@ -40,6 +40,7 @@ use tracing::Instrument;
 
 use crate::ExecConfig;
 use crate::cancel::{CancelHandle, CancelSignal, cancel_channel};
+use crate::checkout::CheckoutDir;
 use crate::execute::RunningGate;
 use crate::monitor::{self, MemoryMonitorHandle};
 
@@ -230,24 +231,20 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
     spec: &gatehouse_common::exec::GateSpec,
     cfg: &ExecConfig,
     monitor: &MemoryMonitorHandle,
-    cancel: CancelSignal,
+    mut cancel: CancelSignal,
     reports: &mpsc::Sender<R>,
 ) -> GateResult {
-    let result = match RunningGate::start(spec, attempt, cfg, monitor).await {
-        Ok(running) => {
-            if let Some(pid) = running.pid() {
-                tracing::Span::current().record("process.pid", i64::from(pid));
+    // A source plan's gate runs in its own checkout of its tree, removed afterwards.
+    let result = match &spec.checkout {
+        None => start_and_wait(attempt, spec, cfg, monitor, cancel, reports).await,
+        Some(wanted) => match check_out(attempt, spec, wanted, cfg, &mut cancel).await {
+            Ok((dir, spec)) => {
+                let result = start_and_wait(attempt, &spec, cfg, monitor, cancel, reports).await;
+                dir.remove().await;
+                result
             }
-            let started = FromWorker::Started {
-                attempt: attempt.clone(),
-            };
-            report(reports, started).await;
-            running.wait(cancel).await
-        }
-        Err(error) => {
-            tracing::info!(?attempt, %error, "gate failed to start");
-            error.into_result()
-        }
+            Err(status) => with_status(status),
+        },
     };
     let span = tracing::Span::current();
     if let ExitStatus::Exited(code) = result.status {
@@ -266,6 +263,94 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
         "attempt finished"
     );
     result
+}
+
+/// Spawns the attempt's shell, reports `Started`, and waits for its end.
+async fn start_and_wait<R: From<FromWorker> + Send + 'static>(
+    attempt: &AttemptRef,
+    spec: &gatehouse_common::exec::GateSpec,
+    cfg: &ExecConfig,
+    monitor: &MemoryMonitorHandle,
+    cancel: CancelSignal,
+    reports: &mpsc::Sender<R>,
+) -> GateResult {
+    match RunningGate::start(spec, attempt, cfg, monitor).await {
+        Ok(running) => {
+            if let Some(pid) = running.pid() {
+                tracing::Span::current().record("process.pid", i64::from(pid));
+            }
+            let started = FromWorker::Started {
+                attempt: attempt.clone(),
+            };
+            report(reports, started).await;
+            running.wait(cancel).await
+        }
+        Err(error) => {
+            tracing::info!(?attempt, %error, "gate failed to start");
+            error.into_result()
+        }
+    }
+}
+
+/// The attempt's checkout, and its spec with the workdir inside it and the commits in
+/// its environment; or how an attempt that could not start ended: `source` when the
+/// checkout failed, `cancelled` when cancelled meanwhile.
+async fn check_out(
+    attempt: &AttemptRef,
+    spec: &gatehouse_common::exec::GateSpec,
+    wanted: &gatehouse_common::source::Checkout,
+    cfg: &ExecConfig,
+    cancel: &mut CancelSignal,
+) -> Result<(CheckoutDir, gatehouse_common::exec::GateSpec), ExitStatus> {
+    let failed = |message: String| {
+        tracing::info!(?attempt, error = %message, "gate checkout failed");
+        Err(ExitStatus::SourceFailed(message))
+    };
+    let Some(checkouts) = &cfg.checkouts else {
+        return failed(
+            "this executor has no git cache, so it cannot run gates of plans with a source".into(),
+        );
+    };
+    let started = tokio::time::Instant::now();
+    let prepared = tokio::select! {
+        prepared = checkouts.prepare(attempt, wanted) => prepared,
+        Some(_) = cancel.requested() => return Err(ExitStatus::Cancelled),
+    };
+    let dir = match prepared {
+        Ok(dir) => dir,
+        Err(message) => return failed(message),
+    };
+    tracing::debug!(
+        ?attempt,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checked out"
+    );
+    let mut spec = spec.clone();
+    spec.workdir = dir.path().join(&spec.workdir_rel);
+    spec.env
+        .insert("GATEHOUSE_COMMIT".into(), wanted.commit.to_string());
+    spec.env
+        .insert("GATEHOUSE_BASE_COMMIT".into(), wanted.base.to_string());
+    spec.env.insert(
+        "GATEHOUSE_ITEM_COMMIT".into(),
+        wanted
+            .item_commit
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+    );
+    Ok((dir, spec))
+}
+
+/// The result of an attempt that never started.
+fn with_status(status: ExitStatus) -> GateResult {
+    GateResult {
+        status,
+        duration: Duration::ZERO,
+        peak_memory: None,
+        stdout: OutputTail::default(),
+        stderr: OutputTail::default(),
+    }
 }
 
 /// Keeps "exactly one `Finished` per assignment" if an attempt task panics or is
@@ -299,18 +384,9 @@ async fn report<R: From<FromWorker>>(reports: &mpsc::Sender<R>, msg: FromWorker)
 }
 
 fn not_run(reason: String) -> GateResult {
-    GateResult {
-        status: ExitStatus::SpawnFailed(reason),
-        duration: Duration::ZERO,
-        peak_memory: None,
-        stdout: OutputTail::default(),
-        stderr: OutputTail::default(),
-    }
+    with_status(ExitStatus::SpawnFailed(reason))
 }
 
 fn cancelled_before_start() -> GateResult {
-    GateResult {
-        status: ExitStatus::Cancelled,
-        ..not_run(String::new())
-    }
+    with_status(ExitStatus::Cancelled)
 }

@@ -77,6 +77,7 @@ fn result_text(r: &Option<v1::AttemptResult>) -> String {
         ExitStatus::MemoryExceeded { .. } => "memory".into(),
         ExitStatus::Cancelled => "cancelled".into(),
         ExitStatus::SpawnFailed(_) => "could not start".into(),
+        ExitStatus::SourceFailed(_) => "checkout failed".into(),
     };
     format!("{detail}, {}", format_duration(r.duration))
 }

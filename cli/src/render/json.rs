@@ -55,7 +55,7 @@ pub fn gate_value(view: &PlanView, ev: &GateUpdate<'_>) -> Value {
                 v["peak_memory_bytes"] = json!(peak);
                 v["memory_limit_bytes"] = json!(limit);
             }
-            ExitStatus::SpawnFailed(msg) => v["error"] = json!(msg),
+            ExitStatus::SpawnFailed(msg) | ExitStatus::SourceFailed(msg) => v["error"] = json!(msg),
             ExitStatus::TimedOut | ExitStatus::Cancelled => {}
         }
         if let Some(peak) = r.peak_memory {

@@ -10,6 +10,7 @@
 //! byte.
 
 pub mod json;
+pub mod source;
 pub mod text;
 pub mod view;
 pub mod wire;
@@ -202,6 +203,27 @@ impl Renderer {
         } else {
             format!("running: {}{suffix}", names.join(", "))
         });
+    }
+
+    /// What a source plan's refs resolved to, once, before its gates.
+    pub fn source(&self, plan: &gatehouse_common::plan::Plan) {
+        let (Some(source), Some(r)) = (&plan.source, plan.resolution()) else {
+            return;
+        };
+        match self.mode {
+            Mode::Json => json::emit(&source::json_value(plan, source, r)),
+            Mode::Plain => {
+                for line in source::text_lines(plan, source, r) {
+                    text::print_line(&line);
+                }
+            }
+            Mode::Tty => {
+                for line in source::text_lines(plan, source, r) {
+                    self.notice(&line);
+                }
+            }
+            Mode::Quiet => {}
+        }
     }
 
     /// A signal arrived (`n`: how many so far).

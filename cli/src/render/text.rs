@@ -47,6 +47,7 @@ pub fn gate_line(view: &PlanView, ev: &GateUpdate<'_>) -> Option<String> {
             ),
             ExitStatus::Cancelled => "cancelled, ".into(),
             ExitStatus::SpawnFailed(msg) => format!("could not start: {msg}, "),
+            ExitStatus::SourceFailed(msg) => format!("checkout failed: {msg}, "),
         };
         let _ = write!(line, "  ({detail}{}", format_duration(r.duration));
         if ev.attempt > 1 {

@@ -1,7 +1,7 @@
 //! Cache keys: [`compute_key`] hashes everything that determines a gate's result.
 //! [`compute_tree_key`] is the same for a gate of a source-aware plan, with the git tree
-//! it runs on ([`TreeInputs`]: the matched entries' paths and object ids, or the whole
-//! tree's id) in place of file contents.
+//! it runs on ([`GateTree`]: the digest of the matched entries' paths and object ids, or
+//! the whole tree's id) in place of file contents.
 //!
 //! The key is BLAKE3 (in derive-key mode, so it can never collide with another use of
 //! BLAKE3 in Gatehouse) over a canonical, length-prefixed encoding of, in this order:
@@ -53,6 +53,7 @@ use walkdir::{DirEntry, WalkDir};
 use super::{CacheError, CacheKey};
 use crate::ids::GateIdx;
 use crate::plan::{Gate, Plan};
+use crate::source::GateTree;
 
 /// Version of the key encoding; bump it whenever the encoding or the glob semantics
 /// change so old entries stop matching.
@@ -170,35 +171,22 @@ pub fn compute_key(
     }))
 }
 
-/// What a gate of a source-aware plan is keyed on instead of files: the speculative
-/// tree it runs on, read from git, never from a checkout.
-#[derive(Clone, Copy, Debug)]
-pub enum TreeInputs<'a> {
-    /// A gate without `inputs`: the whole tree, by id.
-    Whole(&'a str),
-    /// A gate with `inputs`: the path (from the tree's root) and object id of every
-    /// tree entry its globs match, sorted by path.
-    Matched(&'a [(String, String)]),
-}
-
 /// The cache key of `gate` of a source-aware plan: everything [`compute_key`] hashes
-/// (command, env, labels, workdir, globs, dependency keys, salt), with the tree's
-/// entries (or the whole tree's id) in place of file contents. Pure: no I/O. A tree
-/// key never equals a file key (their input sections have different tags).
+/// (command, env, labels, workdir, globs, dependency keys, salt), with what it reads of
+/// its speculative tree in place of file contents: the whole tree's id, or the digest of
+/// the tree entries its `inputs` match. Pure: no I/O. A tree key never equals a file key
+/// (their input sections have different tags).
 pub fn compute_tree_key(
     plan: &Plan,
     gate: GateIdx,
     dep_keys: &[CacheKey],
-    tree: TreeInputs<'_>,
+    tree: &GateTree,
 ) -> CacheKey {
     encode(plan, gate, dep_keys, |w| match tree {
-        TreeInputs::Whole(id) => w.field(b't', id.as_bytes()),
-        TreeInputs::Matched(entries) => {
-            w.section(b'o', entries.len());
-            for (path, oid) in entries {
-                w.bytes(path.as_bytes());
-                w.bytes(oid.as_bytes());
-            }
+        GateTree::Whole(id) => w.field(b't', id.as_str().as_bytes()),
+        GateTree::Inputs(digest) => {
+            w.raw(b"o");
+            w.raw(digest);
         }
     })
 }
@@ -442,6 +430,7 @@ mod tests {
             name: "p".into(),
             base_dir: PathBuf::from("/"),
             policy: Policy::default(),
+            source: None,
             items: Vec::new(),
             gates,
             levels: Vec::new(),
@@ -651,28 +640,42 @@ mod tests {
 
     #[test]
     fn tree_keys_follow_the_tree_or_the_matched_entries_and_never_equal_file_keys() {
+        use crate::source::{TreeId, inputs_digest};
         let g = gate("g", Path::new("/w"), &[]);
         let p = plan(vec![g.clone()]);
-        let whole = |tree: &str| compute_tree_key(&p, GateIdx(0), &[], TreeInputs::Whole(tree));
-        assert_eq!(whole("t1"), whole("t1"));
-        assert_ne!(whole("t1"), whole("t2"), "another tree, another key");
-        assert_ne!(whole("t1"), key(&g), "a tree key is never a file key");
+        let tree = |c: char| TreeId::parse(&c.to_string().repeat(40)).expect("tree id");
+        let whole = |t: TreeId| compute_tree_key(&p, GateIdx(0), &[], &GateTree::Whole(t));
+        assert_eq!(whole(tree('1')), whole(tree('1')));
+        assert_ne!(
+            whole(tree('1')),
+            whole(tree('2')),
+            "another tree, another key"
+        );
+        assert_ne!(whole(tree('1')), key(&g), "a tree key is never a file key");
 
         let inputs = with(&g, |g| g.inputs = vec!["src/**".into()]);
         let p = plan(vec![inputs]);
-        let matched = |entries: &[(String, String)]| {
-            compute_tree_key(&p, GateIdx(0), &[], TreeInputs::Matched(entries))
+        let matched = |entries: &[(&str, &str)]| {
+            let digest = inputs_digest(entries.iter().copied());
+            compute_tree_key(&p, GateIdx(0), &[], &GateTree::Inputs(digest))
         };
-        let one = [("src/a.rs".to_string(), "oid1".to_string())];
-        let changed = [("src/a.rs".to_string(), "oid2".to_string())];
-        let renamed = [("src/b.rs".to_string(), "oid1".to_string())];
-        assert_ne!(matched(&one), matched(&changed), "content changed");
-        assert_ne!(matched(&one), matched(&renamed), "path changed");
+        let one = [("src/a.rs", "oid1")];
+        assert_ne!(
+            matched(&one),
+            matched(&[("src/a.rs", "oid2")]),
+            "content changed"
+        );
+        assert_ne!(
+            matched(&one),
+            matched(&[("src/b.rs", "oid1")]),
+            "path changed"
+        );
         assert_ne!(matched(&[]), matched(&one));
         // Everything else of the key still counts: dependencies, for one.
         let dep = CacheKey([7; 32]);
+        let digest = GateTree::Inputs(inputs_digest(one));
         assert_ne!(
-            compute_tree_key(&p, GateIdx(0), &[dep], TreeInputs::Matched(&one)),
+            compute_tree_key(&p, GateIdx(0), &[dep], &digest),
             matched(&one)
         );
     }

@@ -26,7 +26,7 @@ pub mod tiered;
 
 pub use codec::Corrupt;
 pub use disk::DiskCache;
-pub use key::{FileHashes, TreeInputs, compute_key, compute_tree_key};
+pub use key::{FileHashes, compute_key, compute_tree_key};
 
 /// A 32-byte BLAKE3 cache key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

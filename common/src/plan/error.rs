@@ -289,6 +289,48 @@ pub enum PlanErrorKind {
         /// Why the glob is invalid.
         reason: String,
     },
+    /// `source.repo` is not a repository location.
+    #[error("invalid `source.repo`: {reason}")]
+    InvalidRepo {
+        /// What is wrong (never the credentials of a URL).
+        reason: String,
+    },
+    /// `source.repo` is a local path that is not a git repository.
+    #[error(
+        "`source.repo` {path} is not a git repository; give the directory of a clone or of a bare repository"
+    )]
+    RepoNotGit {
+        /// The path, resolved against the plan's directory.
+        path: String,
+    },
+    /// An item has a `ref` in a plan without `source`.
+    #[error("item {:?} has a `ref` but the plan has no `source`; add `source: {{ repo: ... }}` or remove the `ref`", .item.as_str())]
+    RefWithoutSource {
+        /// The item.
+        item: ItemId,
+    },
+    /// `source.base` or an item's `ref` is not a ref name or commit id git accepts.
+    #[error("{}: invalid {field} {value:?}: {reason}", ref_owner(.item))]
+    InvalidRef {
+        /// The item, or `None` for `source.base`.
+        item: Option<ItemId>,
+        /// `ref` or `base`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A gate of a source-aware plan reaches outside the repository.
+    #[error("gate {:?}: `{field}` {value:?} is outside the repository; in a plan with `source`, paths are relative to the repository's root", .gate.as_str())]
+    OutsideRepo {
+        /// The gate.
+        gate: GateId,
+        /// `workdir` or `inputs`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+    },
     /// Validation stopped collecting errors.
     #[error("stopped after {limit} errors; fix these and validate again")]
     TooManyErrors {
@@ -310,6 +352,14 @@ fn owner(gate: &Option<GateId>) -> String {
     match gate {
         Some(gate) => format!("gate {:?}", gate.as_str()),
         None => "policy".to_owned(),
+    }
+}
+
+/// `item "x"` or `source`, the subject of a ref error.
+fn ref_owner(item: &Option<ItemId>) -> String {
+    match item {
+        Some(item) => format!("item {:?}", item.as_str()),
+        None => "source".to_owned(),
     }
 }
 

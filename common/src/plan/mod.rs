@@ -5,11 +5,13 @@
 //! dense index, every duration and size typed, every limit checked, cycles rejected and
 //! the merge-pyramid levels computed. A [`Plan`] is immutable and shared as `Arc<Plan>`.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ids::{GateId, GateIdx, ItemId, ItemIdx};
+use crate::source::PlanSource;
 
 pub mod error;
 pub mod raw;
@@ -45,6 +47,8 @@ pub struct Plan {
     pub base_dir: PathBuf,
     /// Plan-wide policy with defaults applied.
     pub policy: Policy,
+    /// The repository the plan gates (`None`: gates run in the plan's directory).
+    pub source: Option<PlanSource>,
     /// Items in plan order (empty in the flat form).
     pub items: Vec<Item>,
     /// All gates in plan order; `GateIdx(i)` is `gates[i]`.
@@ -101,6 +105,8 @@ impl Default for Policy {
 pub struct Item {
     /// The item's id.
     pub id: ItemId,
+    /// Its change (`ref`, as written), in a source-aware plan; `None`: it builds on `base`.
+    pub git_ref: Option<String>,
     /// Items whose gates must all pass before any gate of this one starts (plan order).
     pub deps: Vec<ItemIdx>,
     /// This item's gates, in plan order.
@@ -174,6 +180,36 @@ impl Plan {
                 .iter()
                 .flat_map(|d| self.item(*d).gates.iter().copied()),
         )
+    }
+
+    /// The items for which `included` holds and whose deps are all in the order, in
+    /// topological order (Kahn), ties broken by plan order: the merge order of the
+    /// items that passed, and the order a stack's changes are merged in.
+    pub fn merge_order(&self, included: impl Fn(ItemIdx) -> bool) -> Vec<ItemIdx> {
+        let n = self.items.len();
+        let mut indeg = vec![0u32; n];
+        let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, item) in self.items.iter().enumerate() {
+            indeg[i] = item.deps.len() as u32;
+            for d in &item.deps {
+                dependents[d.ix()].push(i as u32);
+            }
+        }
+        let mut heap: BinaryHeap<Reverse<u32>> = (0..n as u32)
+            .filter(|&i| indeg[i as usize] == 0 && included(ItemIdx(i)))
+            .map(Reverse)
+            .collect();
+        let mut order = Vec::new();
+        while let Some(Reverse(i)) = heap.pop() {
+            order.push(ItemIdx(i));
+            for &d in &dependents[i as usize] {
+                indeg[d as usize] -= 1;
+                if indeg[d as usize] == 0 && included(ItemIdx(d)) {
+                    heap.push(Reverse(d));
+                }
+            }
+        }
+        order
     }
 
     /// Levels as ids: item ids per level (item form) or gate ids (flat form).

@@ -27,6 +27,8 @@ pub struct RawPlan {
     /// Plan-wide policy; every field optional.
     #[serde(default)]
     pub policy: RawPolicy,
+    /// The repository the plan gates (source-aware plans only).
+    pub source: Option<Spanned<RawSource>>,
     /// Item form: items with their gates. Exactly one of `items`/`gates` is allowed.
     pub items: Option<Spanned<Vec<RawItem>>>,
     /// Flat form: gates with global ids.
@@ -53,12 +55,25 @@ pub struct RawPolicy {
     pub cache_salt: Option<String>,
 }
 
+/// The `source:` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// URL or path of the repository.
+    pub repo: Spanned<String>,
+    /// Branch, tag, full ref or commit the items build on.
+    pub base: Option<Spanned<String>>,
+}
+
 /// One entry of `items:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawItem {
     /// Item id.
     pub id: Spanned<String>,
+    /// The change: a branch, tag, full ref or commit (source-aware plans only).
+    #[serde(rename = "ref")]
+    pub git_ref: Option<Spanned<String>>,
     /// Ids of items this one waits for.
     #[serde(default)]
     pub deps: Vec<Spanned<String>>,

@@ -587,3 +587,85 @@ fn files_and_readers() {
     assert_eq!(PlanFormat::from_path(Path::new("x.JSON")), PlanFormat::Json);
     assert_eq!(PlanFormat::from_path(Path::new("x.yaml")), PlanFormat::Yaml);
 }
+
+mod sources {
+    use super::*;
+
+    /// A plan whose `source` is `source` (lines 3..), then `items` after it.
+    fn with_source(source: &str, items: &str) -> String {
+        format!("version: 1\nname: t\nsource:\n{source}items:\n{items}")
+    }
+
+    const ITEM: &str = "  - id: pr1\n    ref: feature/x\n    gates: [ { id: g, run: x } ]\n";
+
+    #[test]
+    fn a_source_plan_keeps_its_repository_base_and_refs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("app/.git")).expect("mkdir");
+        let text = with_source("  repo: app\n  base: release/1.x\n", ITEM);
+        let plan = parse_plan(&text, PlanFormat::Yaml, "plan.yaml", dir.path()).expect("valid");
+        let source = plan.source.expect("source");
+        assert_eq!(
+            source.repo.local_path(),
+            Some(dir.path().join("app").as_path())
+        );
+        assert_eq!(source.base.as_deref(), Some("release/1.x"));
+        assert!(source.resolution.is_none(), "resolved later, once");
+        assert_eq!(plan.items[0].git_ref.as_deref(), Some("feature/x"));
+        // URLs are not checked on this machine; the credentials never show.
+        let url = "  repo: https://user:s3cret@git.example.com/a.git\n";
+        let plan = parse_ok(&with_source(url, ITEM));
+        let shown = plan.source.expect("source").repo.to_string();
+        assert_eq!(shown, "https://***@git.example.com/a.git");
+    }
+
+    #[test]
+    fn bad_sources_and_refs_are_rejected_with_their_line() {
+        let errors = rejected(&with_source("  repo: /nonexistent/app\n", ITEM));
+        let e = find(&errors, |k| matches!(k, PlanErrorKind::RepoNotGit { .. }));
+        assert_at(e, 4, &["/nonexistent/app", "is not a git repository"]);
+
+        let errors = rejected(&with_source("  repo: ftp://h/a.git\n", ITEM));
+        let e = find(&errors, |k| matches!(k, PlanErrorKind::InvalidRepo { .. }));
+        assert_at(e, 4, &["source.repo", "ftp"]);
+
+        let bad = with_source(
+            "  repo: https://h/a.git\n  base: --upload-pack=evil\n",
+            "  - id: pr1\n    ref: 'a b'\n    gates: [ { id: g, run: x } ]\n",
+        );
+        let errors = rejected(&bad);
+        let base = find(&errors, |k| {
+            matches!(k, PlanErrorKind::InvalidRef { item: None, .. })
+        });
+        assert_at(base, 5, &["source: invalid base", "starts with `-`"]);
+        let r = find(&errors, |k| {
+            matches!(k, PlanErrorKind::InvalidRef { item: Some(_), .. })
+        });
+        assert_at(r, 8, &["item \"pr1\": invalid ref", "spaces"]);
+
+        let errors = rejected(&items(ITEM));
+        let e = find(&errors, |k| {
+            matches!(k, PlanErrorKind::RefWithoutSource { .. })
+        });
+        assert_at(e, 5, &["has a `ref` but the plan has no `source`"]);
+    }
+
+    #[test]
+    fn gates_of_a_source_plan_stay_inside_the_repository() {
+        let item = "  - id: pr1\n    gates:\n      - { id: up, run: x, workdir: .. }\n      - { id: abs, run: x, workdir: /tmp }\n      - { id: inp, run: x, workdir: sub, inputs: ['../../etc/*'] }\n      - { id: ok, run: x, workdir: sub, inputs: ['../shared/**'] }\n";
+        let errors = rejected(&with_source("  repo: https://h/a.git\n", item));
+        let outside: Vec<String> = errors
+            .errors()
+            .iter()
+            .filter(|e| matches!(e.kind, PlanErrorKind::OutsideRepo { .. }))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(outside.len(), 3, "{outside:?}");
+        assert!(outside[0].contains("pr1/up") && outside[0].contains("`workdir`"));
+        assert!(outside[2].contains("pr1/inp") && outside[2].contains("`inputs`"));
+        // Without a source, a workdir above the plan's directory is fine.
+        parse_ok(&items(
+            "  - id: pr1\n    gates: [ { id: up, run: x, workdir: .. } ]\n",
+        ));
+    }
+}

@@ -198,6 +198,10 @@ fn validate(raw: RawPlan, file: &str, base_dir: &Path) -> Result<Plan, PlanError
         }
     };
     let policy = fields::policy(&raw.policy, &mut errs);
+    let source = raw
+        .source
+        .as_ref()
+        .and_then(|s| fields::source(s, base_dir, &mut errs));
 
     let (count, list_line, list_empty) = match (&raw.items, &raw.gates) {
         (Some(_), Some(gates)) => {
@@ -238,24 +242,51 @@ fn validate(raw: RawPlan, file: &str, base_dir: &Path) -> Result<Plan, PlanError
         gate_index: HashMap::with_capacity(count),
     };
     let (items, levels) = match (raw.items, raw.gates) {
-        (Some(items), _) => builder.items_form(&items.value),
+        (Some(items), _) => builder.items_form(&items.value, raw.source.is_some()),
         (None, Some(gates)) => (Vec::new(), builder.flat_form(&gates.value)),
         (None, None) => (Vec::new(), Vec::new()),
     };
     let Builder {
-        errs,
+        mut errs,
         policy,
         gates,
+        gate_lines,
         ..
     } = builder;
+    if source.is_some() {
+        for (gate, &at) in gates.iter().zip(&gate_lines) {
+            check_inside_repo(gate, at, &mut errs);
+        }
+    }
     errs.finish(Plan {
         name,
         base_dir: base_dir.to_path_buf(),
         policy,
+        source,
         items,
         gates,
         levels,
     })
+}
+
+/// A gate of a source-aware plan runs in a checkout: its `workdir` and `inputs` must
+/// stay inside it.
+fn check_inside_repo(gate: &Gate, at: u64, errs: &mut Collector) {
+    let outside = |field, value: &str| PlanErrorKind::OutsideRepo {
+        gate: gate.id.clone(),
+        field,
+        value: value.to_owned(),
+    };
+    let workdir = gate.workdir_rel.as_str();
+    if Path::new(workdir).is_absolute() || fields::climbs_above_root(workdir) {
+        errs.push(at, outside("workdir", workdir));
+        return;
+    }
+    for glob in &gate.inputs {
+        if glob.starts_with('/') || fields::climbs_above_root(&format!("{workdir}/{glob}")) {
+            errs.push(at, outside("inputs", glob));
+        }
+    }
 }
 
 /// State shared by the two plan forms while gates are built.
@@ -276,7 +307,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// Validates the item form; returns the items and their levels.
-    fn items_form(&mut self, raw_items: &[RawItem]) -> (Vec<Item>, Vec<Vec<u32>>) {
+    fn items_form(
+        &mut self,
+        raw_items: &[RawItem],
+        has_source: bool,
+    ) -> (Vec<Item>, Vec<Vec<u32>>) {
         let mut item_index: HashMap<&str, u32> = HashMap::with_capacity(raw_items.len());
         let mut items: Vec<Item> = Vec::with_capacity(raw_items.len());
         for (i, raw) in raw_items.iter().enumerate() {
@@ -301,8 +336,20 @@ impl Builder<'_> {
                 .iter()
                 .map(|gate| self.add_gate(gate, format!("{id}/{}", gate.id.value), Some(i)))
                 .collect();
+            let git_ref = raw.git_ref.as_ref().and_then(|r| {
+                let item = Some(ItemId::new(id));
+                if !has_source {
+                    let kind = PlanErrorKind::RefWithoutSource {
+                        item: ItemId::new(id),
+                    };
+                    self.errs.push(line(r), kind);
+                    return None;
+                }
+                fields::git_ref(r, item, "ref", &mut self.errs)
+            });
             items.push(Item {
                 id: ItemId::new(id),
+                git_ref,
                 deps: Vec::new(),
                 gates,
                 level: 0,

@@ -417,7 +417,10 @@ fn a_blocked_item_fails_before_anything_runs_and_its_stack_is_skipped() {
         id: sim.plan.clone(),
         plan,
         options: RunOptions {
-            blocked: vec![(gatehouse_common::ids::ItemIdx(1), "merge_conflict")],
+            blocked: vec![
+                (GateIdx(1), "merge_conflict"),
+                (GateIdx(2), "merge_conflict"),
+            ],
             ..RunOptions::default()
         },
     });
@@ -462,7 +465,7 @@ fn a_restored_plan_fails_its_blocked_items_gates_that_the_log_does_not_show() {
         id: sim.plan.clone(),
         plan,
         options: RunOptions {
-            blocked: vec![(gatehouse_common::ids::ItemIdx(1), "source")],
+            blocked: vec![(GateIdx(1), "source")],
             ..RunOptions::default()
         },
         gates: vec![RestoredGate::NotStarted; 2],

@@ -54,7 +54,7 @@ use flights::Flights;
 use plan_run::{GateState, Landed, PlanRun, Stopping};
 pub use transitions::retry_backoff;
 use transitions::{
-    Done, fail_blocked_items, finish_gate, gate_event, lose_attempt, make_ready, stop_plan,
+    Done, fail_blocked_gates, finish_gate, gate_event, lose_attempt, make_ready, stop_plan,
 };
 pub use types::*;
 use workers::WorkerSlots;
@@ -292,7 +292,7 @@ impl Scheduler {
             return;
         }
         let mut run = PlanRun::new(id.clone(), plan, options, now);
-        fail_blocked_items(&mut run, &mut self.sink, &self.config);
+        fail_blocked_gates(&mut run, &mut self.sink, &self.config);
         for g in 0..run.gates.len() {
             if run.gates[g].pending == 0 && run.gates[g].state == GateState::Blocked {
                 make_ready(&mut run, &mut self.sink, GateIdx(g as u32));

@@ -32,7 +32,7 @@ use gatehouse_common::plan::Plan;
 
 use super::plan_run::{GateState, PlanRun, Stopping};
 use super::transitions::{
-    end_gate, fail_blocked_items, gate_event, make_ready, propagate_pass, skip_dependents,
+    end_gate, fail_blocked_gates, gate_event, make_ready, propagate_pass, skip_dependents,
     stop_plan,
 };
 use super::{
@@ -105,7 +105,7 @@ impl Scheduler {
             skip_dependents(&mut run, &mut self.sink, g);
         }
         // Blocked items whose failures did not reach the log fail now (they never run).
-        fail_blocked_items(&mut run, &mut self.sink, &self.config);
+        fail_blocked_gates(&mut run, &mut self.sink, &self.config);
         // Blocked -> InDoubt: neither is queued, so `set_state`'s count is unaffected.
         for gr in &mut run.gates {
             if gr.state == GateState::Blocked && gr.pending == 0 {

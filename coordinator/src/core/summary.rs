@@ -1,8 +1,5 @@
 //! Plan summary: counts, outcome and the merge order.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use gatehouse_common::ids::ItemIdx;
 use gatehouse_common::plan::Plan;
 
@@ -30,31 +27,7 @@ pub(super) fn summarize(run: &PlanRun, now: Now) -> PlanSummary {
     }
 }
 
-/// Items that passed and whose deps are all in the merge order, in topological order
-/// (Kahn), ties broken by plan order.
+/// Items that passed and whose deps are all in the merge order ([`Plan::merge_order`]).
 pub fn merge_order(plan: &Plan, item_passed: impl Fn(ItemIdx) -> bool) -> Vec<ItemIdx> {
-    let n = plan.items.len();
-    let mut indeg = vec![0u32; n];
-    let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for (i, item) in plan.items.iter().enumerate() {
-        indeg[i] = item.deps.len() as u32;
-        for d in &item.deps {
-            dependents[d.ix()].push(i as u32);
-        }
-    }
-    let mut heap: BinaryHeap<Reverse<u32>> = (0..n as u32)
-        .filter(|&i| indeg[i as usize] == 0 && item_passed(ItemIdx(i)))
-        .map(Reverse)
-        .collect();
-    let mut order = Vec::new();
-    while let Some(Reverse(i)) = heap.pop() {
-        order.push(ItemIdx(i));
-        for &d in &dependents[i as usize] {
-            indeg[d as usize] -= 1;
-            if indeg[d as usize] == 0 && item_passed(ItemIdx(d)) {
-                heap.push(Reverse(d));
-            }
-        }
-    }
-    order
+    plan.merge_order(item_passed)
 }

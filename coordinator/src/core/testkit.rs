@@ -67,6 +67,7 @@ pub(crate) fn flat(policy: Policy, gates: &[G]) -> Arc<Plan> {
         name: "test".into(),
         base_dir: PathBuf::from("/tmp"),
         policy,
+        source: None,
         items: vec![],
         gates: gates
             .iter()
@@ -88,6 +89,7 @@ pub(crate) fn items(policy: Policy, spec: &[(&str, &[u32], Vec<G>)]) -> Arc<Plan
         }
         items.push(Item {
             id: ItemId::new(*id),
+            git_ref: None,
             deps: deps.iter().map(|&d| ItemIdx(d)).collect(),
             gates: members,
             level: 0,
@@ -97,6 +99,7 @@ pub(crate) fn items(policy: Policy, spec: &[(&str, &[u32], Vec<G>)]) -> Arc<Plan
         name: "test".into(),
         base_dir: PathBuf::from("/tmp"),
         policy,
+        source: None,
         items,
         gates,
         levels: vec![],

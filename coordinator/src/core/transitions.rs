@@ -76,6 +76,10 @@ pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
         workdir_rel: gate.workdir_rel.clone(),
         timeout: gate.timeout,
         memory: gate.memory,
+        checkout: plan.source.as_ref().and_then(|source| {
+            let resolution = source.resolution.as_ref()?;
+            resolution.checkout(plan, &source.repo, g)
+        }),
     }
 }
 
@@ -210,26 +214,21 @@ pub(super) fn propagate_pass(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
     }
 }
 
-/// Fails, before anything starts, every gate not yet ended of the items the run's
-/// options block (their code cannot be built: `merge_conflict`, `source`), then lets
-/// the failures propagate like any other: dependents skipped, or fail-fast.
-pub(super) fn fail_blocked_items(run: &mut PlanRun, sink: &mut Sink, config: &CoreConfig) {
+/// Fails, before anything starts, every gate not yet ended that the run's options
+/// block (its code cannot be built: `merge_conflict`, `source`), then lets the failures
+/// propagate like any other: dependents skipped, or fail-fast.
+pub(super) fn fail_blocked_gates(run: &mut PlanRun, sink: &mut Sink, config: &CoreConfig) {
     let blocked = run.options.blocked.clone();
     let mut failed = Vec::new();
-    for (item, reason) in blocked {
-        if item.ix() >= run.plan.items.len() {
+    for (g, reason) in blocked {
+        if g.ix() >= run.plan.gates.len() || matches!(run.gate(g).state, GateState::Done(_)) {
             continue;
         }
-        for g in run.plan.item(item).gates.clone() {
-            if matches!(run.gate(g).state, GateState::Done(_)) {
-                continue;
-            }
-            end_gate(run, sink, g, Terminal::Failed, (false, false), None);
-            let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Failed), 0, None);
-            ev.reason = Some(reason);
-            sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
-            failed.push(g);
-        }
+        end_gate(run, sink, g, Terminal::Failed, (false, false), None);
+        let mut ev = gate_event(run, g, GateStatus::Finished(Terminal::Failed), 0, None);
+        ev.reason = Some(reason);
+        sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
+        failed.push(g);
     }
     if failed.is_empty() {
         return;

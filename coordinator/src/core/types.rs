@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{Assignment, AttemptRef, GateResult};
-use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, SessionKey};
+use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
 use gatehouse_common::plan::Plan;
 
 pub use gatehouse_common::events::{
@@ -26,12 +26,12 @@ pub struct RunOptions {
     pub trace_parent: Option<String>,
     /// Whether the result cache is consulted and written (`--no-cache` turns it off).
     pub use_cache: bool,
-    /// Items that cannot run on their code, decided before submission from the plan's
-    /// source, with the reason (`merge_conflict`: their speculative state does not
-    /// merge; `source`: their code could not be fetched). Every gate of such an item
-    /// fails with that reason before anything starts, and what depends on it is
+    /// Gates that cannot run on their code, decided before submission from the plan's
+    /// source (`Resolution::blocked`), with the reason (`merge_conflict`: their item's
+    /// speculative state does not merge; `source`: their code could not be fetched).
+    /// Each fails with that reason before anything starts, and what depends on it is
     /// skipped, as for any failure.
-    pub blocked: Vec<(ItemIdx, &'static str)>,
+    pub blocked: Vec<(GateIdx, &'static str)>,
 }
 
 /// What a worker (executor) declares when it joins.

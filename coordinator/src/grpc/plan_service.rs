@@ -112,6 +112,12 @@ impl PlanService for PlanServiceImpl {
                 Status::invalid_argument(errors.to_string())
             }
         })?;
+        if plan.source.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "{}: plans with `source` run with `gatehouse run`; the cluster does not take them yet",
+                source.name
+            )));
+        }
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
         // The plan's trace continues the submitter's, through this call's span.
         let options = RunOptions {

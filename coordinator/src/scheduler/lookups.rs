@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::cache::{
-    CacheEntry, CacheError, CacheKey, FileHashes, ResultCache, compute_key, unix_ms_now,
+    CacheEntry, CacheError, CacheKey, FileHashes, ResultCache, compute_key, compute_tree_key,
+    unix_ms_now,
 };
 use gatehouse_common::ids::{GateId, GateIdx, PlanId};
 use gatehouse_common::plan::Plan;
@@ -172,11 +173,12 @@ impl CacheIo {
     }
 
     /// Every key of a restored plan, in dependency order, when keys do not hash files
-    /// (then this is pure hashing): gates that passed before the failover are never
-    /// looked up again, and without their keys every gate that depends on them would
-    /// run uncached. Empty when keys hash files.
+    /// (then this is pure hashing: a source plan's tree keys, or keys without inputs):
+    /// gates that passed before the failover are never looked up again, and without
+    /// their keys every gate that depends on them would run uncached. Empty when keys
+    /// hash files.
     pub(super) fn restored_keys(&self, plan: &Plan, files: &FileHashes) -> Vec<Option<CacheKey>> {
-        if self.hash_inputs {
+        if self.hash_inputs && plan.resolution().is_none() {
             return Vec::new();
         }
         let n = plan.gates.len();
@@ -195,9 +197,17 @@ impl CacheIo {
             .collect();
         while let Some(g) = ready.pop_front() {
             let deps: Option<Vec<CacheKey>> = plan.prerequisites(g).map(|d| keys[d.ix()]).collect();
-            keys[g.ix()] = deps
-                .filter(|_| plan.gate(g).inputs.is_empty())
-                .and_then(|deps| compute_key(plan, g, &deps, files).ok());
+            keys[g.ix()] = match (plan.resolution(), deps) {
+                (Some(resolution), Some(deps)) => resolution
+                    .gates
+                    .get(g.ix())
+                    .and_then(Option::as_ref)
+                    .map(|tree| compute_tree_key(plan, g, &deps, tree)),
+                (None, Some(deps)) if plan.gate(g).inputs.is_empty() => {
+                    compute_key(plan, g, &deps, files).ok()
+                }
+                _ => None,
+            };
             for &d in &dependents[g.ix()] {
                 blocking[d.ix()] -= 1;
                 if blocking[d.ix()] == 0 {
@@ -254,10 +264,16 @@ async fn lookup(
         deps,
         files,
     } = req;
-    // Gates' input files live on the workers in the cluster: such a gate has no key.
-    let deps = deps.filter(|_| hash_inputs || plan.gate(gate).inputs.is_empty());
-    let key = match deps {
-        Some(deps) => {
+    // A source plan's gates are keyed on their trees, resolved before the plan was
+    // submitted: pure hashing. Otherwise, gates' input files live on the workers in the
+    // cluster: such a gate has no key.
+    let key = match (plan.resolution(), deps) {
+        (Some(resolution), Some(deps)) => resolution
+            .gates
+            .get(gate.ix())
+            .and_then(Option::as_ref)
+            .map(|tree| compute_tree_key(&plan, gate, &deps, tree)),
+        (None, Some(deps)) if hash_inputs || plan.gate(gate).inputs.is_empty() => {
             let p = plan.clone();
             spawn_blocking_named("cache-key", move || compute_key(&p, gate, &deps, &files))
                 .await
@@ -270,7 +286,7 @@ async fn lookup(
                     .ok()
                 })
         }
-        None => None,
+        (_, _) => None,
     };
     let mut hit = None;
     let mut answer = None;

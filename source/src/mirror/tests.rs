@@ -1,66 +1,14 @@
 //! Mirrors, merges and checkouts against real repositories made by the tests.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use super::*;
 use crate::speculate::{SpeculateError, Speculator};
+use crate::testkit::Work;
 
 const NET: Duration = Duration::from_secs(30);
-
-/// A working repository the tests commit to with the git CLI.
-struct Work {
-    dir: PathBuf,
-}
-
-impl Work {
-    fn new(root: &Path) -> Self {
-        let dir = root.join("work");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let w = Self { dir };
-        w.git(&["init", "--quiet", "-b", "main"]);
-        w.git(&["config", "user.name", "Test"]);
-        w.git(&["config", "user.email", "test@example.com"]);
-        w
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .current_dir(&self.dir)
-            .args(args)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .output()
-            .expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Writes `files` and commits them on the current branch; returns the commit.
-    fn commit(&self, files: &[(&str, &str)], message: &str) -> CommitId {
-        for (path, content) in files {
-            let path = self.dir.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-            std::fs::write(path, content).expect("write");
-        }
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "--quiet", "-m", message]);
-        CommitId::parse(&self.git(&["rev-parse", "HEAD"])).expect("id")
-    }
-
-    fn branch(&self, name: &str, from: &str) {
-        self.git(&["checkout", "--quiet", "-B", name, from]);
-    }
-
-    fn url(&self) -> RepoUrl {
-        RepoUrl::parse(&format!("file://{}", self.dir.display()), Path::new("/")).expect("url")
-    }
-}
 
 async fn mirror(root: &Path, url: RepoUrl, name: &str) -> Mirror {
     let git = Git::find().await.expect("git");

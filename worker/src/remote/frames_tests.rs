@@ -25,6 +25,7 @@ fn wire_spec(workdir: &str) -> v1::GateSpec {
         workdir: workdir.into(),
         timeout_ms: 60_000,
         memory_bytes: 512,
+        checkout: None,
     }
 }
 

@@ -27,6 +27,7 @@ pub fn spec(run: &str, workdir: &Path) -> GateSpec {
         workdir_rel: ".".into(),
         timeout: Duration::from_secs(120),
         memory: 0,
+        checkout: None,
     }
 }
 

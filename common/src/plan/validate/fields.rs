@@ -12,10 +12,11 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::line;
-use crate::ids::{GateId, ItemIdx};
+use crate::ids::{GateId, ItemId, ItemIdx};
 use crate::plan::error::{Collector, PlanErrorKind};
-use crate::plan::raw::{RawGate, RawPolicy, Scalar};
+use crate::plan::raw::{RawGate, RawPolicy, RawSource, Scalar};
 use crate::plan::{DEFAULT_MEMORY, Gate, MAX_ENV_VARS, MAX_LABELS, MAX_RUN_BYTES, Policy};
+use crate::source::{PlanSource, RepoUrl};
 use crate::units::{parse_duration, parse_size};
 
 /// The policy with defaults applied.
@@ -38,6 +39,109 @@ pub(super) fn policy(raw: &RawPolicy, errs: &mut Collector) -> Policy {
         cache: raw.cache.unwrap_or(defaults.cache),
         cache_salt: raw.cache_salt.clone().unwrap_or_default(),
     }
+}
+
+/// The `source:` block: the repository parsed (a local path resolved against
+/// `base_dir` and required to be a git repository: the one check here that reads the
+/// file system) and `base` checked.
+pub(super) fn source(
+    raw: &Spanned<RawSource>,
+    base_dir: &Path,
+    errs: &mut Collector,
+) -> Option<PlanSource> {
+    let repo = &raw.value.repo;
+    let base = raw
+        .value
+        .base
+        .as_ref()
+        .and_then(|b| git_ref(b, None, "base", errs));
+    let url = match RepoUrl::parse(&repo.value, base_dir) {
+        Ok(url) => url,
+        Err(e) => {
+            let kind = PlanErrorKind::InvalidRepo {
+                reason: e.to_string(),
+            };
+            errs.push(line(repo), kind);
+            return None;
+        }
+    };
+    if let Some(path) = url.local_path()
+        && !is_git_repository(path)
+    {
+        let kind = PlanErrorKind::RepoNotGit {
+            path: path.display().to_string(),
+        };
+        errs.push(line(repo), kind);
+        return None;
+    }
+    Some(PlanSource {
+        repo: url,
+        base,
+        resolution: None,
+    })
+}
+
+/// Whether `path` is a git repository: a work tree with `.git`, or a bare repository.
+fn is_git_repository(path: &Path) -> bool {
+    path.join(".git").exists() || (path.join("HEAD").is_file() && path.join("objects").is_dir())
+}
+
+/// A `ref` or `base` value: a branch, tag, full ref, `HEAD` or commit id, as git's
+/// `check-ref-format` would accept it (and never an option: no leading `-`).
+pub(super) fn git_ref(
+    raw: &Spanned<String>,
+    item: Option<ItemId>,
+    field: &'static str,
+    errs: &mut Collector,
+) -> Option<String> {
+    let value = raw.value.as_str();
+    let reason = if value.is_empty() {
+        Some("it is empty")
+    } else if value.starts_with('-') {
+        Some("it starts with `-`")
+    } else if value.len() > 1024 {
+        Some("it is longer than 1024 bytes")
+    } else if value
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+    {
+        Some("ref names cannot contain spaces, control characters or any of ~^:?*[\\")
+    } else if value.contains("..") || value.contains("@{") || value.contains("//") {
+        Some("ref names cannot contain `..`, `@{` or `//`")
+    } else if value.ends_with('/') || value.ends_with('.') || value.ends_with(".lock") {
+        Some("ref names cannot end with `/`, `.` or `.lock`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => {
+            let kind = PlanErrorKind::InvalidRef {
+                item,
+                field,
+                value: value.to_owned(),
+                reason,
+            };
+            errs.push(line(raw), kind);
+            None
+        }
+        None => Some(value.to_owned()),
+    }
+}
+
+/// Whether a `/`-separated relative path climbs above its root (`../x`, `a/../../x`).
+pub(super) fn climbs_above_root(path: &str) -> bool {
+    let mut depth = 0usize;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
 }
 
 /// Gate `id` built from `raw` with every default applied; `needs` is left empty.

@@ -41,6 +41,7 @@ fn spec(gate: &str, run: &str, workdir: &str) -> v1::GateSpec {
         workdir: workdir.into(),
         timeout_ms: 60_000,
         memory_bytes: 100 * MIB,
+        checkout: None,
     }
 }
 

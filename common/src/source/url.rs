@@ -10,8 +10,11 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 /// A repository location. See the module docs.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct RepoUrl {
     /// What git is given (userinfo included).
     raw: String,
@@ -162,6 +165,22 @@ impl RepoUrl {
             Kind::Url { userinfo, .. } | Kind::Scp { userinfo } => *userinfo,
             Kind::Local(_) => None,
         }
+    }
+}
+
+/// Serialized as what git is given (credentials included: a worker needs them), so
+/// only absolute locations round-trip; a relative path was resolved when parsed.
+impl TryFrom<String> for RepoUrl {
+    type Error = UrlError;
+
+    fn try_from(raw: String) -> Result<Self, UrlError> {
+        Self::parse(&raw, Path::new("/"))
+    }
+}
+
+impl From<RepoUrl> for String {
+    fn from(url: RepoUrl) -> String {
+        url.raw
     }
 }
 

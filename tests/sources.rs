@@ -1,0 +1,260 @@
+//! Source-aware plans under `gatehouse run`, against real repositories made by the tests
+//! and served by a real `git daemon` on an ephemeral loopback port (and over file://):
+//! every gate runs on exactly its item's speculative tree, conflicts fail their item,
+//! and the cache follows the trees.
+
+mod support;
+
+use support::Workspace;
+use support::git::{GitDaemon, Repo};
+
+/// The shell test that the checkout holds exactly `present` of the stack's files.
+fn holds(present: &[&str]) -> String {
+    let all = ["one.txt", "two.txt", "three.txt", "side.txt"];
+    let mut checks = vec!["test -f README".to_string()];
+    for f in all {
+        checks.push(if present.contains(&f) {
+            format!("test -f {f}")
+        } else {
+            format!("test ! -e {f}")
+        });
+    }
+    // The checkout is exactly the commit the gate was keyed on.
+    checks.push(r#"test "$(git rev-parse HEAD)" = "$GATEHOUSE_COMMIT""#.into());
+    checks.join(" && ")
+}
+
+/// pr1 (from main) adds one.txt; pr2 on pr1 adds two.txt; pr3 on pr2 adds three.txt;
+/// side (from main) adds side.txt; clash (from main) adds its own one.txt.
+fn make_repo(dir: &std::path::Path) -> (Repo, Vec<String>) {
+    let r = Repo::init(dir);
+    let base = r.commit(&[("README", "app\n")], "base");
+    r.branch("pr1", "main");
+    let pr1 = r.commit(&[("one.txt", "1\n")], "pr1");
+    r.branch("pr2", "pr1");
+    let pr2 = r.commit(&[("two.txt", "2\n")], "pr2");
+    r.branch("pr3", "pr2");
+    let pr3 = r.commit(&[("three.txt", "3\n")], "pr3");
+    r.branch("side", "main");
+    let side = r.commit(&[("side.txt", "s\n")], "side");
+    r.branch("clash", "main");
+    let clash = r.commit(&[("one.txt", "clash\n")], "clash");
+    r.switch("main");
+    (r, vec![base, pr1, pr2, pr3, side, clash])
+}
+
+/// Each item: `files` checks its tree; `readme` reads only README (`inputs`).
+fn item(id: &str, git_ref: &str, deps: &[&str], present: &[&str]) -> String {
+    format!(
+        "  - id: {id}\n    ref: {git_ref}\n    deps: [{deps}]\n    gates:\n      - id: files\n        run: '{check}'\n      - id: readme\n        run: cat README\n        inputs: [README]\n",
+        deps = deps.join(", "),
+        check = holds(present),
+    )
+}
+
+fn plan(repo: &str, items: &[String]) -> String {
+    format!(
+        "version: 1\nname: stack\nsource:\n  repo: {repo}\n  base: main\nitems:\n{}",
+        items.concat()
+    )
+}
+
+fn stack_items() -> Vec<String> {
+    vec![
+        item("pr1", "pr1", &[], &["one.txt"]),
+        item("pr2", "pr2", &["pr1"], &["one.txt", "two.txt"]),
+        item("pr3", "pr3", &["pr2"], &["one.txt", "two.txt", "three.txt"]),
+        item("side", "side", &["pr1"], &["one.txt", "side.txt"]),
+    ]
+}
+
+fn cached(run: &support::RunResult, gate: &str) -> bool {
+    run.terminal(gate)["cached"] == true
+}
+
+#[test]
+fn a_stack_over_git_daemon_runs_each_gate_on_its_speculative_tree_and_caches_by_tree() {
+    let ws = Workspace::new();
+    let served = ws.path().join("served");
+    let (repo, ids) = make_repo(&served.join("app"));
+    let daemon = GitDaemon::serve(&served);
+    ws.write("plan.yaml", &plan(&daemon.url("app"), &stack_items()));
+
+    let first = ws.run_json("plan.yaml", &[]);
+    assert_eq!(first.code, 0, "stderr: {}\n{:?}", first.stderr, first.lines);
+    assert!(
+        daemon.served() > 0,
+        "the plan read the repository over git://"
+    );
+    for gate in [
+        "pr1/files",
+        "pr2/files",
+        "pr3/files",
+        "side/files",
+        "pr1/readme",
+    ] {
+        assert_eq!(first.state(gate), "passed", "{gate}");
+        assert!(!cached(&first, gate), "{gate} ran");
+    }
+    assert_eq!(
+        first.summary()["merge_order"],
+        serde_json::json!(["pr1", "pr2", "pr3", "side"])
+    );
+    // What each item resolved to, and its speculative state.
+    let source = &first.lines[0];
+    assert_eq!(source["event"], "source", "{source}");
+    assert_eq!(source["base"]["commit"], ids[0].as_str());
+    let items = source["items"].as_array().expect("items");
+    let spec = |i: usize| items[i]["speculative_commit"].as_str().unwrap_or_default();
+    assert_eq!(items[0]["commit"], ids[1].as_str());
+    assert_eq!(
+        spec(2),
+        ids[3],
+        "a stacked branch fast-forwards: its own commit"
+    );
+    assert!(
+        ![ids[0].as_str(), ids[1].as_str(), ids[4].as_str()].contains(&spec(3)),
+        "side is merged onto pr1: a new commit"
+    );
+
+    // The same plan again: nothing runs.
+    let again = ws.run_json("plan.yaml", &[]);
+    assert_eq!(again.code, 0, "stderr: {}", again.stderr);
+    assert_eq!(again.summary()["gates"]["cached"], 8, "{:?}", again.lines);
+
+    // A commit on the middle branch: pr2 and what is stacked on it run again; pr1 and
+    // side stay cached, and so does pr2/readme, whose input did not change.
+    repo.switch("pr2");
+    repo.commit(&[("two.txt", "2, revised\n")], "pr2 again");
+    repo.switch("main");
+    let middle = ws.run_json("plan.yaml", &[]);
+    assert_eq!(
+        middle.code, 0,
+        "stderr: {}\n{:?}",
+        middle.stderr, middle.lines
+    );
+    for gate in [
+        "pr1/files",
+        "pr1/readme",
+        "side/files",
+        "side/readme",
+        "pr2/readme",
+    ] {
+        assert!(cached(&middle, gate), "{gate} stays cached");
+    }
+    for gate in ["pr2/files", "pr3/files", "pr3/readme"] {
+        assert!(!cached(&middle, gate), "{gate} runs again");
+    }
+
+    // A commit on top touching only a file outside README: pr3/readme stays cached.
+    repo.switch("pr3");
+    repo.commit(&[("three.txt", "3, revised\n")], "pr3 again");
+    repo.switch("main");
+    let top = ws.run_json("plan.yaml", &[]);
+    assert_eq!(top.code, 0, "stderr: {}", top.stderr);
+    assert!(cached(&top, "pr3/readme"), "outside its inputs: cached");
+    assert!(!cached(&top, "pr3/files"), "the whole tree changed");
+    assert!(cached(&top, "pr2/files"));
+}
+
+#[test]
+fn a_conflict_fails_its_item_naming_the_path_and_skips_what_is_stacked_on_it() {
+    let ws = Workspace::new();
+    let (repo, _) = make_repo(&ws.path().join("app"));
+    let mut items = stack_items();
+    items.push(item("clash", "clash", &["pr1"], &[]));
+    items.push(item("above", "pr3", &["clash"], &[]));
+    ws.write("plan.yaml", &plan(&repo.file_url(), &items));
+
+    let run = ws.run_json("plan.yaml", &[]);
+    assert_eq!(run.code, 1, "stderr: {}", run.stderr);
+    for gate in ["clash/files", "clash/readme"] {
+        let line = run.terminal(gate);
+        assert_eq!(
+            (
+                line["state"].as_str(),
+                line["reason"].as_str(),
+                line["attempt"].as_u64()
+            ),
+            (Some("failed"), Some("merge_conflict"), Some(0)),
+            "{gate} never ran: {line}"
+        );
+    }
+    assert_eq!(run.terminal("above/files")["reason"], "dependency_failed");
+    for gate in ["pr1/files", "pr2/files", "pr3/files", "side/files"] {
+        assert_eq!(run.state(gate), "passed", "{gate}");
+    }
+    let clash = &run.lines[0]["items"][4];
+    assert_eq!(clash["reason"], "merge_conflict", "{clash}");
+    assert_eq!(clash["paths"], serde_json::json!(["one.txt"]));
+    assert!(
+        clash["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("one.txt")
+    );
+
+    // The text output names the conflict too.
+    let out = ws.cmd(&["run", "plan.yaml"]).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("merge_conflict") && text.contains("conflicts in one.txt"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_repository_or_a_missing_ref_fails_with_source_and_says_what_to_check() {
+    let ws = Workspace::new();
+    let (repo, _) = make_repo(&ws.path().join("app"));
+    // Nothing listens on port 1 of loopback: refused at once.
+    ws.write(
+        "down.yaml",
+        &plan("git://127.0.0.1:1/app", &[item("pr1", "pr1", &[], &[])]),
+    );
+    let started = std::time::Instant::now();
+    let down = ws.run_json("down.yaml", &[]);
+    assert_eq!(down.code, 1, "stderr: {}", down.stderr);
+    assert_eq!(down.terminal("pr1/files")["reason"], "source");
+    assert!(
+        down.lines[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot read git://127.0.0.1:1/app"),
+        "{}",
+        down.lines[0]
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
+    let items = [
+        item("pr1", "pr1", &[], &["one.txt"]),
+        item("gone", "no-such-branch", &[], &[]),
+    ];
+    ws.write("gone.yaml", &plan(&repo.file_url(), &items));
+    let gone = ws.run_json("gone.yaml", &[]);
+    assert_eq!(gone.code, 1, "stderr: {}", gone.stderr);
+    assert_eq!(gone.state("pr1/files"), "passed", "the rest runs");
+    assert_eq!(gone.terminal("gone/files")["reason"], "source");
+    let error = gone.lines[0]["items"][1]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("no-such-branch"), "{error}");
+}
+
+#[test]
+fn a_flat_plan_with_a_source_runs_every_gate_on_base() {
+    let ws = Workspace::new();
+    let (repo, ids) = make_repo(&ws.path().join("app"));
+    ws.write(
+        "flat.yaml",
+        "version: 1\nname: flat\nsource: { repo: app }\ngates:\n  - id: base\n    run: 'test -f README && test ! -e one.txt && test \"$GATEHOUSE_COMMIT\" = \"$GATEHOUSE_BASE_COMMIT\" && test -z \"$GATEHOUSE_ITEM_COMMIT\"'\n    workdir: .\n",
+    );
+    let run = ws.run_json("flat.yaml", &[]);
+    assert_eq!(run.code, 0, "stderr: {}\n{:?}", run.stderr, run.lines);
+    assert_eq!(
+        run.lines[0]["base"]["commit"],
+        ids[0].as_str(),
+        "HEAD by default"
+    );
+    drop(repo);
+}
