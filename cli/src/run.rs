@@ -332,9 +332,16 @@ async fn prepare_source(
     let mirror = Mirror::open(git, &cache, source.repo.clone())
         .await
         .with_context(|| format!("cannot open the git mirror under {}", cache.display()))?;
+    let started = std::time::Instant::now();
     let resolution = gatehouse_source::prepare(&plan, &mirror, args.fetch_timeout)
         .await
         .with_context(|| format!("cannot prepare the code of {}", source.repo))?;
+    tracing::info!(
+        repo = %source.repo,
+        items = plan.items.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "source prepared"
+    );
     source.resolution = Some(Arc::new(resolution));
     let checkouts = Checkouts::new(cache.clone(), cache.join(".checkouts"), args.fetch_timeout);
     Ok((Arc::new(prepared), Arc::new(checkouts)))

@@ -54,6 +54,30 @@ fn rooted(workdir: &str, glob: &str) -> Result<String, InputsError> {
     Ok(parts.join("/"))
 }
 
+/// The literal leading paths of `globs` (relative to `workdir`): every entry the globs
+/// can match lies under one of them, so listing only those paths of a tree is enough.
+/// `None` when a glob starts with a pattern (`**/*.rs`): the whole tree is needed.
+pub fn literal_prefixes(
+    workdir: &str,
+    globs: &[String],
+) -> Result<Option<Vec<String>>, InputsError> {
+    let mut prefixes = Vec::with_capacity(globs.len());
+    for glob in globs {
+        let pattern = rooted(workdir, glob)?;
+        let literal: Vec<&str> = pattern
+            .split('/')
+            .take_while(|part| !part.contains(['*', '?', '[', '{', '\\']))
+            .collect();
+        if literal.is_empty() {
+            return Ok(None);
+        }
+        prefixes.push(literal.join("/"));
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(Some(prefixes))
+}
+
 /// The entries of a tree that `globs` (relative to `workdir`, itself relative to the
 /// tree's root) match, sorted by path.
 pub fn matching<'a>(
@@ -129,6 +153,24 @@ mod tests {
             paths(&tree, "app", &["missing.txt"]).is_empty(),
             "no match is no error"
         );
+    }
+
+    #[test]
+    fn prefixes_are_the_literal_directories_a_listing_can_stop_at() {
+        let globs = |g: &[&str]| g.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            literal_prefixes("app", &globs(&["src/**", "Cargo.lock", "../shared/*.rs"])),
+            Ok(Some(vec![
+                "app/Cargo.lock".into(),
+                "app/src".into(),
+                "shared".into()
+            ]))
+        );
+        assert_eq!(
+            literal_prefixes(".", &globs(&["src/**", "**/*.md"])),
+            Ok(None)
+        );
+        assert_eq!(literal_prefixes("", &globs(&["*.toml"])), Ok(None));
     }
 
     #[test]

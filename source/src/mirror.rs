@@ -495,14 +495,27 @@ impl Mirror {
 
     /// Every blob and submodule of `tree`, by path.
     pub async fn entries(&self, tree: &TreeId) -> Result<Vec<TreeEntry>, MirrorError> {
+        self.entries_under(tree, None).await
+    }
+
+    /// The blobs and submodules of `tree` at or under the literal paths `under` (every
+    /// one of them when `None`), by path: a listing of a few directories of a large
+    /// tree reads only those.
+    pub async fn entries_under(
+        &self,
+        tree: &TreeId,
+        under: Option<&[String]>,
+    ) -> Result<Vec<TreeEntry>, MirrorError> {
+        let mut args = vec!["ls-tree", "-r", "-z", "--full-tree", tree.as_str()];
+        if let Some(paths) = under {
+            args.push("--");
+            args.extend(paths.iter().map(String::as_str));
+        }
         let out = self
             .git
-            .run(
-                &self.dir,
-                ["ls-tree", "-r", "-z", "--full-tree", tree.as_str()],
-                LOCAL_TIMEOUT,
-            )
+            .run(&self.dir, &args, LOCAL_TIMEOUT)
             .isolated()
+            .env("GIT_LITERAL_PATHSPECS", "1")
             .ok()
             .await?;
         parse_ls_tree(&out.stdout)
@@ -510,7 +523,7 @@ impl Mirror {
 
     /// Checks `commit` out into `dest` (which must not exist): a clone that shares this
     /// mirror's objects, detached at `commit`, with the pinned settings (no line-ending
-    /// conversion, no filters, no hooks). `dest` is independent of the mirror and of
+    /// conversion, no filters, no hooks, whatever the tree's `.gitattributes` says). `dest` is independent of the mirror and of
     /// other checkouts; removing it is removing the directory.
     pub async fn checkout(&self, commit: &CommitId, dest: &Path) -> Result<(), MirrorError> {
         let src = self.dir.display().to_string();
@@ -532,6 +545,16 @@ impl Mirror {
                 .ok()
                 .await?;
         }
+        // `info/attributes` wins over the tree's `.gitattributes`: no line-ending rule,
+        // filter or encoding of the repository's own changes a byte either.
+        let info = dest.join(".git").join("info");
+        let pinned = "* -text -eol -filter -ident -working-tree-encoding\n";
+        std::fs::create_dir_all(&info)
+            .and_then(|()| std::fs::write(info.join("attributes"), pinned))
+            .map_err(|source| MirrorError::Io {
+                path: info.clone(),
+                source,
+            })?;
         self.git
             .run(
                 dest,

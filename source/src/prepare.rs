@@ -13,8 +13,9 @@
 //!    (`merge_conflict`, naming the paths); an item above a blocked one has no state and
 //!    is skipped with it.
 //! 3. Gates: a gate without `inputs` is keyed on its item's whole tree; a gate with
-//!    `inputs` on the digest of the tree entries its globs match (read with `ls-tree`,
-//!    once per tree, never from a checkout).
+//!    `inputs` on the digest of the tree entries its globs match (read with `ls-tree`
+//!    limited to the globs' literal directories, once per tree and set of directories,
+//!    never from a checkout).
 //!
 //! Nothing here decides scheduling: the core fails [`Resolution::blocked`] gates.
 
@@ -129,7 +130,7 @@ pub async fn prepare(
     }
 
     // 3. What each gate's key reads.
-    let mut entries: HashMap<TreeId, Vec<TreeEntry>> = HashMap::new();
+    let mut entries: HashMap<(TreeId, Option<Vec<String>>), Vec<TreeEntry>> = HashMap::new();
     let mut gates = Vec::with_capacity(plan.gates.len());
     for gate in &plan.gates {
         let tree = match gate.item {
@@ -147,11 +148,22 @@ pub async fn prepare(
             gates.push(Some(GateTree::Whole(tree.clone())));
             continue;
         }
-        if !entries.contains_key(tree) {
-            let listed = mirror.entries(tree).await?;
-            entries.insert(tree.clone(), listed);
+        // Only the directories the globs can reach are listed (the whole tree when a
+        // glob starts with a pattern); listings are shared by gates with the same ones.
+        let under = match inputs::literal_prefixes(&gate.workdir_rel, &gate.inputs) {
+            Ok(under) => under,
+            Err(e) => {
+                tracing::warn!(gate = %gate.id, error = %e, "cannot read a gate's inputs from its tree; it runs uncached");
+                gates.push(None);
+                continue;
+            }
+        };
+        let listing = (tree.clone(), under);
+        if !entries.contains_key(&listing) {
+            let listed = mirror.entries_under(tree, listing.1.as_deref()).await?;
+            entries.insert(listing.clone(), listed);
         }
-        let listed = &entries[tree];
+        let listed = &entries[&listing];
         match inputs::matching(listed, &gate.workdir_rel, &gate.inputs) {
             Ok(matched) => {
                 let pairs = matched.iter().map(|e| (e.path.as_str(), e.oid.as_str()));

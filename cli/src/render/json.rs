@@ -1,7 +1,8 @@
 //! `--json`: NDJSON on stdout. Exactly one terminal line per gate (`state` one of
 //! passed, failed, timed_out, skipped, cancelled), non-terminal `running`, `retrying`
 //! and `waiting` lines, and a last `summary` line. Nothing else is written to stdout
-//! (the client commands may add one `submitted` line first, see docs/cli.md).
+//! (a plan with a `source` starts with one `source` line, see [`super::source`]; the
+//! client commands may add one `submitted` line first, see docs/cli.md).
 //!
 //! Lines are built as [`Value`]s from the view types, so a local run and a remote watch
 //! of the same events print the same bytes.

@@ -130,6 +130,31 @@ async fn a_stack_fast_forwards_an_independent_change_merges_the_same_everywhere(
 }
 
 #[tokio::test]
+async fn checkouts_are_the_tree_s_bytes_whatever_its_attributes_say() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let w = Work::new(root.path());
+    // The repository asks for CRLF on checkout and for a filter that would rewrite files.
+    let head = w.commit(
+        &[
+            (
+                ".gitattributes",
+                "*.txt text eol=crlf\n*.dat filter=rewrite\n",
+            ),
+            ("a.txt", "one\ntwo\n"),
+            ("b.dat", "raw\n"),
+        ],
+        "attributes",
+    );
+    w.git(&["config", "filter.rewrite.smudge", "sed s/raw/cooked/"]);
+    let m = mirror(root.path(), w.url(), "cache").await;
+    m.resolve(&["main".into()], NET).await.expect("resolve");
+    let out = root.path().join("checkout");
+    m.checkout(&head, &out).await.expect("checkout");
+    assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"one\ntwo\n");
+    assert_eq!(std::fs::read(out.join("b.dat")).expect("b"), b"raw\n");
+}
+
+#[tokio::test]
 async fn a_conflict_names_the_commit_and_the_paths() {
     let root = tempfile::tempdir().expect("tempdir");
     let w = Work::new(root.path());
