@@ -258,3 +258,19 @@ fn a_flat_plan_with_a_source_runs_every_gate_on_base() {
     );
     drop(repo);
 }
+
+#[test]
+fn a_coordinator_refuses_a_source_plan_and_says_where_it_runs() {
+    let cluster = support::cluster::Cluster::start();
+    let document = plan(
+        "https://git.example.com/app.git",
+        &[item("pr1", "pr1", &[], &[])],
+    );
+    let refused = cluster.submit(&document).expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("run with `gatehouse run`"),
+        "{}",
+        refused.message()
+    );
+}
