@@ -259,18 +259,130 @@ fn a_flat_plan_with_a_source_runs_every_gate_on_base() {
     drop(repo);
 }
 
+/// Gate events that show an attempt on a worker: none for a gate served from the cache.
+fn dispatched(events: &[gatehouse_proto::v1::PlanEvent]) -> usize {
+    use gatehouse_proto::v1;
+    events
+        .iter()
+        .filter(|e| {
+            matches!(&e.event, Some(v1::plan_event::Event::Gate(g))
+                if g.state == v1::GateState::Running as i32 || g.attempt > 0 || !g.worker_id.is_empty())
+        })
+        .count()
+}
+
 #[test]
-fn a_coordinator_refuses_a_source_plan_and_says_where_it_runs() {
-    let cluster = support::cluster::Cluster::start();
-    let document = plan(
-        "https://git.example.com/app.git",
-        &[item("pr1", "pr1", &[], &[])],
+fn a_cluster_runs_a_source_plan_over_git_daemon_with_the_keys_of_gatehouse_run() {
+    use std::time::Duration;
+    use support::cluster::{Cluster, submit_with, summary, terminals};
+
+    let ws = Workspace::new();
+    let served = ws.path().join("served");
+    let (_repo, _) = make_repo(&served.join("app"));
+    let daemon = GitDaemon::serve(&served);
+    let mut c = Cluster::start();
+    for i in 0..2 {
+        let git_cache = ws.path().join(format!("git-w{i}"));
+        let git_cache = git_cache.display().to_string();
+        let args = [
+            "--slots",
+            "2",
+            "--cache-listen",
+            "127.0.0.1:0",
+            "--git-cache",
+            &git_cache,
+        ];
+        c.add_worker(&format!("w{i}"), &args);
+    }
+    support::wait_until("2 cache nodes", Duration::from_secs(20), || {
+        c.list_workers()
+            .iter()
+            .filter(|w| !w.cache_url.is_empty())
+            .count()
+            == 2
+    });
+    let doc = plan(&daemon.url("app"), &stack_items());
+
+    let id = submit_with(&c.rt, &c.url(), &doc, true).expect("submit");
+    let events = c.watch(&id, 0);
+    let s = summary(&events);
+    assert_eq!(
+        s.outcome,
+        gatehouse_proto::v1::PlanOutcome::Passed as i32,
+        "{events:?}"
     );
+    let gates = terminals(&events);
+    assert_eq!(gates.len(), 8);
+    for (gate, e) in &gates {
+        assert_eq!(
+            e.state,
+            gatehouse_proto::v1::GateState::Passed as i32,
+            "{gate}: {e:?}"
+        );
+        // (pr2/readme and side/readme are the same gate, keyed alike: one may be
+        // served by the other's result; every tree check really ran.)
+        if gate.ends_with("/files") {
+            assert!(
+                !e.cached && e.worker_id.starts_with('w'),
+                "{gate} ran on a worker: {e:?}"
+            );
+        }
+    }
+
+    // The keys are gatehouse run's: a local run through the cluster's cache finds every
+    // gate there (once the workers' writes landed).
+    ws.write("plan.yaml", &doc);
+    let node = c.list_workers()[0].cache_url.clone();
+    let mut local = None;
+    support::wait_until(
+        "every gate in the cluster's cache",
+        Duration::from_secs(20),
+        || {
+            let dir = ws.path().join("fresh-cache");
+            let _ = std::fs::remove_dir_all(&dir);
+            let dir = dir.display().to_string();
+            let run = ws.run_json("plan.yaml", &["--cache", &node, "--cache-dir", &dir]);
+            let all = run.code == 0 && run.summary()["gates"]["cached"] == 8;
+            local = Some(run);
+            all
+        },
+    );
+    assert_eq!(local.expect("ran").code, 0);
+
+    // A second submission dispatches nothing.
+    let again = submit_with(&c.rt, &c.url(), &doc, true).expect("submit again");
+    let events = c.watch(&again, 0);
+    assert_eq!(dispatched(&events), 0, "{events:?}");
+    assert_eq!(summary(&events).counts.as_ref().map(|c| c.cached), Some(8));
+
+    // An unreachable repository fails the items with `source`, and the plan ends.
+    let down = plan("git://127.0.0.1:1/app", &[item("pr1", "pr1", &[], &[])]);
+    let id = submit_with(&c.rt, &c.url(), &down, true).expect("submit");
+    let events = c.watch(&id, 0);
+    let gates = terminals(&events);
+    assert_eq!(gates["pr1/files"].reason, "source", "{events:?}");
+}
+
+#[test]
+fn a_cluster_refuses_a_repository_given_as_a_local_path() {
+    let ws = Workspace::new();
+    let (repo, _) = make_repo(&ws.path().join("app"));
+    let cluster = support::cluster::Cluster::start();
+    // Over gRPC, as any client could send it.
+    let document = plan("/srv/app", &[item("pr1", "pr1", &[], &[])]);
     let refused = cluster.submit(&document).expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // Through `gatehouse submit`: the path exists here, but not for the cluster.
+    ws.write("plan.yaml", &plan("app", &[item("pr1", "pr1", &[], &[])]));
+    let out = cluster
+        .cli(&["submit", &ws.path().join("plan.yaml").display().to_string()])
+        .output()
+        .expect("submit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        refused.message().contains("run with `gatehouse run`"),
-        "{}",
-        refused.message()
+        stderr.contains("is a local path") && stderr.contains("use a URL"),
+        "{stderr}"
     );
+    drop(repo);
 }

@@ -47,6 +47,15 @@ pub struct CoordinatorArgs {
     /// coordinator resumes its plans). Ignored with --etcd.
     #[arg(long, default_value = "gatehouse-state", env = "GATEHOUSE_STATE_DIR")]
     state_dir: PathBuf,
+    /// Plans with a `source`: where this coordinator keeps its bare mirrors of their
+    /// repositories, to resolve refs, build speculative states and key gates by tree
+    /// (default: <state dir>/git, also with --etcd).
+    #[arg(long, env = "GATEHOUSE_GIT_CACHE")]
+    git_cache: Option<PathBuf>,
+    /// Plans with a `source`: deadline of each git command that talks to a repository;
+    /// past it the items concerned fail with reason `source`.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    fetch_timeout: Duration,
     /// High availability: etcd endpoints (URL[,URL...]); replicas elect a leader and keep
     /// plan state in etcd.
     #[arg(long, env = "GATEHOUSE_ETCD", value_delimiter = ',')]
@@ -173,6 +182,11 @@ async fn run(args: CoordinatorArgs, tracer: Tracer, tls: Tls) -> anyhow::Result<
         cache_timeout: args.cache_timeout,
         tracer,
         tls,
+        git_cache: args
+            .git_cache
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("git")),
+        fetch_timeout: args.fetch_timeout,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

@@ -22,7 +22,6 @@ use gatehouse_coordinator::core::{CoreConfig, RunOptions, WorkerInfo};
 use gatehouse_coordinator::scheduler::{
     self, LocalTransport, PlanOutput, SchedulerConfig, WorkerEvent,
 };
-use gatehouse_source::{Git, Mirror};
 use gatehouse_worker::checkout::Checkouts;
 use gatehouse_worker::{ExecConfig, LocalWorker};
 use tokio::signal::unix::{SignalKind, signal};
@@ -320,18 +319,20 @@ async fn prepare_source(
     args: &RunArgs,
     plan: Arc<Plan>,
 ) -> anyhow::Result<(Arc<Plan>, Arc<Checkouts>)> {
-    let git = Git::find().await?;
     let cache = args
         .git_cache
         .clone()
         .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("git"));
+    let checkouts = Checkouts::new(cache.clone(), cache.join(".checkouts"), args.fetch_timeout);
     let mut prepared = (*plan).clone();
     let Some(source) = prepared.source.as_mut() else {
         anyhow::bail!("the plan has no source");
     };
-    let mirror = Mirror::open(git, &cache, source.repo.clone())
+    let mirror = checkouts
+        .mirrors()
+        .get(&source.repo)
         .await
-        .with_context(|| format!("cannot open the git mirror under {}", cache.display()))?;
+        .map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
     let resolution = gatehouse_source::prepare(&plan, &mirror, args.fetch_timeout)
         .await
@@ -343,7 +344,6 @@ async fn prepare_source(
         "source prepared"
     );
     source.resolution = Some(Arc::new(resolution));
-    let checkouts = Checkouts::new(cache.clone(), cache.join(".checkouts"), args.fetch_timeout);
     Ok((Arc::new(prepared), Arc::new(checkouts)))
 }
 

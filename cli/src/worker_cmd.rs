@@ -23,6 +23,7 @@ use gatehouse_common::ids::{WorkerId, is_valid_id};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_proto::tls::Tls;
 use gatehouse_worker::ExecConfig;
+use gatehouse_worker::checkout::Checkouts;
 use gatehouse_worker::remote::{
     self, RemoteWorkerConfig, RemoteWorkerError, WorkerListeners, parse_labels,
 };
@@ -65,6 +66,16 @@ pub struct WorkerArgs {
     /// scratch directory per attempt, removed after it].
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+    /// Gates of plans with a `source`: where this worker keeps its bare mirrors of their
+    /// repositories (fetching only the commits it lacks); each attempt runs in a fresh
+    /// checkout made under DIR/.checkouts and removed after it
+    /// [default: <workspace>/.gatehouse-git, or <temp dir>/gatehouse-git].
+    #[arg(long, value_name = "DIR", env = "GATEHOUSE_GIT_CACHE")]
+    git_cache: Option<PathBuf>,
+    /// Gates of plans with a `source`: deadline of each fetch; past it the attempt fails
+    /// with reason `source`.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    fetch_timeout: Duration,
     /// How long a drain (first SIGTERM/SIGINT) waits for running gates before
     /// cancelling them.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
@@ -177,11 +188,22 @@ fn config(args: WorkerArgs, tls: Tls) -> Result<RemoteWorkerConfig, String> {
     cfg.labels = labels;
     cfg.memory_total = args.memory;
     cfg.memory_pressure = args.memory_pressure;
+    let git_cache = match (&args.git_cache, &args.workspace) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(workspace)) => workspace.join(".gatehouse-git"),
+        (None, None) => std::env::temp_dir().join("gatehouse-git"),
+    };
+    let checkouts = Checkouts::new(
+        git_cache.clone(),
+        git_cache.join(".checkouts"),
+        args.fetch_timeout,
+    );
     cfg.workspace = args.workspace;
     cfg.drain_grace = args.drain_grace;
     cfg.orphan_grace = args.orphan_grace;
     cfg.exec = ExecConfig {
         kill_grace: args.kill_grace,
+        checkouts: Some(std::sync::Arc::new(checkouts)),
         ..ExecConfig::default()
     };
     if args.cache_ttl.is_zero() {

@@ -11,4 +11,5 @@ pub mod registry;
 pub mod role;
 pub mod scheduler;
 pub mod server;
+pub mod sources;
 pub mod store;

@@ -82,6 +82,10 @@ pub struct CoordinatorConfig {
     /// TLS of the gRPC port (served when it has a certificate) and of the connections
     /// to cache nodes (`https://` node URLs).
     pub tls: Tls,
+    /// Where the bare mirrors of source plans' repositories live (`--git-cache`).
+    pub git_cache: PathBuf,
+    /// Deadline of each git command that talks to a repository (`--fetch-timeout`).
+    pub fetch_timeout: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -99,6 +103,8 @@ impl Default for CoordinatorConfig {
             metrics: Metrics::default(),
             tracer: None,
             tls: Tls::default(),
+            git_cache: PathBuf::from("gatehouse-state/git"),
+            fetch_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -203,7 +209,8 @@ async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> Result<(), ServerError> {
-    let plans = PlanServiceImpl::new(role.clone());
+    let sources = crate::sources::Sources::new(config.git_cache.clone(), config.fetch_timeout);
+    let plans = PlanServiceImpl::new(role.clone(), sources);
     let session_config = SessionConfig {
         heartbeat_interval: config.heartbeat_interval,
         liveness_timeout: config.liveness_timeout,

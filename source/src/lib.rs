@@ -11,6 +11,7 @@
 pub mod git;
 pub mod inputs;
 pub mod mirror;
+pub mod mirrors;
 pub mod prepare;
 pub mod speculate;
 #[cfg(test)]
@@ -19,5 +20,6 @@ mod testkit;
 pub use gatehouse_common::source::{CommitId, RepoUrl, TreeId, UrlError};
 pub use git::{Git, GitError, GitVersion, MIN_VERSION};
 pub use mirror::{Merge, Mirror, MirrorError, TreeEntry};
+pub use mirrors::Mirrors;
 pub use prepare::prepare;
 pub use speculate::{SpeculateError, Speculator};

@@ -129,11 +129,13 @@ pub struct Mirror {
 impl Mirror {
     /// The mirror of `url` under `cache`, created if missing.
     pub async fn open(git: Git, cache: &Path, url: RepoUrl) -> Result<Self, MirrorError> {
-        let dir = cache.join(url.mirror_name());
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| MirrorError::Io { path, source }
         };
+        // git runs in directories of its own: every path it is given must be absolute.
+        let cache = &std::path::absolute(cache).map_err(io(cache))?;
+        let dir = cache.join(url.mirror_name());
         std::fs::create_dir_all(cache).map_err(io(cache))?;
         if !dir.join("HEAD").exists() {
             // Made beside and renamed into place, so a half-made mirror never counts.

@@ -12,7 +12,6 @@
 //! fails with reason `source` (never on another tree). Checkouts pin their settings (no
 //! line-ending conversion, no filters), so a tree means the same bytes everywhere.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,8 +19,7 @@ use std::time::Duration;
 use gatehouse_common::exec::AttemptRef;
 use gatehouse_common::source::Checkout;
 use gatehouse_common::spawn::spawn_blocking_named;
-use gatehouse_source::{Git, Mirror, Speculator};
-use tokio::sync::{Mutex, OnceCell};
+use gatehouse_source::{Mirrors, Speculator};
 
 /// Default deadline of one fetch.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -29,24 +27,20 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Mirrors and checkouts of one executor. See the module docs.
 #[derive(Debug)]
 pub struct Checkouts {
-    /// Where the mirrors live.
-    cache: PathBuf,
+    /// The mirrors, one per repository.
+    mirrors: Mirrors,
     /// Where checkouts are made.
     root: PathBuf,
     /// Deadline of each fetch.
     fetch_timeout: Duration,
-    /// The `git` found on first use (or why there is none).
-    git: OnceCell<Result<Git, String>>,
-    /// Mirrors by repository identity.
-    mirrors: Mutex<HashMap<String, Mirror>>,
     /// Makes checkout directory names unique within this process.
     next: AtomicU64,
 }
 
 impl PartialEq for Checkouts {
     fn eq(&self, other: &Self) -> bool {
-        (&self.cache, &self.root, self.fetch_timeout)
-            == (&other.cache, &other.root, other.fetch_timeout)
+        (self.mirrors.cache(), &self.root, self.fetch_timeout)
+            == (other.mirrors.cache(), &other.root, other.fetch_timeout)
     }
 }
 
@@ -83,13 +77,17 @@ impl Checkouts {
     /// first checkout.
     pub fn new(cache: PathBuf, root: PathBuf, fetch_timeout: Duration) -> Self {
         Self {
-            cache,
+            mirrors: Mirrors::new(cache),
             root,
             fetch_timeout,
-            git: OnceCell::new(),
-            mirrors: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
         }
+    }
+
+    /// The mirrors checkouts are made from (a caller that prepares plans in this
+    /// process shares them, so a repository is fetched into one mirror).
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.mirrors
     }
 
     /// A fresh checkout of `checkout.commit` for `attempt`; the error says what failed
@@ -99,7 +97,7 @@ impl Checkouts {
         attempt: &AttemptRef,
         checkout: &Checkout,
     ) -> Result<CheckoutDir, String> {
-        let mirror = self.mirror(checkout).await?;
+        let mirror = self.mirrors.get(&checkout.repo).await?;
         let shown = checkout.repo.to_string();
         let has = mirror
             .has(&checkout.commit)
@@ -143,30 +141,6 @@ impl Checkouts {
             return Err(format!("cannot check out {}: {e}", checkout.commit));
         }
         Ok(dir)
-    }
-
-    /// The mirror of `checkout.repo`, opened on first use.
-    async fn mirror(&self, checkout: &Checkout) -> Result<Mirror, String> {
-        let git = self
-            .git
-            .get_or_init(|| async { Git::find().await.map_err(|e| e.to_string()) })
-            .await
-            .clone()?;
-        let mut mirrors = self.mirrors.lock().await;
-        let identity = checkout.repo.identity();
-        if let Some(mirror) = mirrors.get(&identity) {
-            return Ok(mirror.clone());
-        }
-        let mirror = Mirror::open(git, &self.cache, checkout.repo.clone())
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot open the git mirror under {}: {e}",
-                    self.cache.display()
-                )
-            })?;
-        mirrors.insert(identity, mirror.clone());
-        Ok(mirror)
     }
 }
 

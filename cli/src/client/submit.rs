@@ -59,6 +59,13 @@ pub fn load(path: &Path) -> Result<Document, PlanErrors> {
     };
     // Size, encoding, syntax and every semantic check, with the usual messages.
     let plan = load_reader(bytes.as_slice(), format, &source_name, &base_dir)?;
+    // The coordinator and the workers resolve the repository: a path here means nothing
+    // there.
+    if let Some(source) = plan.source.as_ref().filter(|s| s.repo.is_path()) {
+        let path = source.repo.to_string();
+        let kind = PlanErrorKind::LocalRepoInCluster { path };
+        return Err(PlanErrors::single(&source_name, 0, kind));
+    }
     let text = String::from_utf8(bytes)
         .map_err(|_| PlanErrors::single(&source_name, 0, PlanErrorKind::NotUtf8))?;
     Ok(Document {

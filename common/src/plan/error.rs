@@ -303,6 +303,14 @@ pub enum PlanErrorKind {
         /// The path, resolved against the plan's directory.
         path: String,
     },
+    /// A plan submitted to a cluster names its repository by a local path.
+    #[error(
+        "`source.repo` is a local path ({path}), which a cluster's workers cannot see; use a URL (https, ssh, git, or file:// for a path every machine shares)"
+    )]
+    LocalRepoInCluster {
+        /// The path.
+        path: String,
+    },
     /// An item has a `ref` in a plan without `source`.
     #[error("item {:?} has a `ref` but the plan has no `source`; add `source: {{ repo: ... }}` or remove the `ref`", .item.as_str())]
     RefWithoutSource {

@@ -30,8 +30,9 @@ enum Kind {
     },
     /// `user@host:path`.
     Scp { userinfo: Option<(usize, usize)> },
-    /// A directory on this machine.
-    Local(PathBuf),
+    /// A directory on this machine, written as a path (`url: false`) or as a
+    /// `file://` URL (`url: true`).
+    Local { path: PathBuf, url: bool },
 }
 
 /// Why a `repo` value is not a repository location.
@@ -69,7 +70,7 @@ impl RepoUrl {
                         "file:// needs an absolute path: {value}"
                     )));
                 }
-                return Ok(Self::local(path));
+                return Ok(Self::local(path, true));
             }
             let start = scheme.len() + 3;
             let authority_end = rest.find('/').map_or(value.len(), |i| start + i);
@@ -102,17 +103,23 @@ impl RepoUrl {
             });
         }
         let path = Path::new(value);
-        Ok(Self::local(if path.is_absolute() {
+        let path = if path.is_absolute() {
             path.to_path_buf()
         } else {
             base.join(path)
-        }))
+        };
+        Ok(Self::local(path, false))
     }
 
-    fn local(path: PathBuf) -> Self {
+    fn local(path: PathBuf, url: bool) -> Self {
+        let raw = if url {
+            format!("file://{}", path.display())
+        } else {
+            path.display().to_string()
+        };
         Self {
-            raw: path.display().to_string(),
-            kind: Kind::Local(path),
+            raw,
+            kind: Kind::Local { path, url },
         }
     }
 
@@ -121,12 +128,18 @@ impl RepoUrl {
         &self.raw
     }
 
-    /// The directory, for a repository on this machine.
+    /// The directory, for a repository on this machine (a path or a `file://` URL).
     pub fn local_path(&self) -> Option<&Path> {
         match &self.kind {
-            Kind::Local(p) => Some(p),
+            Kind::Local { path, .. } => Some(path),
             _ => None,
         }
+    }
+
+    /// Whether it was written as a path, not a URL: a location only the machine that
+    /// read the plan can see (a `file://` URL says it is meant to be shared).
+    pub fn is_path(&self) -> bool {
+        matches!(self.kind, Kind::Local { url: false, .. })
     }
 
     /// The URL without its userinfo: what a mirror is named after.
@@ -163,7 +176,7 @@ impl RepoUrl {
     fn userinfo(&self) -> Option<(usize, usize)> {
         match &self.kind {
             Kind::Url { userinfo, .. } | Kind::Scp { userinfo } => *userinfo,
-            Kind::Local(_) => None,
+            Kind::Local { .. } => None,
         }
     }
 }
@@ -228,7 +241,7 @@ mod tests {
                 "git://127.0.0.1:9418/app.git",
                 "git://127.0.0.1:9418/app.git",
             ),
-            ("file:///srv/git/app.git", "/srv/git/app.git"),
+            ("file:///srv/git/app.git", "file:///srv/git/app.git"),
             ("/srv/git/app", "/srv/git/app"),
             ("../app", "/plans/../app"),
         ];

@@ -20,6 +20,7 @@ use super::wire;
 use crate::core::{PlanEvent, RunOptions};
 use crate::registry::codec::PlanSource;
 use crate::role::{RoleWatch, current_term};
+use crate::sources::Sources;
 
 /// Events buffered per `WatchPlan` stream before the sender waits for the client.
 const WATCH_BUFFER: usize = 256;
@@ -31,6 +32,8 @@ pub struct PlanServiceImpl {
     /// Plan documents parsed at once (CPU-bound, in the blocking pool), so large
     /// submissions cannot starve worker sessions of runtime threads.
     parse_permits: tokio::sync::Semaphore,
+    /// Prepares source plans (their refs resolved once) before the registry takes them.
+    sources: Arc<Sources>,
 }
 
 /// Plan documents validated at once.
@@ -40,10 +43,11 @@ impl PlanServiceImpl {
     /// A service over the registry and the worker directory.
     /// A service answering from the current term (`UNAVAILABLE` naming the leader
     /// while this coordinator does not lead).
-    pub fn new(role: RoleWatch) -> Self {
+    pub fn new(role: RoleWatch, sources: Arc<Sources>) -> Self {
         Self {
             role,
             parse_permits: tokio::sync::Semaphore::new(PARSE_PERMITS),
+            sources,
         }
     }
 }
@@ -96,12 +100,13 @@ impl PlanService for PlanServiceImpl {
                 document: req.document,
                 format,
                 name: source,
+                resolution: None,
             };
             parsed.map(|plan| (plan, source))
         })
         .await
         .map_err(|e| Status::internal(format!("plan validation failed: {e}")))?;
-        let (plan, source) = parsed.map_err(|errors| {
+        let (plan, mut source) = parsed.map_err(|errors| {
             let too_large = errors
                 .0
                 .iter()
@@ -112,19 +117,18 @@ impl PlanService for PlanServiceImpl {
                 Status::invalid_argument(errors.to_string())
             }
         })?;
-        if plan.source.is_some() {
-            return Err(Status::invalid_argument(format!(
-                "{}: plans with `source` run with `gatehouse run`; the cluster does not take them yet",
-                source.name
-            )));
-        }
+        // A source plan's refs are resolved here, once, and recorded with it.
+        let plan = self.sources.prepare(plan, &source.name).await?;
+        source.resolution = plan.source.as_ref().and_then(|s| s.resolution.clone());
         let (gates, items) = (plan.gates.len() as u32, plan.items.len() as u32);
         // The plan's trace continues the submitter's, through this call's span.
         let options = RunOptions {
             use_cache: !no_cache,
             trace_parent: gatehouse_common::telemetry::current_traceparent().or(parent),
-            // The cluster takes no plans with a source yet: nothing is blocked.
-            blocked: Vec::new(),
+            blocked: plan
+                .resolution()
+                .map(|r| r.blocked(&plan))
+                .unwrap_or_default(),
         };
         let id = term
             .registry

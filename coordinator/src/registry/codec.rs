@@ -8,11 +8,13 @@
 //! unknown version or that does not decode is [`CodecError`], never a panic.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
 use gatehouse_common::plan::PlanFormat;
+use gatehouse_common::source::Resolution;
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
@@ -22,8 +24,9 @@ use crate::core::{
 /// Format version of event chunks, written in the first byte of each.
 const EVENTS_VERSION: u8 = 1;
 /// Format version of plan records, written in the first byte of each. Version 2 added
-/// the trace context; records of version 1 are still read (as having none).
-const RECORD_VERSION: u8 = 2;
+/// the trace context, version 3 a source plan's resolution; older records are still
+/// read (as having neither).
+const RECORD_VERSION: u8 = 3;
 /// Payloads larger than this are compressed.
 pub const COMPRESS_ABOVE: usize = 512;
 const RAW: u8 = 0;
@@ -45,6 +48,9 @@ pub struct PlanSource {
     pub format: PlanFormat,
     /// The name used in validation messages.
     pub name: String,
+    /// A source plan's resolution, made once at submission: a later leader uses the
+    /// recorded commits and never resolves again.
+    pub resolution: Option<Arc<Resolution>>,
 }
 
 /// What is stored once per plan.
@@ -74,6 +80,18 @@ struct RecordV2 {
     /// The W3C `traceparent` the plan's span was started under, so that a replica
     /// resuming the plan keeps it in the same trace.
     trace_parent: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordV3 {
+    document: String,
+    json: bool,
+    name: String,
+    use_cache: bool,
+    submitted_unix_ms: u64,
+    trace_parent: Option<String>,
+    /// The resolution as JSON (its own serde shape, which tolerates added fields).
+    resolution: Option<String>,
 }
 
 /// A log chunk: which leadership term wrote it, and the events.
@@ -117,32 +135,56 @@ enum StatusV1 {
 pub fn encode_record(record: &PlanRecord) -> Vec<u8> {
     frame(
         RECORD_VERSION,
-        &RecordV2 {
+        &RecordV3 {
             document: record.source.document.clone(),
             json: record.source.format == PlanFormat::Json,
             name: record.source.name.clone(),
             use_cache: record.options.use_cache,
             submitted_unix_ms: record.submitted_unix_ms,
             trace_parent: record.options.trace_parent.clone(),
+            resolution: record.source.resolution.as_ref().map(|r| {
+                serde_json::to_string(r.as_ref()).expect("a resolution always serializes")
+            }),
         },
     )
 }
 
-/// Decodes a plan record (of format version 1 or 2).
+/// Decodes a plan record (of format version 1, 2 or 3).
 pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
-    let (version, payload) = unframe(bytes, &[1, RECORD_VERSION])?;
-    let r = if version == 1 {
-        let r: RecordV1 = decode(&payload)?;
-        RecordV2 {
-            document: r.document,
-            json: r.json,
-            name: r.name,
-            use_cache: r.use_cache,
-            submitted_unix_ms: r.submitted_unix_ms,
-            trace_parent: None,
+    let (version, payload) = unframe(bytes, &[1, 2, RECORD_VERSION])?;
+    let r = match version {
+        1 => {
+            let r: RecordV1 = decode(&payload)?;
+            RecordV3 {
+                document: r.document,
+                json: r.json,
+                name: r.name,
+                use_cache: r.use_cache,
+                submitted_unix_ms: r.submitted_unix_ms,
+                trace_parent: None,
+                resolution: None,
+            }
         }
-    } else {
-        decode(&payload)?
+        2 => {
+            let r: RecordV2 = decode(&payload)?;
+            RecordV3 {
+                document: r.document,
+                json: r.json,
+                name: r.name,
+                use_cache: r.use_cache,
+                submitted_unix_ms: r.submitted_unix_ms,
+                trace_parent: r.trace_parent,
+                resolution: None,
+            }
+        }
+        _ => decode(&payload)?,
+    };
+    let resolution = match r.resolution {
+        None => None,
+        Some(text) => Some(Arc::new(
+            serde_json::from_str::<Resolution>(&text)
+                .map_err(|e| CodecError(format!("the stored resolution does not decode: {e}")))?,
+        )),
     };
     Ok(PlanRecord {
         source: PlanSource {
@@ -153,11 +195,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
                 PlanFormat::Yaml
             },
             name: r.name,
+            resolution,
         },
         options: RunOptions {
             use_cache: r.use_cache,
             trace_parent: r.trace_parent,
-            // Stored plans have no source yet, so nothing is blocked.
+            // Filled from the resolution once the document is parsed again (restore).
             blocked: Vec::new(),
         },
         submitted_unix_ms: r.submitted_unix_ms,
@@ -457,6 +500,20 @@ mod tests {
         assert_eq!(format!("{back:?}"), format!("{events:?}"));
     }
 
+    fn resolution() -> Resolution {
+        use gatehouse_common::source::{Base, CommitId, GateTree, TreeId};
+        let tree = TreeId::parse(&"e".repeat(40)).expect("tree");
+        Resolution {
+            base: Ok(Base {
+                git_ref: "main".into(),
+                commit: CommitId::parse(&"a".repeat(40)).expect("commit"),
+                tree: tree.clone(),
+            }),
+            items: Vec::new(),
+            gates: vec![Some(GateTree::Whole(tree))],
+        }
+    }
+
     #[test]
     fn records_round_trip() {
         let record = PlanRecord {
@@ -464,6 +521,7 @@ mod tests {
                 document: "gates: []\n".repeat(200),
                 format: PlanFormat::Json,
                 name: "plan.json".into(),
+                resolution: Some(Arc::new(resolution())),
             },
             options: RunOptions {
                 use_cache: true,
@@ -515,8 +573,8 @@ mod tests {
         flipped[last] ^= 0xff;
         assert!(decode_events(&plan, &flipped).is_err());
         assert!(decode_record(b"\x01\x00\xff\xff").is_err());
-        let err = decode_record(b"\x03\x00").expect_err("version 3");
-        assert!(err.to_string().contains("reads 1 and 2"), "{err}");
+        let err = decode_record(b"\x04\x00").expect_err("version 4");
+        assert!(err.to_string().contains("reads 1 and 2 and 3"), "{err}");
         // A chunk is not a record, whatever its version byte says.
         assert!(decode_record(&encode_events(1, &[])).is_err());
     }

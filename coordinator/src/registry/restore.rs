@@ -56,13 +56,22 @@ pub fn prepare(stored: Vec<StoredPlan>) -> Vec<Restored> {
 
 fn decode(s: StoredPlan) -> Result<Restored, String> {
     let record = codec::decode_record(&s.record).map_err(|e| format!("record: {e}"))?;
-    let plan = parse_plan(
+    let mut record = record;
+    let mut plan = parse_plan(
         &record.source.document,
         record.source.format,
         &record.source.name,
         Path::new("/"),
     )
     .map_err(|e| format!("the stored document no longer validates: {e}"))?;
+    // A source plan runs on the commits recorded at submission, never resolved again.
+    if let (Some(source), Some(resolution)) = (plan.source.as_mut(), &record.source.resolution) {
+        source.resolution = Some(resolution.clone());
+    }
+    record.options.blocked = plan
+        .resolution()
+        .map(|r| r.blocked(&plan))
+        .unwrap_or_default();
     let mut log = Vec::new();
     for (first_seq, chunk) in &s.chunks {
         if *first_seq != log.len() as u64 + 1 {

@@ -41,9 +41,9 @@ pub(super) fn policy(raw: &RawPolicy, errs: &mut Collector) -> Policy {
     }
 }
 
-/// The `source:` block: the repository parsed (a local path resolved against
-/// `base_dir` and required to be a git repository: the one check here that reads the
-/// file system) and `base` checked.
+/// The `source:` block: the repository parsed (a path resolved against `base_dir` and
+/// required to be a git repository: the one check here that reads the file system; a
+/// `file://` URL is taken as written, like any URL) and `base` checked.
 pub(super) fn source(
     raw: &Spanned<RawSource>,
     base_dir: &Path,
@@ -65,7 +65,7 @@ pub(super) fn source(
             return None;
         }
     };
-    if let Some(path) = url.local_path()
+    if let Some(path) = url.local_path().filter(|_| url.is_path())
         && !is_git_repository(path)
     {
         let kind = PlanErrorKind::RepoNotGit {
