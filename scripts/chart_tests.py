@@ -46,6 +46,7 @@ ALL_FEATURES = {
     "metrics": {"serviceMonitor": {"enabled": True, "force": True}},
     "otel": {"endpoint": "http://collector:4317", "resourceAttributes": "deployment.environment=ci"},
     "tls": {"enabled": True, "secretName": "gatehouse-tls"},
+    "git": {"cacheSize": "8Gi", "credentialsSecret": "gatehouse-git"},
 }
 
 
@@ -301,6 +302,37 @@ def test_tls(c: Chart) -> None:
     check(r.returncode != 0 and "secretName" in r.stderr, f"TLS without a Secret refused: {r.stderr}")
 
 
+def test_git(c: Chart) -> None:
+    """Coordinators and workers keep their mirrors on an emptyDir of git.cacheSize at
+    --git-cache; git.credentialsSecret is mounted read-only at /etc/gatehouse/git and
+    named by GIT_SSH_COMMAND and the store credential helper; without it, neither."""
+    git_dir, creds = "/var/cache/gatehouse/git", "/etc/gatehouse/git"
+    for values, secret in (({}, None), ({"git": {"cacheSize": "8Gi", "credentialsSecret": "gh-git"}}, "gh-git")):
+        docs = c.render(values=values)
+        for kind, name in (("StatefulSet", "coordinator"), ("Deployment", "worker")):
+            spec = one(docs, kind, name)["spec"]["template"]["spec"]
+            ctr = spec["containers"][0]
+            check(flag(ctr["args"], "--git-cache") == git_dir, f"{name}: --git-cache {ctr['args']}")
+            mounts = {m["mountPath"]: m for m in ctr.get("volumeMounts", [])}
+            vols = {v["name"]: v for v in spec.get("volumes", [])}
+            cache = vols.get(mounts.get(git_dir, {}).get("name"), {})
+            want = (values.get("git") or {}).get("cacheSize", "4Gi")
+            check(cache.get("emptyDir", {}).get("sizeLimit") == want, f"{name}: git cache volume {cache}")
+            env = env_of(ctr)
+            if secret is None:
+                check(creds not in mounts and "GIT_SSH_COMMAND" not in env, f"{name}: no credentials by default")
+                continue
+            m = mounts.get(creds, {})
+            check(m.get("readOnly") is True, f"{name}: credentials mount {m}")
+            v = vols.get(m.get("name"), {})
+            check(v.get("secret", {}).get("secretName") == secret
+                  and v["secret"].get("defaultMode") == 0o440, f"{name}: credentials volume {v}")
+            check(f"-i {creds}/ssh-privatekey" in env.get("GIT_SSH_COMMAND", ""), f"{name}: ssh {env}")
+            check(env.get("GIT_CONFIG_KEY_0") == "credential.helper"
+                  and env.get("GIT_CONFIG_VALUE_0") == f"store --file={creds}/.git-credentials",
+                  f"{name}: credential helper {env}")
+
+
 def leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
     out = []
     for k, v in tree.items():
@@ -454,7 +486,7 @@ def test_args_parse(c: Chart, gatehouse: str) -> None:
 
 
 TESTS = [test_replica_counts, test_etcd_wiring, test_drain_grace, test_security_defaults,
-         test_probes_and_observability, test_tls]
+         test_probes_and_observability, test_tls, test_git]
 
 
 def main(argv: list[str]) -> int:

@@ -354,3 +354,58 @@ fn a_leader_shut_down_with_sigterm_resigns_and_another_takes_over_at_once() {
         is_leader(next) == Some(1.0) && changes(next) == Some(1.0)
     });
 }
+
+#[test]
+fn a_source_plan_finishes_on_its_recorded_commits_after_a_failover_and_a_moved_branch() {
+    use support::git::{GitDaemon, Repo};
+
+    let Some(mut c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    let served = c.ws.path().join("served");
+    let repo = Repo::init(&served.join("app"));
+    repo.commit(&[("README", "app\n")], "base");
+    repo.branch("pr1", "main");
+    repo.commit(&[("one.txt", "1\n")], "pr1");
+    repo.branch("pr2", "pr1");
+    repo.commit(&[("two.txt", "2\n")], "pr2");
+    repo.switch("main");
+    let daemon = GitDaemon::serve(&served);
+    for w in ["w1", "w2"] {
+        let cache = c.ws.path().join(format!("git-{w}")).display().to_string();
+        c.add_worker(w, &["--slots", "2", "--git-cache", &cache]);
+    }
+    // pr2's gate checks the content pr2 had when the plan was submitted.
+    let doc = format!(
+        "version: 1\nname: ha-source\nsource: {{ repo: \"{}\", base: main }}\nitems:\n  - id: pr1\n    ref: pr1\n    gates:\n      - {{ id: slow, run: 'sleep 3 && test -f one.txt' }}\n  - id: pr2\n    ref: pr2\n    deps: [pr1]\n    gates:\n      - {{ id: content, run: 'test \"$(cat two.txt)\" = 2' }}\n",
+        daemon.url("app")
+    );
+    let leader = c.wait_leader(None);
+    let id = c.submit(leader, &doc).expect("submit");
+    wait_until("pr1/slow to run", Duration::from_secs(30), || {
+        let mut client = support::cluster::plan_client(&c.rt, &c.url(leader));
+        let req = v1::GetPlanRequest {
+            plan_id: id.clone(),
+        };
+        c.rt.block_on(client.get_plan(req))
+            .map(|r| {
+                r.into_inner()
+                    .gates
+                    .iter()
+                    .any(|g| g.state == v1::GateState::Running as i32)
+            })
+            .unwrap_or(false)
+    });
+    // The branch moves, then the leader dies: the new leader must not resolve again.
+    repo.switch("pr2");
+    repo.commit(&[("two.txt", "moved\n")], "moved");
+    repo.switch("main");
+    c.coordinators[leader].signal("KILL");
+    let new_leader = c.wait_leader(Some(leader));
+    assert_ne!(new_leader, leader);
+    wait_until(
+        "both gates to pass on the recorded commits",
+        Duration::from_secs(90),
+        || c.passed_gates(new_leader, &id) == 2,
+    );
+}

@@ -329,6 +329,23 @@ fn a_cluster_runs_a_source_plan_over_git_daemon_with_the_keys_of_gatehouse_run()
         }
     }
 
+    // `status` shows what each item resolved to, as `gatehouse run` does.
+    let out = c.cli(&["status", &id, "--json"]).output().expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let items = status["source"]["items"].as_array().expect("source items");
+    assert_eq!(items.len(), 4, "{status}");
+    assert!(
+        items.iter().all(|i| i["speculative_commit"].is_string()),
+        "{status}"
+    );
+    assert!(
+        status["source"]["repo"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("git://127.0.0.1:"),
+        "{status}"
+    );
+
     // The keys are gatehouse run's: a local run through the cluster's cache finds every
     // gate there (once the workers' writes landed).
     ws.write("plan.yaml", &doc);
@@ -385,4 +402,70 @@ fn a_cluster_refuses_a_repository_given_as_a_local_path() {
         "{stderr}"
     );
     drop(repo);
+}
+
+#[test]
+fn a_worker_killed_during_its_checkout_loses_the_attempt_to_another() {
+    use std::time::Duration;
+    use support::cluster::{Cluster, submit_with, summary, terminals};
+
+    let ws = Workspace::new();
+    let served = ws.path().join("served");
+    let (_repo, _) = make_repo(&served.join("app"));
+    let daemon = GitDaemon::serve(&served);
+    let mut c = Cluster::start();
+    for i in 0..2 {
+        let git_cache = ws.path().join(format!("git-w{i}")).display().to_string();
+        c.add_worker(
+            &format!("w{i}"),
+            &["--slots", "1", "--git-cache", &git_cache],
+        );
+    }
+    support::wait_until("2 workers", Duration::from_secs(20), || {
+        c.list_workers().len() == 2
+    });
+    // The coordinator's preparation of a fresh mirror takes three connections (the ref
+    // listing, the base, the item's commit); the next one, the fetch of the worker
+    // that checks the gate out, is held unanswered.
+    daemon.hold_after(3);
+    let doc = plan(&daemon.url("app"), &[item("pr1", "pr1", &[], &["one.txt"])]);
+    let id = submit_with(&c.rt, &c.url(), &doc, true).expect("submit");
+    let mut busy = String::new();
+    support::wait_until(
+        "a worker checking the gate out",
+        Duration::from_secs(20),
+        || {
+            let held = daemon.served() > 3;
+            busy = c
+                .list_workers()
+                .into_iter()
+                .find(|w| w.slots_used == 1)
+                .map(|w| w.worker_id)
+                .unwrap_or_default();
+            held && !busy.is_empty()
+        },
+    );
+    let status = c.get(&id);
+    assert!(
+        status
+            .gates
+            .iter()
+            .all(|g| g.state != gatehouse_proto::v1::GateState::Running as i32),
+        "still checking out: {status:?}"
+    );
+    let index: usize = busy.trim_start_matches('w').parse().expect("worker index");
+    c.workers[index].signal("KILL");
+    daemon.release();
+
+    let events = c.watch(&id, 0);
+    let s = summary(&events);
+    assert_eq!(
+        s.outcome,
+        gatehouse_proto::v1::PlanOutcome::Passed as i32,
+        "{events:?}"
+    );
+    let gates = terminals(&events);
+    let files = &gates["pr1/files"];
+    assert_ne!(files.worker_id, busy, "it ran elsewhere: {files:?}");
+    assert!(files.worker_id.starts_with('w'), "{files:?}");
 }

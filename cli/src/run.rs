@@ -256,7 +256,7 @@ async fn run(
         render::Mode::Plain
     };
     let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
-    renderer.source(&plan);
+    renderer.source(gatehouse_proto::convert::source::source_info(&plan).as_ref());
     let mut interrupts = 0u32;
     let outcome = loop {
         tokio::select! {

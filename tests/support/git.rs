@@ -92,8 +92,11 @@ impl Repo {
 pub struct GitDaemon {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    /// Connections served so far.
+    /// Connections accepted so far.
     served: Arc<AtomicU32>,
+    /// Connections accepted from this count on are held, unanswered, until
+    /// [`GitDaemon::release`] (`u32::MAX`: none is held).
+    hold_from: Arc<AtomicU32>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -107,38 +110,59 @@ impl GitDaemon {
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU32::new(0));
+        let hold_from = Arc::new(AtomicU32::new(u32::MAX));
         let base = base.to_path_buf();
         let git_bin = tools::find("git");
         let thread = {
-            let (stop, served) = (stop.clone(), served.clone());
+            let (stop, served, hold_from) = (stop.clone(), served.clone(), hold_from.clone());
             std::thread::spawn(move || {
                 let mut children = Vec::new();
+                let mut held = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
+                    let accepted = match listener.accept() {
                         Ok((stream, _)) => {
-                            stream.set_nonblocking(false).expect("blocking stream");
-                            let input: OwnedFd = stream.try_clone().expect("clone").into();
-                            let output: OwnedFd = stream.into();
-                            let child = Command::new(&git_bin)
-                                .arg("daemon")
-                                .arg("--inetd")
-                                .arg("--export-all")
-                                .arg(format!("--base-path={}", base.display()))
-                                .arg(&base)
-                                .env("GIT_CONFIG_NOSYSTEM", "1")
-                                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                                .stdin(Stdio::from(input))
-                                .stdout(Stdio::from(output))
-                                .stderr(Stdio::null())
-                                .spawn()
-                                .expect("spawn git daemon --inetd");
-                            served.fetch_add(1, Ordering::Relaxed);
-                            children.push(child);
+                            let n = served.fetch_add(1, Ordering::Relaxed);
+                            if n >= hold_from.load(Ordering::Relaxed) {
+                                held.push(stream);
+                                continue;
+                            }
+                            Ok(stream)
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(10));
+                        Err(e) => Err(e),
+                    };
+                    // Held connections are served once released.
+                    let next = if hold_from.load(Ordering::Relaxed) == u32::MAX && !held.is_empty()
+                    {
+                        Some(Ok(held.remove(0)))
+                    } else {
+                        None
+                    };
+                    for accepted in next.into_iter().chain(std::iter::once(accepted)) {
+                        match accepted {
+                            Ok(stream) => {
+                                stream.set_nonblocking(false).expect("blocking stream");
+                                let input: OwnedFd = stream.try_clone().expect("clone").into();
+                                let output: OwnedFd = stream.into();
+                                let child = Command::new(&git_bin)
+                                    .arg("daemon")
+                                    .arg("--inetd")
+                                    .arg("--export-all")
+                                    .arg(format!("--base-path={}", base.display()))
+                                    .arg(&base)
+                                    .env("GIT_CONFIG_NOSYSTEM", "1")
+                                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                                    .stdin(Stdio::from(input))
+                                    .stdout(Stdio::from(output))
+                                    .stderr(Stdio::null())
+                                    .spawn()
+                                    .expect("spawn git daemon --inetd");
+                                children.push(child);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            Err(e) => panic!("git daemon accept failed: {e}"),
                         }
-                        Err(e) => panic!("git daemon accept failed: {e}"),
                     }
                     children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
                 }
@@ -152,6 +176,7 @@ impl GitDaemon {
             addr,
             stop,
             served,
+            hold_from,
             thread: Some(thread),
         }
     }
@@ -161,9 +186,20 @@ impl GitDaemon {
         format!("git://{}/{name}", self.addr)
     }
 
-    /// Connections served so far.
+    /// Connections accepted so far.
     pub fn served(&self) -> u32 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Serves `n` more connections, then holds every later one, unanswered (a client
+    /// waits in its fetch), until [`GitDaemon::release`].
+    pub fn hold_after(&self, n: u32) {
+        self.hold_from.store(self.served() + n, Ordering::Relaxed);
+    }
+
+    /// Serves the held connections and every later one.
+    pub fn release(&self) {
+        self.hold_from.store(u32::MAX, Ordering::Relaxed);
     }
 }
 

@@ -268,6 +268,15 @@ pub fn submit(args: SubmitArgs, tls: Tls) -> u8 {
             return Ok(EXIT_PASSED);
         };
         let mut renderer = Renderer::new(mode, PlanView::from_plan(&doc.plan));
+        // A source plan's refs were resolved by the coordinator: show what to.
+        if doc.plan.source.is_some() {
+            let (_, described) = read(&cluster, |mut client| {
+                let request = get_plan(&id);
+                async move { client.get_plan(request).await }
+            })
+            .await?;
+            renderer.source(described.source.as_ref());
+        }
         let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Cancel, &mut renderer);
         let result = follower.run(signals).await;
         renderer.finish();
@@ -287,6 +296,7 @@ pub fn watch(args: WatchArgs, tls: Tls) -> u8 {
         .await?;
         let mode = Mode::choose(args.json, args.quiet);
         let mut renderer = Renderer::new(mode, wire::plan_view(&plan));
+        renderer.source(plan.source.as_ref());
         let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Detach, &mut renderer);
         let result = follower.run(&mut signals).await;
         renderer.finish();

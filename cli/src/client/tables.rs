@@ -103,6 +103,11 @@ pub fn status_text(
         ));
     }
     writeln!(out, "{head}")?;
+    if let Some(source) = &p.source {
+        for line in crate::render::source::text_lines(source) {
+            writeln!(out, "{line}")?;
+        }
+    }
     let rows: Vec<Vec<String>> = p
         .gates
         .iter()
@@ -190,7 +195,7 @@ pub fn status_json(p: &v1::GetPlanResponse) -> Value {
             .and_then(|s| s.counts.as_ref())
             .or(info.counts.as_ref()),
     );
-    json!({
+    let mut v = json!({
         "plan_id": info.plan_id,
         "name": info.name,
         "state": plan_state_str(info.state),
@@ -202,7 +207,17 @@ pub fn status_json(p: &v1::GetPlanResponse) -> Value {
         "outcome": summary.map(|s| outcome(s.outcome).as_str()),
         "duration_ms": summary.map(|s| s.duration_ms),
         "gates": gates,
-    })
+    });
+    // A source plan: what its refs resolved to (the `source` line of `run --json`,
+    // without its `event` key).
+    if let Some(source) = &p.source {
+        let mut s = crate::render::source::json_value(source);
+        if let Some(map) = s.as_object_mut() {
+            map.remove("event");
+        }
+        v["source"] = s;
+    }
+    v
 }
 
 /// `gatehouse plans` as text.

@@ -54,7 +54,61 @@ fn running_plan() -> v1::GetPlanResponse {
             },
         ],
         summary: None,
+        source: None,
     }
+}
+
+#[test]
+fn a_source_plan_s_status_shows_each_item_s_commits_or_why_it_has_none() {
+    let mut p = running_plan();
+    p.source = Some(v1::SourceInfo {
+        repo: "https://***@git.example.com/app.git".into(),
+        base_ref: "main".into(),
+        base_commit: "a".repeat(40),
+        base_tree: "e".repeat(40),
+        error: String::new(),
+        items: vec![
+            v1::ItemSource {
+                item_id: "pr-1".into(),
+                r#ref: "feature/x".into(),
+                commit: "b".repeat(40),
+                speculative_commit: "c".repeat(40),
+                tree: "f".repeat(40),
+                ..Default::default()
+            },
+            v1::ItemSource {
+                item_id: "pr-2".into(),
+                r#ref: "clash".into(),
+                commit: "d".repeat(40),
+                reason: "merge_conflict".into(),
+                error: "conflicts in a.txt".into(),
+                paths: vec!["a.txt".into()],
+                ..Default::default()
+            },
+        ],
+    });
+    let mut out = Vec::new();
+    status_text(&mut out, &p, 5_000).expect("write");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(
+        text.contains("source https://***@git.example.com/app.git @ main = aaaaaaaaaaaa"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pr-1  feature/x  bbbbbbbbbbbb -> cccccccccccc (speculative merge)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pr-2  clash      dddddddddddd merge_conflict: conflicts in a.txt"),
+        "{text}"
+    );
+    let json = status_json(&p);
+    assert_eq!(
+        json["source"]["items"][0]["speculative_commit"],
+        "c".repeat(40)
+    );
+    assert_eq!(json["source"]["items"][1]["paths"][0], "a.txt");
+    assert!(json["source"].get("event").is_none());
 }
 
 #[test]

@@ -205,20 +205,20 @@ impl Renderer {
         });
     }
 
-    /// What a source plan's refs resolved to, once, before its gates.
-    pub fn source(&self, plan: &gatehouse_common::plan::Plan) {
-        let (Some(source), Some(r)) = (&plan.source, plan.resolution()) else {
-            return;
-        };
+    /// What a source plan's refs resolved to, once, before its gates (from a local
+    /// plan through [`gatehouse_proto::convert::source::source_info`], or from a
+    /// coordinator's `GetPlanResponse`).
+    pub fn source(&self, info: Option<&gatehouse_proto::v1::SourceInfo>) {
+        let Some(info) = info else { return };
         match self.mode {
-            Mode::Json => json::emit(&source::json_value(plan, source, r)),
+            Mode::Json => json::emit(&source::json_value(info)),
             Mode::Plain => {
-                for line in source::text_lines(plan, source, r) {
+                for line in source::text_lines(info) {
                     text::print_line(&line);
                 }
             }
             Mode::Tty => {
-                for line in source::text_lines(plan, source, r) {
+                for line in source::text_lines(info) {
                     self.notice(&line);
                 }
             }

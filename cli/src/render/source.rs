@@ -1,9 +1,10 @@
 //! What a source plan's refs resolved to, shown once before its gates: the repository
 //! (redacted), the base, and per item its ref, commit and speculative commit, or why it
-//! has none. A text block in the plain and live modes, one `source` line with `--json`.
+//! has none. A text block in the plain and live modes and in `status`, one `source` line
+//! with `--json`. Both are written from the wire's [`v1::SourceInfo`], which a local
+//! plan converts to as well, so `gatehouse run` and a cluster's `watch` print the same.
 
-use gatehouse_common::plan::Plan;
-use gatehouse_common::source::{ItemState, PlanSource, Resolution};
+use gatehouse_proto::v1;
 use serde_json::{Value, json};
 
 /// Commit ids are shown abbreviated in text (full in JSON).
@@ -13,104 +14,97 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(SHORT)]
 }
 
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
 /// The text block, one line per entry.
-pub fn text_lines(plan: &Plan, source: &PlanSource, r: &Resolution) -> Vec<String> {
-    let mut lines = Vec::with_capacity(plan.items.len() + 1);
-    match &r.base {
-        Ok(base) => lines.push(format!(
-            "source {} @ {} = {}",
-            source.repo,
-            base.git_ref,
-            short(base.commit.as_str())
-        )),
-        Err(message) => {
-            lines.push(format!("source {}: {message}", source.repo));
-            return lines;
-        }
+pub fn text_lines(info: &v1::SourceInfo) -> Vec<String> {
+    let mut lines = Vec::with_capacity(info.items.len() + 1);
+    if !info.error.is_empty() {
+        lines.push(format!("source {}: {}", info.repo, info.error));
+        return lines;
     }
-    let width = plan
+    lines.push(format!(
+        "source {} @ {} = {}",
+        info.repo,
+        info.base_ref,
+        short(&info.base_commit)
+    ));
+    let width = info
         .items
         .iter()
-        .map(|i| i.id.as_str().len())
+        .map(|i| i.item_id.len())
         .max()
         .unwrap_or(0);
-    let ref_width = r
+    let ref_width = info
         .items
         .iter()
-        .map(|i| i.git_ref.as_deref().map_or(1, str::len))
+        .map(|i| or_dash(&i.r#ref).len())
         .max()
         .unwrap_or(0);
-    for (item, s) in plan.items.iter().zip(&r.items) {
-        let git_ref = s.git_ref.as_deref().unwrap_or("-");
-        let commit = s.commit.as_ref().map_or("-", |c| short(c.as_str()));
-        let state = match &s.state {
-            ItemState::Ready { commit: spec, .. } if s.commit.as_ref() == Some(spec) => {
+    for i in &info.items {
+        let commit = short(or_dash(&i.commit));
+        let state = if !i.speculative_commit.is_empty() {
+            if i.speculative_commit == i.commit {
                 commit.to_string()
+            } else {
+                format!(
+                    "{commit} -> {} (speculative merge)",
+                    short(&i.speculative_commit)
+                )
             }
-            ItemState::Ready { commit: spec, .. } => {
-                format!("{commit} -> {} (speculative merge)", short(spec.as_str()))
-            }
-            ItemState::Blocked {
-                reason, message, ..
-            } => {
-                format!("{commit} {}: {message}", reason.as_str())
-            }
-            ItemState::BelowBlocked => format!("{commit} (an item below it cannot be built)"),
+        } else if i.reason == "dependency_failed" {
+            format!("{commit} (an item below it cannot be built)")
+        } else {
+            format!("{commit} {}: {}", i.reason, i.error)
         };
         lines.push(format!(
-            "  {:<width$}  {git_ref:<ref_width$}  {state}",
-            item.id.as_str()
+            "  {:<width$}  {:<ref_width$}  {state}",
+            i.item_id,
+            or_dash(&i.r#ref)
         ));
     }
     lines
 }
 
 /// The `--json` line.
-pub fn json_value(plan: &Plan, source: &PlanSource, r: &Resolution) -> Value {
+pub fn json_value(info: &v1::SourceInfo) -> Value {
     let mut v = json!({
         "event": "source",
-        "repo": source.repo.to_string(),
+        "repo": info.repo,
     });
-    match &r.base {
-        Ok(base) => {
-            v["base"] = json!({
-                "ref": base.git_ref,
-                "commit": base.commit.as_str(),
-                "tree": base.tree.as_str(),
-            });
-        }
-        Err(message) => {
-            v["reason"] = json!("source");
-            v["error"] = json!(message);
-        }
+    if info.error.is_empty() {
+        v["base"] = json!({
+            "ref": info.base_ref,
+            "commit": info.base_commit,
+            "tree": info.base_tree,
+        });
+    } else {
+        v["reason"] = json!("source");
+        v["error"] = json!(info.error);
     }
-    let items: Vec<Value> = plan
+    let none = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    let items: Vec<Value> = info
         .items
         .iter()
-        .zip(&r.items)
-        .map(|(item, s)| {
+        .map(|s| {
             let mut i = json!({
-                "item": item.id.as_str(),
-                "ref": s.git_ref,
-                "commit": s.commit.as_ref().map(|c| c.as_str()),
+                "item": s.item_id,
+                "ref": none(&s.r#ref),
+                "commit": none(&s.commit),
             });
-            match &s.state {
-                ItemState::Ready { commit, tree, .. } => {
-                    i["speculative_commit"] = json!(commit.as_str());
-                    i["tree"] = json!(tree.as_str());
+            if !s.speculative_commit.is_empty() {
+                i["speculative_commit"] = json!(s.speculative_commit);
+                i["tree"] = json!(s.tree);
+            } else {
+                i["reason"] = json!(s.reason);
+                if !s.error.is_empty() {
+                    i["error"] = json!(s.error);
                 }
-                ItemState::Blocked {
-                    reason,
-                    message,
-                    paths,
-                } => {
-                    i["reason"] = json!(reason.as_str());
-                    i["error"] = json!(message);
-                    if !paths.is_empty() {
-                        i["paths"] = json!(paths);
-                    }
+                if !s.paths.is_empty() {
+                    i["paths"] = json!(s.paths);
                 }
-                ItemState::BelowBlocked => i["reason"] = json!("dependency_failed"),
             }
             i
         })

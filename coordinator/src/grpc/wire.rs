@@ -7,6 +7,7 @@
 use gatehouse_common::events::{GateEvent, PlanEvent};
 use gatehouse_common::plan::Plan;
 use gatehouse_proto::convert::events::{InPlan, levels};
+use gatehouse_proto::convert::source::source_info;
 use gatehouse_proto::v1;
 
 use crate::registry::{PlanInfo, PlanSnapshot};
@@ -84,5 +85,6 @@ pub fn get_plan_response(s: &PlanSnapshot) -> v1::GetPlanResponse {
             .summary
             .as_ref()
             .map(|x| InPlan::new(&**plan, x).into()),
+        source: source_info(plan),
     }
 }

@@ -261,3 +261,47 @@ nothing when TLS is off.
     defaultMode: 0440
 {{- end }}
 {{- end }}
+
+{{/*
+Git credentials for plans with a `source`, from the git.credentialsSecret Secret mounted
+at /etc/gatehouse/git: an ssh key (`ssh-privatekey`, with `known_hosts`) through
+GIT_SSH_COMMAND, and tokens (`.git-credentials`, one https://USER:TOKEN@HOST per line)
+through git's store credential helper, set in git's environment configuration. Nothing
+without the Secret.
+*/}}
+{{- define "gatehouse.gitEnv" -}}
+{{- if .Values.git.credentialsSecret }}
+- name: GIT_SSH_COMMAND
+  value: "ssh -i /etc/gatehouse/git/ssh-privatekey -o IdentitiesOnly=yes -o UserKnownHostsFile=/etc/gatehouse/git/known_hosts"
+- name: GIT_CONFIG_COUNT
+  value: "1"
+- name: GIT_CONFIG_KEY_0
+  value: credential.helper
+- name: GIT_CONFIG_VALUE_0
+  value: "store --file=/etc/gatehouse/git/.git-credentials"
+{{- end }}
+{{- end }}
+
+{{/*
+The mount of the git credentials Secret; nothing without it.
+*/}}
+{{- define "gatehouse.gitVolumeMount" -}}
+{{- if .Values.git.credentialsSecret }}
+- name: git-credentials
+  mountPath: /etc/gatehouse/git
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+The git credentials Secret as a volume, readable by the pods' group only; nothing
+without it.
+*/}}
+{{- define "gatehouse.gitVolume" -}}
+{{- if .Values.git.credentialsSecret }}
+- name: git-credentials
+  secret:
+    secretName: {{ .Values.git.credentialsSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
