@@ -22,6 +22,12 @@ and then measures, alternating nothing (each step depends on the one before):
                 10,000-file tree from a mirror that has the objects, from the log
   warm run      gatehouse run again, everything cached: wall time of the whole command
                 (the re-submission target: nothing dispatched, under 1 s)
+  cluster       with --cluster: a standalone coordinator and two workers (2 slots, a
+                cache node each) on loopback; the plan (repository as a file:// URL) is
+                submitted once untimed, then `gatehouse submit --watch --quiet` of the
+                unchanged plan is timed --repeat times (the coordinator prepares it
+                again, every gate is answered from the cluster's cache, nothing is
+                dispatched)
 
 Targets (issue: source-aware plans): prepare < 2 s, checkout < 1 s, warm run < 1 s.
 It measures; the exit status is 0 whatever the targets say (non-zero only on errors).
@@ -163,6 +169,7 @@ def main():
     ap.add_argument("--commits", type=int, default=1_000)
     ap.add_argument("--items", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cluster", action="store_true", help="also time re-submissions to a cluster")
     ap.add_argument(
         "--git-cache",
         help="gatehouse run --git-cache (mirror and checkouts), e.g. on a tmpfs to take"
@@ -198,6 +205,42 @@ def main():
     summary("prepare", prepares, 2.0)
     summary("checkout", checkouts, 1.0)
     summary("warm run", warm, 1.0)
+    if args.cluster:
+        summary("cluster", cluster_resubmissions(gatehouse, out, args), 1.0)
+
+
+def cluster_resubmissions(gatehouse, out, args):
+    """Wall times of re-submitting the unchanged plan to a coordinator and two workers."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from pathlib import Path
+
+    from local_cluster import LocalCluster
+
+    logs = Path(out) / "cluster"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    with open(os.path.join(out, "plan.yaml")) as f:
+        text = f.read().replace("repo: repo,", f"repo: 'file://{os.path.join(out, 'repo')}',")
+    with open(os.path.join(out, "plan-cluster.yaml"), "w") as f:
+        f.write(text)
+    workers = [
+        ["--slots", "2", "--cache-listen", "127.0.0.1:0", "--git-cache", str(logs / f"git-w{i}")]
+        for i in range(2)
+    ]
+    times = []
+    with LocalCluster(Path(gatehouse), logs, workers) as c:
+        submit = [gatehouse, "submit", "--watch", "--quiet", "--coordinator", c.url, "plan-cluster.yaml"]
+        first = subprocess.run(submit, cwd=out, capture_output=True, text=True)
+        if first.returncode != 0:
+            sys.exit(f"cluster run failed:\n{first.stdout}\n{first.stderr[-4000:]}")
+        time.sleep(1)  # the workers' cache writes land
+        for _ in range(args.repeat):
+            started = time.monotonic()
+            p = subprocess.run(submit, cwd=out, capture_output=True, text=True)
+            times.append(time.monotonic() - started)
+            if p.returncode != 0 or "(100 cached)" not in p.stdout:
+                sys.exit(f"a re-submission ran gates:\n{p.stdout}\n{p.stderr[-4000:]}")
+    return times
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ async fn run(args: CoordinatorArgs, tracer: Tracer, tls: Tls) -> anyhow::Result<
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
     eprintln!("gatehouse coordinator listening on {bound}");
+    crate::warn_without_git("plans with a `source` will be refused").await;
     let state = if args.etcd.is_empty() {
         StateBackend::Dir(args.state_dir.clone())
     } else {

@@ -186,3 +186,12 @@ enum LogFormat {
     /// `trace_id`/`span_id` inside a traced span.
     Json,
 }
+
+/// Says at start, on stderr, when this machine's git cannot serve plans with a `source`
+/// (missing, or older than the version needed, named): the process still serves every
+/// other plan, and `consequence` says what happens to those.
+pub async fn warn_without_git(consequence: &str) {
+    if let Err(e) = gatehouse_source::Git::find().await {
+        eprintln!("warning: {e}; {consequence}");
+    }
+}

@@ -258,6 +258,7 @@ async fn serve(cfg: RemoteWorkerConfig, listen: Listen) -> u8 {
             return EXIT_FAILED;
         }
     };
+    crate::warn_without_git("gates of plans with a `source` will fail with reason `source`").await;
     let shutdown = CancellationToken::new();
     let drain = CancellationToken::new();
     let worker = remote::run(cfg, listeners, shutdown.clone(), drain.clone());
