@@ -138,9 +138,16 @@ impl Mirror {
         let dir = cache.join(url.mirror_name());
         std::fs::create_dir_all(cache).map_err(io(cache))?;
         if !dir.join("HEAD").exists() {
-            // Made beside and renamed into place, so a half-made mirror never counts.
-            let tmp = cache.join(format!(".new-{}", url.mirror_name()));
-            let _ = std::fs::remove_dir_all(&tmp);
+            // Made beside and renamed into place, so a half-made mirror never counts;
+            // named per process and call, so two processes making it never collide.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let tmp = cache.join(format!(
+                ".new-{}-{}-{nanos}",
+                url.mirror_name(),
+                std::process::id()
+            ));
             let tmp_arg = tmp.display().to_string();
             git.run(
                 cache,
@@ -175,6 +182,15 @@ impl Mirror {
             dir,
             fetching: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// This mirror, talking to the repository through `url` (the same repository,
+    /// possibly with other credentials): each caller fetches with its own.
+    pub fn with_url(&self, url: RepoUrl) -> Self {
+        Self {
+            url,
+            ..self.clone()
+        }
     }
 
     /// The mirror's directory.

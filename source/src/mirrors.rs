@@ -51,8 +51,10 @@ impl Mirrors {
         let git = self.git().await?;
         let mut open = self.open.lock().await;
         let identity = repo.identity();
+        // One mirror per repository, but every caller talks to it with the credentials
+        // of its own URL: never with those of whoever opened it first.
         if let Some(mirror) = open.get(&identity) {
-            return Ok(mirror.clone());
+            return Ok(mirror.with_url(repo.clone()));
         }
         let mirror = Mirror::open(git, &self.cache, repo.clone())
             .await
@@ -64,5 +66,32 @@ impl Mirrors {
             })?;
         open.insert(identity, mirror.clone());
         Ok(mirror)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_caller_talks_to_the_shared_mirror_with_its_own_credentials() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mirrors = Mirrors::new(root.path().join("cache"));
+        let url = |token: &str| {
+            RepoUrl::parse(
+                &format!("https://x:{token}@git.example.com/app.git"),
+                Path::new("/"),
+            )
+            .expect("url")
+        };
+        let first = mirrors.get(&url("one")).await.expect("open");
+        let second = mirrors.get(&url("two")).await.expect("again");
+        assert_eq!(first.dir(), second.dir(), "one mirror per repository");
+        assert!(
+            second.url().as_git_arg().contains("x:two@"),
+            "{}",
+            second.url().as_git_arg()
+        );
+        assert!(first.url().as_git_arg().contains("x:one@"));
     }
 }

@@ -274,7 +274,22 @@ async fn speculate(
             );
             Ok(blocked(BlockReason::MergeConflict, message, paths))
         }
-        Err(SpeculateError::Mirror(e)) => Err(e),
+        // A commit that cannot be merged at all blocks its item, never the plan: a
+        // ref with no history in common with the state (an orphan branch, another
+        // repository's commit) is a conflict; any other git failure on it, `source`.
+        Err(SpeculateError::Mirror(e)) => {
+            let text = e.to_string();
+            Ok(if text.contains("unrelated histories") {
+                let message = "a commit of its stack has no history in common with the items below it (an orphan branch, or another repository's?)".to_string();
+                blocked(BlockReason::MergeConflict, message, Vec::new())
+            } else {
+                blocked(
+                    BlockReason::Source,
+                    format!("cannot merge its stack: {text}"),
+                    Vec::new(),
+                )
+            })
+        }
     }
 }
 

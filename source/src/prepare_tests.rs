@@ -154,6 +154,28 @@ async fn stacks_merge_in_order_conflicts_block_and_what_is_above_has_no_state() 
 }
 
 #[tokio::test]
+async fn a_ref_with_no_common_history_blocks_its_item_not_the_plan() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (w, _) = repo(root.path());
+    w.git(&["checkout", "--quiet", "--orphan", "lonely"]);
+    w.git(&["rm", "-rf", "--quiet", "."]);
+    w.commit(&[("other.txt", "x\n")], "an unrelated root");
+    w.branch("main", "main");
+    let items = [item("pr1", "pr1", &[]), item("lonely", "lonely", &["pr1"])].concat();
+    let (_, r) = prepared(&w, root.path(), &items).await;
+    ready(&r, 0);
+    match &r.items[1].state {
+        ItemState::Blocked {
+            reason, message, ..
+        } => {
+            assert_eq!(*reason, BlockReason::MergeConflict);
+            assert!(message.contains("no history in common"), "{message}");
+        }
+        other => panic!("lonely: {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn keys_follow_the_tree_a_gate_reads_and_the_keys_below_it() {
     let root = tempfile::tempdir().expect("tempdir");
     let (w, _) = repo(root.path());

@@ -13,7 +13,7 @@
 //! line-ending conversion, no filters), so a tree means the same bytes everywhere.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use gatehouse_common::exec::AttemptRef;
@@ -35,6 +35,8 @@ pub struct Checkouts {
     fetch_timeout: Duration,
     /// Makes checkout directory names unique within this process.
     next: AtomicU64,
+    /// Whether the checkouts left by dead processes were removed (once, on first use).
+    swept: AtomicBool,
 }
 
 impl PartialEq for Checkouts {
@@ -46,21 +48,32 @@ impl PartialEq for Checkouts {
 
 impl Eq for Checkouts {}
 
-/// An attempt's checkout; [`CheckoutDir::remove`] it when the attempt has ended.
+/// An attempt's checkout; [`CheckoutDir::remove`] it when the attempt has ended. One
+/// dropped without that (its attempt cancelled mid-checkout, or its task aborted) is
+/// removed on drop.
 #[derive(Debug)]
 pub struct CheckoutDir {
-    path: PathBuf,
+    /// `None` once removed.
+    path: Option<PathBuf>,
+}
+
+impl Drop for CheckoutDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 impl CheckoutDir {
     /// The checkout's root.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.path.as_deref().unwrap_or(Path::new(""))
     }
 
     /// Removes the checkout (in a blocking task: a tree can be large).
-    pub async fn remove(self) {
-        let path = self.path;
+    pub async fn remove(mut self) {
+        let Some(path) = self.path.take() else { return };
         let shown = path.display().to_string();
         let removed =
             spawn_blocking_named("checkout-remove", move || std::fs::remove_dir_all(&path)).await;
@@ -81,6 +94,7 @@ impl Checkouts {
             root,
             fetch_timeout,
             next: AtomicU64::new(0),
+            swept: AtomicBool::new(false),
         }
     }
 
@@ -131,16 +145,39 @@ impl Checkouts {
         );
         std::fs::create_dir_all(&self.root)
             .map_err(|e| format!("cannot create {}: {e}", self.root.display()))?;
+        if !self.swept.swap(true, Ordering::Relaxed) {
+            let root = self.root.clone();
+            let _ = spawn_blocking_named("checkout-sweep", move || sweep(&root)).await;
+        }
         let dest = self.root.join(name);
         if dest.exists() {
             let _ = std::fs::remove_dir_all(&dest);
         }
-        let dir = CheckoutDir { path: dest };
-        if let Err(e) = mirror.checkout(&checkout.commit, &dir.path).await {
+        let dir = CheckoutDir { path: Some(dest) };
+        if let Err(e) = mirror.checkout(&checkout.commit, dir.path()).await {
             dir.remove().await;
             return Err(format!("cannot check out {}: {e}", checkout.commit));
         }
         Ok(dir)
+    }
+}
+
+/// Removes the checkouts under `root` of processes that no longer exist (killed
+/// mid-attempt); those of live processes, which may share the directory, stay.
+fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<plan>-<gate>-<attempt>-<pid>-<n>`
+        let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            tracing::info!(path = %entry.path().display(), "removing a checkout left by a process that is gone");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{GateIdx, ItemIdx};
+use crate::ids::GateIdx;
 use crate::plan::Plan;
 
 pub mod ids;
@@ -147,13 +147,18 @@ impl Resolution {
             return all.map(|g| (g, BlockReason::Source.as_str())).collect();
         }
         let mut blocked = Vec::new();
-        for (i, item) in self.items.iter().enumerate() {
-            if let ItemState::Blocked { reason, .. } = &item.state {
-                let gates = &plan.item(ItemIdx(i as u32)).gates;
-                blocked.extend(gates.iter().map(|&g| (g, reason.as_str())));
+        for (item, source) in plan.items.iter().zip(&self.items) {
+            if let ItemState::Blocked { reason, .. } = &source.state {
+                blocked.extend(item.gates.iter().map(|&g| (g, reason.as_str())));
             }
         }
         blocked
+    }
+
+    /// Whether this resolution was made for `plan` (one entry per item and per gate):
+    /// a stored one that does not match is refused rather than trusted.
+    pub fn matches(&self, plan: &Plan) -> bool {
+        self.items.len() == plan.items.len() && self.gates.len() == plan.gates.len()
     }
 
     /// What gate `g` runs on, or `None` when its item has no state.
@@ -214,7 +219,7 @@ mod hex32 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let text = String::deserialize(d)?;
         let mut out = [0u8; 32];
-        if text.len() != 64 {
+        if text.len() != 64 || !text.is_ascii() {
             return Err(de::Error::custom("expected 64 hex digits"));
         }
         for (i, byte) in out.iter_mut().enumerate() {

@@ -58,6 +58,15 @@ impl RepoUrl {
         if value.is_empty() {
             return Err(UrlError::Empty);
         }
+        // Never an option to git, never a remote helper (`helper::address`).
+        if value.starts_with('-') {
+            return Err(UrlError::Malformed(format!("starts with `-`: {value}")));
+        }
+        if let Some((helper, _)) = value.split_once("::")
+            && !helper.contains('/')
+        {
+            return Err(UrlError::Scheme(format!("{helper}::")));
+        }
         if let Some((scheme, rest)) = value.split_once("://") {
             let scheme = scheme.to_ascii_lowercase();
             if !SCHEMES.contains(&scheme.as_str()) {
@@ -275,6 +284,13 @@ mod tests {
             Err(UrlError::Malformed(_))
         ));
         assert!(matches!(parse("host:"), Err(UrlError::Malformed(_))));
+        assert!(matches!(
+            parse("-upload-pack=x:y"),
+            Err(UrlError::Malformed(_))
+        ));
+        assert!(matches!(parse("--help"), Err(UrlError::Malformed(_))));
+        assert_eq!(parse("ext::sh -c x"), Err(UrlError::Scheme("ext::".into())));
+        assert_eq!(parse("foo::bar"), Err(UrlError::Scheme("foo::".into())));
     }
 
     #[test]

@@ -65,6 +65,15 @@ fn decode(s: StoredPlan) -> Result<Restored, String> {
     )
     .map_err(|e| format!("the stored document no longer validates: {e}"))?;
     // A source plan runs on the commits recorded at submission, never resolved again.
+    match (plan.source.is_some(), &record.source.resolution) {
+        (true, Some(resolution)) if !resolution.matches(&plan) => {
+            return Err("the stored resolution does not match the plan".into());
+        }
+        (true, None) => {
+            return Err("a plan with a source was stored without its resolution".into());
+        }
+        _ => {}
+    }
     if let (Some(source), Some(resolution)) = (plan.source.as_mut(), &record.source.resolution) {
         source.resolution = Some(resolution.clone());
     }
