@@ -10,6 +10,7 @@
 
 pub mod git;
 pub mod inputs;
+pub mod land;
 pub mod mirror;
 pub mod mirrors;
 pub mod prepare;

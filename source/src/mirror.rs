@@ -203,6 +203,21 @@ impl Mirror {
         &self.url
     }
 
+    /// The `git` it runs.
+    pub(crate) fn git(&self) -> &Git {
+        &self.git
+    }
+
+    /// `text` with the repository's credentials taken out.
+    pub(crate) fn redacted(&self, text: &str) -> String {
+        redact(text, &self.url)
+    }
+
+    /// A failed command that talked to the repository, as the error it means.
+    pub(crate) fn unreachable_error(&self, e: GitError) -> MirrorError {
+        self.unreachable(e)
+    }
+
     fn unreachable(&self, e: GitError) -> MirrorError {
         match e {
             GitError::Failed { stderr, .. } => MirrorError::Unreachable {

@@ -1,0 +1,140 @@
+//! Compare-and-swap branch updates against real repositories made by the tests.
+
+use std::path::Path;
+
+use gatehouse_common::source::RepoUrl;
+
+use super::*;
+use crate::git::Git;
+use crate::testkit::Work;
+
+const NET: Duration = Duration::from_secs(30);
+
+async fn mirror_of(root: &Path, url: RepoUrl) -> Mirror {
+    let git = Git::find().await.expect("git");
+    Mirror::open(git, &root.join("cache"), url)
+        .await
+        .expect("mirror")
+}
+
+/// A bare repository `remote.git` with `main` and `next` (one commit above `main`),
+/// pushed from a working repository; returns (work, bare dir, main, next).
+fn remote(root: &Path) -> (Work, std::path::PathBuf, CommitId, CommitId) {
+    let w = Work::new(root);
+    let base = w.commit(&[("a.txt", "a\n")], "base");
+    w.branch("next", "main");
+    let next = w.commit(&[("b.txt", "b\n")], "next");
+    let bare = root.join("remote.git");
+    w.git(&["init", "--quiet", "--bare", bare.to_str().expect("utf-8")]);
+    w.git(&[
+        "push",
+        "--quiet",
+        bare.to_str().expect("utf-8"),
+        "main",
+        "next",
+    ]);
+    (w, bare, base, next)
+}
+
+fn tip(dir: &Path, branch: &str) -> String {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["rev-parse", &format!("refs/heads/{branch}")])
+        .output()
+        .expect("git");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_push_lands_only_while_the_branch_is_where_it_was_resolved() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (w, bare, base, next) = remote(root.path());
+    let url = RepoUrl::parse(&format!("file://{}", bare.display()), Path::new("/")).expect("url");
+    let m = mirror_of(root.path(), url).await;
+    m.resolve(&["main".into(), "next".into()], NET)
+        .await
+        .expect("resolve");
+
+    assert_eq!(
+        m.update_branch("main", &base, &next, NET)
+            .await
+            .expect("push"),
+        BranchUpdate::Updated
+    );
+    assert_eq!(tip(&bare, "main"), next.as_str());
+
+    // Someone else moves main: a push that expects the old tip changes nothing.
+    w.branch("main", "main");
+    let theirs = w.commit(&[("c.txt", "c\n")], "theirs");
+    w.git(&[
+        "push",
+        "--quiet",
+        "--force",
+        bare.to_str().expect("utf-8"),
+        "main",
+    ]);
+    let again = m
+        .update_branch("main", &base, &next, NET)
+        .await
+        .expect("push");
+    assert_eq!(
+        again,
+        BranchUpdate::Moved {
+            now: Some(theirs.clone())
+        }
+    );
+    assert_eq!(
+        tip(&bare, "main"),
+        theirs.as_str(),
+        "nothing forced past the lease"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (w, _, base, next) = remote(root.path());
+    // Pushing to the checked-out branch of a working repository is refused by git.
+    let url = RepoUrl::parse(&format!("file://{}", w.dir.display()), Path::new("/")).expect("url");
+    let m = mirror_of(root.path(), url).await;
+    m.resolve(&["main".into(), "next".into()], NET)
+        .await
+        .expect("resolve");
+    w.branch("main", "main");
+    match m
+        .update_branch("main", &base, &next, NET)
+        .await
+        .expect("push")
+    {
+        BranchUpdate::Refused { reason } => assert!(reason.contains("checked out"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(tip(&w.dir, "main"), base.as_str());
+
+    // The same repository given as a path: the ref moves, compare-and-swap.
+    let path = RepoUrl::parse(&w.dir.display().to_string(), Path::new("/")).expect("path");
+    let local = mirror_of(&root.path().join("local"), path).await;
+    local
+        .resolve(&["main".into(), "next".into()], NET)
+        .await
+        .expect("resolve");
+    assert_eq!(
+        local
+            .update_branch("main", &base, &next, NET)
+            .await
+            .expect("update"),
+        BranchUpdate::Updated
+    );
+    assert_eq!(tip(&w.dir, "main"), next.as_str());
+    let stale = local
+        .update_branch("main", &base, &base, NET)
+        .await
+        .expect("update");
+    assert_eq!(
+        stale,
+        BranchUpdate::Moved {
+            now: Some(next.clone())
+        }
+    );
+    assert_eq!(tip(&w.dir, "main"), next.as_str());
+}
