@@ -1,6 +1,7 @@
 //! Plain types shared by every Gatehouse role: the validated plan model, ids, units,
 //! the messages exchanged with executors, the events a plan publishes, the cache key and
-//! the result cache.
+//! the result cache, a source plan's resolution ([`source`]), and landing's bisection
+//! ([`land`], not used yet).
 //!
 //! This crate owns no long-lived state and spawns no tasks of its own; the only
 //! task-related item is [`spawn::spawn_named`], the helper every crate uses to
@@ -12,6 +13,7 @@ pub mod events;
 pub mod exec;
 pub mod http;
 pub mod ids;
+pub mod land;
 pub mod plan;
 #[cfg(feature = "testing")]
 pub mod samples;
