@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use gatehouse_cache::node_stats;
 use gatehouse_proto::v1;
 use serde_json::Value;
-use support::cluster::{Cluster, submit_with, summary};
+use support::cluster::{Cluster, dispatched, submit_with, summary};
 use support::{RunResult, wait_until};
 
 /// Adds one cache node per entry of `extra` (more flags each) that also runs gates, and
@@ -78,18 +78,6 @@ fn runs(dir: &Path, i: usize) -> usize {
 fn run_cached(c: &Cluster, doc: &str) -> Vec<v1::PlanEvent> {
     let id = submit_with(&c.rt, &c.url(), doc, true).expect("submit");
     c.watch(&id, 0)
-}
-
-/// Gate events that show an attempt on a worker (running, or any event with an
-/// attempt number or a worker): none for a gate served from the cache.
-fn dispatched(events: &[v1::PlanEvent]) -> usize {
-    events
-        .iter()
-        .filter(|e| {
-            matches!(&e.event, Some(v1::plan_event::Event::Gate(g))
-                if g.state == v1::GateState::Running as i32 || g.attempt > 0 || !g.worker_id.is_empty())
-        })
-        .count()
 }
 
 /// `gatehouse cache stats --json` against the cluster.

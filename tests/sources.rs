@@ -259,41 +259,29 @@ fn a_flat_plan_with_a_source_runs_every_gate_on_base() {
     drop(repo);
 }
 
-/// Gate events that show an attempt on a worker: none for a gate served from the cache.
-fn dispatched(events: &[gatehouse_proto::v1::PlanEvent]) -> usize {
-    use gatehouse_proto::v1;
-    events
-        .iter()
-        .filter(|e| {
-            matches!(&e.event, Some(v1::plan_event::Event::Gate(g))
-                if g.state == v1::GateState::Running as i32 || g.attempt > 0 || !g.worker_id.is_empty())
-        })
-        .count()
+/// The test repository served by `git daemon`, and a coordinator with two workers
+/// (`w0`, `w1`: `worker_args`, and a git cache each in the workspace).
+fn served_cluster(worker_args: &[&str]) -> (Workspace, GitDaemon, support::cluster::Cluster) {
+    let ws = Workspace::new();
+    let served = ws.path().join("served");
+    make_repo(&served.join("app"));
+    let daemon = GitDaemon::serve(&served);
+    let mut c = support::cluster::Cluster::start();
+    for i in 0..2 {
+        let git_cache = ws.path().join(format!("git-w{i}")).display().to_string();
+        let mut args = worker_args.to_vec();
+        args.extend(["--git-cache", &git_cache]);
+        c.add_worker(&format!("w{i}"), &args);
+    }
+    (ws, daemon, c)
 }
 
 #[test]
 fn a_cluster_runs_a_source_plan_over_git_daemon_with_the_keys_of_gatehouse_run() {
     use std::time::Duration;
-    use support::cluster::{Cluster, submit_with, summary, terminals};
+    use support::cluster::{submit_with, summary, terminals};
 
-    let ws = Workspace::new();
-    let served = ws.path().join("served");
-    let (_repo, _) = make_repo(&served.join("app"));
-    let daemon = GitDaemon::serve(&served);
-    let mut c = Cluster::start();
-    for i in 0..2 {
-        let git_cache = ws.path().join(format!("git-w{i}"));
-        let git_cache = git_cache.display().to_string();
-        let args = [
-            "--slots",
-            "2",
-            "--cache-listen",
-            "127.0.0.1:0",
-            "--git-cache",
-            &git_cache,
-        ];
-        c.add_worker(&format!("w{i}"), &args);
-    }
+    let (ws, daemon, c) = served_cluster(&["--slots", "2", "--cache-listen", "127.0.0.1:0"]);
     support::wait_until("2 cache nodes", Duration::from_secs(20), || {
         c.list_workers()
             .iter()
@@ -369,7 +357,7 @@ fn a_cluster_runs_a_source_plan_over_git_daemon_with_the_keys_of_gatehouse_run()
     // A second submission dispatches nothing.
     let again = submit_with(&c.rt, &c.url(), &doc, true).expect("submit again");
     let events = c.watch(&again, 0);
-    assert_eq!(dispatched(&events), 0, "{events:?}");
+    assert_eq!(support::cluster::dispatched(&events), 0, "{events:?}");
     assert_eq!(summary(&events).counts.as_ref().map(|c| c.cached), Some(8));
 
     // An unreachable repository fails the items with `source`, and the plan ends.
@@ -407,20 +395,9 @@ fn a_cluster_refuses_a_repository_given_as_a_local_path() {
 #[test]
 fn a_worker_killed_during_its_checkout_loses_the_attempt_to_another() {
     use std::time::Duration;
-    use support::cluster::{Cluster, submit_with, summary, terminals};
+    use support::cluster::{submit_with, summary, terminals};
 
-    let ws = Workspace::new();
-    let served = ws.path().join("served");
-    let (_repo, _) = make_repo(&served.join("app"));
-    let daemon = GitDaemon::serve(&served);
-    let mut c = Cluster::start();
-    for i in 0..2 {
-        let git_cache = ws.path().join(format!("git-w{i}")).display().to_string();
-        c.add_worker(
-            &format!("w{i}"),
-            &["--slots", "1", "--git-cache", &git_cache],
-        );
-    }
+    let (_ws, daemon, c) = served_cluster(&["--slots", "1"]);
     support::wait_until("2 workers", Duration::from_secs(20), || {
         c.list_workers().len() == 2
     });

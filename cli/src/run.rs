@@ -324,26 +324,9 @@ async fn prepare_source(
         .clone()
         .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("git"));
     let checkouts = Checkouts::new(cache.clone(), cache.join(".checkouts"), args.fetch_timeout);
-    let mut prepared = (*plan).clone();
-    let Some(source) = prepared.source.as_mut() else {
-        anyhow::bail!("the plan has no source");
-    };
-    let mirror = checkouts
-        .mirrors()
-        .get(&source.repo)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let started = std::time::Instant::now();
-    let resolution = gatehouse_source::prepare(&plan, &mirror, args.fetch_timeout)
-        .await
-        .with_context(|| format!("cannot prepare the code of {}", source.repo))?;
-    tracing::info!(
-        repo = %source.repo,
-        items = plan.items.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "source prepared"
-    );
-    source.resolution = Some(Arc::new(resolution));
+    let prepared =
+        gatehouse_source::prepare_plan((*plan).clone(), checkouts.mirrors(), args.fetch_timeout)
+            .await?;
     Ok((Arc::new(prepared), Arc::new(checkouts)))
 }
 

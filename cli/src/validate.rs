@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::Path;
 
 use gatehouse_common::plan::{Plan, PlanErrors, PlanForm, load_file};
-use gatehouse_coordinator::core::summary::merge_order;
 
 use crate::{EXIT_INVALID, EXIT_PASSED};
 
@@ -54,7 +53,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 fn would_merge(plan: &Plan) -> Vec<String> {
-    merge_order(plan, |_| true)
+    plan.merge_order(|_| true)
         .into_iter()
         .map(|i| plan.item(i).id.to_string())
         .collect()

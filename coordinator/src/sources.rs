@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::plan::Plan;
-use gatehouse_source::Mirrors;
+use gatehouse_source::{Mirrors, PrepareError};
 use tokio::sync::Semaphore;
 use tonic::Status;
 
@@ -77,7 +77,7 @@ impl Sources {
     /// `plan` with its resolution (unchanged without a `source`). Errors of the
     /// repository or of a ref do not fail this: they are in the resolution, as blocked
     /// items; `name` is the plan's name in messages.
-    pub async fn prepare(&self, mut plan: Plan, name: &str) -> Result<Plan, SourceError> {
+    pub async fn prepare(&self, plan: Plan, name: &str) -> Result<Plan, SourceError> {
         let Some(source) = plan.source.as_ref() else {
             return Ok(plan);
         };
@@ -92,26 +92,11 @@ impl Sources {
             .acquire()
             .await
             .map_err(|_| SourceError::ShuttingDown)?;
-        self.mirrors.git().await.map_err(SourceError::Git)?;
-        let mirror = self
-            .mirrors
-            .get(&source.repo)
+        gatehouse_source::prepare_plan(plan, &self.mirrors, self.fetch_timeout)
             .await
-            .map_err(SourceError::Mirror)?;
-        let started = std::time::Instant::now();
-        let resolution = gatehouse_source::prepare(&plan, &mirror, self.fetch_timeout)
-            .await
-            .map_err(|e| SourceError::Mirror(e.to_string()))?;
-        tracing::info!(
-            repo = %source.repo,
-            items = plan.items.len(),
-            blocked = resolution.blocked(&plan).len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "source prepared"
-        );
-        if let Some(source) = plan.source.as_mut() {
-            source.resolution = Some(Arc::new(resolution));
-        }
-        Ok(plan)
+            .map_err(|e| match e {
+                PrepareError::Git(e) => SourceError::Git(e),
+                PrepareError::Mirror(e) => SourceError::Mirror(e),
+            })
     }
 }

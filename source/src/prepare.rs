@@ -20,6 +20,7 @@
 //! Nothing here decides scheduling: the core fails [`Resolution::blocked`] gates.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::ids::ItemIdx;
@@ -30,7 +31,53 @@ use gatehouse_common::source::{
 
 use crate::inputs;
 use crate::mirror::{Mirror, MirrorError, TreeEntry};
+use crate::mirrors::Mirrors;
 use crate::speculate::{SpeculateError, Speculator};
+
+/// `plan` with its resolution attached, prepared through the mirror of its repository
+/// in `mirrors` (unchanged without a `source`); logs how long it took. What
+/// `gatehouse run` and a coordinator both do before a source plan runs.
+pub async fn prepare_plan(
+    mut plan: Plan,
+    mirrors: &Mirrors,
+    timeout: Duration,
+) -> Result<Plan, PrepareError> {
+    let Some(source) = plan.source.as_ref() else {
+        return Ok(plan);
+    };
+    mirrors.git().await.map_err(PrepareError::Git)?;
+    let mirror = mirrors
+        .get(&source.repo)
+        .await
+        .map_err(PrepareError::Mirror)?;
+    let started = std::time::Instant::now();
+    let resolution = prepare(&plan, &mirror, timeout)
+        .await
+        .map_err(|e| PrepareError::Mirror(e.to_string()))?;
+    tracing::info!(
+        repo = %source.repo,
+        items = plan.items.len(),
+        blocked = resolution.blocked(&plan).len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "source prepared"
+    );
+    if let Some(source) = plan.source.as_mut() {
+        source.resolution = Some(Arc::new(resolution));
+    }
+    Ok(plan)
+}
+
+/// Why a plan could not be prepared: this machine's git or mirror, never the
+/// repository's refs (those end up as blocked items).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// No usable git.
+    #[error("{0}")]
+    Git(String),
+    /// The mirror failed (the disk, a local git command).
+    #[error("cannot prepare the plan's code: {0}")]
+    Mirror(String),
+}
 
 /// Resolves and speculates `plan` (which must have a `source`) through `mirror`.
 /// `timeout` bounds each command that touches the network. Errors of the repository

@@ -63,21 +63,13 @@ fn keys(p: &Plan, r: &Resolution) -> Vec<Option<CacheKey>> {
     keys
 }
 
-/// main: a.txt, b.txt. pr1 edits a.txt; pr2 (on pr1) adds c.txt; pr3 (from main)
-/// edits b.txt; clash (from main) edits a.txt's line differently from pr1.
+/// The test pyramid ([`Work::pyramid`]): main with a.txt and b.txt; pr1 edits a.txt;
+/// pr2 (on pr1) adds c.txt; pr3 (from main) edits b.txt; clash (from main) edits a.txt
+/// differently from pr1.
 fn repo(root: &Path) -> (Work, [CommitId; 5]) {
     let w = Work::new(root);
-    let base = w.commit(&[("a.txt", "a1\n"), ("b.txt", "b1\n")], "base");
-    w.branch("pr1", "main");
-    let pr1 = w.commit(&[("a.txt", "a2\n")], "pr1");
-    w.branch("pr2", "pr1");
-    let pr2 = w.commit(&[("c.txt", "c\n")], "pr2");
-    w.branch("pr3", "main");
-    let pr3 = w.commit(&[("b.txt", "b3\n")], "pr3");
-    w.branch("clash", "main");
-    let clash = w.commit(&[("a.txt", "other\n")], "clash");
-    w.branch("main", "main");
-    (w, [base, pr1, pr2, pr3, clash])
+    let ids = w.pyramid();
+    (w, ids)
 }
 
 #[tokio::test]

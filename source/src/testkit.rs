@@ -56,4 +56,21 @@ impl Work {
     pub(crate) fn url(&self) -> RepoUrl {
         RepoUrl::parse(&format!("file://{}", self.dir.display()), Path::new("/")).expect("url")
     }
+
+    /// main: a.txt, b.txt; pr1 (from main) edits a.txt; pr2 (stacked on pr1) adds c.txt;
+    /// pr3 (from main) edits b.txt; clash (from main) edits a.txt's line differently.
+    pub(crate) fn pyramid(&self) -> [CommitId; 5] {
+        let base = self.commit(&[("a.txt", "a1\n"), ("b.txt", "b1\n")], "base");
+        self.branch("pr1", "main");
+        let pr1 = self.commit(&[("a.txt", "a2\n")], "pr1");
+        self.branch("pr2", "pr1");
+        let pr2 = self.commit(&[("c.txt", "c\n")], "pr2");
+        self.branch("pr3", "main");
+        let pr3 = self.commit(&[("b.txt", "b3\n")], "pr3");
+        self.branch("clash", "main");
+        let clash = self.commit(&[("a.txt", "other\n")], "clash");
+        self.git(&["checkout", "--quiet", "main"]);
+        self.git(&["tag", "-a", "v1", "-m", "release", &base.to_string()]);
+        [base, pr1, pr2, pr3, clash]
+    }
 }

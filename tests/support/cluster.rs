@@ -423,3 +423,15 @@ pub fn terminals(events: &[v1::PlanEvent]) -> std::collections::BTreeMap<String,
     }
     out
 }
+
+/// Gate events that show an attempt on a worker (running, or any event with an
+/// attempt number or a worker): none for a gate served from the cache.
+pub fn dispatched(events: &[v1::PlanEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(&e.event, Some(v1::plan_event::Event::Gate(g))
+                if g.state == v1::GateState::Running as i32 || g.attempt > 0 || !g.worker_id.is_empty())
+        })
+        .count()
+}

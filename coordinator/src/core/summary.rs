@@ -1,8 +1,5 @@
 //! Plan summary: counts, outcome and the merge order.
 
-use gatehouse_common::ids::ItemIdx;
-use gatehouse_common::plan::Plan;
-
 use super::plan_run::{PlanRun, Stopping};
 use super::types::{Now, PlanOutcome, PlanSummary};
 
@@ -17,7 +14,7 @@ pub(super) fn summarize(run: &PlanRun, now: Now) -> PlanSummary {
     } else {
         PlanOutcome::Passed
     };
-    let merge_order = merge_order(&run.plan, |i| run.item_remaining[i.ix()] == 0);
+    let merge_order = run.plan.merge_order(|i| run.item_remaining[i.ix()] == 0);
     PlanSummary {
         plan: run.id.clone(),
         outcome,
@@ -25,9 +22,4 @@ pub(super) fn summarize(run: &PlanRun, now: Now) -> PlanSummary {
         merge_order,
         duration: now.saturating_sub(run.submitted_at) + run.earlier,
     }
-}
-
-/// Items that passed and whose deps are all in the merge order ([`Plan::merge_order`]).
-pub fn merge_order(plan: &Plan, item_passed: impl Fn(ItemIdx) -> bool) -> Vec<ItemIdx> {
-    plan.merge_order(item_passed)
 }

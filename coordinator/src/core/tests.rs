@@ -122,7 +122,7 @@ fn merge_order_breaks_ties_by_plan_order() {
             ("a", &[], vec![g("t", &[])]),
         ],
     );
-    let order = summary::merge_order(&plan, |_| true);
+    let order = plan.merge_order(|_| true);
     let ids: Vec<&str> = order.iter().map(|i| plan.item(*i).id.as_str()).collect();
     assert_eq!(ids, ["c", "a", "b"]);
 }

@@ -17,28 +17,11 @@ async fn mirror(root: &Path, url: RepoUrl, name: &str) -> Mirror {
         .expect("mirror")
 }
 
-/// main: a.txt, b.txt; pr1 (from main) edits a.txt; pr2 (stacked on pr1) adds c.txt;
-/// pr3 (from main) edits b.txt; clash (from main) edits a.txt's line differently.
-fn pyramid(w: &Work) -> [CommitId; 5] {
-    let base = w.commit(&[("a.txt", "a1\n"), ("b.txt", "b1\n")], "base");
-    w.branch("pr1", "main");
-    let pr1 = w.commit(&[("a.txt", "a2\n")], "pr1");
-    w.branch("pr2", "pr1");
-    let pr2 = w.commit(&[("c.txt", "c\n")], "pr2");
-    w.branch("pr3", "main");
-    let pr3 = w.commit(&[("b.txt", "b3\n")], "pr3");
-    w.branch("clash", "main");
-    let clash = w.commit(&[("a.txt", "other\n")], "clash");
-    w.git(&["checkout", "--quiet", "main"]);
-    w.git(&["tag", "-a", "v1", "-m", "release", &base.to_string()]);
-    [base, pr1, pr2, pr3, clash]
-}
-
 #[tokio::test]
 async fn refs_resolve_once_to_commits_that_are_then_kept_here() {
     let root = tempfile::tempdir().expect("tempdir");
     let w = Work::new(root.path());
-    let [base, pr1, pr2, ..] = pyramid(&w);
+    let [base, pr1, pr2, ..] = w.pyramid();
     let m = mirror(root.path(), w.url(), "cache").await;
     let names: Vec<String> = ["main", "pr1", "refs/heads/pr2", "v1", "HEAD"]
         .iter()
@@ -77,7 +60,7 @@ async fn refs_resolve_once_to_commits_that_are_then_kept_here() {
 async fn a_stack_fast_forwards_an_independent_change_merges_the_same_everywhere() {
     let root = tempfile::tempdir().expect("tempdir");
     let w = Work::new(root.path());
-    let [base, pr1, pr2, pr3, _] = pyramid(&w);
+    let [base, pr1, pr2, pr3, _] = w.pyramid();
     let names = ["main", "pr1", "pr2", "pr3"].map(String::from).to_vec();
     let one = mirror(root.path(), w.url(), "one").await;
     let two = mirror(root.path(), w.url(), "two").await;
@@ -158,7 +141,7 @@ async fn checkouts_are_the_tree_s_bytes_whatever_its_attributes_say() {
 async fn a_conflict_names_the_commit_and_the_paths() {
     let root = tempfile::tempdir().expect("tempdir");
     let w = Work::new(root.path());
-    let [base, pr1, _, _, clash] = pyramid(&w);
+    let [base, pr1, _, _, clash] = w.pyramid();
     let m = mirror(root.path(), w.url(), "cache").await;
     m.resolve(&["pr1".into(), "clash".into()], NET)
         .await
