@@ -100,6 +100,9 @@ pub enum Merge {
     Merged(CommitId),
     /// The merge conflicts on these paths.
     Conflict(Vec<String>),
+    /// The two have no history in common (an orphan branch, another repository's
+    /// commit): there is nothing to merge them on.
+    Unrelated,
 }
 
 /// A repository's refs as `ls-remote` listed them (annotated tags peeled).
@@ -475,6 +478,7 @@ impl Mirror {
                 paths.dedup();
                 Ok(Merge::Conflict(paths))
             }
+            (Some(128), _) if out.stderr.contains("unrelated histories") => Ok(Merge::Unrelated),
             _ => Err(GitError::Failed {
                 what: "merge-tree".into(),
                 status: format!("{:?}", out.code),

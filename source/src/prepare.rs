@@ -321,22 +321,18 @@ async fn speculate(
             );
             Ok(blocked(BlockReason::MergeConflict, message, paths))
         }
-        // A commit that cannot be merged at all blocks its item, never the plan: a
-        // ref with no history in common with the state (an orphan branch, another
-        // repository's commit) is a conflict; any other git failure on it, `source`.
-        Err(SpeculateError::Mirror(e)) => {
-            let text = e.to_string();
-            Ok(if text.contains("unrelated histories") {
-                let message = "a commit of its stack has no history in common with the items below it (an orphan branch, or another repository's?)".to_string();
-                blocked(BlockReason::MergeConflict, message, Vec::new())
-            } else {
-                blocked(
-                    BlockReason::Source,
-                    format!("cannot merge its stack: {text}"),
-                    Vec::new(),
-                )
-            })
+        // A commit with no history in common with the state (an orphan branch,
+        // another repository's commit) cannot be merged: a conflict of its item.
+        Err(SpeculateError::Unrelated { .. }) => {
+            let message = "a commit of its stack has no history in common with the items below it (an orphan branch, or another repository's?)".to_string();
+            Ok(blocked(BlockReason::MergeConflict, message, Vec::new()))
         }
+        // Any other git failure on one item's merge blocks that item, never the plan.
+        Err(SpeculateError::Mirror(e)) => Ok(blocked(
+            BlockReason::Source,
+            format!("cannot merge its stack: {e}"),
+            Vec::new(),
+        )),
     }
 }
 

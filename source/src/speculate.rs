@@ -29,6 +29,14 @@ pub enum SpeculateError {
         /// The conflicting paths.
         paths: Vec<String>,
     },
+    /// `commit` (stack position `at`) has no history in common with the state.
+    #[error("{commit} has no history in common with the state below it")]
+    Unrelated {
+        /// Its position in the stack.
+        at: usize,
+        /// The commit.
+        commit: CommitId,
+    },
     /// The mirror failed.
     #[error(transparent)]
     Mirror(#[from] MirrorError),
@@ -37,8 +45,9 @@ pub enum SpeculateError {
 /// Folds stacks onto a base, remembering every step. One per plan.
 #[derive(Debug, Default)]
 pub struct Speculator {
-    /// (state, next) -> the state after `next`, or the conflicting paths.
-    steps: HashMap<(CommitId, CommitId), Result<CommitId, Vec<String>>>,
+    /// (state, next) -> the state after `next`, or the merge that could not be made
+    /// ([`Merge::Conflict`] or [`Merge::Unrelated`]).
+    steps: HashMap<(CommitId, CommitId), Result<CommitId, Merge>>,
 }
 
 impl Speculator {
@@ -64,16 +73,22 @@ impl Speculator {
                         Merge::FastForward => Ok(next.clone()),
                         Merge::AlreadyIn => Ok(state.clone()),
                         Merge::Merged(commit) => Ok(commit),
-                        Merge::Conflict(paths) => Err(paths),
+                        stopped @ (Merge::Conflict(_) | Merge::Unrelated) => Err(stopped),
                     };
                     self.steps.insert(key, step.clone());
                     step
                 }
             };
-            state = step.map_err(|paths| SpeculateError::Conflict {
-                at,
-                commit: next.clone(),
-                paths,
+            state = step.map_err(|stopped| match stopped {
+                Merge::Conflict(paths) => SpeculateError::Conflict {
+                    at,
+                    commit: next.clone(),
+                    paths,
+                },
+                _ => SpeculateError::Unrelated {
+                    at,
+                    commit: next.clone(),
+                },
             })?;
         }
         Ok(state)
