@@ -2,6 +2,7 @@
 
 mod client;
 mod coordinator_cmd;
+mod land;
 mod remote_cache;
 mod render;
 mod run;
@@ -23,6 +24,9 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 /// Exit code: the coordinator could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: landing pushed nothing (the push was refused or failed, or the branch
+/// kept moving).
+pub const EXIT_NOT_LANDED: u8 = 4;
 /// Exit code: interrupted (SIGINT/SIGTERM) or cancelled.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

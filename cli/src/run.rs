@@ -14,20 +14,21 @@ use anyhow::Context;
 use clap::Args;
 use gatehouse_common::cache::tiered::Tiered;
 use gatehouse_common::cache::{DiskCache, ResultCache};
-use gatehouse_common::events::{PlanEvent, PlanOutcome};
+use gatehouse_common::events::{GateStatus, PlanEvent, PlanOutcome, PlanSummary, Terminal};
 use gatehouse_common::ids::{PlanId, SessionKey, WorkerId};
 use gatehouse_common::plan::{Plan, load_file};
 use gatehouse_common::units::{parse_duration, parse_size};
 use gatehouse_coordinator::core::{CoreConfig, RunOptions, WorkerInfo};
 use gatehouse_coordinator::scheduler::{
-    self, LocalTransport, PlanOutput, SchedulerConfig, WorkerEvent,
+    self, LocalTransport, PlanOutput, SchedulerConfig, SchedulerHandle, WorkerEvent,
 };
 use gatehouse_worker::checkout::Checkouts;
 use gatehouse_worker::{ExecConfig, LocalWorker};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::land;
 use crate::render::{self, PlanView, Renderer};
 use crate::validate::report_invalid;
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASSED};
@@ -82,6 +83,16 @@ pub struct RunArgs {
     /// (listing its refs, fetching).
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// Plans with a `source`: when the gates end, land the items that passed on the
+    /// `source.base` branch (also `policy.land: true` in the plan). See docs/landing.md.
+    #[arg(long)]
+    land: bool,
+    /// Compute and verify what would land, and push nothing (implies --land).
+    #[arg(long)]
+    dry_run: bool,
+    /// Times the plan runs again on the branch's new tip when it moved before the push.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    land_retries: u32,
 }
 
 pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
@@ -110,7 +121,28 @@ pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
                 return EXIT_INVALID;
             }
         };
-    match crate::block_on(run(args, plan, labels, tracer, tls)) {
+    let landing = if args.land || args.dry_run || plan.policy.land {
+        let Some(source) = &plan.source else {
+            eprintln!(
+                "error: --land needs a plan with `source`: only items that are git changes can land"
+            );
+            return EXIT_INVALID;
+        };
+        match land::target_branch(source.base.as_deref()) {
+            Ok(branch) => Some(land::Landing {
+                branch,
+                dry_run: args.dry_run,
+                retries: args.land_retries,
+            }),
+            Err(e) => {
+                eprintln!("error: {}: {e}", args.plan.display());
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        None
+    };
+    match crate::block_on(run(args, plan, landing, labels, tracer, tls)) {
         Err(code) => code,
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
@@ -123,6 +155,7 @@ pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
 async fn run(
     args: RunArgs,
     plan: Arc<Plan>,
+    landing: Option<land::Landing>,
     labels: std::collections::BTreeMap<String, String>,
     tracer: Tracer,
     tls: Tls,
@@ -136,13 +169,7 @@ async fn run(
         Some(memory) => memory,
         None => available_memory()?,
     };
-    // Signal handlers go in before any gate can start, so a signal at any point is a
-    // cancellation and never leaves gate process groups behind.
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut signals = Signals::install()?;
 
     let mut remote = None;
     let cache: Option<Arc<dyn ResultCache>> = if args.no_cache {
@@ -180,6 +207,7 @@ async fn run(
 
     // A source plan: its refs resolved and its speculative states built once, before
     // anything runs; gates then run in checkouts from the same mirror.
+    let unprepared = plan.clone();
     let (plan, checkouts) = match &plan.source {
         None => (plan, None),
         Some(_) => {
@@ -193,7 +221,7 @@ async fn run(
     let (reports_tx, reports) = mpsc::channel(1024);
     let exec_config = ExecConfig {
         kill_grace: args.kill_grace,
-        checkouts,
+        checkouts: checkouts.clone(),
         ..ExecConfig::default()
     };
     let worker_shutdown = shutdown.child_token();
@@ -231,21 +259,6 @@ async fn run(
         sched_shutdown.clone(),
     );
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let plan_id = PlanId::new(format!("run-{}", std::process::id()));
-    // A CI job's TRACEPARENT makes the run part of the job's trace.
-    let options = RunOptions {
-        use_cache: !args.no_cache,
-        trace_parent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
-        blocked: plan
-            .resolution()
-            .map(|r| r.blocked(&plan))
-            .unwrap_or_default(),
-    };
-    sched
-        .submit(plan_id.clone(), plan.clone(), options, events_tx)
-        .await?;
-
     let mode = if args.json {
         render::Mode::Json
     } else if args.quiet {
@@ -255,39 +268,53 @@ async fn run(
     } else {
         render::Mode::Plain
     };
-    let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
-    renderer.source(gatehouse_proto::convert::source::source_info(&plan).as_ref());
-    let mut interrupts = 0u32;
-    let outcome = loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(PlanOutput::Event(PlanEvent::Gate(ev))) => renderer.core_gate(&ev),
-                Some(PlanOutput::Event(PlanEvent::Finished(summary))) => {
-                    renderer.core_summary(&summary);
-                    break Some(summary.outcome);
-                }
-                // The in-process executor keeps no results: nothing to acknowledge.
-                Some(PlanOutput::Ack { .. }) => {}
-                None => break None,
-            },
-            _ = sigint.recv() => {
-                interrupts += 1;
-                renderer.interrupted(interrupts);
-                sched.cancel(plan_id.clone(), interrupts > 1).await?;
+    let runner = PlanRunner {
+        sched: sched.clone(),
+        use_cache: !args.no_cache,
+        mode,
+    };
+    let mut plan = plan;
+    let mut round = 0u32;
+    let code = loop {
+        let id = if round == 0 {
+            format!("run-{}", std::process::id())
+        } else {
+            format!("run-{}-{round}", std::process::id())
+        };
+        let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
+        renderer.source(gatehouse_proto::convert::source::source_info(&plan).as_ref());
+        let end = runner
+            .run(PlanId::new(id), &plan, &mut renderer, &mut signals, true)
+            .await?;
+        renderer.finish();
+        let outcome = end.summary.as_ref().map(|s| s.outcome);
+        let (Some(landing), Some(checkouts), Some(summary)) = (&landing, &checkouts, &end.summary)
+        else {
+            break exit_code(signals.count, outcome);
+        };
+        if signals.count > 0 || outcome == Some(PlanOutcome::Cancelled) {
+            break EXIT_INTERRUPTED;
+        }
+        let driver = land::LandDriver {
+            runner: &runner,
+            landing,
+            checkouts,
+            fetch_timeout: args.fetch_timeout,
+        };
+        match driver
+            .land(&plan, summary, &end.failed, round, &mut signals)
+            .await?
+        {
+            land::LandEnd::Done(report) => {
+                break land::exit_code(&report, outcome);
             }
-            _ = sigterm.recv() => {
-                interrupts += 1;
-                renderer.interrupted(interrupts);
-                sched.cancel(plan_id.clone(), interrupts > 1).await?;
-            }
-            _ = sighup.recv() => {
-                interrupts += 1;
-                renderer.interrupted(interrupts);
-                sched.cancel(plan_id.clone(), interrupts > 1).await?;
+            land::LandEnd::Interrupted => break EXIT_INTERRUPTED,
+            land::LandEnd::Again => {
+                round += 1;
+                plan = prepare_again(&args, &unprepared, checkouts).await?;
             }
         }
     };
-    renderer.finish();
 
     sched_shutdown.cancel();
     sched_task.await.context("scheduler task failed")?;
@@ -304,12 +331,121 @@ async fn run(
     worker_shutdown.cancel();
     worker_task.await.context("executor task failed")?;
 
-    Ok(match (interrupts, outcome) {
+    Ok(code)
+}
+
+/// The exit code of a plan run that does not land.
+fn exit_code(interrupts: u32, outcome: Option<PlanOutcome>) -> u8 {
+    match (interrupts, outcome) {
         (n, _) if n > 0 => EXIT_INTERRUPTED,
         (_, Some(PlanOutcome::Passed)) => EXIT_PASSED,
         (_, Some(PlanOutcome::Cancelled)) => EXIT_INTERRUPTED,
         _ => EXIT_FAILED,
-    })
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, counted: the first cancels what runs (TERM, then KILL
+/// after the grace period), the second kills it at once.
+pub(crate) struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    /// Signals received so far.
+    pub(crate) count: u32,
+}
+
+impl Signals {
+    /// Installs the handlers (before any gate can start, so a signal at any point is a
+    /// cancellation and never leaves gate process groups behind).
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
+            count: 0,
+        })
+    }
+
+    /// The next signal; returns how many arrived so far.
+    async fn next(&mut self) -> u32 {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+        self.count += 1;
+        self.count
+    }
+}
+
+/// How one plan run ended.
+pub(crate) struct PlanEnd {
+    /// Its summary (`None`: the scheduler stopped first).
+    pub(crate) summary: Option<PlanSummary>,
+    /// Per item: a gate of it failed or timed out.
+    pub(crate) failed: Vec<bool>,
+}
+
+/// Runs plans on the scheduler of this process and renders their events.
+pub(crate) struct PlanRunner {
+    sched: SchedulerHandle,
+    use_cache: bool,
+    pub(crate) mode: render::Mode,
+}
+
+impl PlanRunner {
+    /// Submits `plan` as `id` and renders it until it ends (its summary only when
+    /// `summary`); signals cancel it.
+    pub(crate) async fn run(
+        &self,
+        id: PlanId,
+        plan: &Arc<Plan>,
+        renderer: &mut Renderer,
+        signals: &mut Signals,
+        summary: bool,
+    ) -> anyhow::Result<PlanEnd> {
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        // A CI job's TRACEPARENT makes the run part of the job's trace.
+        let options = RunOptions {
+            use_cache: self.use_cache,
+            trace_parent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
+            blocked: plan
+                .resolution()
+                .map(|r| r.blocked(plan))
+                .unwrap_or_default(),
+        };
+        self.sched
+            .submit(id.clone(), plan.clone(), options, events_tx)
+            .await?;
+        let mut failed = vec![false; plan.items.len()];
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(PlanOutput::Event(PlanEvent::Gate(ev))) => {
+                        if matches!(ev.status, GateStatus::Finished(Terminal::Failed | Terminal::TimedOut))
+                            && let Some(item) = plan.gates.get(ev.gate.ix()).and_then(|g| g.item)
+                        {
+                            failed[item.ix()] = true;
+                        }
+                        renderer.core_gate(&ev);
+                    }
+                    Some(PlanOutput::Event(PlanEvent::Finished(s))) => {
+                        if summary {
+                            renderer.core_summary(&s);
+                        }
+                        return Ok(PlanEnd { summary: Some(s), failed });
+                    }
+                    // The in-process executor keeps no results: nothing to acknowledge.
+                    Some(PlanOutput::Ack { .. }) => {}
+                    None => return Ok(PlanEnd { summary: None, failed }),
+                },
+                n = signals.next() => {
+                    renderer.interrupted(n);
+                    self.sched.cancel(id.clone(), n > 1).await?;
+                }
+            }
+        }
+    }
 }
 
 /// Resolves a source plan's refs and builds its speculative states through the mirror
@@ -328,6 +464,18 @@ async fn prepare_source(
         gatehouse_source::prepare_plan((*plan).clone(), checkouts.mirrors(), args.fetch_timeout)
             .await?;
     Ok((Arc::new(prepared), Arc::new(checkouts)))
+}
+
+/// The plan prepared again, on where its base points now (after the branch moved).
+async fn prepare_again(
+    args: &RunArgs,
+    plan: &Arc<Plan>,
+    checkouts: &Checkouts,
+) -> anyhow::Result<Arc<Plan>> {
+    let prepared =
+        gatehouse_source::prepare_plan((**plan).clone(), checkouts.mirrors(), args.fetch_timeout)
+            .await?;
+    Ok(Arc::new(prepared))
 }
 
 /// Memory this machine reports available, in bytes.

@@ -5,6 +5,7 @@
 pub mod core;
 pub mod grpc;
 pub mod ha;
+pub mod land;
 pub mod metrics;
 mod observe;
 pub mod registry;

@@ -158,7 +158,12 @@ impl Git {
         Ok(Self { bin, version })
     }
 
-    /// The version found.
+    /// The git program.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Its version.
     pub fn version(&self) -> GitVersion {
         self.version
     }

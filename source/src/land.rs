@@ -6,10 +6,11 @@
 //! - a remote repository gets `git push --atomic --porcelain` with an explicit lease
 //!   (`--force-with-lease=<ref>:<expected>`), from the mirror, which holds `new` and
 //!   everything below it;
-//! - a repository given as a path fetches `new` from the mirror, then moves the ref
-//!   with `git update-ref <ref> <new> <expected>`, atomic in git's ref store. A
-//!   checked-out branch's working tree is not touched. (`file://` URLs are pushed to,
-//!   like any URL.)
+//! - a repository given as a path is pushed to the same way, with its receiving side
+//!   set to `receive.denyCurrentBranch=updateInstead`: when the branch is checked out,
+//!   a clean working tree moves with it and a dirty one refuses the push, so a branch
+//!   never moves under a working tree that still shows the old commit. (`file://` URLs
+//!   are pushed to like any URL, with the repository's own settings.)
 //!
 //! The answer is a [`BranchUpdate`]: `Updated`, `Moved` (the lease did not hold: the
 //! branch is somewhere else now, as read back), or `Refused` (a protected branch, a
@@ -21,7 +22,7 @@ use std::time::Duration;
 use gatehouse_common::source::CommitId;
 
 use crate::git::GitError;
-use crate::mirror::{LOCAL_TIMEOUT, Mirror, MirrorError};
+use crate::mirror::{Mirror, MirrorError};
 
 /// How a compare-and-swap update of a branch ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,92 +54,50 @@ impl Mirror {
         timeout: Duration,
     ) -> Result<BranchUpdate, MirrorError> {
         let target = format!("refs/heads/{branch}");
-        match self.url().local_path().filter(|_| self.url().is_path()) {
-            Some(repo) => {
-                let repo = repo.to_path_buf();
-                let mirror = self.dir().display().to_string();
-                self.git()
-                    .run(
-                        &repo,
-                        [
-                            "fetch",
-                            "--quiet",
-                            "--no-tags",
-                            "--no-write-fetch-head",
-                            &mirror,
-                            new.as_str(),
-                        ],
-                        LOCAL_TIMEOUT,
-                    )
-                    .isolated()
-                    .ok()
-                    .await?;
-                let out = self
-                    .git()
-                    .run(
-                        &repo,
-                        [
-                            "update-ref",
-                            "-m",
-                            "gatehouse: land",
-                            &target,
-                            new.as_str(),
-                            expected.as_str(),
-                        ],
-                        LOCAL_TIMEOUT,
-                    )
-                    .isolated()
-                    .output()
-                    .await?;
-                if out.code == Some(0) {
-                    return Ok(BranchUpdate::Updated);
-                }
-                Ok(BranchUpdate::Moved {
-                    now: self.branch_tip(branch, timeout).await?,
-                })
-            }
-            None => {
-                let lease = format!("--force-with-lease={target}:{expected}");
-                let refspec = format!("{new}:{target}");
-                let out = self
-                    .git()
-                    .run(
-                        self.dir(),
-                        [
-                            "push",
-                            "--atomic",
-                            "--porcelain",
-                            "--no-verify",
-                            &lease,
-                            "--",
-                            self.url().as_git_arg(),
-                            &refspec,
-                        ],
-                        timeout,
-                    )
-                    .output()
-                    .await
-                    .map_err(|e| self.unreachable_error(e))?;
-                let porcelain = String::from_utf8_lossy(&out.stdout);
-                let status = porcelain
-                    .lines()
-                    .find(|l| l.contains(&format!(":{target}")))
-                    .and_then(|l| l.chars().next());
-                match (out.code, status) {
-                    (Some(0), _) => Ok(BranchUpdate::Updated),
-                    (_, Some('!')) if porcelain.contains("stale info") => Ok(BranchUpdate::Moved {
-                        now: self.branch_tip(branch, timeout).await?,
-                    }),
-                    (_, Some('!')) => Ok(BranchUpdate::Refused {
-                        reason: self.redacted(&format!("{porcelain} {}", out.stderr)),
-                    }),
-                    (code, _) => Err(self.unreachable_error(GitError::Failed {
-                        what: "push".into(),
-                        status: format!("{code:?}"),
-                        stderr: out.stderr,
-                    })),
-                }
-            }
+        let lease = format!("--force-with-lease={target}:{expected}");
+        let refspec = format!("{new}:{target}");
+        let mut args = vec![
+            "push".to_string(),
+            "--atomic".into(),
+            "--porcelain".into(),
+            "--no-verify".into(),
+            lease,
+        ];
+        // A repository given as a path is usually the user's own clone, with the
+        // branch perhaps checked out: its working tree follows when it is clean, and a
+        // dirty one refuses the push (git's `updateInstead`), instead of a branch
+        // that moves under an unchanged working tree.
+        if self.url().is_path() {
+            args.push(format!(
+                "--receive-pack={} -c receive.denyCurrentBranch=updateInstead receive-pack",
+                shell_quote(&self.git().bin().display().to_string())
+            ));
+        }
+        args.extend(["--".into(), self.url().as_git_arg().to_string(), refspec]);
+        let out = self
+            .git()
+            .run(self.dir(), &args, timeout)
+            .output()
+            .await
+            .map_err(|e| self.unreachable_error(e))?;
+        let porcelain = String::from_utf8_lossy(&out.stdout);
+        let status = porcelain
+            .lines()
+            .find(|l| l.contains(&format!(":{target}")))
+            .and_then(|l| l.chars().next());
+        match (out.code, status) {
+            (Some(0), _) => Ok(BranchUpdate::Updated),
+            (_, Some('!')) if porcelain.contains("stale info") => Ok(BranchUpdate::Moved {
+                now: self.branch_tip(branch, timeout).await?,
+            }),
+            (_, Some('!')) => Ok(BranchUpdate::Refused {
+                reason: self.redacted(&format!("{porcelain} {}", out.stderr)),
+            }),
+            (code, _) => Err(self.unreachable_error(GitError::Failed {
+                what: "push".into(),
+                status: format!("{code:?}"),
+                stderr: out.stderr,
+            })),
         }
     }
 
@@ -151,6 +110,11 @@ impl Mirror {
         let refs = self.refs(timeout).await?;
         Ok(self.lookup(&refs, &format!("refs/heads/{branch}")).ok())
     }
+}
+
+/// `text` quoted for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

@@ -111,7 +111,8 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
     }
     assert_eq!(tip(&w.dir, "main"), base.as_str());
 
-    // The same repository given as a path: the ref moves, compare-and-swap.
+    // The same repository given as a path: the ref moves, compare-and-swap, and the
+    // clean working tree of the checked-out branch moves with it.
     let path = RepoUrl::parse(&w.dir.display().to_string(), Path::new("/")).expect("path");
     let local = mirror_of(&root.path().join("local"), path).await;
     local
@@ -126,6 +127,8 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
         BranchUpdate::Updated
     );
     assert_eq!(tip(&w.dir, "main"), next.as_str());
+    assert!(w.dir.join("b.txt").exists(), "the working tree followed");
+    assert_eq!(w.git(&["status", "--porcelain"]), "", "and is clean");
     let stale = local
         .update_branch("main", &base, &base, NET)
         .await
@@ -136,5 +139,24 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
             now: Some(next.clone())
         }
     );
+    assert_eq!(tip(&w.dir, "main"), next.as_str());
+
+    // A dirty working tree on the branch refuses the push: nothing moves under it.
+    let more = {
+        w.branch("more", "main");
+        let more = w.commit(&[("c.txt", "c\n")], "more");
+        w.git(&["checkout", "--quiet", "main"]);
+        more
+    };
+    local.resolve(&["more".into()], NET).await.expect("resolve");
+    std::fs::write(w.dir.join("a.txt"), "edited\n").expect("edit");
+    match local
+        .update_branch("main", &next, &more, NET)
+        .await
+        .expect("update")
+    {
+        BranchUpdate::Refused { reason } => assert!(reason.contains("unstaged"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     assert_eq!(tip(&w.dir, "main"), next.as_str());
 }

@@ -22,5 +22,5 @@ pub use gatehouse_common::source::{CommitId, RepoUrl, TreeId, UrlError};
 pub use git::{Git, GitError, GitVersion, MIN_VERSION};
 pub use mirror::{Merge, Mirror, MirrorError, TreeEntry};
 pub use mirrors::Mirrors;
-pub use prepare::{PrepareError, prepare, prepare_plan};
+pub use prepare::{PrepareError, prepare, prepare_plan, prepare_verify};
 pub use speculate::{SpeculateError, Speculator};

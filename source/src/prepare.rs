@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::ids::ItemIdx;
-use gatehouse_common::plan::Plan;
+use gatehouse_common::plan::{Gate, Plan};
 use gatehouse_common::source::{
     Base, BlockReason, CommitId, GateTree, ItemSource, ItemState, Resolution, TreeId, inputs_digest,
 };
@@ -177,17 +177,48 @@ pub async fn prepare(
     }
 
     // 3. What each gate's key reads.
+    let gates = gate_trees(plan, mirror, |gate| match gate.item {
+        None => Some(&base_tree),
+        Some(item) => match &states[item.ix()] {
+            Some(ItemState::Ready { tree, .. }) => Some(tree),
+            _ => None,
+        },
+    })
+    .await?;
+
+    let items = plan
+        .items
+        .iter()
+        .zip(commits)
+        .zip(states)
+        .map(|((item, commit), state)| ItemSource {
+            git_ref: item.git_ref.clone(),
+            commit: commit.ok().flatten(),
+            state: state.unwrap_or(ItemState::BelowBlocked),
+        })
+        .collect();
+    Ok(Resolution {
+        base: Ok(Base {
+            git_ref: base_ref,
+            commit: base,
+            tree: base_tree,
+        }),
+        items,
+        gates,
+    })
+}
+
+/// What each gate's cache key reads from the tree `tree_of` gives it (`None`: the gate
+/// has no state, or its inputs cannot be read, so it runs uncached).
+async fn gate_trees<'a>(
+    plan: &Plan,
+    mirror: &Mirror,
+    tree_of: impl Fn(&Gate) -> Option<&'a TreeId>,
+) -> Result<Vec<Option<GateTree>>, MirrorError> {
     let mut entries: HashMap<(TreeId, Option<Vec<String>>), Vec<TreeEntry>> = HashMap::new();
     let mut gates = Vec::with_capacity(plan.gates.len());
     for gate in &plan.gates {
-        let tree = match gate.item {
-            None => Some(&base_tree),
-            Some(item) => match &states[item.ix()] {
-                Some(ItemState::Ready { tree, .. }) => Some(tree),
-                _ => None,
-            },
-        };
-        let Some(tree) = tree else {
+        let Some(tree) = tree_of(gate) else {
             gates.push(None);
             continue;
         };
@@ -223,27 +254,41 @@ pub async fn prepare(
             }
         }
     }
+    Ok(gates)
+}
 
-    let items = plan
-        .items
-        .iter()
-        .zip(commits)
-        .zip(states)
-        .map(|((item, commit), state)| ItemSource {
-            git_ref: item.git_ref.clone(),
-            commit: commit.ok().flatten(),
-            state: state.unwrap_or(ItemState::BelowBlocked),
-        })
-        .collect();
-    Ok(Resolution {
-        base: Ok(Base {
-            git_ref: base_ref,
-            commit: base,
-            tree: base_tree,
-        }),
-        items,
+/// A plan's `verify` plan (see [`Plan::verify`]) prepared to run on the combination of
+/// `stack` on `base`, whose state is `commit` (made by a [`Speculator`] on the same
+/// mirror): its one item is that state, so every `verify` gate runs in a checkout of
+/// it, keyed by its tree, and an executor without the commit rebuilds it from `base`
+/// and `stack`.
+pub async fn prepare_verify(
+    verify: &Plan,
+    mirror: &Mirror,
+    base: &Base,
+    stack: Vec<CommitId>,
+    commit: CommitId,
+) -> Result<Plan, MirrorError> {
+    let tree = mirror.tree(&commit).await?;
+    let gates = gate_trees(verify, mirror, |_| Some(&tree)).await?;
+    let resolution = Resolution {
+        base: Ok(base.clone()),
+        items: vec![ItemSource {
+            git_ref: None,
+            commit: None,
+            state: ItemState::Ready {
+                stack,
+                commit,
+                tree: tree.clone(),
+            },
+        }],
         gates,
-    })
+    };
+    let mut plan = verify.clone();
+    if let Some(source) = plan.source.as_mut() {
+        source.resolution = Some(Arc::new(resolution));
+    }
+    Ok(plan)
 }
 
 /// Fetches every resolved item commit the mirror lacks, together; if that fails, one

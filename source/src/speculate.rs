@@ -63,6 +63,19 @@ impl Speculator {
         base: &CommitId,
         stack: &[CommitId],
     ) -> Result<CommitId, SpeculateError> {
+        let states = self.states(mirror, base, stack).await?;
+        Ok(states.last().cloned().unwrap_or_else(|| base.clone()))
+    }
+
+    /// The state after each commit of `stack` on `base`, in order: the combinations of
+    /// its prefixes (what landing verifies and pushes).
+    pub async fn states(
+        &mut self,
+        mirror: &Mirror,
+        base: &CommitId,
+        stack: &[CommitId],
+    ) -> Result<Vec<CommitId>, SpeculateError> {
+        let mut states = Vec::with_capacity(stack.len());
         let mut state = base.clone();
         for (at, next) in stack.iter().enumerate() {
             let key = (state.clone(), next.clone());
@@ -90,8 +103,9 @@ impl Speculator {
                     commit: next.clone(),
                 },
             })?;
+            states.push(state.clone());
         }
-        Ok(state)
+        Ok(states)
     }
 
     /// Merges computed so far (for tests and logs).

@@ -10,6 +10,7 @@
 //! byte.
 
 pub mod json;
+pub mod land;
 pub mod source;
 pub mod text;
 pub mod view;

@@ -434,6 +434,7 @@ mod tests {
             items: Vec::new(),
             gates,
             levels: Vec::new(),
+            verify: None,
         }
     }
 

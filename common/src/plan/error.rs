@@ -317,6 +317,14 @@ pub enum PlanErrorKind {
         /// The item.
         item: ItemId,
     },
+    /// A landing setting (`policy.land`, `verify`) in a plan without `source`.
+    #[error(
+        "`{field}` needs a `source`: only a plan whose items are git changes can land; add `source: {{ repo: ..., base: <branch> }}` or remove `{field}`"
+    )]
+    LandWithoutSource {
+        /// `policy.land` or `verify`.
+        field: &'static str,
+    },
     /// `source.base` or an item's `ref` is not a ref name or commit id git accepts.
     #[error("{}: invalid {field} {value:?}: {reason}", ref_owner(.item))]
     InvalidRef {

@@ -56,7 +56,14 @@ pub struct Plan {
     /// Merge-pyramid levels: item indices per level in the item form, gate indices per
     /// level in the flat form (each level in plan order).
     pub levels: Vec<Vec<u32>>,
+    /// The `verify` gates, as a plan of their own: one item, [`VERIFY_ITEM`], holding
+    /// them (ids `verify/<id>`), with this plan's policy and source. Landing runs it on
+    /// a combined tip ([`crate::source::Resolution`] attached then). `None`: no `verify`.
+    pub verify: Option<std::sync::Arc<Plan>>,
 }
+
+/// The id of the one item of a plan's `verify` gates.
+pub const VERIFY_ITEM: &str = "verify";
 
 /// Whether the plan uses `items:` or top-level `gates:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +91,8 @@ pub struct Policy {
     pub cache: bool,
     /// Mixed into every cache key.
     pub cache_salt: String,
+    /// Land the items that passed when the gates end (`policy.land`; `--land` too).
+    pub land: bool,
 }
 
 impl Default for Policy {
@@ -96,6 +105,7 @@ impl Default for Policy {
             timeout: DEFAULT_TIMEOUT,
             cache: true,
             cache_salt: String::new(),
+            land: false,
         }
     }
 }

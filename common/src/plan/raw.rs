@@ -33,6 +33,8 @@ pub struct RawPlan {
     pub items: Option<Spanned<Vec<RawItem>>>,
     /// Flat form: gates with global ids.
     pub gates: Option<Spanned<Vec<RawGate>>>,
+    /// Gates run on the combined tip before landing (source-aware plans only).
+    pub verify: Option<Spanned<Vec<RawGate>>>,
 }
 
 /// The `policy:` block.
@@ -53,6 +55,8 @@ pub struct RawPolicy {
     pub cache: Option<bool>,
     /// Mixed into every cache key.
     pub cache_salt: Option<String>,
+    /// Land the items that passed when the gates end (source-aware plans only).
+    pub land: Option<Spanned<bool>>,
 }
 
 /// The `source:` block.

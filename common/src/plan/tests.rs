@@ -668,4 +668,56 @@ mod sources {
             "  - id: pr1\n    gates: [ { id: up, run: x, workdir: .. } ]\n",
         ));
     }
+
+    #[test]
+    fn verify_gates_are_a_plan_of_their_own_and_land_is_a_policy() {
+        let text = "version: 1\nname: t\npolicy: { land: true, retries: 2 }\nsource: { repo: https://h/a.git, base: main }\nverify:\n  - { id: build, run: make }\n  - { id: test, run: make test, needs: [build], inputs: ['src/**'] }\nitems:\n".to_string() + ITEM;
+        let plan = parse_ok(&text);
+        assert!(plan.policy.land);
+        let verify = plan.verify.as_ref().expect("verify plan");
+        assert_eq!(verify.items.len(), 1);
+        assert_eq!(verify.items[0].id.as_str(), VERIFY_ITEM);
+        let ids: Vec<&str> = verify.gates.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["verify/build", "verify/test"]);
+        assert_eq!(verify.gates[1].needs, vec![GateIdx(0)]);
+        assert_eq!(verify.gates[1].retries, 2, "the plan's policy applies");
+        assert!(!verify.policy.land);
+        assert!(verify.source.is_some() && verify.verify.is_none());
+        // No `verify`, or an empty one: nothing to run on a combined tip.
+        assert!(
+            parse_ok(&with_source("  repo: https://h/a.git\n", ITEM))
+                .verify
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn landing_settings_need_a_source_and_verify_gates_need_only_each_other() {
+        let errors = rejected(&format!(
+            "version: 1\nname: t\npolicy:\n  land: true\nverify:\n  - {{ id: v, run: x }}\nitems:\n{}",
+            "  - id: pr1\n    gates: [ { id: g, run: x } ]\n"
+        ));
+        let e = find(&errors, |k| {
+            matches!(
+                k,
+                PlanErrorKind::LandWithoutSource {
+                    field: "policy.land"
+                }
+            )
+        });
+        assert_at(e, 4, &["`policy.land` needs a `source`"]);
+        let e = find(&errors, |k| {
+            matches!(k, PlanErrorKind::LandWithoutSource { field: "verify" })
+        });
+        assert_at(e, 6, &["`verify` needs a `source`"]);
+
+        let text = "version: 1\nname: t\nsource: { repo: https://h/a.git }\nverify:\n  - { id: v, run: x, needs: [pr1/g] }\n  - { id: v, run: y }\nitems:\n".to_string() + ITEM;
+        let errors = rejected(&text);
+        let e = find(&errors, |k| matches!(k, PlanErrorKind::UnknownNeed { .. }));
+        assert_at(e, 5, &["verify/v"]);
+        let e = find(&errors, |k| {
+            matches!(k, PlanErrorKind::DuplicateGate { .. })
+        });
+        assert_at(e, 6, &["verify/v"]);
+    }
 }

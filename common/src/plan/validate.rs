@@ -20,12 +20,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_saphyr::{MessageFormatter, Spanned};
 
 use super::error::{Collector, PlanErrorKind, PlanErrors};
 use super::raw::{RawGate, RawItem, RawPlan};
-use super::{Gate, Item, MAX_GATES, Plan, Policy};
+use super::{Gate, Item, MAX_GATES, Plan, Policy, VERIFY_ITEM};
 use crate::ids::{GateId, GateIdx, ItemId, ItemIdx, is_valid_id};
 use graph::{DepGraph, group_levels};
 
@@ -257,7 +258,56 @@ fn validate(raw: RawPlan, file: &str, base_dir: &Path) -> Result<Plan, PlanError
         for (gate, &at) in gates.iter().zip(&gate_lines) {
             check_inside_repo(gate, at, &mut errs);
         }
+    } else if let Some(land) = &raw.policy.land {
+        let kind = PlanErrorKind::LandWithoutSource {
+            field: "policy.land",
+        };
+        errs.push(line(land), kind);
     }
+    let verify = match raw.verify {
+        Some(list) if !list.value.is_empty() => {
+            if source.is_none() {
+                let kind = PlanErrorKind::LandWithoutSource { field: "verify" };
+                errs.push(line(&list), kind);
+            }
+            let mut builder = Builder {
+                errs,
+                base_dir,
+                policy: policy.clone(),
+                gates: Vec::with_capacity(list.value.len()),
+                gate_lines: Vec::with_capacity(list.value.len()),
+                gate_index: HashMap::with_capacity(list.value.len()),
+            };
+            builder.verify_form(&list.value);
+            errs = builder.errs;
+            if source.is_some() {
+                for (gate, &at) in builder.gates.iter().zip(&builder.gate_lines) {
+                    check_inside_repo(gate, at, &mut errs);
+                }
+            }
+            let gates = builder.gates;
+            Some(Arc::new(Plan {
+                name: name.clone(),
+                base_dir: base_dir.to_path_buf(),
+                policy: Policy {
+                    land: false,
+                    ..policy.clone()
+                },
+                source: source.clone(),
+                items: vec![Item {
+                    id: ItemId::new(VERIFY_ITEM),
+                    git_ref: None,
+                    deps: Vec::new(),
+                    gates: (0..gates.len() as u32).map(GateIdx).collect(),
+                    level: 0,
+                }],
+                gates,
+                levels: vec![vec![0]],
+                verify: None,
+            }))
+        }
+        _ => None,
+    };
     errs.finish(Plan {
         name,
         base_dir: base_dir.to_path_buf(),
@@ -266,6 +316,7 @@ fn validate(raw: RawPlan, file: &str, base_dir: &Path) -> Result<Plan, PlanError
         items,
         gates,
         levels,
+        verify,
     })
 }
 
@@ -447,6 +498,20 @@ impl Builder<'_> {
             .levels
             .map(|l| group_levels(&l))
             .unwrap_or_default()
+    }
+
+    /// Validates the `verify` gates: one item, [`VERIFY_ITEM`], whose gates `need` only
+    /// each other.
+    fn verify_form(&mut self, raw_gates: &[RawGate]) {
+        for gate in raw_gates {
+            self.add_gate(gate, format!("{VERIFY_ITEM}/{}", gate.id.value), Some(0));
+        }
+        for (g, gate) in raw_gates.iter().enumerate() {
+            self.resolve_needs(g, gate, Some(VERIFY_ITEM));
+        }
+        let n = self.gates.len();
+        let analysis = self.needs_graph(n, 0).analyze(n);
+        self.report_gate_cycles(&analysis.cycles);
     }
 
     /// Records one [`PlanErrorKind::GateCycle`] per cycle, at the first gate's line.

@@ -74,6 +74,7 @@ pub(crate) fn flat(policy: Policy, gates: &[G]) -> Arc<Plan> {
             .map(|s| gate(s.name.clone(), None, s))
             .collect(),
         levels: vec![],
+        verify: None,
     })
 }
 
@@ -103,6 +104,7 @@ pub(crate) fn items(policy: Policy, spec: &[(&str, &[u32], Vec<G>)]) -> Arc<Plan
         items,
         gates,
         levels: vec![],
+        verify: None,
     })
 }
 

@@ -38,6 +38,7 @@ pub(super) fn policy(raw: &RawPolicy, errs: &mut Collector) -> Policy {
         timeout: duration(errs, None, "timeout", timeout, true).unwrap_or(defaults.timeout),
         cache: raw.cache.unwrap_or(defaults.cache),
         cache_salt: raw.cache_salt.clone().unwrap_or_default(),
+        land: raw.land.as_ref().is_some_and(|l| l.value),
     }
 }
 

@@ -1,0 +1,209 @@
+//! Landing in `gatehouse run` (`--land`, `--dry-run`, `policy.land`): the driver around
+//! [`Lander`]. It carries the lander's commands out in this process: folds through the
+//! run's own mirror ([`Speculator`]), `verify` runs as plans on the same scheduler and
+//! executor (so they are cached by tree like any gate), and the compare-and-swap push
+//! ([`gatehouse_source::Mirror::update_branch`]). It decides nothing itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use gatehouse_common::events::{PlanOutcome, PlanSummary};
+use gatehouse_common::ids::PlanId;
+use gatehouse_common::plan::Plan;
+use gatehouse_coordinator::land::{
+    CombineConflict, LandCommand, LandEvent, LandOptions, LandReport, Lander, PushOutcome,
+};
+use gatehouse_source::{SpeculateError, Speculator, land::BranchUpdate};
+use gatehouse_worker::checkout::Checkouts;
+
+use crate::render::land::LandRenderer;
+use crate::render::{PlanView, Renderer};
+use crate::run::{PlanRunner, Signals};
+use crate::{EXIT_FAILED, EXIT_NOT_LANDED, EXIT_PASSED};
+
+/// What the user asked landing to do.
+#[derive(Clone, Debug)]
+pub struct Landing {
+    /// The branch to land on (the plan's `source.base`).
+    pub branch: String,
+    /// Compute and verify, push nothing.
+    pub dry_run: bool,
+    /// Times the plan may run again when the branch moved.
+    pub retries: u32,
+}
+
+/// The branch a plan lands on: its `source.base`, which must name a branch (`main` or
+/// `refs/heads/main`), not a tag, a commit or `HEAD`.
+pub fn target_branch(base: Option<&str>) -> Result<String, String> {
+    let Some(base) = base else {
+        return Err(
+            "landing needs `source.base` to name the branch to land on (e.g. `base: main`)".into(),
+        );
+    };
+    let branch = base.strip_prefix("refs/heads/").unwrap_or(base);
+    let is_commit = branch.len() >= 7 && branch.chars().all(|c| c.is_ascii_hexdigit());
+    if branch == "HEAD" || branch.starts_with("refs/") || is_commit {
+        return Err(format!(
+            "landing needs `source.base` to name a branch, not {base:?}; use e.g. `base: main`"
+        ));
+    }
+    Ok(branch.to_string())
+}
+
+/// The exit code of a run that landed: 0 only when every item landed; 4 when the gates
+/// passed but nothing could be pushed; 1 otherwise.
+pub fn exit_code(report: &LandReport, outcome: Option<PlanOutcome>) -> u8 {
+    if report.all_landed() && outcome == Some(PlanOutcome::Passed) {
+        EXIT_PASSED
+    } else if report.error.is_some() {
+        EXIT_NOT_LANDED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// How a landing attempt ended.
+pub enum LandEnd {
+    /// Over: landed, or why not.
+    Done(LandReport),
+    /// The branch moved: run the plan again on it and land again.
+    Again,
+    /// A signal stopped it (nothing was pushed after it).
+    Interrupted,
+}
+
+/// One landing attempt's driver.
+pub struct LandDriver<'a> {
+    pub runner: &'a PlanRunner,
+    pub landing: &'a Landing,
+    pub checkouts: &'a Arc<Checkouts>,
+    pub fetch_timeout: Duration,
+}
+
+impl LandDriver<'_> {
+    /// Lands `plan`, whose run ended with `summary` (`failed[i]`: a gate of item `i`
+    /// failed); `round` is how many times the branch already moved.
+    pub async fn land(
+        &self,
+        plan: &Arc<Plan>,
+        summary: &PlanSummary,
+        failed: &[bool],
+        round: u32,
+        signals: &mut Signals,
+    ) -> anyhow::Result<LandEnd> {
+        let options = LandOptions {
+            dry_run: self.landing.dry_run,
+            retries_left: self.landing.retries.saturating_sub(round),
+        };
+        let render = LandRenderer::new(
+            self.runner.mode,
+            PlanView::from_plan(plan),
+            self.landing.branch.clone(),
+        );
+        let mut lander = Lander::new(plan, &summary.merge_order, failed, options)?;
+        let source = plan.source.as_ref().context("the plan has no source")?;
+        let base = plan
+            .resolution()
+            .and_then(|r| r.base.as_ref().ok())
+            .context("the plan's base was not resolved")?;
+        let mirror = self
+            .checkouts
+            .mirrors()
+            .get(&source.repo)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let mut speculator = Speculator::new();
+        let mut verify_round = 0u32;
+        let mut cmd = lander.start();
+        loop {
+            let event = match cmd {
+                LandCommand::Combine { commits } => {
+                    match speculator.states(&mirror, &base.commit, &commits).await {
+                        Ok(states) => LandEvent::Combined(Ok(states)),
+                        Err(SpeculateError::Conflict { at, paths, .. }) => {
+                            LandEvent::Combined(Err(CombineConflict { at, paths }))
+                        }
+                        Err(SpeculateError::Unrelated { at, .. }) => {
+                            LandEvent::Combined(Err(CombineConflict {
+                                at,
+                                paths: Vec::new(),
+                            }))
+                        }
+                        Err(SpeculateError::Mirror(e)) => {
+                            return Err(e).context("cannot combine the items that passed");
+                        }
+                    }
+                }
+                LandCommand::Verify {
+                    prefix,
+                    items,
+                    stack,
+                    commit,
+                } => {
+                    let verify = plan
+                        .verify
+                        .as_ref()
+                        .context("landing asked for verify gates the plan does not have")?;
+                    render.verifying(&items, &commit);
+                    let prepared = gatehouse_source::prepare_verify(
+                        verify,
+                        &mirror,
+                        base,
+                        stack,
+                        commit.clone(),
+                    )
+                    .await
+                    .context("cannot prepare the verify gates")?;
+                    let prepared = Arc::new(prepared);
+                    verify_round += 1;
+                    let id = PlanId::new(format!(
+                        "run-{}-{round}-verify-{verify_round}",
+                        std::process::id()
+                    ));
+                    let mut renderer =
+                        Renderer::new(self.runner.mode, PlanView::from_plan(&prepared));
+                    let end = self
+                        .runner
+                        .run(id, &prepared, &mut renderer, signals, false)
+                        .await?;
+                    renderer.finish();
+                    let outcome = end.summary.map(|s| s.outcome);
+                    if signals.count > 0 || outcome.is_none_or(|o| o == PlanOutcome::Cancelled) {
+                        return Ok(LandEnd::Interrupted);
+                    }
+                    let passed = outcome == Some(PlanOutcome::Passed);
+                    render.verified(&items, &commit, passed);
+                    LandEvent::Verified { prefix, passed }
+                }
+                LandCommand::Push {
+                    commit, expected, ..
+                } => {
+                    if signals.count > 0 {
+                        return Ok(LandEnd::Interrupted);
+                    }
+                    let pushed = mirror
+                        .update_branch(&self.landing.branch, &expected, &commit, self.fetch_timeout)
+                        .await;
+                    LandEvent::Pushed(match pushed {
+                        Ok(BranchUpdate::Updated) => PushOutcome::Updated,
+                        Ok(BranchUpdate::Moved { now }) => PushOutcome::Moved { now },
+                        Ok(BranchUpdate::Refused { reason }) => PushOutcome::Refused { reason },
+                        Err(e) => PushOutcome::Failed {
+                            error: e.to_string(),
+                        },
+                    })
+                }
+                LandCommand::Respeculate { now } => {
+                    render.respeculating(&now, round + 1, self.landing.retries);
+                    return Ok(LandEnd::Again);
+                }
+                LandCommand::Finish(report) => {
+                    render.report(&report);
+                    return Ok(LandEnd::Done(report));
+                }
+            };
+            cmd = lander.handle(event);
+        }
+    }
+}
