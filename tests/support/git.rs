@@ -101,8 +101,19 @@ pub struct GitDaemon {
 }
 
 impl GitDaemon {
-    /// Serves the repositories under `base` (`git://ADDR/<name>` is `base/<name>`).
+    /// Serves the repositories under `base` (`git://ADDR/<name>` is `base/<name>`),
+    /// for fetching only.
     pub fn serve(base: &Path) -> Self {
+        Self::start(base, false)
+    }
+
+    /// Serves the repositories under `base` for fetching and for pushing
+    /// (`--enable=receive-pack`): what a landing pushes to.
+    pub fn serve_writable(base: &Path) -> Self {
+        Self::start(base, true)
+    }
+
+    fn start(base: &Path, writable: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind git daemon port");
         listener
             .set_nonblocking(true)
@@ -143,10 +154,12 @@ impl GitDaemon {
                                 stream.set_nonblocking(false).expect("blocking stream");
                                 let input: OwnedFd = stream.try_clone().expect("clone").into();
                                 let output: OwnedFd = stream.into();
-                                let child = Command::new(&git_bin)
-                                    .arg("daemon")
-                                    .arg("--inetd")
-                                    .arg("--export-all")
+                                let mut daemon = Command::new(&git_bin);
+                                daemon.arg("daemon").arg("--inetd").arg("--export-all");
+                                if writable {
+                                    daemon.arg("--enable=receive-pack");
+                                }
+                                let child = daemon
                                     .arg(format!("--base-path={}", base.display()))
                                     .arg(&base)
                                     .env("GIT_CONFIG_NOSYSTEM", "1")

@@ -114,13 +114,36 @@ impl RunResult {
             .to_string()
     }
 
-    /// The summary line (must be the last line).
+    /// The summary line (must be the last line, or the last before landing's lines).
     pub fn summary(&self) -> &Value {
+        let at = self
+            .lines
+            .iter()
+            .rposition(|l| l["event"] == "summary")
+            .unwrap_or_else(|| panic!("no summary; stderr: {}\n{:?}", self.stderr, self.lines));
+        for after in &self.lines[at + 1..] {
+            let landing = ["verify", "landed", "land"]
+                .contains(&after["event"].as_str().unwrap_or(""))
+                || after["gate"]
+                    .as_str()
+                    .is_some_and(|g| g.starts_with("verify/"));
+            assert!(landing, "only landing follows the summary: {after}");
+        }
+        &self.lines[at]
+    }
+
+    /// Every line of `event`, in order.
+    pub fn events(&self, event: &str) -> Vec<&Value> {
+        self.lines.iter().filter(|l| l["event"] == event).collect()
+    }
+
+    /// The landing report (must be the last line).
+    pub fn land(&self) -> &Value {
         let last = self
             .lines
             .last()
             .unwrap_or_else(|| panic!("no output; stderr: {}", self.stderr));
-        assert_eq!(last["event"], "summary", "last line is the summary: {last}");
+        assert_eq!(last["event"], "land", "last line is the landing: {last}");
         last
     }
 }

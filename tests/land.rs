@@ -1,0 +1,287 @@
+//! Landing under `gatehouse run --land`, against real repositories served by a real
+//! `git daemon` with receive-pack enabled, on an ephemeral loopback port: the combined
+//! tip is verified once and pushed with compare-and-swap, a failing combination is
+//! bisected to the longest passing prefix, a branch that moves before the push is
+//! re-speculated, and `gatehouse plan --from-branches` writes a plan that lands a
+//! local stack.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::Workspace;
+use support::git::{GitDaemon, Repo};
+
+/// The served repository: a working repository `work` and its bare copy `served/app`
+/// (what the daemon serves and landing pushes to).
+struct Served {
+    bare: PathBuf,
+    daemon: GitDaemon,
+}
+
+impl Served {
+    /// main: README; pr1 (from main) adds one.txt; pr2 on pr1 adds two.txt; pr3 on pr2
+    /// adds three.txt; side (from main) adds side.txt; `other` (from main) adds
+    /// other.txt (where main moves to when someone else lands first).
+    fn new(root: &Path) -> Self {
+        let work = Repo::init(&root.join("work"));
+        work.commit(&[("README", "app\n")], "base");
+        for (branch, from, file) in [
+            ("pr1", "main", "one.txt"),
+            ("pr2", "pr1", "two.txt"),
+            ("pr3", "pr2", "three.txt"),
+            ("side", "main", "side.txt"),
+            ("other", "main", "other.txt"),
+        ] {
+            work.branch(branch, from);
+            work.commit(&[(file, &format!("{branch}\n"))], branch);
+        }
+        work.switch("main");
+        let served = root.join("served");
+        let bare = served.join("app");
+        std::fs::create_dir_all(&served).expect("mkdir");
+        work.git(&[
+            "clone",
+            "--quiet",
+            "--bare",
+            work.dir.to_str().expect("utf-8"),
+            bare.to_str().expect("utf-8"),
+        ]);
+        let daemon = GitDaemon::serve_writable(&served);
+        Self { bare, daemon }
+    }
+
+    /// Where `branch` of the served repository points.
+    fn tip(&self, branch: &str) -> String {
+        self.git(&["rev-parse", &format!("refs/heads/{branch}")])
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = support::git::git(&self.bare)
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The files of `commit`'s tree.
+    fn files(&self, commit: &str) -> Vec<String> {
+        self.git(&["ls-tree", "--name-only", commit])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// One item: a `files` gate keyed on its whole tree and a `readme` gate keyed on
+/// README alone (so it stays cached when only other files change).
+fn item(id: &str, deps: &[&str]) -> String {
+    format!(
+        "  - id: {id}\n    ref: {id}\n    deps: [{}]\n    gates:\n      - {{ id: files, run: 'test -f README' }}\n      - {{ id: readme, run: 'cat README', inputs: [README] }}\n",
+        deps.join(", ")
+    )
+}
+
+/// The stack pr1 <- pr2 <- pr3 and `side`, with a `verify` gate that logs the tree it
+/// tested to `log` and then runs `check`.
+fn plan(url: &str, log: &Path, check: &str, extra_gate: &str) -> String {
+    format!(
+        "version: 1\nname: land\nsource:\n  repo: {url}\n  base: main\nverify:\n  - id: all\n    run: 'git rev-parse \"HEAD^{{tree}}\" >> {log} && {check}'\nitems:\n{}{}{}{}{extra_gate}",
+        item("pr1", &[]),
+        item("pr2", &["pr1"]),
+        item("pr3", &["pr2"]),
+        item("side", &[]),
+        log = log.display(),
+    )
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn landed_items(run: &support::RunResult) -> Vec<String> {
+    run.land()["landed"]
+        .as_array()
+        .expect("landed")
+        .iter()
+        .map(|l| l["item"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn everything_passes_verify_runs_once_and_the_branch_ends_at_the_tree_it_tested() {
+    let ws = Workspace::new();
+    let s = Served::new(ws.path());
+    let log = ws.path().join("verify.log");
+    let base = s.tip("main");
+    ws.write("plan.yaml", &plan(&s.daemon.url("app"), &log, "true", ""));
+
+    let run = ws.run_json("plan.yaml", &["--land"]);
+    assert_eq!(run.code, 0, "stderr: {}\n{:?}", run.stderr, run.lines);
+    assert_eq!(run.summary()["outcome"], "passed");
+    let land = run.land();
+    assert_eq!(landed_items(&run), ["pr1", "pr2", "pr3", "side"]);
+    assert_eq!(land["left_out"], serde_json::json!([]));
+    assert_eq!(land["base"], base.as_str());
+    let commit = land["commit"].as_str().expect("landed commit");
+
+    // verify ran once, on the combined tip, and the branch is exactly that tree.
+    let tested = read_lines(&log);
+    assert_eq!(tested.len(), 1, "{tested:?}");
+    assert_eq!(s.tip("main"), commit);
+    assert_eq!(
+        s.git(&["rev-parse", &format!("{commit}^{{tree}}")]),
+        tested[0]
+    );
+    assert_eq!(
+        s.files(commit),
+        ["README", "one.txt", "side.txt", "three.txt", "two.txt"]
+    );
+    assert_eq!(run.events("verify").len(), 1);
+    assert_eq!(run.events("landed").len(), 4);
+    // The landed history keeps every change's own commit.
+    let pr3 = s.tip("pr3");
+    s.git(&["merge-base", "--is-ancestor", &pr3, commit]);
+    s.git(&["merge-base", "--is-ancestor", &base, commit]);
+}
+
+#[test]
+fn a_combination_that_fails_verify_lands_the_longest_passing_prefix_and_names_the_culprit() {
+    let ws = Workspace::new();
+    let s = Served::new(ws.path());
+    let log = ws.path().join("verify.log");
+    // Each item passes alone; side together with the stack does not.
+    let check = "! { test -f side.txt && test -f three.txt; }";
+    ws.write("plan.yaml", &plan(&s.daemon.url("app"), &log, check, ""));
+
+    let dry = ws.run_json("plan.yaml", &["--dry-run"]);
+    assert_eq!(dry.code, 1, "stderr: {}\n{:?}", dry.stderr, dry.lines);
+    assert_eq!(dry.land()["dry_run"], true);
+    let main_before = s.tip("main");
+
+    let run = ws.run_json("plan.yaml", &["--land"]);
+    assert_eq!(run.code, 1, "not every item landed: {:?}", run.lines);
+    assert_eq!(run.summary()["outcome"], "passed", "the gates all passed");
+    assert_eq!(landed_items(&run), ["pr1", "pr2", "pr3"]);
+    let land = run.land();
+    assert_eq!(
+        land["left_out"],
+        serde_json::json!([{ "item": "side", "reason": "culprit" }])
+    );
+    // pr3's own speculative state is the prefix: it lands as the commit its gates
+    // passed on.
+    assert_eq!(land["commit"], s.tip("pr3").as_str());
+    assert_eq!(s.tip("main"), s.tip("pr3"));
+    assert_ne!(s.tip("main"), main_before);
+    let verify: Vec<_> = run.events("verify");
+    assert_eq!(verify.len(), 1, "{verify:?}");
+    assert_eq!(verify[0]["passed"], false);
+    // A failure is never cached: the failing tip ran once per invocation.
+    assert_eq!(read_lines(&log).len(), 2);
+}
+
+#[test]
+fn a_branch_that_moves_before_the_push_is_re_speculated_and_only_changed_trees_run() {
+    let ws = Workspace::new();
+    let s = Served::new(ws.path());
+    let log = ws.path().join("verify.log");
+    let other = s.tip("other");
+    let mark = ws.path().join("moved");
+    // A gate that, on the first run only, moves main in the served repository, as
+    // another landing would: after the plan was resolved, before it lands.
+    let mover = format!(
+        "  - id: mover\n    gates:\n      - {{ id: move, cache: false, run: 'test -e {mark} || {{ touch {mark} && git --git-dir={bare} update-ref refs/heads/main {other}; }}' }}\n",
+        mark = mark.display(),
+        bare = s.bare.display(),
+    );
+    ws.write(
+        "plan.yaml",
+        &plan(&s.daemon.url("app"), &log, "true", &mover),
+    );
+
+    let run = ws.run_json("plan.yaml", &["--land"]);
+    assert_eq!(run.code, 0, "stderr: {}\n{:?}", run.stderr, run.lines);
+    let again = run.events("respeculate");
+    assert_eq!(again.len(), 1, "{:?}", run.lines);
+    assert_eq!(again[0]["now"], other.as_str());
+    // The plan ran twice: the second time on the new base, where every whole-tree
+    // gate ran again and every README-keyed gate was a cache hit.
+    assert_eq!(run.events("summary").len(), 2);
+    let gates = |gate: &str| -> Vec<bool> {
+        run.lines
+            .iter()
+            .filter(|l| {
+                l["event"] == "gate" && l["gate"] == gate && support::is_terminal(&l["state"])
+            })
+            .map(|l| l["cached"] == true)
+            .collect()
+    };
+    for item in ["pr1", "pr2", "pr3", "side"] {
+        assert_eq!(gates(&format!("{item}/files")), [false, false], "{item}");
+    }
+    // A key covers the gate's prerequisites too: pr2's and pr3's README gates wait for
+    // the items below them, whose trees changed.
+    // (side's is the same gate as pr1's: a cache hit both times.)
+    for (item, runs) in [
+        ("pr1", [false, true]),
+        ("side", [true, true]),
+        ("pr2", [false, false]),
+        ("pr3", [false, false]),
+    ] {
+        assert_eq!(gates(&format!("{item}/readme")), runs, "{item}");
+    }
+    let land = run.land();
+    let commit = land["commit"].as_str().expect("commit");
+    assert_eq!(land["base"], other.as_str(), "landed on the new base");
+    assert_eq!(s.tip("main"), commit);
+    let files = s.files(commit);
+    assert!(files.contains(&"other.txt".to_string()), "{files:?}");
+    assert!(files.contains(&"three.txt".to_string()), "{files:?}");
+    assert!(files.contains(&"side.txt".to_string()), "{files:?}");
+    // One verify on each base.
+    assert_eq!(read_lines(&log).len(), 2);
+}
+
+#[test]
+fn landing_needs_a_branch_and_a_refused_push_changes_nothing() {
+    let ws = Workspace::new();
+    let s = Served::new(ws.path());
+    let log = ws.path().join("verify.log");
+    // A base that is a commit cannot be landed on: usage error before anything runs.
+    let pinned = plan(&s.daemon.url("app"), &log, "true", "")
+        .replace("base: main", &format!("base: {}", s.tip("main")));
+    ws.write("pinned.yaml", &pinned);
+    let out = ws
+        .cmd(&["run", "--land", "pinned.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("to name a branch"), "{stderr}");
+    assert!(read_lines(&log).is_empty(), "nothing ran");
+
+    // A served repository whose hook refuses every push: exit 4, the reason, main
+    // unchanged.
+    let hook = s.bare.join("hooks").join("pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'main is protected' >&2\nexit 1\n").expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let before = s.tip("main");
+    ws.write("plan.yaml", &plan(&s.daemon.url("app"), &log, "true", ""));
+    let run = ws.run_json("plan.yaml", &["--land"]);
+    assert_eq!(run.code, 4, "stderr: {}\n{:?}", run.stderr, run.lines);
+    let land = run.land();
+    let error = land["error"].as_str().expect("error");
+    assert!(
+        error.contains("refused") && error.contains("protected"),
+        "{error}"
+    );
+    assert_eq!(land["commit"], serde_json::Value::Null);
+    assert!(run.events("landed").is_empty());
+    assert_eq!(s.tip("main"), before, "nothing changed");
+}
