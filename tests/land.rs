@@ -21,7 +21,8 @@ struct Served {
 
 impl Served {
     /// main: README; pr1 (from main) adds one.txt; pr2 on pr1 adds two.txt; pr3 on pr2
-    /// adds three.txt; side (from main) adds side.txt; `other` (from main) adds
+    /// adds three.txt; side (from main) adds side.txt; side2 on side adds side2.txt;
+    /// `other` (from main) adds
     /// other.txt (where main moves to when someone else lands first).
     fn new(root: &Path) -> Self {
         let work = Repo::init(&root.join("work"));
@@ -31,6 +32,7 @@ impl Served {
             ("pr2", "pr1", "two.txt"),
             ("pr3", "pr2", "three.txt"),
             ("side", "main", "side.txt"),
+            ("side2", "side", "side2.txt"),
             ("other", "main", "other.txt"),
         ] {
             work.branch(branch, from);
@@ -284,4 +286,78 @@ fn landing_needs_a_branch_and_a_refused_push_changes_nothing() {
     assert_eq!(land["commit"], serde_json::Value::Null);
     assert!(run.events("landed").is_empty());
     assert_eq!(s.tip("main"), before, "nothing changed");
+}
+
+#[test]
+fn a_plan_from_branches_stacks_them_by_ancestry_and_lands_both_stacks() {
+    let ws = Workspace::new();
+    let s = Served::new(ws.path());
+    // A clone of the served repository, as a developer has it: its remote-tracking
+    // branches are the two stacks (pr1 <- pr2 <- pr3, side <- side2) and `other`,
+    // which this test does not want.
+    let local = ws.path().join("local");
+    let clone = Repo::init(&local);
+    clone.git(&["remote", "add", "origin", &s.daemon.url("app")]);
+    clone.git(&["fetch", "--quiet", "origin"]);
+    clone.git(&["branch", "-dr", "origin/other"]);
+    ws.write(
+        "gates.yaml",
+        "gates:\n  - { id: files, run: 'test -f README' }\nverify:\n  - { id: all, run: 'test -f one.txt' }\n",
+    );
+    let out = ws
+        .cmd(&[
+            "plan",
+            "--from-branches",
+            "main",
+            "--remote",
+            "origin",
+            "--repo",
+            "local",
+            "--gates",
+            "gates.yaml",
+            "-o",
+            "plan.yaml",
+        ])
+        .output()
+        .expect("plan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let text = std::fs::read_to_string(ws.path().join("plan.yaml")).expect("plan");
+    let plan: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
+    assert_eq!(plan["source"]["repo"], s.daemon.url("app").as_str());
+    assert_eq!(plan["source"]["base"], "main");
+    let items: Vec<(String, serde_json::Value)> = plan["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap_or("").to_string(),
+                i["deps"].clone(),
+            )
+        })
+        .collect();
+    let none = serde_json::Value::Null;
+    assert_eq!(
+        items,
+        [
+            ("pr1".to_string(), none.clone()),
+            ("side".to_string(), none),
+            ("pr2".to_string(), serde_json::json!(["pr1"])),
+            ("side2".to_string(), serde_json::json!(["side"])),
+            ("pr3".to_string(), serde_json::json!(["pr2"])),
+        ],
+        "{text}"
+    );
+
+    let run = ws.run_json("plan.yaml", &["--land"]);
+    assert_eq!(run.code, 0, "stderr: {}\n{:?}", run.stderr, run.lines);
+    let mut landed = landed_items(&run);
+    landed.sort();
+    assert_eq!(landed, ["pr1", "pr2", "pr3", "side", "side2"]);
+    let files = s.files(&s.tip("main"));
+    for f in ["one.txt", "two.txt", "three.txt", "side.txt", "side2.txt"] {
+        assert!(files.contains(&f.to_string()), "{f} landed: {files:?}");
+    }
+    assert!(!files.contains(&"other.txt".to_string()));
 }

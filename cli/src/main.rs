@@ -3,6 +3,7 @@
 mod client;
 mod coordinator_cmd;
 mod land;
+mod plan_cmd;
 mod remote_cache;
 mod render;
 mod run;
@@ -78,6 +79,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a plan from a repository's branches (one item per branch not yet in BASE).
+    Plan(plan_cmd::PlanArgs),
     /// Start a coordinator: accepts plans from clients and schedules them onto workers.
     Coordinator(coordinator_cmd::CoordinatorArgs),
     /// Start a worker: connects to a coordinator and runs the gates it assigns.
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run::main(args, tracer, tls),
         Command::Validate { plan, json } => validate::main(&plan, json),
+        Command::Plan(args) => plan_cmd::main(args),
         Command::Coordinator(args) => coordinator_cmd::main(args, tracer, tls),
         Command::Worker(args) => worker_cmd::main(args, tls),
         Command::Submit(args) => client::submit(args, tls),
