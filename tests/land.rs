@@ -361,3 +361,119 @@ fn a_plan_from_branches_stacks_them_by_ancestry_and_lands_both_stacks() {
     }
     assert!(!files.contains(&"other.txt".to_string()));
 }
+
+/// Parses NDJSON output.
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn a_cluster_lands_verifies_bisects_and_re_speculates_like_gatehouse_run() {
+    let mut c = support::cluster::Cluster::start();
+    for i in 0..2 {
+        let git_cache = c.ws.path().join(format!("git-w{i}")).display().to_string();
+        c.add_worker(
+            &format!("w{i}"),
+            &["--slots", "2", "--git-cache", &git_cache],
+        );
+    }
+    let s = Served::new(c.ws.path());
+    let log = c.ws.path().join("verify.log");
+    let base = s.tip("main");
+
+    // 1. Everything passes: verify once on the combined tip, the branch there.
+    c.ws.write("plan.yaml", &plan(&s.daemon.url("app"), &log, "true", ""));
+    let out = c
+        .cli(&["submit", "--watch", "--json", "--land", "plan.yaml"])
+        .output()
+        .expect("submit");
+    let lines = json_lines(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{lines:?}");
+    let land = lines.last().expect("output");
+    assert_eq!(land["event"], "land", "{lines:?}");
+    assert_eq!(land["base"], base.as_str());
+    let commit = land["commit"].as_str().expect("commit").to_string();
+    assert_eq!(s.tip("main"), commit);
+    assert_eq!(land["landed"].as_array().map(Vec::len), Some(4));
+    let tested = read_lines(&log);
+    assert_eq!(tested.len(), 1, "verify ran once: {tested:?}");
+    assert_eq!(
+        s.git(&["rev-parse", &format!("{commit}^{{tree}}")]),
+        tested[0]
+    );
+    let landed: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "landed").collect();
+    assert_eq!(landed.len(), 4);
+
+    // `status` says where it landed.
+    let id = lines
+        .iter()
+        .find(|l| l["event"] == "submitted")
+        .and_then(|l| l["plan_id"].as_str())
+        .expect("plan id")
+        .to_string();
+    let described = c.get(&id);
+    assert_eq!(described.land_branch, "main");
+    assert_eq!(
+        described.land.as_ref().map(|l| l.commit.as_str()),
+        Some(commit.as_str())
+    );
+
+    // 2. The combination with `side` fails verify: the stack lands, side is the culprit.
+    let check = "! { test -f side.txt && test -f three.txt && ! test -f other.txt; }";
+    s.git(&["update-ref", "refs/heads/main", &base]);
+    c.ws.write("culprit.yaml", &plan(&s.daemon.url("app"), &log, check, ""));
+    let out = c
+        .cli(&["submit", "--watch", "--json", "--land", "culprit.yaml"])
+        .output()
+        .expect("submit");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{lines:?}");
+    let land = lines.last().expect("output");
+    assert_eq!(
+        land["left_out"],
+        serde_json::json!([{ "item": "side", "reason": "culprit" }]),
+        "{land}"
+    );
+    assert_eq!(s.tip("main"), s.tip("pr3"));
+
+    // 3. The branch moves while the plan runs: refused by the lease, the plan runs
+    //    again on the new tip and lands there.
+    s.git(&["update-ref", "refs/heads/main", &base]);
+    let other = s.tip("other");
+    let mark = c.ws.path().join("moved");
+    let mover = format!(
+        "  - id: mover\n    gates:\n      - {{ id: move, cache: false, run: 'test -e {mark} || {{ touch {mark} && git --git-dir={bare} update-ref refs/heads/main {other}; }}' }}\n",
+        mark = mark.display(),
+        bare = s.bare.display(),
+    );
+    c.ws.write(
+        "moved.yaml",
+        &plan(&s.daemon.url("app"), &log, "true", &mover),
+    );
+    let out = c
+        .cli(&["submit", "--watch", "--json", "--land", "moved.yaml"])
+        .output()
+        .expect("submit");
+    let lines = json_lines(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{lines:?}");
+    let again: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "respeculate")
+        .collect();
+    assert_eq!(again.len(), 1, "{lines:?}");
+    assert_eq!(again[0]["now"], other.as_str());
+    assert_eq!(lines.iter().filter(|l| l["event"] == "summary").count(), 2);
+    let land = lines.last().expect("output");
+    assert_eq!(land["base"], other.as_str());
+    let commit = land["commit"].as_str().expect("commit");
+    assert_eq!(s.tip("main"), commit);
+    let files = s.files(commit);
+    for f in ["other.txt", "three.txt", "side.txt"] {
+        assert!(files.contains(&f.to_string()), "{f}: {files:?}");
+    }
+}

@@ -22,34 +22,7 @@ use crate::render::{PlanView, Renderer};
 use crate::run::{PlanRunner, Signals};
 use crate::{EXIT_FAILED, EXIT_NOT_LANDED, EXIT_PASSED};
 
-/// What the user asked landing to do.
-#[derive(Clone, Debug)]
-pub struct Landing {
-    /// The branch to land on (the plan's `source.base`).
-    pub branch: String,
-    /// Compute and verify, push nothing.
-    pub dry_run: bool,
-    /// Times the plan may run again when the branch moved.
-    pub retries: u32,
-}
-
-/// The branch a plan lands on: its `source.base`, which must name a branch (`main` or
-/// `refs/heads/main`), not a tag, a commit or `HEAD`.
-pub fn target_branch(base: Option<&str>) -> Result<String, String> {
-    let Some(base) = base else {
-        return Err(
-            "landing needs `source.base` to name the branch to land on (e.g. `base: main`)".into(),
-        );
-    };
-    let branch = base.strip_prefix("refs/heads/").unwrap_or(base);
-    let is_commit = branch.len() >= 7 && branch.chars().all(|c| c.is_ascii_hexdigit());
-    if branch == "HEAD" || branch.starts_with("refs/") || is_commit {
-        return Err(format!(
-            "landing needs `source.base` to name a branch, not {base:?}; use e.g. `base: main`"
-        ));
-    }
-    Ok(branch.to_string())
-}
+pub use gatehouse_common::land::{LandSpec as Landing, target_branch};
 
 /// The exit code of a run that landed: 0 only when every item landed; 4 when the gates
 /// passed but nothing could be pushed; 1 otherwise.
@@ -93,6 +66,7 @@ impl LandDriver<'_> {
         signals: &mut Signals,
     ) -> anyhow::Result<LandEnd> {
         let options = LandOptions {
+            branch: self.landing.branch.clone(),
             dry_run: self.landing.dry_run,
             retries_left: self.landing.retries.saturating_sub(round),
         };

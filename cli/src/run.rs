@@ -413,6 +413,8 @@ impl PlanRunner {
                 .resolution()
                 .map(|r| r.blocked(plan))
                 .unwrap_or_default(),
+            // Landing is driven here, after the summary (`crate::land`).
+            land: None,
         };
         self.sched
             .submit(id.clone(), plan.clone(), options, events_tx)
@@ -435,8 +437,9 @@ impl PlanRunner {
                         }
                         return Ok(PlanEnd { summary: Some(s), failed });
                     }
-                    // The in-process executor keeps no results: nothing to acknowledge.
-                    Some(PlanOutput::Ack { .. }) => {}
+                    // The in-process executor keeps no results: nothing to acknowledge;
+                    // and the scheduler never lands (`crate::land` does, here).
+                    Some(PlanOutput::Ack { .. } | PlanOutput::Event(PlanEvent::Land { .. })) => {}
                     None => return Ok(PlanEnd { summary: None, failed }),
                 },
                 n = signals.next() => {

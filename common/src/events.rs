@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::exec::GateResult;
 use crate::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
+use crate::land::LandRecord;
 
 /// Terminal states of a gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -237,8 +238,27 @@ pub struct PlanSummary {
 pub enum PlanEvent {
     /// A gate changed.
     Gate(GateEvent),
-    /// The plan ended; no further events for it follow.
+    /// The plan's gates ended. Unless it lands, no further events for it follow.
     Finished(PlanSummary),
+    /// A step of the plan's landing (after its summary; the last is
+    /// [`LandRecord::Finished`]).
+    Land {
+        /// The plan.
+        plan: PlanId,
+        /// The step.
+        record: LandRecord,
+    },
+}
+
+impl PlanEvent {
+    /// The plan it belongs to.
+    pub fn plan(&self) -> &PlanId {
+        match self {
+            PlanEvent::Gate(g) => &g.plan,
+            PlanEvent::Finished(s) => &s.plan,
+            PlanEvent::Land { plan, .. } => plan,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,214 @@
 //! `ceil(log2 n)` runs. It assumes what a merge queue assumes: once a prefix fails, every
 //! longer one fails too (a flaky gate is retried as any gate is, before its outcome is
 //! recorded).
+//!
+//! Also the plain records of a landing that are published and stored with a plan's
+//! events ([`LandRecord`], [`LandReport`]); the decisions live in the coordinator's
+//! `land` module.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ItemIdx;
+use crate::source::{CommitId, Resolution};
+
+/// Why an item did not land.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum LeftOut {
+    /// One of its gates failed.
+    Failed,
+    /// Its gates did not all run: an item below it did not pass, or the plan stopped.
+    Skipped,
+    /// Its change does not merge onto the state below it (`merge_conflict`).
+    Conflict {
+        /// The conflicting paths.
+        paths: Vec<String>,
+    },
+    /// Its ref or the repository could not be read.
+    Source,
+    /// It merges onto its own stack but not onto the items before it in the merge
+    /// order (another stack of the same plan).
+    CombinationConflict {
+        /// The conflicting paths (empty: no common history).
+        paths: Vec<String>,
+    },
+    /// It is stacked on an item that was left out while combining.
+    Below {
+        /// That item.
+        item: ItemIdx,
+    },
+    /// The combination up to it fails `verify` while the one before it passes.
+    Culprit,
+    /// It comes after the culprit in the merge order, so its combination was not
+    /// verified without it: it lands on a later run.
+    AfterCulprit {
+        /// The culprit.
+        culprit: ItemIdx,
+    },
+    /// Nothing was pushed (see [`LandReport::error`]).
+    NotPushed,
+}
+
+impl LeftOut {
+    /// The reason as a word, for events and `--json`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LeftOut::Failed => "failed",
+            LeftOut::Skipped => "skipped",
+            LeftOut::Conflict { .. } => "conflict",
+            LeftOut::Source => "source",
+            LeftOut::CombinationConflict { .. } => "combination_conflict",
+            LeftOut::Below { .. } => "below_left_out",
+            LeftOut::Culprit => "culprit",
+            LeftOut::AfterCulprit { .. } => "after_culprit",
+            LeftOut::NotPushed => "not_pushed",
+        }
+    }
+}
+
+/// Why a landing ended without pushing what it would have landed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandFailure {
+    /// The branch kept moving: it moved on the last allowed attempt too.
+    BaseMoved {
+        /// Where it points now (`None`: it is gone).
+        now: Option<CommitId>,
+    },
+    /// The repository refused the push.
+    Refused {
+        /// What it said.
+        reason: String,
+    },
+    /// The push could not be made.
+    PushFailed {
+        /// The error.
+        error: String,
+    },
+    /// The plan was cancelled before its push.
+    Cancelled,
+}
+
+impl std::fmt::Display for LandFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LandFailure::BaseMoved { now: Some(now) } => write!(
+                f,
+                "the target branch moved (now at {now}) and no retries are left; run again to land on it"
+            ),
+            LandFailure::BaseMoved { now: None } => f.write_str(
+                "the target branch does not exist (`source.base` must name a branch to land on)",
+            ),
+            LandFailure::Refused { reason } => write!(f, "the push was refused: {reason}"),
+            LandFailure::PushFailed { error } => write!(f, "the push failed: {error}"),
+            LandFailure::Cancelled => f.write_str("cancelled before the push"),
+        }
+    }
+}
+
+/// What a landing did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandReport {
+    /// The branch it lands on.
+    pub branch: String,
+    /// The commit the target branch pointed at (the base the plan was resolved on).
+    pub base: CommitId,
+    /// The commit the branch now points at (`None`: nothing landed).
+    pub tip: Option<CommitId>,
+    /// Items that landed, in merge order, each with the combination it landed as.
+    pub landed: Vec<(ItemIdx, CommitId)>,
+    /// Items that did not land, in plan order, and why.
+    pub left_out: Vec<(ItemIdx, LeftOut)>,
+    /// Runs of the `verify` gates this attempt asked for.
+    pub verify_runs: u32,
+    /// Nothing was written.
+    pub dry_run: bool,
+    /// Why nothing was pushed, when that is why.
+    pub error: Option<LandFailure>,
+}
+
+impl LandReport {
+    /// Every item landed (or would land, with `dry_run`).
+    pub fn all_landed(&self) -> bool {
+        self.error.is_none() && self.left_out.is_empty()
+    }
+}
+
+/// Landing asked of a plan (`--land`, `--dry-run`, `policy.land`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandSpec {
+    /// The branch it lands on ([`target_branch`] of `source.base`).
+    pub branch: String,
+    /// Compute and verify, push nothing.
+    pub dry_run: bool,
+    /// Times the plan runs again on the branch's new tip when it moved before the push.
+    pub retries: u32,
+}
+
+/// Default of [`LandSpec::retries`].
+pub const DEFAULT_LAND_RETRIES: u32 = 3;
+
+/// The branch a plan lands on: its `source.base`, which must name a branch (`main` or
+/// `refs/heads/main`), not a tag, a commit or `HEAD`.
+pub fn target_branch(base: Option<&str>) -> Result<String, String> {
+    let Some(base) = base else {
+        return Err(
+            "landing needs `source.base` to name the branch to land on (e.g. `base: main`)".into(),
+        );
+    };
+    let branch = base.strip_prefix("refs/heads/").unwrap_or(base);
+    let is_commit = branch.len() >= 7 && branch.chars().all(|c| c.is_ascii_hexdigit());
+    if branch == "HEAD" || branch.starts_with("refs/") || is_commit {
+        return Err(format!(
+            "landing needs `source.base` to name a branch, not {base:?}; use e.g. `base: main`"
+        ));
+    }
+    Ok(branch.to_string())
+}
+
+/// One step of a plan's landing, as published after its summary and stored in its log
+/// (a cluster replays them after a failover).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LandRecord {
+    /// The `verify` gates ran on the combination of the first `prefix` candidates.
+    Verified {
+        /// The landing attempt (0, then one more each time the branch moved).
+        round: u32,
+        /// How many candidates.
+        prefix: u32,
+        /// Those candidates, in merge order.
+        items: Vec<ItemIdx>,
+        /// Their combination.
+        commit: CommitId,
+        /// All passed.
+        passed: bool,
+    },
+    /// A push of `commit` (leased on `expected`) is about to be made: durable before it
+    /// is, so a new leader knows it may have happened and reads the branch first.
+    Pushing {
+        /// The landing attempt.
+        round: u32,
+        /// The new tip.
+        commit: CommitId,
+        /// Where the branch must still point.
+        expected: CommitId,
+    },
+    /// The branch moved to `now` before the push: the plan runs again on it, resolved
+    /// as `resolution`, as landing attempt `round`.
+    Respeculated {
+        /// The new attempt.
+        round: u32,
+        /// Where the branch pointed.
+        now: CommitId,
+        /// The retries allowed in all.
+        retries: u32,
+        /// The plan's refs resolved again (`None` when read from the wire).
+        resolution: Option<Box<Resolution>>,
+    },
+    /// The landing is over.
+    Finished(LandReport),
+}
 
 /// What to do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -64,6 +64,7 @@ fn retry_backoff() -> Backoff {
 /// Runs elections and terms until shutdown.
 pub(crate) async fn run(
     config: &CoordinatorConfig,
+    sources: &Arc<crate::sources::Sources>,
     etcd: EtcdConfig,
     role_tx: &watch::Sender<Role>,
     shutdown: &CancellationToken,
@@ -128,10 +129,18 @@ pub(crate) async fn run(
             create_revision: key.rev(),
         }));
         let lost = lease.lost.clone();
-        let ended = lead(config, fenced, key.rev(), role_tx, shutdown, async move {
-            lost.cancelled().await;
-            "the leader lease could not be renewed".to_string()
-        })
+        let ended = lead(
+            config,
+            sources,
+            fenced,
+            key.rev(),
+            role_tx,
+            shutdown,
+            async move {
+                lost.cancelled().await;
+                "the leader lease could not be renewed".to_string()
+            },
+        )
         .await;
         step_down(&store, key, lease).await;
         match ended {

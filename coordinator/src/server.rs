@@ -164,14 +164,17 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let tasks = TaskTracker::new();
+    // One set of mirrors: submissions prepare through it, landings fold and push.
+    let sources = crate::sources::Sources::new(config.git_cache.clone(), config.fetch_timeout);
     let served = serve(
         &config,
+        sources.clone(),
         listener,
         role.clone(),
         shutdown.clone(),
         tasks.clone(),
     );
-    let roles = lead_per_backend(config.clone(), role_tx, shutdown.clone());
+    let roles = lead_per_backend(config.clone(), sources, role_tx, shutdown.clone());
     tracing::info!(address = %local, "coordinator serving");
     // The roles end on shutdown (the term stops) or on a fatal error, which stops the
     // server too.
@@ -204,12 +207,12 @@ pub async fn run(
 /// The gRPC server, until shutdown (graceful, bounded by the shutdown timeout).
 async fn serve(
     config: &CoordinatorConfig,
+    sources: Arc<crate::sources::Sources>,
     listener: TcpListener,
     role: RoleWatch,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) -> Result<(), ServerError> {
-    let sources = crate::sources::Sources::new(config.git_cache.clone(), config.fetch_timeout);
     let plans = PlanServiceImpl::new(role.clone(), sources);
     let session_config = SessionConfig {
         heartbeat_interval: config.heartbeat_interval,
@@ -297,6 +300,7 @@ async fn mirror_health(
 
 async fn lead_per_backend(
     config: CoordinatorConfig,
+    sources: Arc<crate::sources::Sources>,
     role_tx: watch::Sender<Role>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -307,6 +311,7 @@ async fn lead_per_backend(
             let store: Arc<dyn StateStore> = Arc::new(store);
             match lead(
                 &config,
+                &sources,
                 store,
                 0,
                 &role_tx,
@@ -321,7 +326,9 @@ async fn lead_per_backend(
                 }
             }
         }
-        StateBackend::Etcd(etcd) => crate::ha::run(&config, etcd, &role_tx, &shutdown).await,
+        StateBackend::Etcd(etcd) => {
+            crate::ha::run(&config, &sources, etcd, &role_tx, &shutdown).await
+        }
     }
 }
 
@@ -329,6 +336,7 @@ async fn lead_per_backend(
 /// until `shutdown`, `lost` resolves, or an actor ends; then stops them in order.
 pub(crate) async fn lead(
     config: &CoordinatorConfig,
+    sources: &Arc<crate::sources::Sources>,
     store: Arc<dyn StateStore>,
     term: i64,
     role_tx: &watch::Sender<Role>,
@@ -401,6 +409,7 @@ pub(crate) async fn lead(
     let (registry, registry_task) = registry::spawn(
         registry_config,
         sched,
+        Some(sources.clone()),
         Some(acks),
         durability,
         (outputs_tx, outputs_rx),

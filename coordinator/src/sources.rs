@@ -74,6 +74,16 @@ impl Sources {
         })
     }
 
+    /// The mirrors (landing folds and pushes through them).
+    pub fn mirrors(&self) -> &Mirrors {
+        &self.mirrors
+    }
+
+    /// Deadline of each command that talks to a repository.
+    pub fn fetch_timeout(&self) -> Duration {
+        self.fetch_timeout
+    }
+
     /// `plan` with its resolution (unchanged without a `source`). Errors of the
     /// repository or of a ref do not fail this: they are in the resolution, as blocked
     /// items; `name` is the plan's name in messages.

@@ -4,6 +4,7 @@
 //! naming the field, which services turn into `INVALID_ARGUMENT`.
 
 pub mod events;
+pub mod land;
 pub mod source;
 
 use std::path::PathBuf;

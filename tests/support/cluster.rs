@@ -386,6 +386,7 @@ pub fn submit_with(
         format: v1::PlanFormat::Yaml as i32,
         source_name: "plan.yaml".into(),
         no_cache: !cached,
+        ..Default::default()
     };
     rt.block_on(c.submit_plan(req))
         .map(|r| r.into_inner().plan_id)

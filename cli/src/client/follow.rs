@@ -37,8 +37,11 @@ use tonic::{Code, Streaming};
 use super::connect::{Coordinator, RPC_TIMEOUT};
 use super::error::ClientError;
 use super::leader::{Cluster, Resend, retry_backoff};
+use crate::render::land::LandRenderer;
 use crate::render::{Renderer, wire};
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_PASSED};
+use gatehouse_common::land::LandRecord;
+use gatehouse_proto::convert::events::InPlan;
 
 /// Time a `CancelPlan` sent on a signal gets to find the leader and be answered.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,6 +133,15 @@ pub struct Follower<'a> {
     last_seq: u64,
     /// Signals received.
     interrupts: u32,
+    /// The plan lands: its landing's steps follow the summary (see [`Follower::landing`]).
+    land: Option<LandFollow>,
+}
+
+/// What a follower keeps of a plan that lands.
+struct LandFollow {
+    render: LandRenderer,
+    /// How the plan's gates ended (the last round's summary).
+    outcome: Option<PlanOutcome>,
 }
 
 /// A broken watch being resumed.
@@ -189,7 +201,19 @@ impl<'a> Follower<'a> {
             hint: None,
             last_seq: 0,
             interrupts: 0,
+            land: None,
         }
+    }
+
+    /// The plan lands on `branch`: the follower goes on after the summary, through the
+    /// landing's steps, to its report (and the exit code follows the landing).
+    pub fn landing(mut self, branch: String) -> Self {
+        let view = self.renderer.view().clone();
+        self.land = Some(LandFollow {
+            render: LandRenderer::new(self.renderer.mode(), view, branch),
+            outcome: None,
+        });
+        self
     }
 
     /// Follows the plan from its first event until the summary; returns the exit code.
@@ -337,6 +361,44 @@ impl<'a> Follower<'a> {
                     tracing::warn!(plan_id = %self.plan_id, seq = ev.seq, error = %e, "ignoring an event")
                 }
             },
+            Some(Event::Land(step)) => {
+                let record = match LandRecord::try_from(InPlan::new(&plan, step)) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        tracing::warn!(plan_id = %self.plan_id, seq = ev.seq, error = %e, "ignoring a landing step");
+                        return None;
+                    }
+                };
+                let interrupted = self.interrupts > 0;
+                let land = self.land.as_mut()?;
+                match record {
+                    LandRecord::Verified {
+                        items,
+                        commit,
+                        passed,
+                        ..
+                    } => land.render.verified(&items, &commit, passed),
+                    LandRecord::Pushing { commit, .. } => land.render.pushing(&commit),
+                    LandRecord::Respeculated {
+                        round,
+                        now,
+                        retries,
+                        ..
+                    } => {
+                        land.render.respeculating(&now, round, retries);
+                        // The plan's gates run again: a fresh display of them.
+                        self.renderer.restart();
+                    }
+                    LandRecord::Finished(report) => {
+                        land.render.report(&report);
+                        return Some(if interrupted {
+                            EXIT_INTERRUPTED
+                        } else {
+                            crate::land::exit_code(&report, land.outcome)
+                        });
+                    }
+                }
+            }
             Some(Event::Summary(s)) => {
                 let outcome = match wire::summary(&plan, s) {
                     Ok(summary) => {
@@ -354,6 +416,11 @@ impl<'a> Follower<'a> {
                         PlanOutcome::Failed
                     }
                 };
+                if let Some(land) = self.land.as_mut() {
+                    // Landing's steps follow; the report ends the watch.
+                    land.outcome = Some(outcome);
+                    return None;
+                }
                 return Some(outcome_exit_code(outcome, self.interrupts > 0));
             }
             None => {}

@@ -100,6 +100,17 @@ pub struct SubmitArgs {
     /// With --watch: print only the summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Plans with a `source`: land the items that passed on the `source.base` branch when
+    /// the gates end (also `policy.land`). See docs/landing.md.
+    #[arg(long)]
+    land: bool,
+    /// Compute and verify what would land, push nothing (implies --land).
+    #[arg(long)]
+    dry_run: bool,
+    /// Times the plan runs again on the branch's new tip when it moved before the push
+    /// (default 3).
+    #[arg(long, value_name = "N")]
+    land_retries: Option<u32>,
     #[command(flatten)]
     coordinator: CoordinatorOpts,
 }
@@ -228,6 +239,25 @@ pub fn submit(args: SubmitArgs, tls: Tls) -> u8 {
             return EXIT_INVALID;
         }
     };
+    // The branch it lands on, checked here as the coordinator will.
+    let landing = if args.land || args.dry_run || doc.plan.policy.land {
+        let base = doc.plan.source.as_ref().map(|s| s.base.as_deref());
+        match base.map(crate::land::target_branch) {
+            Some(Ok(branch)) => Some(branch),
+            Some(Err(e)) => {
+                eprintln!("error: {}: {e}", args.plan.display());
+                return EXIT_INVALID;
+            }
+            None => {
+                eprintln!(
+                    "error: --land needs a plan with `source`: only items that are git changes can land"
+                );
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        None
+    };
     block_on(async move {
         // Installed before submitting: a signal from here on cancels the plan.
         let mut signals = if args.watch {
@@ -236,7 +266,10 @@ pub fn submit(args: SubmitArgs, tls: Tls) -> u8 {
             None
         };
         let cluster = args.coordinator.cluster(&tls);
-        let request = doc.request(args.no_cache);
+        let mut request = doc.request(args.no_cache);
+        request.land = args.land;
+        request.dry_run = args.dry_run;
+        request.land_retries = args.land_retries;
         let (span, traceparent) = submit_span();
         // Re-sent only when the coordinator cannot have accepted it (see `leader`).
         let (coord, resp) = cluster
@@ -277,7 +310,10 @@ pub fn submit(args: SubmitArgs, tls: Tls) -> u8 {
             .await?;
             renderer.source(described.source.as_ref());
         }
-        let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Cancel, &mut renderer);
+        let mut follower = Follower::new(coord, &cluster, &id, OnInterrupt::Cancel, &mut renderer);
+        if let Some(branch) = landing {
+            follower = follower.landing(branch);
+        }
         let result = follower.run(signals).await;
         renderer.finish();
         result
@@ -297,7 +333,10 @@ pub fn watch(args: WatchArgs, tls: Tls) -> u8 {
         let mode = Mode::choose(args.json, args.quiet);
         let mut renderer = Renderer::new(mode, wire::plan_view(&plan));
         renderer.source(plan.source.as_ref());
-        let follower = Follower::new(coord, &cluster, &id, OnInterrupt::Detach, &mut renderer);
+        let mut follower = Follower::new(coord, &cluster, &id, OnInterrupt::Detach, &mut renderer);
+        if !plan.land_branch.is_empty() {
+            follower = follower.landing(plan.land_branch.clone());
+        }
         let result = follower.run(&mut signals).await;
         renderer.finish();
         result

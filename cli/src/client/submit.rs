@@ -33,6 +33,7 @@ impl Document {
             format: format as i32,
             source_name: self.source_name.clone(),
             no_cache,
+            ..v1::SubmitPlanRequest::default()
         }
     }
 }

@@ -55,6 +55,7 @@ fn running_plan() -> v1::GetPlanResponse {
         ],
         summary: None,
         source: None,
+        ..Default::default()
     }
 }
 

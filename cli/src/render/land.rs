@@ -72,6 +72,15 @@ impl LandRenderer {
         ));
     }
 
+    /// The compare-and-swap push of `commit` is being made.
+    pub fn pushing(&self, commit: &CommitId) {
+        self.line(&format!(
+            "land: pushing {} to {}",
+            short(commit),
+            self.branch
+        ));
+    }
+
     /// The branch moved to `now`: the plan runs again on it (`retry` of `of`).
     pub fn respeculating(&self, now: &CommitId, retry: u32, of: u32) {
         if self.mode == Mode::Json {

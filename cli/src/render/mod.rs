@@ -114,6 +114,18 @@ impl Renderer {
         &self.view
     }
 
+    /// How it shows it.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Starts over: the plan's gates run again (landing re-speculated it on a new base).
+    pub fn restart(&mut self) {
+        let view = self.view.clone();
+        self.finish();
+        *self = Renderer::new(self.mode, view);
+    }
+
     /// One gate event of the scheduler core (`gatehouse run`, or decoded from a
     /// coordinator's stream); dispatches are not shown.
     pub fn core_gate(&mut self, ev: &GateEvent) {

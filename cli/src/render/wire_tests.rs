@@ -39,6 +39,8 @@ fn describe(plan: &Plan) -> v1::GetPlanResponse {
             finished_unix_ms: None,
             summary: None,
             counts: Counts::default(),
+            land_branch: None,
+            land: None,
         },
         gates: vec![None; plan.gates.len()],
         plan,

@@ -193,6 +193,7 @@ impl Sim {
                 }
                 Command::Emit(PlanEvent::Gate(ev)) => self.events.push(ev.clone()),
                 Command::Emit(PlanEvent::Finished(s)) => self.summary = Some(s.clone()),
+                Command::Emit(PlanEvent::Land { .. }) => panic!("the core never lands"),
                 Command::StoreResult { .. } => {}
                 Command::AckResults { worker, attempts } => {
                     let at = self.log.len() + i;

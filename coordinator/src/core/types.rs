@@ -32,6 +32,9 @@ pub struct RunOptions {
     /// Each fails with that reason before anything starts, and what depends on it is
     /// skipped, as for any failure.
     pub blocked: Vec<(GateIdx, &'static str)>,
+    /// Landing asked at submission. The core ignores it: the registry lands the plan
+    /// after its summary (`crate::land`).
+    pub land: Option<gatehouse_common::land::LandSpec>,
 }
 
 /// What a worker (executor) declares when it joins.

@@ -71,6 +71,7 @@ impl PlanService for PlanServiceImpl {
         let parent = traceparent_of(request.metadata());
         let req = request.into_inner();
         let no_cache = req.no_cache;
+        let (land, dry_run, land_retries) = (req.land, req.dry_run, req.land_retries);
         if req.document.len() > MAX_PLAN_BYTES {
             return Err(Status::resource_exhausted(format!(
                 "plan document is {} bytes, more than the limit of {MAX_PLAN_BYTES}",
@@ -117,6 +118,24 @@ impl PlanService for PlanServiceImpl {
                 Status::invalid_argument(errors.to_string())
             }
         })?;
+        // Landing is refused up front when the plan cannot land.
+        let land = if land || dry_run || plan.policy.land {
+            let Some(src) = plan.source.as_ref() else {
+                return Err(Status::invalid_argument(format!(
+                    "{}: landing needs a plan with `source`",
+                    source.name
+                )));
+            };
+            let branch = gatehouse_common::land::target_branch(src.base.as_deref())
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", source.name)))?;
+            Some(gatehouse_common::land::LandSpec {
+                branch,
+                dry_run,
+                retries: land_retries.unwrap_or(gatehouse_common::land::DEFAULT_LAND_RETRIES),
+            })
+        } else {
+            None
+        };
         // A source plan's refs are resolved here, once, and recorded with it.
         let plan = self.sources.prepare(plan, &source.name).await?;
         source.resolution = plan.source.as_ref().and_then(|s| s.resolution.clone());
@@ -129,6 +148,7 @@ impl PlanService for PlanServiceImpl {
                 .resolution()
                 .map(|r| r.blocked(&plan))
                 .unwrap_or_default(),
+            land,
         };
         let id = term
             .registry

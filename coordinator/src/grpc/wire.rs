@@ -86,5 +86,11 @@ pub fn get_plan_response(s: &PlanSnapshot) -> v1::GetPlanResponse {
             .as_ref()
             .map(|x| InPlan::new(&**plan, x).into()),
         source: source_info(plan),
+        land_branch: s.info.land_branch.clone().unwrap_or_default(),
+        land: s
+            .info
+            .land
+            .as_ref()
+            .map(|report| InPlan::new(&**plan, report).into()),
     }
 }

@@ -35,62 +35,9 @@ use std::collections::HashSet;
 
 use gatehouse_common::ids::ItemIdx;
 use gatehouse_common::land::{Bisection, Step};
+pub use gatehouse_common::land::{LandFailure, LandReport, LeftOut};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::source::{BlockReason, CommitId, ItemState, Resolution};
-
-/// Why an item did not land.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeftOut {
-    /// One of its gates failed.
-    Failed,
-    /// Its gates did not all run: an item below it did not pass, or the plan stopped.
-    Skipped,
-    /// Its change does not merge onto the state below it (`merge_conflict`).
-    Conflict {
-        /// The conflicting paths.
-        paths: Vec<String>,
-    },
-    /// Its ref or the repository could not be read.
-    Source,
-    /// It merges onto its own stack but not onto the items before it in the merge
-    /// order (another stack of the same plan).
-    CombinationConflict {
-        /// The conflicting paths (empty: no common history).
-        paths: Vec<String>,
-    },
-    /// It is stacked on an item that was left out while combining.
-    Below {
-        /// That item.
-        item: ItemIdx,
-    },
-    /// The combination up to it fails `verify` while the one before it passes.
-    Culprit,
-    /// It comes after the culprit in the merge order, so its combination was not
-    /// verified without it: it lands on a later run.
-    AfterCulprit {
-        /// The culprit.
-        culprit: ItemIdx,
-    },
-    /// Nothing was pushed (see [`LandReport::error`]).
-    NotPushed,
-}
-
-impl LeftOut {
-    /// The reason as a word, for events and `--json`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            LeftOut::Failed => "failed",
-            LeftOut::Skipped => "skipped",
-            LeftOut::Conflict { .. } => "conflict",
-            LeftOut::Source => "source",
-            LeftOut::CombinationConflict { .. } => "combination_conflict",
-            LeftOut::Below { .. } => "below_left_out",
-            LeftOut::Culprit => "culprit",
-            LeftOut::AfterCulprit { .. } => "after_culprit",
-            LeftOut::NotPushed => "not_pushed",
-        }
-    }
-}
 
 /// How a compare-and-swap push ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,68 +60,6 @@ pub enum PushOutcome {
         /// The error.
         error: String,
     },
-}
-
-/// Why a landing ended without pushing what it would have landed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LandFailure {
-    /// The branch kept moving: it moved on the last allowed attempt too.
-    BaseMoved {
-        /// Where it points now (`None`: it is gone).
-        now: Option<CommitId>,
-    },
-    /// The repository refused the push.
-    Refused {
-        /// What it said.
-        reason: String,
-    },
-    /// The push could not be made.
-    PushFailed {
-        /// The error.
-        error: String,
-    },
-}
-
-impl std::fmt::Display for LandFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LandFailure::BaseMoved { now: Some(now) } => write!(
-                f,
-                "the target branch moved (now at {now}) and no retries are left; run again to land on it"
-            ),
-            LandFailure::BaseMoved { now: None } => {
-                f.write_str("the target branch no longer exists")
-            }
-            LandFailure::Refused { reason } => write!(f, "the push was refused: {reason}"),
-            LandFailure::PushFailed { error } => write!(f, "the push failed: {error}"),
-        }
-    }
-}
-
-/// What a landing did (or, with `dry_run`, would do).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LandReport {
-    /// The commit the target branch pointed at (the base the plan was resolved on).
-    pub base: CommitId,
-    /// The commit the branch now points at (`None`: nothing landed).
-    pub tip: Option<CommitId>,
-    /// Items that landed, in merge order, each with the combination it landed as.
-    pub landed: Vec<(ItemIdx, CommitId)>,
-    /// Items that did not land, in plan order, and why.
-    pub left_out: Vec<(ItemIdx, LeftOut)>,
-    /// Runs of the `verify` gates this attempt asked for.
-    pub verify_runs: u32,
-    /// Nothing was written.
-    pub dry_run: bool,
-    /// Why nothing was pushed, when that is why.
-    pub error: Option<LandFailure>,
-}
-
-impl LandReport {
-    /// Every item landed (or would land, with `dry_run`).
-    pub fn all_landed(&self) -> bool {
-        self.error.is_none() && self.left_out.is_empty()
-    }
 }
 
 /// What the driver must do next.
@@ -257,8 +142,10 @@ pub enum LandError {
 }
 
 /// Landing options.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LandOptions {
+    /// The branch it lands on (for the report; the driver pushes to it).
+    pub branch: String,
     /// Compute and verify, push nothing.
     pub dry_run: bool,
     /// How many more times the plan may run again when the branch moved.
@@ -411,6 +298,39 @@ impl Lander {
                 self.repeat()
             }
         }
+    }
+
+    /// A landing that cannot start (its plan cannot land): only [`Lander::abort`]
+    /// is of use, and its report names no base.
+    pub fn empty(branch: &str, dry_run: bool) -> Self {
+        Self {
+            options: LandOptions {
+                branch: branch.to_string(),
+                dry_run,
+                retries_left: 0,
+            },
+            base: CommitId::parse(&"0".repeat(40)).expect("forty zeros are a commit id"),
+            candidates: Vec::new(),
+            tested: HashSet::new(),
+            tips: Vec::new(),
+            left_out: Vec::new(),
+            verify: false,
+            verify_runs: 0,
+            phase: Phase::Done,
+        }
+    }
+
+    /// The landing ends here for `why` (cancelled, or the driver cannot go on): nothing
+    /// more is pushed (a push already made stays made) and every candidate is left out.
+    pub fn abort(&mut self, why: LandFailure) -> LandCommand {
+        let remaining: Vec<ItemIdx> = self.candidates.iter().map(|c| c.item).collect();
+        for item in remaining {
+            if !self.left_out.iter().any(|(i, _)| *i == item) {
+                self.left_out.push((item, LeftOut::NotPushed));
+            }
+        }
+        self.candidates.clear();
+        self.finish(Vec::new(), None, Some(why))
     }
 
     /// The command of the current phase, again.
@@ -608,6 +528,7 @@ impl Lander {
         let mut left_out = std::mem::take(&mut self.left_out);
         left_out.sort_by_key(|(item, _)| *item);
         LandCommand::Finish(LandReport {
+            branch: self.options.branch.clone(),
             base: self.base.clone(),
             tip,
             landed,

@@ -415,6 +415,7 @@ fn a_dry_run_verifies_but_never_pushes() {
     let options = LandOptions {
         dry_run: true,
         retries_left: 3,
+        ..LandOptions::default()
     };
     let mut lander = Lander::new(&plan, &order, &[false; 4], options).expect("lander");
     let (cmd, verified) = run(&mut lander, |_| true, Vec::new());

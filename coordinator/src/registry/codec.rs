@@ -21,12 +21,13 @@ use crate::core::{
     Counts, GateEvent, GateStatus, PlanEvent, PlanOutcome, PlanSummary, RunOptions, Terminal,
 };
 
-/// Format version of event chunks, written in the first byte of each.
-const EVENTS_VERSION: u8 = 1;
+/// Format version of event chunks, written in the first byte of each. Version 2 added
+/// landing's records (a new event variant); version 1 chunks are still read.
+const EVENTS_VERSION: u8 = 2;
 /// Format version of plan records, written in the first byte of each. Version 2 added
-/// the trace context, version 3 a source plan's resolution; older records are still
-/// read (as having neither).
-const RECORD_VERSION: u8 = 3;
+/// the trace context, version 3 a source plan's resolution, version 4 landing; older
+/// records are still read (as having none of what came later).
+const RECORD_VERSION: u8 = 4;
 /// Payloads larger than this are compressed.
 pub const COMPRESS_ABOVE: usize = 512;
 const RAW: u8 = 0;
@@ -94,6 +95,13 @@ struct RecordV3 {
     resolution: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct RecordV4 {
+    v3: RecordV3,
+    /// Landing asked at submission, as JSON (`LandSpec`).
+    land: Option<String>,
+}
+
 /// A log chunk: which leadership term wrote it, and the events.
 #[derive(Serialize, Deserialize)]
 struct ChunkV1 {
@@ -120,6 +128,8 @@ enum EventV1 {
         merge_order: Vec<u32>,
         duration_ms: u64,
     },
+    /// A landing step, as JSON (`LandRecord`'s own serde shape).
+    Land(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,23 +145,31 @@ enum StatusV1 {
 pub fn encode_record(record: &PlanRecord) -> Vec<u8> {
     frame(
         RECORD_VERSION,
-        &RecordV3 {
-            document: record.source.document.clone(),
-            json: record.source.format == PlanFormat::Json,
-            name: record.source.name.clone(),
-            use_cache: record.options.use_cache,
-            submitted_unix_ms: record.submitted_unix_ms,
-            trace_parent: record.options.trace_parent.clone(),
-            resolution: record.source.resolution.as_ref().map(|r| {
-                serde_json::to_string(r.as_ref()).expect("a resolution always serializes")
-            }),
+        &RecordV4 {
+            v3: RecordV3 {
+                document: record.source.document.clone(),
+                json: record.source.format == PlanFormat::Json,
+                name: record.source.name.clone(),
+                use_cache: record.options.use_cache,
+                submitted_unix_ms: record.submitted_unix_ms,
+                trace_parent: record.options.trace_parent.clone(),
+                resolution: record.source.resolution.as_ref().map(|r| {
+                    serde_json::to_string(r.as_ref()).expect("a resolution always serializes")
+                }),
+            },
+            land: record
+                .options
+                .land
+                .as_ref()
+                .map(|l| serde_json::to_string(l).expect("a landing spec always serializes")),
         },
     )
 }
 
-/// Decodes a plan record (of format version 1, 2 or 3).
+/// Decodes a plan record (of format version 1 to 4).
 pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
-    let (version, payload) = unframe(bytes, &[1, 2, RECORD_VERSION])?;
+    let (version, payload) = unframe(bytes, &[1, 2, 3, RECORD_VERSION])?;
+    let mut land = None;
     let r = match version {
         1 => {
             let r: RecordV1 = decode(&payload)?;
@@ -177,7 +195,19 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
                 resolution: None,
             }
         }
-        _ => decode(&payload)?,
+        3 => decode(&payload)?,
+        _ => {
+            let r: RecordV4 = decode(&payload)?;
+            land = r.land;
+            r.v3
+        }
+    };
+    let land = match land {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str(&text)
+                .map_err(|e| CodecError(format!("the stored landing does not decode: {e}")))?,
+        ),
     };
     let resolution = match r.resolution {
         None => None,
@@ -202,6 +232,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
             trace_parent: r.trace_parent,
             // Filled from the resolution once the document is parsed again (restore).
             blocked: Vec::new(),
+            land,
         },
         submitted_unix_ms: r.submitted_unix_ms,
     })
@@ -216,7 +247,7 @@ pub fn encode_events<'a>(term: i64, events: impl IntoIterator<Item = &'a PlanEve
 
 /// Decodes a chunk of events of plan `plan`.
 pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, CodecError> {
-    let chunk: ChunkV1 = decode(&unframe(bytes, &[EVENTS_VERSION])?.1)?;
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, EVENTS_VERSION])?.1)?;
     chunk
         .events
         .into_iter()
@@ -226,7 +257,7 @@ pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, Code
 
 /// The term that wrote a chunk, and how many events it holds (for audits and tests).
 pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
-    let chunk: ChunkV1 = decode(&unframe(bytes, &[EVENTS_VERSION])?.1)?;
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, EVENTS_VERSION])?.1)?;
     Ok((chunk.term, chunk.events.len()))
 }
 
@@ -364,6 +395,9 @@ fn event_to_v1(event: &PlanEvent) -> EventV1 {
                 duration_ms: s.duration.as_millis() as u64,
             }
         }
+        PlanEvent::Land { record, .. } => EventV1::Land(
+            serde_json::to_string(record).expect("a landing record always serializes"),
+        ),
     }
 }
 
@@ -438,6 +472,11 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
             merge_order: merge_order.into_iter().map(ItemIdx).collect(),
             duration: Duration::from_millis(duration_ms),
         }),
+        EventV1::Land(text) => PlanEvent::Land {
+            plan: plan.clone(),
+            record: serde_json::from_str(&text)
+                .map_err(|e| CodecError(format!("a landing record does not decode: {e}")))?,
+        },
     })
 }
 
@@ -573,10 +612,50 @@ mod tests {
         flipped[last] ^= 0xff;
         assert!(decode_events(&plan, &flipped).is_err());
         assert!(decode_record(b"\x01\x00\xff\xff").is_err());
-        let err = decode_record(b"\x04\x00").expect_err("version 4");
-        assert!(err.to_string().contains("reads 1 and 2 and 3"), "{err}");
+        let err = decode_record(b"\x05\x00").expect_err("version 5");
+        assert!(
+            err.to_string().contains("reads 1 and 2 and 3 and 4"),
+            "{err}"
+        );
         // A chunk is not a record, whatever its version byte says.
         assert!(decode_record(&encode_events(1, &[])).is_err());
+    }
+
+    #[test]
+    fn landing_records_and_specs_round_trip() {
+        let plan = PlanId::new("p-1");
+        let id = |c: char| {
+            gatehouse_common::source::CommitId::parse(&c.to_string().repeat(40)).expect("id")
+        };
+        let events = vec![PlanEvent::Land {
+            plan: plan.clone(),
+            record: gatehouse_common::land::LandRecord::Pushing {
+                round: 1,
+                commit: id('b'),
+                expected: id('a'),
+            },
+        }];
+        let bytes = encode_events(3, &events);
+        assert_eq!(decode_events(&plan, &bytes).expect("decode"), events);
+        let mut record = PlanRecord {
+            source: PlanSource {
+                document: "version: 1".into(),
+                format: PlanFormat::Yaml,
+                name: "plan.yaml".into(),
+                resolution: None,
+            },
+            options: RunOptions::default(),
+            submitted_unix_ms: 7,
+        };
+        record.options.land = Some(gatehouse_common::land::LandSpec {
+            branch: "main".into(),
+            dry_run: true,
+            retries: 2,
+        });
+        assert_eq!(
+            decode_record(&encode_record(&record)).expect("decode"),
+            record
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@
 
 pub mod codec;
 pub mod journal;
+mod landing;
 mod record;
 pub mod restore;
 
@@ -42,16 +43,18 @@ use gatehouse_common::ids::PlanId;
 use gatehouse_common::plan::Plan;
 use gatehouse_common::spawn::spawn_named;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{GateEvent, PlanEvent, PlanSummary, RunOptions};
 use crate::scheduler::{PlanOutput, RestoredPlan, SchedulerError, SchedulerHandle};
+use crate::sources::Sources;
 use crate::store::{StateStore, StoreOp};
 use codec::{PlanRecord as StoredRecord, PlanSource};
 pub use journal::{AckSink, JournalError};
 use journal::{Journal, Waiter};
-use record::{PlanRecord, apply, new_plan_id, new_record};
+use landing::{LandEdges, LandJob, LandMsg, Replay};
+use record::{PlanRecord, apply, failed_items, new_plan_id, new_record, round_start};
 use restore::Restored;
 
 /// Capacity of the registry's mailbox.
@@ -130,6 +133,10 @@ pub struct PlanInfo {
     pub summary: Option<PlanSummary>,
     /// Gates in a terminal state so far, by state name.
     pub counts: crate::core::Counts,
+    /// The branch it lands on (`None`: it does not land).
+    pub land_branch: Option<String>,
+    /// Its landing's report, once over.
+    pub land: Option<gatehouse_common::land::LandReport>,
 }
 
 /// A consistent view of one plan.
@@ -266,6 +273,7 @@ pub struct Durability {
 pub fn spawn(
     config: RegistryConfig,
     scheduler: SchedulerHandle,
+    sources: Option<Arc<Sources>>,
     acks: Option<Arc<dyn AckSink>>,
     durability: Option<Durability>,
     outputs: (
@@ -288,9 +296,15 @@ pub fn spawn(
         ),
         None => (None, Vec::new()),
     };
+    let (land_tx, land_rx) = mpsc::unbounded_channel();
     let actor = RegistryActor {
         config,
         scheduler,
+        sources,
+        land_tx,
+        land_rx,
+        landings: HashMap::new(),
+        jobs: JoinSet::new(),
         mailbox,
         events,
         events_tx,
@@ -314,6 +328,15 @@ pub fn spawn(
 struct RegistryActor {
     config: RegistryConfig,
     scheduler: SchedulerHandle,
+    /// The coordinator's mirrors, for landing (`None`: plans cannot land here).
+    sources: Option<Arc<Sources>>,
+    /// Landing jobs' steps to log (unbounded: a job logs a handful per round).
+    land_tx: mpsc::UnboundedSender<LandMsg>,
+    land_rx: mpsc::UnboundedReceiver<LandMsg>,
+    /// The plans landing now, and what cancels each.
+    landings: HashMap<PlanId, CancellationToken>,
+    /// The landing jobs (see [`landing`]), awaited here.
+    jobs: JoinSet<()>,
     mailbox: mpsc::Receiver<RegistryMsg>,
     events: mpsc::UnboundedReceiver<PlanOutput>,
     /// Cloned into every submission.
@@ -354,6 +377,8 @@ impl RegistryActor {
                         break;
                     }
                 },
+                Some(msg) = self.land_rx.recv() => self.landed_step(msg),
+                Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
                 Some(output) = self.events.recv() => {
                     self.take(output);
                     // Take everything already queued into the same commit.
@@ -374,6 +399,13 @@ impl RegistryActor {
         while let Ok(msg) = self.mailbox.try_recv() {
             reject(msg);
         }
+        // Landing jobs stop with the term; a push already under way is reconciled by
+        // the next leader from the log.
+        for token in self.landings.values() {
+            token.cancel();
+        }
+        self.jobs.abort_all();
+        while self.jobs.join_next().await.is_some() {}
         if outcome.is_ok()
             && let Some(j) = &mut self.journal
         {
@@ -402,30 +434,55 @@ impl RegistryActor {
         let mut resumed = 0;
         for r in restored {
             let id = r.id.clone();
-            let gates = r.gates();
-            let finished = r.finished();
-            let mut record = new_record(r.plan.clone(), r.record.submitted_unix_ms);
-            for event in r.log {
+            let mut record = new_record(
+                r.plan.clone(),
+                r.record.submitted_unix_ms,
+                r.record.options.clone(),
+            );
+            let start = round_start(&r.log);
+            for event in r.log.iter().cloned() {
                 apply(&mut record, event, self.config.stderr_tail_bytes);
             }
             record.durable = record.log.len() as u64;
             record.newest.send_replace(record.durable);
+            let done = record.done();
+            let landing = record.summary.is_some() && !done;
+            // The round's plan: a re-speculated round runs on its recorded resolution.
+            let plan = record.plan.clone();
+            let gates = restore::gate_states(&plan, &r.log[start..]);
             self.plans.insert(id.clone(), record);
             self.order.push_back(id.clone());
-            if finished {
+            if done {
                 self.finished.push_back(id);
+                continue;
+            }
+            if landing {
+                // The gates ended; the landing did not: resume it from the log.
+                let round = self.plans[&id].round;
+                self.start_landing(&id, Replay::from_log(&r.log, round));
+                if r.cancel.is_some()
+                    && let Some(token) = self.landings.get(&id)
+                {
+                    token.cancel();
+                }
+                resumed += 1;
                 continue;
             }
             let age = std::time::Duration::from_millis(
                 unix_ms_now().saturating_sub(r.record.submitted_unix_ms),
             );
+            let mut options = r.record.options;
+            options.blocked = plan
+                .resolution()
+                .map(|res| res.blocked(&plan))
+                .unwrap_or_default();
             let resumed_ok = self
                 .scheduler
                 .restore(
                     RestoredPlan {
                         id: id.clone(),
-                        plan: r.plan,
-                        options: r.record.options,
+                        plan,
+                        options,
                         gates,
                         cancel: r.cancel,
                         age,
@@ -442,6 +499,48 @@ impl RegistryActor {
         resumed
     }
 
+    /// Starts the landing of plan `id`, whose summary is logged, for its current round.
+    fn start_landing(&mut self, id: &PlanId, replay: Replay) {
+        let Some(r) = self.plans.get(id) else { return };
+        let (Some(summary), Some(spec)) = (r.summary.clone(), r.landing.clone()) else {
+            return;
+        };
+        let Some(sources) = self.sources.clone() else {
+            tracing::warn!(plan_id = %id, "this coordinator cannot land plans");
+            return;
+        };
+        let token = self.shutdown.child_token();
+        self.landings.insert(id.clone(), token.clone());
+        let job = LandJob {
+            id: id.clone(),
+            plan: r.plan.clone(),
+            failed: failed_items(&r.plan, &r.latest),
+            summary,
+            spec,
+            round: r.round,
+            replay,
+            options: r.options.clone(),
+        };
+        let edges = LandEdges {
+            scheduler: self.scheduler.clone(),
+            sources,
+            records: self.land_tx.clone(),
+            outputs: self.events_tx.clone(),
+            cancel: token,
+        };
+        gatehouse_common::spawn::spawn_in(&mut self.jobs, "landing", job.run(edges));
+    }
+
+    /// A landing job's step: logged like any event; its waiter answers once durable.
+    fn landed_step(&mut self, msg: LandMsg) {
+        let LandMsg {
+            plan,
+            record,
+            durable,
+        } = msg;
+        self.record_with(PlanEvent::Land { plan, record }, durable);
+    }
+
     async fn on_msg(&mut self, msg: RegistryMsg) {
         match msg {
             RegistryMsg::Submit {
@@ -454,7 +553,7 @@ impl RegistryActor {
                 while self.plans.contains_key(&id) {
                     id = new_plan_id();
                 }
-                let record = new_record(plan.clone(), unix_ms_now());
+                let record = new_record(plan.clone(), unix_ms_now(), options.clone());
                 let stored = self.journal.as_ref().map(|j| {
                     let bytes = codec::encode_record(&StoredRecord {
                         source,
@@ -536,7 +635,7 @@ impl RegistryActor {
                                 .map(|i| (i as u64 + 1, r.log[i].clone()))
                                 .collect(),
                             newest: r.newest.subscribe(),
-                            finished: r.summary.is_some() && durable == r.log.len(),
+                            finished: r.done() && durable == r.log.len(),
                         })
                     }
                 };
@@ -547,7 +646,14 @@ impl RegistryActor {
             RegistryMsg::Cancel { id, force, reply } => {
                 let result = match self.plans.get(&id) {
                     None => Err(RegistryError::NotFound(id.clone())),
-                    Some(r) if r.summary.is_some() => Ok(false),
+                    Some(r) if r.done() => Ok(false),
+                    // Its gates ended: the landing stops before its push.
+                    Some(r) if r.summary.is_some() => {
+                        if let Some(token) = self.landings.get(&id) {
+                            token.cancel();
+                        }
+                        Ok(true)
+                    }
                     Some(_) => self
                         .scheduler
                         .cancel(id.clone(), force)
@@ -581,28 +687,44 @@ impl RegistryActor {
     }
 
     fn record(&mut self, event: PlanEvent) {
-        let plan_id = match &event {
-            PlanEvent::Gate(g) => g.plan.clone(),
-            PlanEvent::Finished(s) => s.plan.clone(),
-        };
+        self.record_with(event, None);
+    }
+
+    /// Logs `event`; `durable` answers once it is durable.
+    fn record_with(&mut self, event: PlanEvent, durable: Option<oneshot::Sender<()>>) {
+        let plan_id = event.plan().clone();
         let Some(r) = self.plans.get_mut(&plan_id) else {
             return;
         };
-        let finished = matches!(event, PlanEvent::Finished(_));
+        let was_done = r.done();
+        let lands = matches!(event, PlanEvent::Finished(_)) && r.landing.is_some();
         let Some(seq) = apply(r, event, self.config.stderr_tail_bytes) else {
             return;
         };
         match &mut self.journal {
             Some(j) => {
                 let logged = r.log.last().cloned().expect("apply logged an event");
-                j.push_event(&plan_id, seq, logged, None);
+                let waiter = durable.map(|tx| {
+                    Waiter::Then(Box::new(move || {
+                        let _ = tx.send(());
+                    }))
+                });
+                j.push_event(&plan_id, seq, logged, waiter);
             }
             None => {
                 r.durable = seq;
                 r.newest.send_replace(seq);
+                if let Some(tx) = durable {
+                    let _ = tx.send(());
+                }
             }
         }
-        if finished {
+        let done = r.done();
+        if lands && !done {
+            self.start_landing(&plan_id, Replay::default());
+        }
+        if done && !was_done {
+            self.landings.remove(&plan_id);
             self.finished.push_back(plan_id);
             self.enforce_retention();
         }
@@ -641,6 +763,8 @@ impl RegistryActor {
             finished_unix_ms: r.finished_unix_ms,
             summary: r.summary.clone(),
             counts: r.counts,
+            land_branch: r.landing.as_ref().map(|l| l.branch.clone()),
+            land: r.land.clone(),
         })
     }
 

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gatehouse_common::cache::unix_ms_now;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::PlanId;
+use gatehouse_common::land::{LandRecord, LandReport, LandSpec};
 use gatehouse_common::plan::Plan;
+use gatehouse_common::source::Resolution;
 use tokio::sync::watch;
 
-use crate::core::{GateEvent, GateStatus, PlanEvent, PlanSummary};
+use crate::core::{GateEvent, GateStatus, PlanEvent, PlanSummary, RunOptions, Terminal};
 
 /// What the registry keeps of one plan.
 pub(super) struct PlanRecord {
@@ -27,11 +29,74 @@ pub(super) struct PlanRecord {
     pub(super) durable: u64,
     /// Announces `durable`.
     pub(super) newest: watch::Sender<u64>,
+    /// Submitter options (landing asked at submission among them).
+    pub(super) options: RunOptions,
+    /// Landing asked at submission (`None`: the plan ends with its summary).
+    pub(super) landing: Option<LandSpec>,
+    /// The landing attempt: one more each time the branch moved and the plan ran again.
+    pub(super) round: u32,
+    /// Its landing's report, once over.
+    pub(super) land: Option<LandReport>,
+}
+
+impl PlanRecord {
+    /// Its gates ended and, if it lands, its landing is over: no event follows.
+    pub(super) fn done(&self) -> bool {
+        self.summary.is_some() && (self.landing.is_none() || self.land.is_some())
+    }
+}
+
+/// Per item of `plan`: a gate of it failed or timed out, as `latest` says.
+pub(super) fn failed_items(plan: &Plan, latest: &[Option<GateEvent>]) -> Vec<bool> {
+    let mut failed = vec![false; plan.items.len()];
+    for (gate, event) in plan.gates.iter().zip(latest) {
+        if let (Some(item), Some(event)) = (gate.item, event)
+            && matches!(
+                event.status,
+                GateStatus::Finished(Terminal::Failed | Terminal::TimedOut)
+            )
+        {
+            failed[item.ix()] = true;
+        }
+    }
+    failed
+}
+
+/// Where the current round starts in a plan's log: after its last re-speculation.
+pub(super) fn round_start(log: &[PlanEvent]) -> usize {
+    log.iter()
+        .rposition(|e| {
+            matches!(
+                e,
+                PlanEvent::Land {
+                    record: LandRecord::Respeculated { .. },
+                    ..
+                }
+            )
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// `plan` with its source resolved as `resolution` (a landing's new round).
+pub(super) fn with_resolution(plan: &Plan, resolution: &Resolution) -> Plan {
+    let mut plan = plan.clone();
+    if let Some(source) = plan.source.as_mut() {
+        source.resolution = Some(Arc::new(resolution.clone()));
+    }
+    plan
 }
 
 /// An empty record of a plan submitted at `submitted_unix_ms`.
-pub(super) fn new_record(plan: Arc<Plan>, submitted_unix_ms: u64) -> PlanRecord {
+pub(super) fn new_record(
+    plan: Arc<Plan>,
+    submitted_unix_ms: u64,
+    options: RunOptions,
+) -> PlanRecord {
     PlanRecord {
+        landing: options.land.clone(),
+        options,
+        round: 0,
+        land: None,
         latest: vec![None; plan.gates.len()],
         counts: crate::core::Counts {
             total: plan.gates.len() as u32,
@@ -70,8 +135,34 @@ pub(super) fn apply(
         }
         PlanEvent::Finished(s) => {
             r.summary = Some(s.clone());
-            r.finished_unix_ms = Some(unix_ms_now());
+            if r.landing.is_none() {
+                r.finished_unix_ms = Some(unix_ms_now());
+            }
         }
+        PlanEvent::Land { record, .. } => match record {
+            LandRecord::Finished(report) => {
+                r.land = Some(report.clone());
+                r.finished_unix_ms = Some(unix_ms_now());
+            }
+            LandRecord::Respeculated {
+                round,
+                resolution: Some(resolution),
+                ..
+            } => {
+                // The plan runs again on the branch's new tip: a fresh round of gates.
+                r.round = *round;
+                r.plan = Arc::new(with_resolution(&r.plan, resolution));
+                r.latest = vec![None; r.plan.gates.len()];
+                r.counts = crate::core::Counts {
+                    total: r.plan.gates.len() as u32,
+                    ..Default::default()
+                };
+                r.summary = None;
+            }
+            LandRecord::Respeculated { .. }
+            | LandRecord::Verified { .. }
+            | LandRecord::Pushing { .. } => {}
+        },
     }
     r.log.push(event);
     Some(r.log.len() as u64)

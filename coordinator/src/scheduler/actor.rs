@@ -412,11 +412,11 @@ impl SchedulerActor {
         match &event {
             PlanEvent::Gate(g) => self.observer.gate_event(g),
             PlanEvent::Finished(s) => self.observer.plan_finished(s),
+            // The core never emits one: landing is the registry's.
+            PlanEvent::Land { .. } => {}
         }
-        let (plan, last) = match &event {
-            PlanEvent::Gate(g) => (g.plan.clone(), false),
-            PlanEvent::Finished(s) => (s.plan.clone(), true),
-        };
+        let plan = event.plan().clone();
+        let last = matches!(event, PlanEvent::Finished(_));
         if let Some(driver) = self.plans.get(&plan) {
             // A subscriber that went away just stops receiving.
             let _ = driver.events.send(PlanOutput::Event(event));

@@ -244,6 +244,7 @@ async fn unreachable_worker_is_lost_and_gates_wait_with_a_reason() {
                 }
             }
             PlanEvent::Finished(s) => panic!("plan finished without a worker: {s:?}"),
+            PlanEvent::Land { .. } => panic!("the scheduler never lands"),
         }
     };
     assert_eq!(waiting, "no live worker");
@@ -798,6 +799,7 @@ async fn acks_follow_the_events_that_record_them_and_late_ones_take_the_late_pat
             PlanOutput::Event(PlanEvent::Gate(e)) if e.result.is_some() => "recorded".to_string(),
             PlanOutput::Event(PlanEvent::Gate(_)) => "event".to_string(),
             PlanOutput::Event(PlanEvent::Finished(_)) => "summary".to_string(),
+            PlanOutput::Event(PlanEvent::Land { .. }) => "land".to_string(),
             PlanOutput::Ack { worker, attempts } => {
                 assert_eq!(
                     (worker, attempts),

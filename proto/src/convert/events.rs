@@ -344,6 +344,9 @@ impl From<InPlan<'_, Plan, (u64, &PlanEvent)>> for v1::PlanEvent {
         let event = match ev {
             PlanEvent::Gate(g) => v1::plan_event::Event::Gate(InPlan::new(plan, g).into()),
             PlanEvent::Finished(s) => v1::plan_event::Event::Summary(InPlan::new(plan, s).into()),
+            PlanEvent::Land { record, .. } => {
+                v1::plan_event::Event::Land(InPlan::new(plan, record).into())
+            }
         };
         Self {
             seq,
@@ -362,6 +365,10 @@ impl<P: PlanIndex + ?Sized> TryFrom<InPlan<'_, P, v1::PlanEvent>> for (u64, Plan
             v1::plan_event::Event::Summary(s) => {
                 PlanEvent::Finished(InPlan::new(plan, s).try_into()?)
             }
+            v1::plan_event::Event::Land(step) => PlanEvent::Land {
+                plan: plan.plan_id().clone(),
+                record: InPlan::new(plan, step).try_into()?,
+            },
         };
         Ok((ev.seq, event))
     }

@@ -1,0 +1,420 @@
+//! A plan's landing in the coordinator: the driver around [`Lander`] for one landing
+//! attempt (a *round*), started by the registry once the plan's summary is logged.
+//!
+//! It decides nothing: it folds commits through the coordinator's mirror, runs the
+//! `verify` plan on the scheduler (as a plan of its own, `<id>.verify-<round>-<prefix>`,
+//! cached by tree; its gate events are not logged, its outcome is), pushes with
+//! compare-and-swap, and logs every step in the plan's log through the registry
+//! ([`LandMsg`]). Two steps wait until their record is durable before going on:
+//! - `Pushing`, before the push: a new leader that finds it without an outcome knows a
+//!   push may have happened and reads the branch before anything else (the branch at
+//!   the pushed commit: it landed, never pushed twice; at the base: it did not, push
+//!   again under the same lease; anywhere else: it moved);
+//! - `Respeculated`, before the plan's gates run again on the branch's new tip under the
+//!   same plan id: a new leader resumes that round with its recorded resolution.
+//!
+//! A new leader resumes a landing from the log ([`Replay`]): `verify` outcomes already
+//! logged in the round are not run again, and a logged push is reconciled as above.
+//! Cancelling the plan stops the landing before its push.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gatehouse_common::events::{PlanEvent, PlanOutcome, PlanSummary};
+use gatehouse_common::ids::PlanId;
+use gatehouse_common::land::{LandFailure, LandRecord, LandSpec};
+use gatehouse_common::plan::Plan;
+use gatehouse_common::source::CommitId;
+use gatehouse_source::land::BranchUpdate;
+use gatehouse_source::{Mirror, SpeculateError, Speculator};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::RunOptions;
+use crate::land::{CombineConflict, LandCommand, LandEvent, LandOptions, Lander, PushOutcome};
+use crate::scheduler::{PlanOutput, SchedulerHandle};
+use crate::sources::Sources;
+
+/// A landing step for the registry to log; `durable` answers once it is.
+pub(crate) struct LandMsg {
+    pub(crate) plan: PlanId,
+    pub(crate) record: LandRecord,
+    pub(crate) durable: Option<oneshot::Sender<()>>,
+}
+
+/// What the plan's log already says of the current round.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    /// `verify` outcomes by prefix.
+    pub(crate) verified: HashMap<u32, bool>,
+    /// A push logged as about to be made: (commit, expected).
+    pub(crate) pushing: Option<(CommitId, CommitId)>,
+}
+
+impl Replay {
+    /// The records of round `round` in `log` (the events after its summary).
+    pub(crate) fn from_log(log: &[PlanEvent], round: u32) -> Self {
+        let mut replay = Replay::default();
+        for event in log {
+            let PlanEvent::Land { record, .. } = event else {
+                continue;
+            };
+            match record {
+                LandRecord::Verified {
+                    round: r,
+                    prefix,
+                    passed,
+                    ..
+                } if *r == round => {
+                    replay.verified.insert(*prefix, *passed);
+                }
+                LandRecord::Pushing {
+                    round: r,
+                    commit,
+                    expected,
+                } if *r == round => replay.pushing = Some((commit.clone(), expected.clone())),
+                _ => {}
+            }
+        }
+        replay
+    }
+}
+
+/// One round of a plan's landing.
+pub(crate) struct LandJob {
+    pub(crate) id: PlanId,
+    /// The plan as this round ran it (its resolution is the round's).
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) summary: PlanSummary,
+    /// Per item: a gate of it failed.
+    pub(crate) failed: Vec<bool>,
+    pub(crate) spec: LandSpec,
+    pub(crate) round: u32,
+    pub(crate) replay: Replay,
+    /// The plan's options (cache use, trace) for the `verify` runs and a next round.
+    pub(crate) options: RunOptions,
+}
+
+/// What a landing job talks to.
+pub(crate) struct LandEdges {
+    pub(crate) scheduler: SchedulerHandle,
+    pub(crate) sources: Arc<Sources>,
+    /// To the registry: the steps to log.
+    pub(crate) records: mpsc::UnboundedSender<LandMsg>,
+    /// The registry's channel of plan outputs: a next round's events, and the `verify`
+    /// runs' acknowledgements.
+    pub(crate) outputs: mpsc::UnboundedSender<PlanOutput>,
+    /// Fires when the plan is cancelled or the term ends.
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why a job stopped without finishing its landing (the next leader resumes it).
+#[derive(Debug)]
+enum Stop {
+    /// The registry or the scheduler stopped (the term is over).
+    Gone,
+}
+
+impl LandJob {
+    /// Drives the round to its end: the landing's report, or the next round started.
+    pub(crate) async fn run(self, edges: LandEdges) {
+        let id = self.id.clone();
+        if let Err(Stop::Gone) = self.drive(&edges).await {
+            tracing::info!(plan_id = %id, "landing stopped with the term; the next leader resumes it");
+        }
+    }
+
+    async fn drive(self, edges: &LandEdges) -> Result<(), Stop> {
+        let options = LandOptions {
+            branch: self.spec.branch.clone(),
+            dry_run: self.spec.dry_run,
+            retries_left: self.spec.retries.saturating_sub(self.round),
+        };
+        let mut lander =
+            match Lander::new(&self.plan, &self.summary.merge_order, &self.failed, options) {
+                Ok(lander) => lander,
+                Err(e) => {
+                    tracing::warn!(plan_id = %self.id, error = %e, "cannot land the plan");
+                    let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                    let report = lander.abort(LandFailure::PushFailed {
+                        error: e.to_string(),
+                    });
+                    return self.finish(edges, report).await;
+                }
+            };
+        let mut cmd = lander.start();
+        if self.summary.outcome == PlanOutcome::Cancelled {
+            cmd = lander.abort(LandFailure::Cancelled);
+        }
+        let mirror = match self.mirror(edges).await {
+            Ok(mirror) => mirror,
+            Err(error) => {
+                let report = lander.abort(LandFailure::PushFailed { error });
+                return self.finish(edges, report).await;
+            }
+        };
+        let base = match self.plan.resolution().map(|r| r.base.clone()) {
+            Some(Ok(base)) => base,
+            _ => {
+                let report = lander.abort(LandFailure::PushFailed {
+                    error: "the plan's base was not resolved".into(),
+                });
+                return self.finish(edges, report).await;
+            }
+        };
+        let mut speculator = Speculator::new();
+        loop {
+            if edges.cancel.is_cancelled() && !matches!(cmd, LandCommand::Finish(_)) {
+                cmd = lander.abort(LandFailure::Cancelled);
+            }
+            let event = match cmd {
+                LandCommand::Combine { commits } => {
+                    match speculator.states(&mirror, &base.commit, &commits).await {
+                        Ok(states) => LandEvent::Combined(Ok(states)),
+                        Err(SpeculateError::Conflict { at, paths, .. }) => {
+                            LandEvent::Combined(Err(CombineConflict { at, paths }))
+                        }
+                        Err(SpeculateError::Unrelated { at, .. }) => {
+                            LandEvent::Combined(Err(CombineConflict {
+                                at,
+                                paths: Vec::new(),
+                            }))
+                        }
+                        Err(SpeculateError::Mirror(e)) => {
+                            cmd = lander.abort(LandFailure::PushFailed {
+                                error: format!("cannot combine the items: {e}"),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                LandCommand::Verify {
+                    prefix,
+                    items,
+                    stack,
+                    commit,
+                } => {
+                    let passed = match self.replay.verified.get(&(prefix as u32)) {
+                        Some(&passed) => passed,
+                        None => {
+                            match self
+                                .verify(edges, &mirror, &base, prefix, stack, commit.clone())
+                                .await?
+                            {
+                                Some(passed) => passed,
+                                None => {
+                                    cmd = lander.abort(LandFailure::Cancelled);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let record = LandRecord::Verified {
+                        round: self.round,
+                        prefix: prefix as u32,
+                        items,
+                        commit,
+                        passed,
+                    };
+                    if !self.replay.verified.contains_key(&(prefix as u32)) {
+                        self.log(edges, record, false).await?;
+                    }
+                    LandEvent::Verified { prefix, passed }
+                }
+                LandCommand::Push {
+                    commit, expected, ..
+                } => LandEvent::Pushed(self.push(edges, &mirror, commit, expected).await?),
+                LandCommand::Respeculate { now } => return self.next_round(edges, now).await,
+                LandCommand::Finish(report) => {
+                    return self.finish(edges, LandCommand::Finish(report)).await;
+                }
+            };
+            cmd = lander.handle(event);
+        }
+    }
+
+    async fn mirror(&self, edges: &LandEdges) -> Result<Mirror, String> {
+        let source = self.plan.source.as_ref().ok_or("the plan has no source")?;
+        edges.sources.mirrors().get(&source.repo).await
+    }
+
+    /// Logs `record`; with `durable`, returns once it is.
+    async fn log(&self, edges: &LandEdges, record: LandRecord, durable: bool) -> Result<(), Stop> {
+        let (tx, rx) = oneshot::channel();
+        let msg = LandMsg {
+            plan: self.id.clone(),
+            record,
+            durable: durable.then_some(tx),
+        };
+        edges.records.send(msg).map_err(|_| Stop::Gone)?;
+        if durable {
+            rx.await.map_err(|_| Stop::Gone)?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, edges: &LandEdges, cmd: LandCommand) -> Result<(), Stop> {
+        let LandCommand::Finish(report) = cmd else {
+            return Ok(());
+        };
+        self.log(edges, LandRecord::Finished(report), false).await
+    }
+
+    /// Runs the `verify` gates on a combination; `None` when cancelled.
+    async fn verify(
+        &self,
+        edges: &LandEdges,
+        mirror: &Mirror,
+        base: &gatehouse_common::source::Base,
+        prefix: usize,
+        stack: Vec<CommitId>,
+        commit: CommitId,
+    ) -> Result<Option<bool>, Stop> {
+        let Some(verify) = self.plan.verify.as_ref() else {
+            return Ok(Some(false));
+        };
+        let prepared = match gatehouse_source::prepare_verify(verify, mirror, base, stack, commit)
+            .await
+        {
+            Ok(plan) => Arc::new(plan),
+            Err(e) => {
+                tracing::warn!(plan_id = %self.id, error = %e, "cannot prepare the verify gates");
+                return Ok(Some(false));
+            }
+        };
+        let id = PlanId::new(format!("{}.verify-{}-{prefix}", self.id, self.round));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let options = RunOptions {
+            blocked: prepared
+                .resolution()
+                .map(|r| r.blocked(&prepared))
+                .unwrap_or_default(),
+            land: None,
+            ..self.options.clone()
+        };
+        edges
+            .scheduler
+            .submit(id.clone(), prepared, options, tx)
+            .await
+            .map_err(|_| Stop::Gone)?;
+        let mut cancelled = false;
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(PlanOutput::Event(PlanEvent::Finished(s))) => {
+                        return Ok((!cancelled && s.outcome != PlanOutcome::Cancelled)
+                            .then_some(s.outcome == PlanOutcome::Passed));
+                    }
+                    Some(ack @ PlanOutput::Ack { .. }) => {
+                        // Nothing of a verify run is logged: its results may be forgotten.
+                        let _ = edges.outputs.send(ack);
+                    }
+                    Some(PlanOutput::Event(_)) => {}
+                    None => return Err(Stop::Gone),
+                },
+                () = edges.cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    let _ = edges.scheduler.cancel(id.clone(), true).await;
+                }
+            }
+        }
+    }
+
+    /// Pushes with compare-and-swap, or reconciles a push a previous leader logged.
+    async fn push(
+        &self,
+        edges: &LandEdges,
+        mirror: &Mirror,
+        commit: CommitId,
+        expected: CommitId,
+    ) -> Result<PushOutcome, Stop> {
+        let timeout = edges.sources.fetch_timeout();
+        let branch = &self.spec.branch;
+        if self.replay.pushing.as_ref() == Some(&(commit.clone(), expected.clone())) {
+            // A push may have happened before the last leader stopped: the branch says.
+            match mirror.branch_tip(branch, timeout).await {
+                Ok(Some(now)) if now == commit => {
+                    tracing::info!(plan_id = %self.id, %commit, "the logged push had landed; not pushing again");
+                    return Ok(PushOutcome::Updated);
+                }
+                Ok(Some(now)) if now != expected => {
+                    return Ok(PushOutcome::Moved { now: Some(now) });
+                }
+                Ok(None) => return Ok(PushOutcome::Moved { now: None }),
+                Ok(Some(_)) => {} // still at the base: it did not land; push under the lease
+                Err(e) => {
+                    return Ok(PushOutcome::Failed {
+                        error: e.to_string(),
+                    });
+                }
+            }
+        } else {
+            let record = LandRecord::Pushing {
+                round: self.round,
+                commit: commit.clone(),
+                expected: expected.clone(),
+            };
+            self.log(edges, record, true).await?;
+        }
+        Ok(
+            match mirror
+                .update_branch(branch, &expected, &commit, timeout)
+                .await
+            {
+                Ok(BranchUpdate::Updated) => PushOutcome::Updated,
+                Ok(BranchUpdate::Moved { now }) => PushOutcome::Moved { now },
+                Ok(BranchUpdate::Refused { reason }) => PushOutcome::Refused { reason },
+                Err(e) => PushOutcome::Failed {
+                    error: e.to_string(),
+                },
+            },
+        )
+    }
+
+    /// The branch moved to `now`: resolves the plan again and runs it as the next round
+    /// (the registry starts that round's landing after its summary).
+    async fn next_round(&self, edges: &LandEdges, now: CommitId) -> Result<(), Stop> {
+        let prepared = edges
+            .sources
+            .prepare((*self.plan).clone(), &self.plan.name)
+            .await;
+        let plan = match prepared {
+            Ok(plan) => plan,
+            Err(e) => {
+                let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                let report = lander.abort(LandFailure::PushFailed {
+                    error: format!("cannot resolve the plan again on {now}: {e}"),
+                });
+                return self.finish(edges, report).await;
+            }
+        };
+        let Some(resolution) = plan.resolution().cloned() else {
+            return Ok(());
+        };
+        let record = LandRecord::Respeculated {
+            round: self.round + 1,
+            now,
+            retries: self.spec.retries,
+            resolution: Some(Box::new(resolution)),
+        };
+        self.log(edges, record, true).await?;
+        let options = RunOptions {
+            blocked: plan
+                .resolution()
+                .map(|r| r.blocked(&plan))
+                .unwrap_or_default(),
+            ..self.options.clone()
+        };
+        edges
+            .scheduler
+            .submit(
+                self.id.clone(),
+                Arc::new(plan),
+                options,
+                edges.outputs.clone(),
+            )
+            .await
+            .map_err(|_| Stop::Gone)?;
+        Ok(())
+    }
+}
