@@ -409,3 +409,95 @@ fn a_source_plan_finishes_on_its_recorded_commits_after_a_failover_and_a_moved_b
         || c.passed_gates(new_leader, &id) == 2,
     );
 }
+
+#[test]
+fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
+    use support::git::{GitDaemon, Repo};
+
+    let Some(mut c) = HaCluster::start(3, "2s") else {
+        return;
+    };
+    // A stack pr1 <- pr2, served for pushing from a bare repository whose post-receive
+    // hook counts pushes and kills the leader the first time: the push is accepted
+    // (the branch moved), the leader never hears so.
+    let work = Repo::init(&c.ws.path().join("work"));
+    let base = work.commit(&[("README", "app\n")], "base");
+    work.branch("pr1", "main");
+    work.commit(&[("one.txt", "1\n")], "pr1");
+    work.branch("pr2", "pr1");
+    let pr2 = work.commit(&[("two.txt", "2\n")], "pr2");
+    work.switch("main");
+    let served = c.ws.path().join("served");
+    std::fs::create_dir_all(&served).expect("mkdir");
+    let bare = served.join("app");
+    work.git(&[
+        "clone",
+        "--quiet",
+        "--bare",
+        work.dir.to_str().expect("utf-8"),
+        bare.to_str().expect("utf-8"),
+    ]);
+    let pushes = c.ws.path().join("pushes.log");
+    let leader_pid = c.ws.path().join("leader.pid");
+    let killed = c.ws.path().join("killed");
+    let hook = bare.join("hooks").join("post-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {killed} ]; then touch {killed}; kill -9 $(cat {pid}); fi\n",
+            pushes = pushes.display(),
+            killed = killed.display(),
+            pid = leader_pid.display(),
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let daemon = GitDaemon::serve_writable(&served);
+    let git_cache = c.ws.path().join("git-w1").display().to_string();
+    c.add_worker("w1", &["--slots", "2", "--git-cache", &git_cache]);
+
+    let leader = c.wait_leader(None);
+    std::fs::write(&leader_pid, c.coordinators[leader].pid().to_string()).expect("pid");
+    let doc = format!(
+        "version: 1\nname: ha-land\npolicy: {{ land: true }}\nsource: {{ repo: \"{}\", base: main }}\nitems:\n  - id: pr1\n    ref: pr1\n    gates: [ {{ id: t, run: 'test -f one.txt' }} ]\n  - id: pr2\n    ref: pr2\n    deps: [pr1]\n    gates: [ {{ id: t, run: 'test -f two.txt' }} ]\n",
+        daemon.url("app")
+    );
+    let id = c.submit(leader, &doc).expect("submit");
+    wait_until(
+        "the push to kill the leader",
+        Duration::from_secs(60),
+        || killed.exists(),
+    );
+    let tip = || {
+        let out = support::git::git(&bare)
+            .args(["rev-parse", "refs/heads/main"])
+            .output()
+            .expect("git");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(tip(), pr2, "the push was accepted");
+    let new_leader = c.wait_leader(Some(leader));
+    assert_ne!(new_leader, leader);
+
+    // The new leader reconciles from the branch and reports the plan landed.
+    let out = c.cli(&["watch", &id, "--json"]).output().expect("watch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let land: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("json");
+    assert_eq!(land["event"], "land", "{stdout}");
+    // Reconciled from the branch: no second push refused by the lease, no new round.
+    assert!(!stdout.contains("\"respeculate\""), "{stdout}");
+    assert_eq!(land["commit"], pr2.as_str());
+    assert_eq!(land["base"], base.as_str());
+    assert_eq!(land["landed"].as_array().map(Vec::len), Some(2), "{land}");
+    let pushed = std::fs::read_to_string(&pushes).unwrap_or_default();
+    assert_eq!(pushed.lines().count(), 1, "exactly one push: {pushed:?}");
+    assert_eq!(tip(), pr2);
+}

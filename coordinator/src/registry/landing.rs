@@ -162,6 +162,14 @@ impl LandJob {
                 return self.finish(edges, report).await;
             }
         };
+        // A new leader's mirror may lack the plan's commits: fetch what is missing (by
+        // id, then by the refs' names) before folding anything.
+        if let Err(e) = self.fetch_commits(edges, &mirror, &base).await {
+            let report = lander.abort(LandFailure::PushFailed {
+                error: format!("cannot fetch the plan's commits: {e}"),
+            });
+            return self.finish(edges, report).await;
+        }
         let mut speculator = Speculator::new();
         loop {
             if edges.cancel.is_cancelled() && !matches!(cmd, LandCommand::Finish(_)) {
@@ -231,6 +239,28 @@ impl LandJob {
             };
             cmd = lander.handle(event);
         }
+    }
+
+    /// Makes sure the mirror holds the base and every item's commit.
+    async fn fetch_commits(
+        &self,
+        edges: &LandEdges,
+        mirror: &Mirror,
+        base: &gatehouse_common::source::Base,
+    ) -> Result<(), gatehouse_source::MirrorError> {
+        let mut ids = vec![base.commit.clone()];
+        let mut names = vec![base.git_ref.clone()];
+        if let Some(resolution) = self.plan.resolution() {
+            for item in &resolution.items {
+                if let (Some(commit), Some(name)) = (&item.commit, &item.git_ref) {
+                    ids.push(commit.clone());
+                    names.push(name.clone());
+                }
+            }
+        }
+        mirror
+            .fetch(&ids, &names, edges.sources.fetch_timeout())
+            .await
     }
 
     async fn mirror(&self, edges: &LandEdges) -> Result<Mirror, String> {
