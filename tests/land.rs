@@ -421,6 +421,13 @@ fn a_cluster_lands_verifies_bisects_and_re_speculates_like_gatehouse_run() {
         described.land.as_ref().map(|l| l.commit.as_str()),
         Some(commit.as_str())
     );
+    let out = c.cli(&["status", &id, "--json"]).output().expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(status["land"]["commit"], commit.as_str(), "{status}");
+    assert_eq!(status["land"]["landed"].as_array().map(Vec::len), Some(4));
+    let out = c.cli(&["status", &id]).output().expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("land: landed 4 items on main"), "{text}");
 
     // 2. The combination with `side` fails verify: the stack lands, side is the culprit.
     let check = "! { test -f side.txt && test -f three.txt && ! test -f other.txt; }";

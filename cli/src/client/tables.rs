@@ -144,6 +144,19 @@ pub fn status_text(
     );
     writeln!(out, "{}", counts_line(&c))?;
     let items_form = p.gates.iter().any(|g| !g.item_id.is_empty());
+    if !p.land_branch.is_empty() {
+        match land_report(p) {
+            Some((render, report)) => {
+                for line in render.report_lines(&report) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+            None if summary.is_some() => {
+                writeln!(out, "land: landing on {} now", p.land_branch)?;
+            }
+            None => writeln!(out, "land: on {}, once the gates end", p.land_branch)?,
+        }
+    }
     match summary {
         Some(s) => {
             if items_form {
@@ -208,6 +221,20 @@ pub fn status_json(p: &v1::GetPlanResponse) -> Value {
         "duration_ms": summary.map(|s| s.duration_ms),
         "gates": gates,
     });
+    if !p.land_branch.is_empty() {
+        // The `land` line of `run --json`, without its `event` key (`null` until over).
+        v["land_branch"] = json!(p.land_branch);
+        v["land"] = match land_report(p) {
+            Some((render, report)) => {
+                let mut l = render.report_value(&report);
+                if let Some(map) = l.as_object_mut() {
+                    map.remove("event");
+                }
+                l
+            }
+            None => Value::Null,
+        };
+    }
     // A source plan: what its refs resolved to (the `source` line of `run --json`,
     // without its `event` key).
     if let Some(source) = &p.source {
@@ -328,3 +355,34 @@ pub fn workers_json(workers: &[v1::WorkerStatus]) -> Value {
 #[cfg(test)]
 #[path = "tables_tests.rs"]
 mod tests;
+
+/// A landing plan's report once over, decoded against the plan, with its renderer.
+fn land_report(
+    p: &v1::GetPlanResponse,
+) -> Option<(
+    crate::render::land::LandRenderer,
+    gatehouse_common::land::LandReport,
+)> {
+    let report = p.land.clone()?;
+    let view = plan_view(p);
+    let id = gatehouse_common::ids::PlanId::new(
+        p.plan
+            .as_ref()
+            .map(|i| i.plan_id.clone())
+            .unwrap_or_default(),
+    );
+    let followed = crate::render::wire::Followed {
+        id: &id,
+        view: &view,
+    };
+    let decoded = gatehouse_common::land::LandReport::try_from(
+        gatehouse_proto::convert::events::InPlan::new(&followed, report),
+    )
+    .ok()?;
+    let render = crate::render::land::LandRenderer::new(
+        crate::render::Mode::Plain,
+        view.clone(),
+        p.land_branch.clone(),
+    );
+    Some((render, decoded))
+}
