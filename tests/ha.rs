@@ -419,7 +419,8 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     };
     // A stack pr1 <- pr2, served for pushing from a bare repository whose post-receive
     // hook counts pushes and kills the leader the first time: the push is accepted
-    // (the branch moved), the leader never hears so.
+    // (the branch moved), the leader never hears so, and someone else lands a commit on
+    // top of it at once.
     let work = Repo::init(&c.ws.path().join("work"));
     let base = work.commit(&[("README", "app\n")], "base");
     work.branch("pr1", "main");
@@ -444,7 +445,10 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {killed} ]; then touch {killed}; kill -9 $(cat {pid}); fi\n",
+            "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {killed} ]; then touch {killed}; kill -9 $(cat {pid}); \
+             tip=$(git rev-parse refs/heads/main); \
+             top=$(GIT_AUTHOR_NAME=o GIT_AUTHOR_EMAIL=o@x GIT_COMMITTER_NAME=o GIT_COMMITTER_EMAIL=o@x git commit-tree -p $tip -m 'landed on top' $tip^{{tree}}); \
+             git update-ref refs/heads/main $top $tip; fi\n",
             pushes = pushes.display(),
             killed = killed.display(),
             pid = leader_pid.display(),
@@ -476,11 +480,22 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
             .expect("git");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(tip(), pr2, "the push was accepted");
+    let on_top = tip();
+    assert_ne!(on_top, pr2, "another commit landed on top");
+    assert_eq!(
+        support::git::git(&bare)
+            .args(["rev-parse", &format!("{on_top}^")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .expect("git"),
+        pr2,
+        "on top of the accepted push"
+    );
     let new_leader = c.wait_leader(Some(leader));
     assert_ne!(new_leader, leader);
 
-    // The new leader reconciles from the branch and reports the plan landed.
+    // The new leader reconciles from the branch (it holds the pushed commit) and
+    // reports the plan landed.
     let out = c.cli(&["watch", &id, "--json"]).output().expect("watch");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -499,5 +514,5 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     assert_eq!(land["landed"].as_array().map(Vec::len), Some(2), "{land}");
     let pushed = std::fs::read_to_string(&pushes).unwrap_or_default();
     assert_eq!(pushed.lines().count(), 1, "exactly one push: {pushed:?}");
-    assert_eq!(tip(), pr2);
+    assert_eq!(tip(), on_top, "nothing pushed over the other commit");
 }

@@ -24,12 +24,13 @@ use crate::{EXIT_FAILED, EXIT_NOT_LANDED, EXIT_PASSED};
 
 pub use gatehouse_common::land::{LandSpec as Landing, target_branch};
 
-/// The exit code of a run that landed: 0 only when every item landed; 4 when the gates
-/// passed but nothing could be pushed; 1 otherwise.
+/// The exit code of a run that landed: 0 only when every item landed; 4 when every
+/// gate passed but nothing could be pushed; 1 otherwise (a gate failed, a culprit).
 pub fn exit_code(report: &LandReport, outcome: Option<PlanOutcome>) -> u8 {
-    if report.all_landed() && outcome == Some(PlanOutcome::Passed) {
+    let passed = outcome == Some(PlanOutcome::Passed);
+    if report.all_landed() && passed {
         EXIT_PASSED
-    } else if report.error.is_some() {
+    } else if report.error.is_some() && passed {
         EXIT_NOT_LANDED
     } else {
         EXIT_FAILED
@@ -91,6 +92,11 @@ impl LandDriver<'_> {
         let mut verify_round = 0u32;
         let mut cmd = lander.start();
         loop {
+            // A signal between two steps stops the landing; nothing is pushed after it
+            // (a push already under way completes).
+            if !matches!(cmd, LandCommand::Finish(_)) && signals.arrived() {
+                return Ok(LandEnd::Interrupted);
+            }
             let event = match cmd {
                 LandCommand::Combine { commits } => {
                     match speculator.states(&mirror, &base.commit, &commits).await {
@@ -153,9 +159,6 @@ impl LandDriver<'_> {
                 LandCommand::Push {
                     commit, expected, ..
                 } => {
-                    if signals.count > 0 {
-                        return Ok(LandEnd::Interrupted);
-                    }
                     let pushed = mirror
                         .update_branch(&self.landing.branch, &expected, &commit, self.fetch_timeout)
                         .await;
@@ -179,5 +182,46 @@ impl LandDriver<'_> {
             };
             cmd = lander.handle(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gatehouse_common::ids::ItemIdx;
+    use gatehouse_common::land::{LandFailure, LeftOut};
+    use gatehouse_common::source::CommitId;
+
+    use super::*;
+
+    fn report(left_out: Vec<(ItemIdx, LeftOut)>, error: Option<LandFailure>) -> LandReport {
+        LandReport {
+            branch: "main".into(),
+            base: CommitId::parse(&"a".repeat(40)).expect("id"),
+            tip: None,
+            landed: Vec::new(),
+            left_out,
+            verify_runs: 0,
+            dry_run: false,
+            error,
+        }
+    }
+
+    #[test]
+    fn exit_codes_say_whether_everything_landed_and_why_not() {
+        let passed = Some(PlanOutcome::Passed);
+        let failed = Some(PlanOutcome::Failed);
+        assert_eq!(exit_code(&report(vec![], None), passed), EXIT_PASSED);
+        let culprit = vec![(ItemIdx(0), LeftOut::Culprit)];
+        assert_eq!(exit_code(&report(culprit, None), passed), EXIT_FAILED);
+        let refused = Some(LandFailure::Refused {
+            reason: "no".into(),
+        });
+        let not_pushed = vec![(ItemIdx(0), LeftOut::NotPushed)];
+        assert_eq!(
+            exit_code(&report(not_pushed.clone(), refused.clone()), passed),
+            EXIT_NOT_LANDED
+        );
+        // A gate failed: that is the answer, whatever the push did.
+        assert_eq!(exit_code(&report(not_pushed, refused), failed), EXIT_FAILED);
     }
 }

@@ -103,6 +103,14 @@ pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
             return EXIT_INVALID;
         }
     };
+    if args.land_retries > gatehouse_common::land::MAX_LAND_RETRIES {
+        eprintln!(
+            "error: --land-retries {} is more than the limit of {}",
+            args.land_retries,
+            gatehouse_common::land::MAX_LAND_RETRIES
+        );
+        return EXIT_INVALID;
+    }
     if args.workers == Some(0) {
         eprintln!("error: --workers must be at least 1");
         return EXIT_INVALID;
@@ -308,8 +316,14 @@ async fn run(
             land::LandEnd::Done(report) => {
                 break land::exit_code(&report, outcome);
             }
-            land::LandEnd::Interrupted => break EXIT_INTERRUPTED,
+            land::LandEnd::Interrupted => {
+                eprintln!("interrupted: landing stopped; nothing more is pushed");
+                break EXIT_INTERRUPTED;
+            }
             land::LandEnd::Again => {
+                if signals.arrived() {
+                    break EXIT_INTERRUPTED;
+                }
                 round += 1;
                 plan = prepare_again(&args, &unprepared, checkouts).await?;
             }
@@ -364,6 +378,26 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?,
             count: 0,
         })
+    }
+
+    /// Whether a signal arrived that nobody waited for (counted now): landing checks
+    /// this between its steps, outside any plan run.
+    pub(crate) fn arrived(&mut self) -> bool {
+        loop {
+            let got = {
+                use std::task::{Context, Poll};
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                [&mut self.int, &mut self.term, &mut self.hup]
+                    .into_iter()
+                    .any(|s| matches!(s.poll_recv(&mut cx), Poll::Ready(Some(()))))
+            };
+            if !got {
+                break;
+            }
+            self.count += 1;
+        }
+        self.count > 0
     }
 
     /// The next signal; returns how many arrived so far.

@@ -154,6 +154,8 @@ pub struct LandSpec {
 
 /// Default of [`LandSpec::retries`].
 pub const DEFAULT_LAND_RETRIES: u32 = 3;
+/// Most [`LandSpec::retries`] accepted (each one may run the whole plan again).
+pub const MAX_LAND_RETRIES: u32 = 20;
 
 /// The branch a plan lands on: its `source.base`, which must name a branch (`main` or
 /// `refs/heads/main`), not a tag, a commit or `HEAD`.
@@ -164,7 +166,10 @@ pub fn target_branch(base: Option<&str>) -> Result<String, String> {
         );
     };
     let branch = base.strip_prefix("refs/heads/").unwrap_or(base);
-    let is_commit = branch.len() >= 7 && branch.chars().all(|c| c.is_ascii_hexdigit());
+    // What ref resolution takes as a commit id rather than a name (see `sources.md`):
+    // a full SHA-1 or SHA-256 id. A shorter hex name (`cafe123`) is a branch name.
+    let is_commit =
+        matches!(branch.len(), 40 | 64) && branch.chars().all(|c| c.is_ascii_hexdigit());
     if branch == "HEAD" || branch.starts_with("refs/") || is_commit {
         return Err(format!(
             "landing needs `source.base` to name a branch, not {base:?}; use e.g. `base: main`"
@@ -200,6 +205,9 @@ pub enum LandRecord {
         commit: CommitId,
         /// Where the branch must still point.
         expected: CommitId,
+        /// The report if the push lands (what a new leader that finds the branch
+        /// holding `commit` reports; `None` when read from the wire).
+        report: Option<Box<LandReport>>,
     },
     /// The branch moved to `now` before the push: the plan runs again on it, resolved
     /// as `resolution`, as landing attempt `round`.
@@ -281,6 +289,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn only_branches_can_be_landed_on() {
+        assert_eq!(target_branch(Some("main")).as_deref(), Ok("main"));
+        assert_eq!(
+            target_branch(Some("refs/heads/release/1.x")).as_deref(),
+            Ok("release/1.x")
+        );
+        // A short hex name is a branch name; a full id is a commit.
+        assert_eq!(target_branch(Some("cafe123")).as_deref(), Ok("cafe123"));
+        for bad in [
+            None,
+            Some("HEAD"),
+            Some("refs/tags/v1"),
+            Some(&"a".repeat(40)[..]),
+        ] {
+            assert!(target_branch(bad).is_err(), "{bad:?}");
+        }
+    }
 
     /// Runs a bisection where prefixes longer than `culprit` fail; returns the answer
     /// and how many prefixes were verified.

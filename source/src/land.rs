@@ -14,7 +14,9 @@
 //!
 //! The answer is a [`BranchUpdate`]: `Updated`, `Moved` (the lease did not hold: the
 //! branch is somewhere else now, as read back), or `Refused` (a protected branch, a
-//! hook, missing rights) with the server's words. A repository that cannot be reached is
+//! hook, missing rights) with the server's words. A push that fails (the repository
+//! unreachable, a timeout) may still have been taken before the connection dropped: the
+//! branch is read back, and one that holds the new commit is `Updated`; otherwise it is
 //! a [`MirrorError`]. Nothing is ever forced past the lease.
 
 use std::time::Duration;
@@ -74,12 +76,14 @@ impl Mirror {
             ));
         }
         args.extend(["--".into(), self.url().as_git_arg().to_string(), refspec]);
-        let out = self
-            .git()
-            .run(self.dir(), &args, timeout)
-            .output()
-            .await
-            .map_err(|e| self.unreachable_error(e))?;
+        let out = self.git().run(self.dir(), &args, timeout).output().await;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let error = self.unreachable_error(e);
+                return self.after_failed_push(branch, new, timeout, error).await;
+            }
+        };
         let porcelain = String::from_utf8_lossy(&out.stdout);
         let status = porcelain
             .lines()
@@ -93,12 +97,53 @@ impl Mirror {
             (_, Some('!')) => Ok(BranchUpdate::Refused {
                 reason: self.redacted(&format!("{porcelain} {}", out.stderr)),
             }),
-            (code, _) => Err(self.unreachable_error(GitError::Failed {
-                what: "push".into(),
-                status: format!("{code:?}"),
-                stderr: out.stderr,
-            })),
+            (code, _) => {
+                let error = self.unreachable_error(GitError::Failed {
+                    what: "push".into(),
+                    status: format!("{code:?}"),
+                    stderr: out.stderr,
+                });
+                self.after_failed_push(branch, new, timeout, error).await
+            }
         }
+    }
+
+    /// A push that failed may still have landed (the connection dropped after the
+    /// server took it): the branch says. `Updated` if it holds `new`, else `error`.
+    async fn after_failed_push(
+        &self,
+        branch: &str,
+        new: &CommitId,
+        timeout: Duration,
+        error: MirrorError,
+    ) -> Result<BranchUpdate, MirrorError> {
+        match self.branch_holds(branch, new, timeout).await {
+            Ok(Some((_, true))) => Ok(BranchUpdate::Updated),
+            _ => Err(error),
+        }
+    }
+
+    /// Where `branch` points now and whether it holds `commit` (points at it, or at a
+    /// descendant: someone pushed on top); `None` when the branch is gone. Fetches the
+    /// tip when the mirror lacks it.
+    pub async fn branch_holds(
+        &self,
+        branch: &str,
+        commit: &CommitId,
+        timeout: Duration,
+    ) -> Result<Option<(CommitId, bool)>, MirrorError> {
+        let Some(tip) = self.branch_tip(branch, timeout).await? else {
+            return Ok(None);
+        };
+        if tip == *commit {
+            return Ok(Some((tip, true)));
+        }
+        let name = format!("refs/heads/{branch}");
+        self.fetch(std::slice::from_ref(&tip), &[name], timeout)
+            .await?;
+        // Fetching the tip brings its history: a commit still missing is not in it.
+        let holds = self.has(commit).await? && self.is_ancestor(commit, &tip).await?;
+        Ok(Some((tip, holds)))
     }
 
     /// Where `branch` of the mirrored repository points now (`None`: it does not exist).

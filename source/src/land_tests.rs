@@ -160,3 +160,40 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
     }
     assert_eq!(tip(&w.dir, "main"), next.as_str());
 }
+
+#[tokio::test]
+async fn a_branch_holds_a_commit_it_points_at_or_descends_from() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (w, bare, base, next) = remote(root.path());
+    let url = RepoUrl::parse(&format!("file://{}", bare.display()), Path::new("/")).expect("url");
+    let m = mirror_of(root.path(), url).await;
+    m.resolve(&["main".into(), "next".into()], NET)
+        .await
+        .expect("resolve");
+    assert_eq!(
+        m.branch_holds("main", &base, NET).await.expect("read"),
+        Some((base.clone(), true))
+    );
+    assert_eq!(
+        m.branch_holds("main", &next, NET).await.expect("read"),
+        Some((base.clone(), false))
+    );
+    // Someone lands on top of `next`: main holds it, as a commit the mirror never had.
+    w.branch("top", "next");
+    let top = w.commit(&[("t.txt", "t\n")], "top");
+    w.git(&[
+        "push",
+        "--quiet",
+        "--force",
+        bare.to_str().expect("utf-8"),
+        "top:main",
+    ]);
+    assert_eq!(
+        m.branch_holds("main", &next, NET).await.expect("read"),
+        Some((top.clone(), true))
+    );
+    assert_eq!(
+        m.branch_holds("gone", &next, NET).await.expect("read"),
+        None
+    );
+}

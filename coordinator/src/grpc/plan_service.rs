@@ -131,7 +131,16 @@ impl PlanService for PlanServiceImpl {
             Some(gatehouse_common::land::LandSpec {
                 branch,
                 dry_run,
-                retries: land_retries.unwrap_or(gatehouse_common::land::DEFAULT_LAND_RETRIES),
+                retries: match land_retries {
+                    None => gatehouse_common::land::DEFAULT_LAND_RETRIES,
+                    Some(n) if n > gatehouse_common::land::MAX_LAND_RETRIES => {
+                        return Err(Status::invalid_argument(format!(
+                            "land_retries {n} is more than the limit of {}",
+                            gatehouse_common::land::MAX_LAND_RETRIES
+                        )));
+                    }
+                    Some(n) => n,
+                },
             })
         } else {
             None
@@ -208,7 +217,18 @@ impl PlanService for PlanServiceImpl {
             let mut after = req.after_seq;
             loop {
                 for (seq, ev) in &batch.events {
-                    let done = matches!(ev, PlanEvent::Finished(_));
+                    // The last event: the summary, or for a plan that lands its report.
+                    let done = if batch.lands {
+                        matches!(
+                            ev,
+                            PlanEvent::Land {
+                                record: gatehouse_common::land::LandRecord::Finished(_),
+                                ..
+                            }
+                        )
+                    } else {
+                        matches!(ev, PlanEvent::Finished(_))
+                    };
                     if !send(Ok(wire::plan_event(&batch.plan, *seq, ev))).await {
                         return;
                     }

@@ -518,6 +518,26 @@ impl Lander {
         self.finish(Vec::new(), None, Some(failure))
     }
 
+    /// While a push is asked for: the report if it lands (logged before the push, so a
+    /// new leader that finds the branch holding it can report without pushing again).
+    pub fn report_if_pushed(&self) -> Option<LandReport> {
+        let Phase::Pushing { landing, tip } = &self.phase else {
+            return None;
+        };
+        let mut left_out = self.left_out.clone();
+        left_out.sort_by_key(|(item, _)| *item);
+        Some(LandReport {
+            branch: self.options.branch.clone(),
+            base: self.base.clone(),
+            tip: Some(tip.clone()),
+            landed: landing.clone(),
+            left_out,
+            verify_runs: self.verify_runs,
+            dry_run: self.options.dry_run,
+            error: None,
+        })
+    }
+
     fn finish(
         &mut self,
         landed: Vec<(ItemIdx, CommitId)>,

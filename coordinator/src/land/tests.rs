@@ -390,6 +390,23 @@ fn a_moved_branch_respeculates_until_retries_run_out() {
 }
 
 #[test]
+fn the_report_logged_before_a_push_is_the_one_a_landed_push_ends_with() {
+    let plan = plan(true, &[]);
+    let order = order(&plan, &["a", "b", "c"]);
+    let failed = [false, false, false, true];
+    let mut lander = Lander::new(&plan, &order, &failed, LandOptions::default()).expect("lander");
+    assert_eq!(lander.report_if_pushed(), None);
+    let LandCommand::Combine { commits } = lander.start() else {
+        panic!("a fold first");
+    };
+    let cmd = lander.handle(LandEvent::Combined(Ok(fold(&commits))));
+    assert!(matches!(cmd, LandCommand::Push { .. }), "{cmd:?}");
+    let before = lander.report_if_pushed().expect("a report while pushing");
+    let after = report(lander.handle(LandEvent::Pushed(PushOutcome::Updated)));
+    assert_eq!(before, after);
+}
+
+#[test]
 fn a_refused_push_changes_nothing_and_says_why() {
     let plan = plan(false, &[]);
     let order = order(&plan, ALL);

@@ -633,6 +633,7 @@ mod tests {
                 round: 1,
                 commit: id('b'),
                 expected: id('a'),
+                report: None,
             },
         }];
         let bytes = encode_events(3, &events);

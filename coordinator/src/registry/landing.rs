@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use gatehouse_common::events::{PlanEvent, PlanOutcome, PlanSummary};
 use gatehouse_common::ids::PlanId;
-use gatehouse_common::land::{LandFailure, LandRecord, LandSpec};
+use gatehouse_common::land::{LandFailure, LandRecord, LandReport, LandSpec};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::source::CommitId;
 use gatehouse_source::land::BranchUpdate;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::RunOptions;
 use crate::land::{CombineConflict, LandCommand, LandEvent, LandOptions, Lander, PushOutcome};
-use crate::scheduler::{PlanOutput, SchedulerHandle};
+use crate::scheduler::{PlanOutput, SchedulerError, SchedulerHandle};
 use crate::sources::Sources;
 
 /// A landing step for the registry to log; `durable` answers once it is.
@@ -47,8 +47,9 @@ pub(crate) struct LandMsg {
 pub(crate) struct Replay {
     /// `verify` outcomes by prefix.
     pub(crate) verified: HashMap<u32, bool>,
-    /// A push logged as about to be made: (commit, expected).
-    pub(crate) pushing: Option<(CommitId, CommitId)>,
+    /// A push logged as about to be made: (commit, expected), and the report if it
+    /// landed.
+    pub(crate) pushing: Option<(CommitId, CommitId, Option<LandReport>)>,
 }
 
 impl Replay {
@@ -72,7 +73,11 @@ impl Replay {
                     round: r,
                     commit,
                     expected,
-                } if *r == round => replay.pushing = Some((commit.clone(), expected.clone())),
+                    report,
+                } if *r == round => {
+                    let report = report.as_deref().cloned();
+                    replay.pushing = Some((commit.clone(), expected.clone(), report));
+                }
                 _ => {}
             }
         }
@@ -115,6 +120,16 @@ enum Stop {
     Gone,
 }
 
+/// How a `verify` run ended.
+enum Verified {
+    /// All its gates passed, or not.
+    Ran(bool),
+    /// The plan was cancelled.
+    Cancelled,
+    /// It could not run (the mirror, the scheduler): not an outcome to bisect on.
+    Failed(String),
+}
+
 impl LandJob {
     /// Drives the round to its end: the landing's report, or the next round started.
     pub(crate) async fn run(self, edges: LandEdges) {
@@ -142,10 +157,6 @@ impl LandJob {
                     return self.finish(edges, report).await;
                 }
             };
-        let mut cmd = lander.start();
-        if self.summary.outcome == PlanOutcome::Cancelled {
-            cmd = lander.abort(LandFailure::Cancelled);
-        }
         let mirror = match self.mirror(edges).await {
             Ok(mirror) => mirror,
             Err(error) => {
@@ -153,6 +164,36 @@ impl LandJob {
                 return self.finish(edges, report).await;
             }
         };
+        // A push the last leader logged may have happened: before anything else
+        // (a cancel, a fetch that fails), the branch says whether it did.
+        if let Some((commit, _, Some(report))) = &self.replay.pushing {
+            let timeout = edges.sources.fetch_timeout();
+            match mirror
+                .branch_holds(&self.spec.branch, commit, timeout)
+                .await
+            {
+                Ok(Some((_, true))) => {
+                    tracing::info!(plan_id = %self.id, %commit, "the logged push had landed; not pushing again");
+                    return self
+                        .finish(edges, LandCommand::Finish(report.clone()))
+                        .await;
+                }
+                Ok(_) => {} // it did not land: land as usual, under the same lease
+                Err(e) => {
+                    let report = lander.abort(LandFailure::PushFailed {
+                        error: format!(
+                            "cannot read {} to tell whether the push of {commit} landed: {e}",
+                            self.spec.branch
+                        ),
+                    });
+                    return self.finish(edges, report).await;
+                }
+            }
+        }
+        let mut cmd = lander.start();
+        if self.summary.outcome == PlanOutcome::Cancelled {
+            cmd = lander.abort(LandFailure::Cancelled);
+        }
         let base = match self.plan.resolution().map(|r| r.base.clone()) {
             Some(Ok(base)) => base,
             _ => {
@@ -209,9 +250,13 @@ impl LandJob {
                                 .verify(edges, &mirror, &base, prefix, stack, commit.clone())
                                 .await?
                             {
-                                Some(passed) => passed,
-                                None => {
+                                Verified::Ran(passed) => passed,
+                                Verified::Cancelled => {
                                     cmd = lander.abort(LandFailure::Cancelled);
+                                    continue;
+                                }
+                                Verified::Failed(error) => {
+                                    cmd = lander.abort(LandFailure::PushFailed { error });
                                     continue;
                                 }
                             }
@@ -231,7 +276,10 @@ impl LandJob {
                 }
                 LandCommand::Push {
                     commit, expected, ..
-                } => LandEvent::Pushed(self.push(edges, &mirror, commit, expected).await?),
+                } => {
+                    let report = lander.report_if_pushed();
+                    LandEvent::Pushed(self.push(edges, &mirror, commit, expected, report).await?)
+                }
                 LandCommand::Respeculate { now } => return self.next_round(edges, now).await,
                 LandCommand::Finish(report) => {
                     return self.finish(edges, LandCommand::Finish(report)).await;
@@ -290,7 +338,7 @@ impl LandJob {
         self.log(edges, LandRecord::Finished(report), false).await
     }
 
-    /// Runs the `verify` gates on a combination; `None` when cancelled.
+    /// Runs the `verify` gates on a combination.
     async fn verify(
         &self,
         edges: &LandEdges,
@@ -299,19 +347,21 @@ impl LandJob {
         prefix: usize,
         stack: Vec<CommitId>,
         commit: CommitId,
-    ) -> Result<Option<bool>, Stop> {
+    ) -> Result<Verified, Stop> {
         let Some(verify) = self.plan.verify.as_ref() else {
-            return Ok(Some(false));
+            return Ok(Verified::Failed(
+                "landing asked for verify gates the plan does not have".into(),
+            ));
         };
-        let prepared = match gatehouse_source::prepare_verify(verify, mirror, base, stack, commit)
-            .await
-        {
-            Ok(plan) => Arc::new(plan),
-            Err(e) => {
-                tracing::warn!(plan_id = %self.id, error = %e, "cannot prepare the verify gates");
-                return Ok(Some(false));
-            }
-        };
+        let prepared =
+            match gatehouse_source::prepare_verify(verify, mirror, base, stack, commit).await {
+                Ok(plan) => Arc::new(plan),
+                Err(e) => {
+                    return Ok(Verified::Failed(format!(
+                        "cannot prepare the verify gates: {e}"
+                    )));
+                }
+            };
         let id = PlanId::new(format!("{}.verify-{}-{prefix}", self.id, self.round));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let options = RunOptions {
@@ -322,18 +372,29 @@ impl LandJob {
             land: None,
             ..self.options.clone()
         };
-        edges
+        match edges
             .scheduler
             .submit(id.clone(), prepared, options, tx)
             .await
-            .map_err(|_| Stop::Gone)?;
+        {
+            Ok(_) => {}
+            Err(SchedulerError::ShuttingDown) => return Err(Stop::Gone),
+            Err(e) => {
+                return Ok(Verified::Failed(format!(
+                    "cannot run the verify gates: {e}"
+                )));
+            }
+        }
         let mut cancelled = false;
         loop {
             tokio::select! {
                 out = rx.recv() => match out {
                     Some(PlanOutput::Event(PlanEvent::Finished(s))) => {
-                        return Ok((!cancelled && s.outcome != PlanOutcome::Cancelled)
-                            .then_some(s.outcome == PlanOutcome::Passed));
+                        return Ok(if cancelled || s.outcome == PlanOutcome::Cancelled {
+                            Verified::Cancelled
+                        } else {
+                            Verified::Ran(s.outcome == PlanOutcome::Passed)
+                        });
                     }
                     Some(ack @ PlanOutput::Ack { .. }) => {
                         // Nothing of a verify run is logged: its results may be forgotten.
@@ -357,21 +418,22 @@ impl LandJob {
         mirror: &Mirror,
         commit: CommitId,
         expected: CommitId,
+        report: Option<LandReport>,
     ) -> Result<PushOutcome, Stop> {
         let timeout = edges.sources.fetch_timeout();
         let branch = &self.spec.branch;
-        if self.replay.pushing.as_ref() == Some(&(commit.clone(), expected.clone())) {
-            // A push may have happened before the last leader stopped: the branch says.
-            match mirror.branch_tip(branch, timeout).await {
-                Ok(Some(now)) if now == commit => {
-                    tracing::info!(plan_id = %self.id, %commit, "the logged push had landed; not pushing again");
-                    return Ok(PushOutcome::Updated);
-                }
-                Ok(Some(now)) if now != expected => {
+        let logged =
+            matches!(&self.replay.pushing, Some((c, e, _)) if *c == commit && *e == expected);
+        if logged {
+            // Logged by the last leader and not found landed at the start: the branch
+            // says whether it is still at the base (push under the lease) or moved.
+            match mirror.branch_holds(branch, &commit, timeout).await {
+                Ok(Some((_, true))) => return Ok(PushOutcome::Updated),
+                Ok(Some((now, false))) if now != expected => {
                     return Ok(PushOutcome::Moved { now: Some(now) });
                 }
                 Ok(None) => return Ok(PushOutcome::Moved { now: None }),
-                Ok(Some(_)) => {} // still at the base: it did not land; push under the lease
+                Ok(Some(_)) => {} // still at the base: push under the lease
                 Err(e) => {
                     return Ok(PushOutcome::Failed {
                         error: e.to_string(),
@@ -383,6 +445,7 @@ impl LandJob {
                 round: self.round,
                 commit: commit.clone(),
                 expected: expected.clone(),
+                report: report.map(Box::new),
             };
             self.log(edges, record, true).await?;
         }
@@ -419,7 +482,11 @@ impl LandJob {
             }
         };
         let Some(resolution) = plan.resolution().cloned() else {
-            return Ok(());
+            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+            let report = lander.abort(LandFailure::PushFailed {
+                error: "the plan lost its source when resolved again".into(),
+            });
+            return self.finish(edges, report).await;
         };
         let record = LandRecord::Respeculated {
             round: self.round + 1,
@@ -428,6 +495,14 @@ impl LandJob {
             resolution: Some(Box::new(resolution)),
         };
         self.log(edges, record, true).await?;
+        // A cancel between the rounds: nothing more runs.
+        let cancelled = || {
+            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+            lander.abort(LandFailure::Cancelled)
+        };
+        if edges.cancel.is_cancelled() {
+            return self.finish(edges, cancelled()).await;
+        }
         let options = RunOptions {
             blocked: plan
                 .resolution()
@@ -435,7 +510,7 @@ impl LandJob {
                 .unwrap_or_default(),
             ..self.options.clone()
         };
-        edges
+        match edges
             .scheduler
             .submit(
                 self.id.clone(),
@@ -444,7 +519,21 @@ impl LandJob {
                 edges.outputs.clone(),
             )
             .await
-            .map_err(|_| Stop::Gone)?;
+        {
+            Ok(_) => {}
+            Err(SchedulerError::ShuttingDown) => return Err(Stop::Gone),
+            Err(e) => {
+                let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                let report = lander.abort(LandFailure::PushFailed {
+                    error: format!("cannot run the plan again: {e}"),
+                });
+                return self.finish(edges, report).await;
+            }
+        }
+        // A cancel that raced the submission reaches the new round here.
+        if edges.cancel.is_cancelled() {
+            let _ = edges.scheduler.cancel(self.id.clone(), false).await;
+        }
         Ok(())
     }
 }

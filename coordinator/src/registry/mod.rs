@@ -157,6 +157,8 @@ pub struct EventBatch {
     pub newest: watch::Receiver<u64>,
     /// The plan has finished and its log is durable and complete.
     pub finished: bool,
+    /// The plan lands: its last event is its landing's report, not its summary.
+    pub lands: bool,
 }
 
 pub(crate) enum RegistryMsg {
@@ -378,7 +380,11 @@ impl RegistryActor {
                     }
                 },
                 Some(msg) = self.land_rx.recv() => self.landed_step(msg),
-                Some(_) = self.jobs.join_next(), if !self.jobs.is_empty() => {}
+                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    if let Err(e) = joined {
+                        tracing::error!(error = %e, "a landing job failed");
+                    }
+                }
                 Some(output) = self.events.recv() => {
                     self.take(output);
                     // Take everything already queued into the same commit.
@@ -636,6 +642,7 @@ impl RegistryActor {
                                 .collect(),
                             newest: r.newest.subscribe(),
                             finished: r.done() && durable == r.log.len(),
+                            lands: r.landing.is_some(),
                         })
                     }
                 };
@@ -654,12 +661,17 @@ impl RegistryActor {
                         }
                         Ok(true)
                     }
-                    Some(_) => self
-                        .scheduler
-                        .cancel(id.clone(), force)
-                        .await
-                        .map(|()| true)
-                        .map_err(Into::into),
+                    Some(_) => {
+                        // A plan between two landing rounds: its job checks this.
+                        if let Some(token) = self.landings.get(&id) {
+                            token.cancel();
+                        }
+                        self.scheduler
+                            .cancel(id.clone(), force)
+                            .await
+                            .map(|()| true)
+                            .map_err(Into::into)
+                    }
                 };
                 if let (Ok(true), Some(j)) = (&result, &mut self.journal) {
                     j.push_op(

@@ -42,7 +42,7 @@ pub(super) struct PlanRecord {
 impl PlanRecord {
     /// Its gates ended and, if it lands, its landing is over: no event follows.
     pub(super) fn done(&self) -> bool {
-        self.summary.is_some() && (self.landing.is_none() || self.land.is_some())
+        self.land.is_some() || (self.summary.is_some() && self.landing.is_none())
     }
 }
 

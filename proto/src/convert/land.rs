@@ -60,6 +60,7 @@ impl From<InPlan<'_, Plan, &LandRecord>> for v1::LandStep {
                 round,
                 commit,
                 expected,
+                ..
             } => Step::Pushing(v1::LandPushing {
                 round: *round,
                 commit: commit.to_string(),
@@ -238,6 +239,7 @@ impl<P: PlanIndex + ?Sized> TryFrom<InPlan<'_, P, v1::LandStep>> for LandRecord 
                 round: p.round,
                 commit: commit("pushing.commit", &p.commit)?,
                 expected: commit("pushing.expected", &p.expected)?,
+                report: None,
             },
             Step::Respeculate(r) => LandRecord::Respeculated {
                 round: r.round,
@@ -321,6 +323,7 @@ mod tests {
                 round: 0,
                 commit: id('b'),
                 expected: id('a'),
+                report: None,
             },
             LandRecord::Respeculated {
                 round: 1,
