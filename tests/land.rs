@@ -371,7 +371,7 @@ fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn a_cluster_lands_verifies_bisects_and_re_speculates_like_gatehouse_run() {
+fn a_cluster_lands_verifies_bisects_re_speculates_and_takes_plans_from_branches() {
     let mut c = support::cluster::Cluster::start();
     for i in 0..2 {
         let git_cache = c.ws.path().join(format!("git-w{i}")).display().to_string();
@@ -481,6 +481,52 @@ fn a_cluster_lands_verifies_bisects_and_re_speculates_like_gatehouse_run() {
     assert_eq!(s.tip("main"), commit);
     let files = s.files(commit);
     for f in ["other.txt", "three.txt", "side.txt"] {
+        assert!(files.contains(&f.to_string()), "{f}: {files:?}");
+    }
+
+    // 4. A plan written from the branches of a clone lands both stacks through the
+    //    cluster too.
+    s.git(&["update-ref", "refs/heads/main", &base]);
+    let clone = Repo::init(&c.ws.path().join("local"));
+    clone.git(&["remote", "add", "origin", &s.daemon.url("app")]);
+    clone.git(&["fetch", "--quiet", "origin"]);
+    clone.git(&["branch", "-dr", "origin/other"]);
+    c.ws.write(
+        "gates.yaml",
+        "gates:\n  - { id: files, run: 'test -f README' }\n",
+    );
+    let out = c
+        .cli(&[
+            "plan",
+            "--from-branches",
+            "main",
+            "--remote",
+            "origin",
+            "--repo",
+            "local",
+            "--gates",
+            "gates.yaml",
+            "-o",
+            "branches.yaml",
+        ])
+        .output()
+        .expect("plan");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c
+        .cli(&["submit", "--watch", "--json", "--land", "branches.yaml"])
+        .output()
+        .expect("submit");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{lines:?}");
+    let land = lines.last().expect("output");
+    assert_eq!(land["landed"].as_array().map(Vec::len), Some(5), "{land}");
+    let files = s.files(&s.tip("main"));
+    for f in ["three.txt", "side2.txt"] {
         assert!(files.contains(&f.to_string()), "{f}: {files:?}");
     }
 }
