@@ -12,9 +12,9 @@ use gatehouse_common::events::{PlanOutcome, PlanSummary};
 use gatehouse_common::ids::PlanId;
 use gatehouse_common::plan::Plan;
 use gatehouse_coordinator::land::{
-    CombineConflict, LandCommand, LandEvent, LandOptions, LandReport, Lander, PushOutcome,
+    LandCommand, LandEvent, LandOptions, LandReport, Lander, answers,
 };
-use gatehouse_source::{SpeculateError, Speculator, land::BranchUpdate};
+use gatehouse_source::Speculator;
 use gatehouse_worker::checkout::Checkouts;
 
 use crate::render::land::LandRenderer;
@@ -99,21 +99,8 @@ impl LandDriver<'_> {
             }
             let event = match cmd {
                 LandCommand::Combine { commits } => {
-                    match speculator.states(&mirror, &base.commit, &commits).await {
-                        Ok(states) => LandEvent::Combined(Ok(states)),
-                        Err(SpeculateError::Conflict { at, paths, .. }) => {
-                            LandEvent::Combined(Err(CombineConflict { at, paths }))
-                        }
-                        Err(SpeculateError::Unrelated { at, .. }) => {
-                            LandEvent::Combined(Err(CombineConflict {
-                                at,
-                                paths: Vec::new(),
-                            }))
-                        }
-                        Err(SpeculateError::Mirror(e)) => {
-                            return Err(e).context("cannot combine the items that passed");
-                        }
-                    }
+                    let folded = speculator.states(&mirror, &base.commit, &commits).await;
+                    answers::combined(folded).context("cannot combine the items that passed")?
                 }
                 LandCommand::Verify {
                     prefix,
@@ -162,14 +149,7 @@ impl LandDriver<'_> {
                     let pushed = mirror
                         .update_branch(&self.landing.branch, &expected, &commit, self.fetch_timeout)
                         .await;
-                    LandEvent::Pushed(match pushed {
-                        Ok(BranchUpdate::Updated) => PushOutcome::Updated,
-                        Ok(BranchUpdate::Moved { now }) => PushOutcome::Moved { now },
-                        Ok(BranchUpdate::Refused { reason }) => PushOutcome::Refused { reason },
-                        Err(e) => PushOutcome::Failed {
-                            error: e.to_string(),
-                        },
-                    })
+                    LandEvent::Pushed(answers::pushed(pushed))
                 }
                 LandCommand::Respeculate { now } => {
                     render.respeculating(&now, round + 1, self.landing.retries);

@@ -28,6 +28,7 @@
 //!
 //! With `dry_run` everything but the push happens, and the report says what would land.
 
+pub mod answers;
 #[cfg(test)]
 mod tests;
 

@@ -25,13 +25,12 @@ use gatehouse_common::ids::PlanId;
 use gatehouse_common::land::{LandFailure, LandRecord, LandReport, LandSpec};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::source::CommitId;
-use gatehouse_source::land::BranchUpdate;
-use gatehouse_source::{Mirror, SpeculateError, Speculator};
+use gatehouse_source::{Mirror, Speculator};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::RunOptions;
-use crate::land::{CombineConflict, LandCommand, LandEvent, LandOptions, Lander, PushOutcome};
+use crate::land::{LandCommand, LandEvent, LandOptions, Lander, PushOutcome, answers};
 use crate::scheduler::{PlanOutput, SchedulerError, SchedulerHandle};
 use crate::sources::Sources;
 
@@ -218,18 +217,10 @@ impl LandJob {
             }
             let event = match cmd {
                 LandCommand::Combine { commits } => {
-                    match speculator.states(&mirror, &base.commit, &commits).await {
-                        Ok(states) => LandEvent::Combined(Ok(states)),
-                        Err(SpeculateError::Conflict { at, paths, .. }) => {
-                            LandEvent::Combined(Err(CombineConflict { at, paths }))
-                        }
-                        Err(SpeculateError::Unrelated { at, .. }) => {
-                            LandEvent::Combined(Err(CombineConflict {
-                                at,
-                                paths: Vec::new(),
-                            }))
-                        }
-                        Err(SpeculateError::Mirror(e)) => {
+                    let folded = speculator.states(&mirror, &base.commit, &commits).await;
+                    match answers::combined(folded) {
+                        Ok(event) => event,
+                        Err(e) => {
                             cmd = lander.abort(LandFailure::PushFailed {
                                 error: format!("cannot combine the items: {e}"),
                             });
@@ -449,19 +440,10 @@ impl LandJob {
             };
             self.log(edges, record, true).await?;
         }
-        Ok(
-            match mirror
-                .update_branch(branch, &expected, &commit, timeout)
-                .await
-            {
-                Ok(BranchUpdate::Updated) => PushOutcome::Updated,
-                Ok(BranchUpdate::Moved { now }) => PushOutcome::Moved { now },
-                Ok(BranchUpdate::Refused { reason }) => PushOutcome::Refused { reason },
-                Err(e) => PushOutcome::Failed {
-                    error: e.to_string(),
-                },
-            },
-        )
+        let update = mirror
+            .update_branch(branch, &expected, &commit, timeout)
+            .await;
+        Ok(answers::pushed(update))
     }
 
     /// The branch moved to `now`: resolves the plan again and runs it as the next round
