@@ -15,6 +15,7 @@ pub mod http;
 pub mod ids;
 pub mod land;
 pub mod plan;
+pub mod reports;
 #[cfg(feature = "testing")]
 pub mod samples;
 pub mod source;
