@@ -39,7 +39,7 @@ assertion `left == right` failed
             } else {
                 writeln!(
                     out,
-                    r#"    <testcase name="test_case_number_{i}" classname="pkg{s}.module.Tests" time="0.001"/>"#
+                    r#"    <testcase name="test_case_number_{i}" classname="pkg{s}.module.Tests" line="7" time="0.001"/>"#
                 )
                 .expect("write");
             }

@@ -26,7 +26,9 @@ use std::io::{BufRead, BufReader, Read};
 use quick_xml::XmlVersion;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 
-use super::{Limits, Outcome, Report, TestCase, TestId};
+use std::borrow::Cow;
+
+use super::{CaseRef, Limits, Outcome, Report, TestCase, TestId};
 
 /// Why a report cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,7 @@ pub fn parse(input: impl Read, limits: &Limits) -> Result<Report, ReportError> {
     let max = limits.max_cases as usize;
     read(input, limits, &mut |case| {
         if report.cases.len() < max {
-            report.cases.push(case);
+            report.cases.push(case.to_owned());
         } else {
             report.dropped += 1;
         }
@@ -101,7 +103,7 @@ pub fn parse(input: impl Read, limits: &Limits) -> Result<Report, ReportError> {
 pub fn read(
     input: impl Read,
     limits: &Limits,
-    on_case: &mut dyn FnMut(TestCase),
+    on_case: &mut dyn FnMut(CaseRef<'_>),
 ) -> Result<(), ReportError> {
     // One byte more than allowed is read, to tell a file at the limit from a larger one.
     let bounded =
@@ -121,7 +123,7 @@ struct Case {
 struct Parser<'l, R: BufRead> {
     reader: quick_xml::Reader<R>,
     limits: &'l Limits,
-    on_case: &'l mut dyn FnMut(TestCase),
+    on_case: &'l mut dyn FnMut(CaseRef<'_>),
     /// The open suites: the length of `suite_path` before each was entered.
     suites: Vec<usize>,
     /// The open suites' names, joined with `/` (empty names left out).
@@ -134,7 +136,7 @@ struct Parser<'l, R: BufRead> {
 }
 
 impl<'l, R: BufRead> Parser<'l, R> {
-    fn new(input: R, limits: &'l Limits, on_case: &'l mut dyn FnMut(TestCase)) -> Self {
+    fn new(input: R, limits: &'l Limits, on_case: &'l mut dyn FnMut(CaseRef<'_>)) -> Self {
         let mut reader = quick_xml::Reader::from_reader(input);
         let config = reader.config_mut();
         config.check_end_names = true;
@@ -283,7 +285,8 @@ impl<'l, R: BufRead> Parser<'l, R> {
         }
         match name {
             "testsuite" if self.case.is_none() && !empty => {
-                let suite = normalize(self.attr(e, "name")?.unwrap_or_default().into());
+                let suite =
+                    normalize(self.attr(e, "name")?.unwrap_or_default().into()).into_owned();
                 self.suites.push(self.suite_path.len());
                 if !suite.is_empty() {
                     if !self.suite_path.is_empty() {
@@ -310,33 +313,45 @@ impl<'l, R: BufRead> Parser<'l, R> {
                         "name" => name = Some(normalize(value)),
                         "classname" => class = Some(normalize(value)),
                         "time" => duration_ms = seconds_to_ms(&value),
-                        "file" => file = Some(value.into_owned()),
+                        "file" => file = Some(value),
                         _ => line = value.trim().parse().ok(),
                     }
+                }
+                let class = class.unwrap_or_default();
+                let name = name.unwrap_or_default();
+                if empty {
+                    // Ends here: handed over borrowed, nothing copied.
+                    (self.on_case)(CaseRef {
+                        suite: &self.suite_path,
+                        class: &class,
+                        name: &name,
+                        outcome: Outcome::Passed,
+                        duration_ms,
+                        message: None,
+                        reruns_failed: 0,
+                        file: file.as_deref(),
+                        line,
+                    });
+                    return Ok(());
                 }
                 let case = TestCase {
                     id: TestId {
                         suite: self.suite_path.clone(),
-                        class: class.unwrap_or_default(),
-                        name: name.unwrap_or_default(),
+                        class: class.into_owned(),
+                        name: name.into_owned(),
                     },
                     outcome: Outcome::Passed,
                     duration_ms,
                     message: None,
                     reruns_failed: 0,
-                    file,
+                    file: file.map(Cow::into_owned),
                     line,
                 };
-                let case = Case {
+                self.case = Some(Case {
                     case,
                     depth: self.depth,
                     text: None,
-                };
-                if empty {
-                    self.keep(case.case);
-                } else {
-                    self.case = Some(case);
-                }
+                });
             }
             "failure" | "error" | "skipped" if self.case.is_some() => {
                 let outcome = match name {
@@ -400,7 +415,7 @@ impl<'l, R: BufRead> Parser<'l, R> {
     }
 
     fn keep(&mut self, case: TestCase) {
-        (self.on_case)(case);
+        (self.on_case)(case.as_ref());
     }
 
     fn push_text(&mut self, text: &str) {
@@ -422,10 +437,11 @@ impl<'l, R: BufRead> Parser<'l, R> {
         attr: &quick_xml::events::attributes::Attribute<'a>,
     ) -> Result<std::borrow::Cow<'a, str>, ReportError> {
         let raw: &str = &attr.value;
-        if !raw
-            .bytes()
-            .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r'))
-        {
+        // Without an early exit, so the scan is vectorized (values are short).
+        let special = raw.bytes().fold(false, |seen, b| {
+            seen | matches!(b, b'&' | b'\t' | b'\n' | b'\r')
+        });
+        if !special {
             return Ok(attr.value.clone());
         }
         attr.normalized_value(XmlVersion::Implicit1_0)
@@ -448,7 +464,7 @@ impl<'l, R: BufRead> Parser<'l, R> {
 }
 
 /// Trimmed, with runs of whitespace made one space.
-fn normalize(s: std::borrow::Cow<'_, str>) -> String {
+fn normalize(s: Cow<'_, str>) -> Cow<'_, str> {
     // The common case, an ASCII name already in that form, is one pass and no copy.
     if s.is_ascii() {
         let mut after_space = true;
@@ -465,10 +481,10 @@ fn normalize(s: std::borrow::Cow<'_, str>) -> String {
             }
         }
         if clean && (!after_space || s.is_empty()) {
-            return s.into_owned();
+            return s;
         }
     }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    Cow::Owned(s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// The first non-empty line of `s`, trimmed, cut to `max` bytes (on a char boundary).

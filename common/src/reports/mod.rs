@@ -116,6 +116,74 @@ impl TestCase {
     pub fn flaky(&self) -> bool {
         self.outcome == Outcome::Passed && self.reruns_failed > 0
     }
+
+    /// A borrowed view of it.
+    pub fn as_ref(&self) -> CaseRef<'_> {
+        CaseRef {
+            suite: &self.id.suite,
+            class: &self.id.class,
+            name: &self.id.name,
+            outcome: self.outcome,
+            duration_ms: self.duration_ms,
+            message: self.message.as_deref(),
+            reruns_failed: self.reruns_failed,
+            file: self.file.as_deref(),
+            line: self.line,
+        }
+    }
+}
+
+/// A test case as the reader hands it over: borrowed, so one the caller only counts
+/// or keys costs no copy. [`CaseRef::to_owned`] keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaseRef<'a> {
+    /// [`TestId::suite`].
+    pub suite: &'a str,
+    /// [`TestId::class`].
+    pub class: &'a str,
+    /// [`TestId::name`].
+    pub name: &'a str,
+    /// [`TestCase::outcome`].
+    pub outcome: Outcome,
+    /// [`TestCase::duration_ms`].
+    pub duration_ms: u64,
+    /// [`TestCase::message`].
+    pub message: Option<&'a str>,
+    /// [`TestCase::reruns_failed`].
+    pub reruns_failed: u32,
+    /// [`TestCase::file`].
+    pub file: Option<&'a str>,
+    /// [`TestCase::line`].
+    pub line: Option<u32>,
+}
+
+impl CaseRef<'_> {
+    /// Passed after a failed rerun in the same report.
+    pub fn flaky(&self) -> bool {
+        self.outcome == Outcome::Passed && self.reruns_failed > 0
+    }
+
+    /// Its test's [`TestKey`].
+    pub fn key(&self) -> TestKey {
+        test_key(self.suite, self.class, self.name)
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> TestCase {
+        TestCase {
+            id: TestId {
+                suite: self.suite.to_string(),
+                class: self.class.to_string(),
+                name: self.name.to_string(),
+            },
+            outcome: self.outcome,
+            duration_ms: self.duration_ms,
+            message: self.message.map(str::to_string),
+            reruns_failed: self.reruns_failed,
+            file: self.file.map(str::to_string),
+            line: self.line,
+        }
+    }
 }
 
 /// What one report says.
@@ -135,31 +203,37 @@ pub struct TestKey(pub [u8; 16]);
 impl TestId {
     /// Its [`TestKey`].
     pub fn key(&self) -> TestKey {
-        // The derived key is computed once: hashing a test id is on the path of every
-        // passing test of every report.
-        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-        let key = KEY.get_or_init(|| blake3::derive_key("gatehouse 2026 test id v1", b""));
-        // One call over a length-prefixed buffer (on the stack for usual ids).
-        let len = 24 + self.suite.len() + self.class.len() + self.name.len();
-        let mut stack = [0u8; 512];
-        let mut heap = Vec::new();
-        let buf: &mut [u8] = if len <= stack.len() {
-            &mut stack[..len]
-        } else {
-            heap.resize(len, 0);
-            &mut heap
-        };
-        let mut at = 0;
-        for part in [&self.suite, &self.class, &self.name] {
-            buf[at..at + 8].copy_from_slice(&(part.len() as u64).to_le_bytes());
-            buf[at + 8..at + 8 + part.len()].copy_from_slice(part.as_bytes());
-            at += 8 + part.len();
-        }
-        let hash = blake3::keyed_hash(key, buf);
-        let mut out = [0; 16];
-        out.copy_from_slice(&hash.as_bytes()[..16]);
-        TestKey(out)
+        test_key(&self.suite, &self.class, &self.name)
     }
+}
+
+/// The [`TestKey`] of the test `suite`, `class`, `name`: a keyed BLAKE3 hash of the
+/// three, length-prefixed, cut to 16 bytes.
+fn test_key(suite: &str, class: &str, name: &str) -> TestKey {
+    // The derived key is computed once: hashing a test id is on the path of every
+    // passing test of every report.
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| blake3::derive_key("gatehouse 2026 test id v1", b""));
+    // One call over a length-prefixed buffer (on the stack for usual ids).
+    let len = 24 + suite.len() + class.len() + name.len();
+    let mut stack = [0u8; 512];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    for part in [suite, class, name] {
+        buf[at..at + 8].copy_from_slice(&(part.len() as u64).to_le_bytes());
+        buf[at + 8..at + 8 + part.len()].copy_from_slice(part.as_bytes());
+        at += 8 + part.len();
+    }
+    let hash = blake3::keyed_hash(key, buf);
+    let mut out = [0; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    TestKey(out)
 }
 
 /// What a gate keeps of its reports: counts, every test that did not simply pass
@@ -192,7 +266,7 @@ impl TestResults {
         limits: &Limits,
     ) -> Result<(), ReportError> {
         let max = limits.max_cases as usize;
-        read(input, limits, &mut |case| {
+        read(input, limits, &mut |case: CaseRef<'_>| {
             match case.outcome {
                 Outcome::Passed => self.passed += 1,
                 Outcome::Failed | Outcome::Errored => self.failed += 1,
@@ -203,9 +277,9 @@ impl TestResults {
             }
             let notable = case.outcome.is_failure() || case.flaky();
             if notable && self.notable.len() < max {
-                self.notable.push(case);
+                self.notable.push(case.to_owned());
             } else if case.outcome == Outcome::Passed && self.passed_keys.len() < max {
-                self.passed_keys.push(case.id.key());
+                self.passed_keys.push(case.key());
             } else if notable || case.outcome == Outcome::Passed {
                 self.dropped += 1;
             }
