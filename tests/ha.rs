@@ -513,6 +513,14 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     assert_eq!(land["base"], base.as_str());
     assert_eq!(land["landed"].as_array().map(Vec::len), Some(2), "{land}");
     let pushed = std::fs::read_to_string(&pushes).unwrap_or_default();
-    assert_eq!(pushed.lines().count(), 1, "exactly one push: {pushed:?}");
+    assert_eq!(pushed.lines().count(), 1, "one push landed: {pushed:?}");
     assert_eq!(tip(), on_top, "nothing pushed over the other commit");
+    // The new leader did not even try again: it read the branch first (a second
+    // attempt would be refused by its lease, so the hook alone could not tell).
+    let log = std::fs::read_to_string(&c.coordinators[new_leader].log).unwrap_or_default();
+    assert!(
+        log.contains("the logged push had landed; not pushing again"),
+        "{}",
+        c.coordinators[new_leader].tail()
+    );
 }

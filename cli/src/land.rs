@@ -20,15 +20,20 @@ use gatehouse_worker::checkout::Checkouts;
 use crate::render::land::LandRenderer;
 use crate::render::{PlanView, Renderer};
 use crate::run::{PlanRunner, Signals};
-use crate::{EXIT_FAILED, EXIT_NOT_LANDED, EXIT_PASSED};
+use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_LANDED, EXIT_PASSED};
 
 pub use gatehouse_common::land::{LandSpec as Landing, target_branch};
 
 /// The exit code of a run that landed: 0 only when every item landed; 4 when every
-/// gate passed but nothing could be pushed; 1 otherwise (a gate failed, a culprit).
+/// gate passed but nothing could be pushed; 130 when it was cancelled; 1 otherwise (a
+/// gate failed, a culprit).
 pub fn exit_code(report: &LandReport, outcome: Option<PlanOutcome>) -> u8 {
     let passed = outcome == Some(PlanOutcome::Passed);
-    if report.all_landed() && passed {
+    let cancelled = outcome == Some(PlanOutcome::Cancelled)
+        || report.error == Some(gatehouse_common::land::LandFailure::Cancelled);
+    if cancelled {
+        EXIT_INTERRUPTED
+    } else if report.all_landed() && passed {
         EXIT_PASSED
     } else if report.error.is_some() && passed {
         EXIT_NOT_LANDED
@@ -202,6 +207,19 @@ mod tests {
             EXIT_NOT_LANDED
         );
         // A gate failed: that is the answer, whatever the push did.
-        assert_eq!(exit_code(&report(not_pushed, refused), failed), EXIT_FAILED);
+        assert_eq!(
+            exit_code(&report(not_pushed.clone(), refused), failed),
+            EXIT_FAILED
+        );
+        // Cancelled, during the gates or the landing: as for any cancelled plan.
+        let cancelled = Some(LandFailure::Cancelled);
+        assert_eq!(
+            exit_code(&report(not_pushed.clone(), cancelled), passed),
+            EXIT_INTERRUPTED
+        );
+        assert_eq!(
+            exit_code(&report(not_pushed, None), Some(PlanOutcome::Cancelled)),
+            EXIT_INTERRUPTED
+        );
     }
 }

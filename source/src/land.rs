@@ -91,9 +91,15 @@ impl Mirror {
             .and_then(|l| l.chars().next());
         match (out.code, status) {
             (Some(0), _) => Ok(BranchUpdate::Updated),
-            (_, Some('!')) if porcelain.contains("stale info") => Ok(BranchUpdate::Moved {
-                now: self.branch_tip(branch, timeout).await?,
-            }),
+            // The lease did not hold: the branch moved, or it already holds `new` (an
+            // earlier push of the same commit landed).
+            (_, Some('!')) if porcelain.contains("stale info") => {
+                Ok(match self.branch_holds(branch, new, timeout).await? {
+                    Some((_, true)) => BranchUpdate::Updated,
+                    Some((now, false)) => BranchUpdate::Moved { now: Some(now) },
+                    None => BranchUpdate::Moved { now: None },
+                })
+            }
             (_, Some('!')) => Ok(BranchUpdate::Refused {
                 reason: self.redacted(&format!("{porcelain} {}", out.stderr)),
             }),

@@ -62,6 +62,14 @@ async fn a_push_lands_only_while_the_branch_is_where_it_was_resolved() {
         BranchUpdate::Updated
     );
     assert_eq!(tip(&bare, "main"), next.as_str());
+    // The same push again (a retry after an answer that was lost): the lease fails,
+    // but the branch holds the commit, so it is landed.
+    assert_eq!(
+        m.update_branch("main", &base, &next, NET)
+            .await
+            .expect("push"),
+        BranchUpdate::Updated
+    );
 
     // Someone else moves main: a push that expects the old tip changes nothing.
     w.branch("main", "main");
@@ -129,8 +137,16 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
     assert_eq!(tip(&w.dir, "main"), next.as_str());
     assert!(w.dir.join("b.txt").exists(), "the working tree followed");
     assert_eq!(w.git(&["status", "--porcelain"]), "", "and is clean");
+    // A stale lease (main is no longer at `base`) with a commit main does not hold.
+    let side = {
+        w.git(&["checkout", "--quiet", "-B", "side", base.as_str()]);
+        let side = w.commit(&[("s.txt", "s\n")], "side");
+        w.git(&["checkout", "--quiet", "main"]);
+        side
+    };
+    local.resolve(&["side".into()], NET).await.expect("resolve");
     let stale = local
-        .update_branch("main", &base, &base, NET)
+        .update_branch("main", &base, &side, NET)
         .await
         .expect("update");
     assert_eq!(

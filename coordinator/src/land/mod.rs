@@ -301,16 +301,19 @@ impl Lander {
         }
     }
 
-    /// A landing that cannot start (its plan cannot land): only [`Lander::abort`]
-    /// is of use, and its report names no base.
-    pub fn empty(branch: &str, dry_run: bool) -> Self {
+    /// A landing that cannot start or go on (its plan cannot land, or it stopped
+    /// between two rounds): only [`Lander::abort`] is of use. Its report names `base`
+    /// (forty zeros when unknown) and no item.
+    pub fn empty(branch: &str, dry_run: bool, base: Option<CommitId>) -> Self {
         Self {
             options: LandOptions {
                 branch: branch.to_string(),
                 dry_run,
                 retries_left: 0,
             },
-            base: CommitId::parse(&"0".repeat(40)).expect("forty zeros are a commit id"),
+            base: base.unwrap_or_else(|| {
+                CommitId::parse(&"0".repeat(40)).expect("forty zeros are a commit id")
+            }),
             candidates: Vec::new(),
             tested: HashSet::new(),
             tips: Vec::new(),

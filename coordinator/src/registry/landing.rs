@@ -110,6 +110,8 @@ pub(crate) struct LandEdges {
     pub(crate) outputs: mpsc::UnboundedSender<PlanOutput>,
     /// Fires when the plan is cancelled or the term ends.
     pub(crate) cancel: CancellationToken,
+    /// Fires when the term ends.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// Why a job stopped without finishing its landing (the next leader resumes it).
@@ -149,46 +151,39 @@ impl LandJob {
                 Ok(lander) => lander,
                 Err(e) => {
                     tracing::warn!(plan_id = %self.id, error = %e, "cannot land the plan");
-                    let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                    let mut lander =
+                        Lander::empty(&self.spec.branch, self.spec.dry_run, self.base_commit());
                     let report = lander.abort(LandFailure::PushFailed {
                         error: e.to_string(),
                     });
                     return self.finish(edges, report).await;
                 }
             };
-        let mirror = match self.mirror(edges).await {
-            Ok(mirror) => mirror,
-            Err(error) => {
-                let report = lander.abort(LandFailure::PushFailed { error });
-                return self.finish(edges, report).await;
-            }
+        // A push the last leader logged may have happened: before anything else (a
+        // cancel, a fetch that fails), the branch says whether it did. Until it can be
+        // read, nothing is decided (retried until the term ends).
+        let in_doubt = match &self.replay.pushing {
+            Some((commit, _, Some(report))) => Some((commit.clone(), report.clone())),
+            _ => None,
         };
-        // A push the last leader logged may have happened: before anything else
-        // (a cancel, a fetch that fails), the branch says whether it did.
-        if let Some((commit, _, Some(report))) = &self.replay.pushing {
-            let timeout = edges.sources.fetch_timeout();
-            match mirror
-                .branch_holds(&self.spec.branch, commit, timeout)
-                .await
-            {
-                Ok(Some((_, true))) => {
+        let mirror = match in_doubt {
+            Some((commit, report)) => {
+                let (mirror, holds) = self.read_in_doubt(edges, &commit).await?;
+                if holds {
                     tracing::info!(plan_id = %self.id, %commit, "the logged push had landed; not pushing again");
-                    return self
-                        .finish(edges, LandCommand::Finish(report.clone()))
-                        .await;
+                    return self.finish(edges, LandCommand::Finish(report)).await;
                 }
-                Ok(_) => {} // it did not land: land as usual, under the same lease
-                Err(e) => {
-                    let report = lander.abort(LandFailure::PushFailed {
-                        error: format!(
-                            "cannot read {} to tell whether the push of {commit} landed: {e}",
-                            self.spec.branch
-                        ),
-                    });
+                // It did not land: land as usual, under the same lease.
+                mirror
+            }
+            None => match self.mirror(edges).await {
+                Ok(mirror) => mirror,
+                Err(error) => {
+                    let report = lander.abort(LandFailure::PushFailed { error });
                     return self.finish(edges, report).await;
                 }
-            }
-        }
+            },
+        };
         let mut cmd = lander.start();
         if self.summary.outcome == PlanOutcome::Cancelled {
             cmd = lander.abort(LandFailure::Cancelled);
@@ -300,6 +295,47 @@ impl LandJob {
         mirror
             .fetch(&ids, &names, edges.sources.fetch_timeout())
             .await
+    }
+
+    /// The mirror, and whether the branch holds `commit`, read until it can be (the
+    /// answer decides whether a push happened); `Stop::Gone` when the term ends first.
+    async fn read_in_doubt(
+        &self,
+        edges: &LandEdges,
+        commit: &CommitId,
+    ) -> Result<(Mirror, bool), Stop> {
+        let mut backoff = gatehouse_common::backoff::Backoff::new(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(30),
+        );
+        loop {
+            let error = match self.mirror(edges).await {
+                Ok(mirror) => {
+                    let timeout = edges.sources.fetch_timeout();
+                    match mirror
+                        .branch_holds(&self.spec.branch, commit, timeout)
+                        .await
+                    {
+                        Ok(held) => return Ok((mirror, held.is_some_and(|(_, holds)| holds))),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e,
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(plan_id = %self.id, %commit, error = %error, retry_in = ?delay,
+                "cannot read the branch to tell whether the logged push landed");
+            tokio::select! {
+                () = edges.shutdown.cancelled() => return Err(Stop::Gone),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The base this round was resolved on, when it was.
+    fn base_commit(&self) -> Option<CommitId> {
+        let base = self.plan.resolution()?.base.as_ref().ok()?;
+        Some(base.commit.clone())
     }
 
     async fn mirror(&self, edges: &LandEdges) -> Result<Mirror, String> {
@@ -415,23 +451,10 @@ impl LandJob {
         let branch = &self.spec.branch;
         let logged =
             matches!(&self.replay.pushing, Some((c, e, _)) if *c == commit && *e == expected);
-        if logged {
-            // Logged by the last leader and not found landed at the start: the branch
-            // says whether it is still at the base (push under the lease) or moved.
-            match mirror.branch_holds(branch, &commit, timeout).await {
-                Ok(Some((_, true))) => return Ok(PushOutcome::Updated),
-                Ok(Some((now, false))) if now != expected => {
-                    return Ok(PushOutcome::Moved { now: Some(now) });
-                }
-                Ok(None) => return Ok(PushOutcome::Moved { now: None }),
-                Ok(Some(_)) => {} // still at the base: push under the lease
-                Err(e) => {
-                    return Ok(PushOutcome::Failed {
-                        error: e.to_string(),
-                    });
-                }
-            }
-        } else {
+        // A push the last leader logged, not found landed at the start, is made again
+        // under the same lease (one that landed meanwhile reads as landed:
+        // `update_branch`); any other is logged first, durably.
+        if !logged {
             let record = LandRecord::Pushing {
                 round: self.round,
                 commit: commit.clone(),
@@ -456,7 +479,8 @@ impl LandJob {
         let plan = match prepared {
             Ok(plan) => plan,
             Err(e) => {
-                let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                let mut lander =
+                    Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
                 let report = lander.abort(LandFailure::PushFailed {
                     error: format!("cannot resolve the plan again on {now}: {e}"),
                 });
@@ -464,7 +488,7 @@ impl LandJob {
             }
         };
         let Some(resolution) = plan.resolution().cloned() else {
-            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
             let report = lander.abort(LandFailure::PushFailed {
                 error: "the plan lost its source when resolved again".into(),
             });
@@ -472,14 +496,14 @@ impl LandJob {
         };
         let record = LandRecord::Respeculated {
             round: self.round + 1,
-            now,
+            now: now.clone(),
             retries: self.spec.retries,
             resolution: Some(Box::new(resolution)),
         };
         self.log(edges, record, true).await?;
         // A cancel between the rounds: nothing more runs.
         let cancelled = || {
-            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
             lander.abort(LandFailure::Cancelled)
         };
         if edges.cancel.is_cancelled() {
@@ -505,7 +529,8 @@ impl LandJob {
             Ok(_) => {}
             Err(SchedulerError::ShuttingDown) => return Err(Stop::Gone),
             Err(e) => {
-                let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run);
+                let mut lander =
+                    Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
                 let report = lander.abort(LandFailure::PushFailed {
                     error: format!("cannot run the plan again: {e}"),
                 });

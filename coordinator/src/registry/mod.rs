@@ -307,6 +307,7 @@ pub fn spawn(
         land_rx,
         landings: HashMap::new(),
         jobs: JoinSet::new(),
+        job_plans: HashMap::new(),
         mailbox,
         events,
         events_tx,
@@ -339,6 +340,8 @@ struct RegistryActor {
     landings: HashMap<PlanId, CancellationToken>,
     /// The landing jobs (see [`landing`]), awaited here.
     jobs: JoinSet<()>,
+    /// Each job's plan.
+    job_plans: HashMap<tokio::task::Id, PlanId>,
     mailbox: mpsc::Receiver<RegistryMsg>,
     events: mpsc::UnboundedReceiver<PlanOutput>,
     /// Cloned into every submission.
@@ -380,10 +383,8 @@ impl RegistryActor {
                     }
                 },
                 Some(msg) = self.land_rx.recv() => self.landed_step(msg),
-                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
-                    if let Err(e) = joined {
-                        tracing::error!(error = %e, "a landing job failed");
-                    }
+                Some(joined) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    self.job_ended(joined);
                 }
                 Some(output) = self.events.recv() => {
                     self.take(output);
@@ -462,15 +463,13 @@ impl RegistryActor {
                 self.finished.push_back(id);
                 continue;
             }
+            if let Some(record) = self.plans.get_mut(&id) {
+                record.cancel_requested = r.cancel.is_some();
+            }
             if landing {
                 // The gates ended; the landing did not: resume it from the log.
                 let round = self.plans[&id].round;
                 self.start_landing(&id, Replay::from_log(&r.log, round));
-                if r.cancel.is_some()
-                    && let Some(token) = self.landings.get(&id)
-                {
-                    token.cancel();
-                }
                 resumed += 1;
                 continue;
             }
@@ -516,6 +515,9 @@ impl RegistryActor {
             return;
         };
         let token = self.shutdown.child_token();
+        if r.cancel_requested {
+            token.cancel();
+        }
         self.landings.insert(id.clone(), token.clone());
         let job = LandJob {
             id: id.clone(),
@@ -533,8 +535,50 @@ impl RegistryActor {
             records: self.land_tx.clone(),
             outputs: self.events_tx.clone(),
             cancel: token,
+            shutdown: self.shutdown.clone(),
         };
-        gatehouse_common::spawn::spawn_in(&mut self.jobs, "landing", job.run(edges));
+        let task = gatehouse_common::spawn::spawn_in(&mut self.jobs, "landing", job.run(edges));
+        self.job_plans.insert(task.id(), id.clone());
+    }
+
+    /// A landing job ended. One that failed (a panic) ends its plan's landing with an
+    /// error, so the plan is not left landing forever.
+    fn job_ended(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match &joined {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(plan) = self.job_plans.remove(&id) else {
+            return;
+        };
+        let Err(e) = joined else { return };
+        if e.is_cancelled() || self.shutdown.is_cancelled() {
+            return;
+        }
+        tracing::error!(plan_id = %plan, error = %e, "a landing job failed");
+        let Some(r) = self.plans.get(&plan) else {
+            return;
+        };
+        if r.done() {
+            return;
+        }
+        let Some(spec) = r.landing.clone() else {
+            return;
+        };
+        let base = r
+            .plan
+            .resolution()
+            .and_then(|res| res.base.as_ref().ok())
+            .map(|b| b.commit.clone());
+        let mut lander = crate::land::Lander::empty(&spec.branch, spec.dry_run, base);
+        if let crate::land::LandCommand::Finish(report) =
+            lander.abort(gatehouse_common::land::LandFailure::PushFailed {
+                error: format!("the landing failed on this coordinator: {e}"),
+            })
+        {
+            let record = gatehouse_common::land::LandRecord::Finished(report);
+            self.record_with(PlanEvent::Land { plan, record }, None);
+        }
     }
 
     /// A landing job's step: logged like any event; its waiter answers once durable.
@@ -651,26 +695,26 @@ impl RegistryActor {
             // The loop that answers this starts once the restore is done.
             RegistryMsg::Restored { reply } => drop(reply.send(())),
             RegistryMsg::Cancel { id, force, reply } => {
-                let result = match self.plans.get(&id) {
+                let result = match self.plans.get_mut(&id) {
                     None => Err(RegistryError::NotFound(id.clone())),
                     Some(r) if r.done() => Ok(false),
-                    // Its gates ended: the landing stops before its push.
-                    Some(r) if r.summary.is_some() => {
+                    Some(r) => {
+                        // Sticky: a landing that starts after this (the round's gates
+                        // end) starts cancelled; one under way stops before its push.
+                        r.cancel_requested = true;
+                        let gates_ended = r.summary.is_some();
                         if let Some(token) = self.landings.get(&id) {
                             token.cancel();
                         }
-                        Ok(true)
-                    }
-                    Some(_) => {
-                        // A plan between two landing rounds: its job checks this.
-                        if let Some(token) = self.landings.get(&id) {
-                            token.cancel();
+                        if gates_ended {
+                            Ok(true)
+                        } else {
+                            self.scheduler
+                                .cancel(id.clone(), force)
+                                .await
+                                .map(|()| true)
+                                .map_err(Into::into)
                         }
-                        self.scheduler
-                            .cancel(id.clone(), force)
-                            .await
-                            .map(|()| true)
-                            .map_err(Into::into)
                     }
                 };
                 if let (Ok(true), Some(j)) = (&result, &mut self.journal) {

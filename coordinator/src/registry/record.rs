@@ -37,6 +37,9 @@ pub(super) struct PlanRecord {
     pub(super) round: u32,
     /// Its landing's report, once over.
     pub(super) land: Option<LandReport>,
+    /// A cancel was asked: a landing that starts later (after the round's summary)
+    /// starts cancelled.
+    pub(super) cancel_requested: bool,
 }
 
 impl PlanRecord {
@@ -95,6 +98,7 @@ pub(super) fn new_record(
     PlanRecord {
         landing: options.land.clone(),
         options,
+        cancel_requested: false,
         round: 0,
         land: None,
         latest: vec![None; plan.gates.len()],
