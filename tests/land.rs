@@ -420,6 +420,27 @@ fn a_cluster_lands_verifies_bisects_re_speculates_and_takes_plans_from_branches(
         described.land.as_ref().map(|l| l.commit.as_str()),
         Some(commit.as_str())
     );
+    // The raw stream ends with the landing's report, not at the summary (and it does
+    // end: a watcher is not left waiting).
+    let started = std::time::Instant::now();
+    let events = c.watch(&id, 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let last = events.last().and_then(|e| e.event.clone());
+    assert!(
+        matches!(
+            last,
+            Some(gatehouse_proto::v1::plan_event::Event::Land(
+                gatehouse_proto::v1::LandStep {
+                    step: Some(gatehouse_proto::v1::land_step::Step::Report(_))
+                }
+            ))
+        ),
+        "{last:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e.event,
+        Some(gatehouse_proto::v1::plan_event::Event::Summary(_))
+    )));
     let out = c.cli(&["status", &id, "--json"]).output().expect("status");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     assert_eq!(status["land"]["commit"], commit.as_str(), "{status}");
