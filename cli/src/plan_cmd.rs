@@ -50,6 +50,10 @@ pub struct PlanArgs {
     /// The plan's `name` (default: `branches-of-BASE`).
     #[arg(long)]
     name: Option<String>,
+    /// Only branches whose name matches one of these globs (`queue/*`, `feature/**`;
+    /// repeatable). Default: every branch.
+    #[arg(long = "match", value_name = "GLOB")]
+    matching: Vec<String>,
 }
 
 /// The gate template file.
@@ -92,6 +96,12 @@ pub struct Branch {
 }
 
 pub fn main(args: PlanArgs) -> u8 {
+    for glob in &args.matching {
+        if let Err(e) = globset::Glob::new(glob) {
+            eprintln!("error: --match: bad glob {glob:?}: {e}");
+            return EXIT_INVALID;
+        }
+    }
     let template = match read_template(&args.gates) {
         Ok(t) => t,
         Err(e) => {
@@ -269,7 +279,20 @@ async fn read_branches(git: &Git, args: &PlanArgs) -> anyhow::Result<(Vec<Branch
             anyhow::Ok(heads)
         }
     };
-    let candidates = list(format!("--no-merged={base_ref}")).await?;
+    let mut candidates = list(format!("--no-merged={base_ref}")).await?;
+    if !args.matching.is_empty() {
+        let mut set = GlobSetBuilder::new();
+        for glob in &args.matching {
+            // `*` does not cross `/` (as in git's own ref patterns); `**` does.
+            let glob = globset::GlobBuilder::new(glob)
+                .literal_separator(true)
+                .build()
+                .with_context(|| format!("--match: bad glob {glob:?}"))?;
+            set.add(glob);
+        }
+        let set = set.build().context("--match")?;
+        candidates.retain(|name, _| set.is_match(name));
+    }
     let mut branches = Vec::with_capacity(candidates.len());
     for (name, head) in &candidates {
         let merged = list(format!("--merged={namespace}{name}")).await?;
