@@ -445,11 +445,12 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     std::fs::write(
         &hook,
         format!(
-            "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {killed} ]; then touch {killed}; kill -9 $(cat {pid}); \
+            "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {started} ]; then touch {started}; kill -9 $(cat {pid}); \
              tip=$(git rev-parse refs/heads/main); \
              top=$(GIT_AUTHOR_NAME=o GIT_AUTHOR_EMAIL=o@x GIT_COMMITTER_NAME=o GIT_COMMITTER_EMAIL=o@x git commit-tree -p $tip -m 'landed on top' $tip^{{tree}}); \
-             git update-ref refs/heads/main $top $tip; fi\n",
+             git update-ref refs/heads/main $top $tip; touch {killed}; fi\n",
             pushes = pushes.display(),
+            started = c.ws.path().join("started").display(),
             killed = killed.display(),
             pid = leader_pid.display(),
         ),
