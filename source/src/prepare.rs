@@ -154,7 +154,7 @@ pub async fn prepare(
         let state = match &commits[item.ix()] {
             Err(message) => blocked(BlockReason::Source, message.clone(), Vec::new()),
             Ok(_) => {
-                let below = ancestors(plan, item);
+                let below = plan.ancestors(item);
                 let below_blocked = below
                     .iter()
                     .any(|d| !matches!(states[d.ix()], Some(ItemState::Ready { .. })));
@@ -379,21 +379,6 @@ async fn speculate(
             Vec::new(),
         )),
     }
-}
-
-/// Every item `item` transitively depends on (not itself), in no particular order.
-fn ancestors(plan: &Plan, item: ItemIdx) -> Vec<ItemIdx> {
-    let mut seen = vec![false; plan.items.len()];
-    let mut out = Vec::new();
-    let mut todo: Vec<ItemIdx> = plan.item(item).deps.clone();
-    while let Some(d) = todo.pop() {
-        if std::mem::replace(&mut seen[d.ix()], true) {
-            continue;
-        }
-        out.push(d);
-        todo.extend(plan.item(d).deps.iter().copied());
-    }
-    out
 }
 
 fn blocked(reason: BlockReason, message: String, paths: Vec<String>) -> ItemState {

@@ -192,6 +192,22 @@ impl Plan {
         )
     }
 
+    /// Every item `item` transitively depends on (not itself), in no particular order:
+    /// the items below it in its stack.
+    pub fn ancestors(&self, item: ItemIdx) -> Vec<ItemIdx> {
+        let mut seen = vec![false; self.items.len()];
+        let mut out = Vec::new();
+        let mut todo: Vec<ItemIdx> = self.item(item).deps.clone();
+        while let Some(d) = todo.pop() {
+            if std::mem::replace(&mut seen[d.ix()], true) {
+                continue;
+            }
+            out.push(d);
+            todo.extend(self.item(d).deps.iter().copied());
+        }
+        out
+    }
+
     /// The items for which `included` holds and whose deps are all in the order, in
     /// topological order (Kahn), ties broken by plan order: the merge order of the
     /// items that passed, and the order a stack's changes are merged in.

@@ -223,7 +223,7 @@ impl Lander {
             candidates.push(Candidate {
                 item,
                 commit: source.git_ref.as_ref().and(source.commit.clone()),
-                below: below(plan, item),
+                below: plan.ancestors(item),
             });
         }
         let mut left_out = Vec::new();
@@ -343,17 +343,7 @@ impl Lander {
             Phase::Combining => self.combine(),
             Phase::Verifying => self.verify_prefix(self.candidates.len(), Phase::Verifying),
             Phase::Bisecting(b) => self.bisect(b),
-            Phase::Pushing { landing, tip } => {
-                self.phase = Phase::Pushing {
-                    landing: landing.clone(),
-                    tip: tip.clone(),
-                };
-                LandCommand::Push {
-                    commit: tip,
-                    expected: self.base.clone(),
-                    landing,
-                }
-            }
+            Phase::Pushing { landing, tip } => self.ask_push(landing, tip),
             Phase::Done => self.finish(Vec::new(), None, None),
         }
     }
@@ -489,6 +479,11 @@ impl Lander {
             // Nothing to write: a dry run, or every change is already in the base.
             return self.finish(landing, Some(tip), None);
         }
+        self.ask_push(landing, tip)
+    }
+
+    /// Asks for the push of `tip`, landing `landing`, leased on the base.
+    fn ask_push(&mut self, landing: Vec<(ItemIdx, CommitId)>, tip: CommitId) -> LandCommand {
         self.phase = Phase::Pushing {
             landing: landing.clone(),
             tip: tip.clone(),
@@ -562,19 +557,4 @@ impl Lander {
             error,
         })
     }
-}
-
-/// Every item `item` transitively depends on.
-fn below(plan: &Plan, item: ItemIdx) -> Vec<ItemIdx> {
-    let mut seen = vec![false; plan.items.len()];
-    let mut stack = plan.item(item).deps.clone();
-    let mut out = Vec::new();
-    while let Some(d) = stack.pop() {
-        if std::mem::replace(&mut seen[d.ix()], true) {
-            continue;
-        }
-        out.push(d);
-        stack.extend(plan.item(d).deps.iter().copied());
-    }
-    out
 }
