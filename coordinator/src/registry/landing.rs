@@ -151,12 +151,15 @@ impl LandJob {
                 Ok(lander) => lander,
                 Err(e) => {
                     tracing::warn!(plan_id = %self.id, error = %e, "cannot land the plan");
-                    let mut lander =
-                        Lander::empty(&self.spec.branch, self.spec.dry_run, self.base_commit());
-                    let report = lander.abort(LandFailure::PushFailed {
-                        error: e.to_string(),
-                    });
-                    return self.finish(edges, report).await;
+                    return self
+                        .end(
+                            edges,
+                            self.base_commit(),
+                            LandFailure::PushFailed {
+                                error: e.to_string(),
+                            },
+                        )
+                        .await;
                 }
             };
         // A push the last leader logged may have happened: before anything else (a
@@ -179,8 +182,9 @@ impl LandJob {
             None => match self.mirror(edges).await {
                 Ok(mirror) => mirror,
                 Err(error) => {
-                    let report = lander.abort(LandFailure::PushFailed { error });
-                    return self.finish(edges, report).await;
+                    return self
+                        .finish(edges, lander.abort(LandFailure::PushFailed { error }))
+                        .await;
                 }
             },
         };
@@ -191,19 +195,27 @@ impl LandJob {
         let base = match self.plan.resolution().map(|r| r.base.clone()) {
             Some(Ok(base)) => base,
             _ => {
-                let report = lander.abort(LandFailure::PushFailed {
-                    error: "the plan's base was not resolved".into(),
-                });
-                return self.finish(edges, report).await;
+                return self
+                    .finish(
+                        edges,
+                        lander.abort(LandFailure::PushFailed {
+                            error: "the plan's base was not resolved".into(),
+                        }),
+                    )
+                    .await;
             }
         };
         // A new leader's mirror may lack the plan's commits: fetch what is missing (by
         // id, then by the refs' names) before folding anything.
         if let Err(e) = self.fetch_commits(edges, &mirror, &base).await {
-            let report = lander.abort(LandFailure::PushFailed {
-                error: format!("cannot fetch the plan's commits: {e}"),
-            });
-            return self.finish(edges, report).await;
+            return self
+                .finish(
+                    edges,
+                    lander.abort(LandFailure::PushFailed {
+                        error: format!("cannot fetch the plan's commits: {e}"),
+                    }),
+                )
+                .await;
         }
         let mut speculator = Speculator::new();
         loop {
@@ -330,6 +342,18 @@ impl LandJob {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Ends a landing that cannot start or go on (between rounds), for `why`; its
+    /// report names `base`.
+    async fn end(
+        &self,
+        edges: &LandEdges,
+        base: Option<CommitId>,
+        why: LandFailure,
+    ) -> Result<(), Stop> {
+        let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run, base);
+        self.finish(edges, lander.abort(why)).await
     }
 
     /// The base this round was resolved on, when it was.
@@ -479,20 +503,27 @@ impl LandJob {
         let plan = match prepared {
             Ok(plan) => plan,
             Err(e) => {
-                let mut lander =
-                    Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
-                let report = lander.abort(LandFailure::PushFailed {
-                    error: format!("cannot resolve the plan again on {now}: {e}"),
-                });
-                return self.finish(edges, report).await;
+                return self
+                    .end(
+                        edges,
+                        Some(now.clone()),
+                        LandFailure::PushFailed {
+                            error: format!("cannot resolve the plan again on {now}: {e}"),
+                        },
+                    )
+                    .await;
             }
         };
         let Some(resolution) = plan.resolution().cloned() else {
-            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
-            let report = lander.abort(LandFailure::PushFailed {
-                error: "the plan lost its source when resolved again".into(),
-            });
-            return self.finish(edges, report).await;
+            return self
+                .end(
+                    edges,
+                    Some(now.clone()),
+                    LandFailure::PushFailed {
+                        error: "the plan lost its source when resolved again".into(),
+                    },
+                )
+                .await;
         };
         let record = LandRecord::Respeculated {
             round: self.round + 1,
@@ -502,12 +533,8 @@ impl LandJob {
         };
         self.log(edges, record, true).await?;
         // A cancel between the rounds: nothing more runs.
-        let cancelled = || {
-            let mut lander = Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
-            lander.abort(LandFailure::Cancelled)
-        };
         if edges.cancel.is_cancelled() {
-            return self.finish(edges, cancelled()).await;
+            return self.end(edges, Some(now), LandFailure::Cancelled).await;
         }
         let options = RunOptions {
             blocked: plan
@@ -529,12 +556,15 @@ impl LandJob {
             Ok(_) => {}
             Err(SchedulerError::ShuttingDown) => return Err(Stop::Gone),
             Err(e) => {
-                let mut lander =
-                    Lander::empty(&self.spec.branch, self.spec.dry_run, Some(now.clone()));
-                let report = lander.abort(LandFailure::PushFailed {
-                    error: format!("cannot run the plan again: {e}"),
-                });
-                return self.finish(edges, report).await;
+                return self
+                    .end(
+                        edges,
+                        Some(now.clone()),
+                        LandFailure::PushFailed {
+                            error: format!("cannot run the plan again: {e}"),
+                        },
+                    )
+                    .await;
             }
         }
         // A cancel that raced the submission reaches the new round here.
