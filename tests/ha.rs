@@ -429,22 +429,15 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
     let pr2 = work.commit(&[("two.txt", "2\n")], "pr2");
     work.switch("main");
     let served = c.ws.path().join("served");
-    std::fs::create_dir_all(&served).expect("mkdir");
     let bare = served.join("app");
-    work.git(&[
-        "clone",
-        "--quiet",
-        "--bare",
-        work.dir.to_str().expect("utf-8"),
-        bare.to_str().expect("utf-8"),
-    ]);
+    work.clone_bare(&bare);
     let pushes = c.ws.path().join("pushes.log");
     let leader_pid = c.ws.path().join("leader.pid");
     let killed = c.ws.path().join("killed");
-    let hook = bare.join("hooks").join("post-receive");
-    std::fs::write(
-        &hook,
-        format!(
+    support::git::install_hook(
+        &bare,
+        "post-receive",
+        &format!(
             "#!/bin/sh\ncat >> {pushes}\nif [ ! -e {started} ]; then touch {started}; kill -9 $(cat {pid}); \
              tip=$(git rev-parse refs/heads/main); \
              top=$(GIT_AUTHOR_NAME=o GIT_AUTHOR_EMAIL=o@x GIT_COMMITTER_NAME=o GIT_COMMITTER_EMAIL=o@x git commit-tree -p $tip -m 'landed on top' $tip^{{tree}}); \
@@ -454,10 +447,7 @@ fn a_leader_killed_right_after_its_push_is_not_followed_by_a_second_push() {
             killed = killed.display(),
             pid = leader_pid.display(),
         ),
-    )
-    .expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     let daemon = GitDaemon::serve_writable(&served);
     let git_cache = c.ws.path().join("git-w1").display().to_string();
     c.add_worker("w1", &["--slots", "2", "--git-cache", &git_cache]);

@@ -41,14 +41,7 @@ impl Served {
         work.switch("main");
         let served = root.join("served");
         let bare = served.join("app");
-        std::fs::create_dir_all(&served).expect("mkdir");
-        work.git(&[
-            "clone",
-            "--quiet",
-            "--bare",
-            work.dir.to_str().expect("utf-8"),
-            bare.to_str().expect("utf-8"),
-        ]);
+        work.clone_bare(&bare);
         let daemon = GitDaemon::serve_writable(&served);
         Self { bare, daemon }
     }
@@ -96,6 +89,26 @@ fn plan(url: &str, log: &Path, check: &str, extra_gate: &str) -> String {
         item("side", &[]),
         log = log.display(),
     )
+}
+
+/// `gatehouse plan --from-branches main` of the clone `local` (its `origin`), with the
+/// template `gates.yaml`, written to `output`.
+fn from_branches<'a>(output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "plan",
+        "--from-branches",
+        "main",
+        "--remote",
+        "origin",
+        "--repo",
+        "local",
+        "--gates",
+        "gates.yaml",
+        "-o",
+        output,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -268,10 +281,11 @@ fn landing_needs_a_branch_and_a_refused_push_changes_nothing() {
 
     // A served repository whose hook refuses every push: exit 4, the reason, main
     // unchanged.
-    let hook = s.bare.join("hooks").join("pre-receive");
-    std::fs::write(&hook, "#!/bin/sh\necho 'main is protected' >&2\nexit 1\n").expect("hook");
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    support::git::install_hook(
+        &s.bare,
+        "pre-receive",
+        "#!/bin/sh\necho 'main is protected' >&2\nexit 1\n",
+    );
     let before = s.tip("main");
     ws.write("plan.yaml", &plan(&s.daemon.url("app"), &log, "true", ""));
     let run = ws.run_json("plan.yaml", &["--land"]);
@@ -301,25 +315,12 @@ fn a_plan_from_branches_stacks_them_by_ancestry_and_lands_both_stacks() {
         "gates.yaml",
         "gates:\n  - { id: files, run: 'test -f README' }\nverify:\n  - { id: all, run: 'test -f one.txt' }\n",
     );
+    // Not `other`, which this test does not want.
     let out = ws
-        .cmd(&[
-            "plan",
-            "--from-branches",
-            "main",
-            "--remote",
-            "origin",
-            "--repo",
-            "local",
-            "--gates",
-            "gates.yaml",
-            "-o",
+        .cmd(&from_branches(
             "plan.yaml",
-            // Not `other`, which this test does not want.
-            "--match",
-            "pr*",
-            "--match",
-            "side*",
-        ])
+            &["--match", "pr*", "--match", "side*"],
+        ))
         .output()
         .expect("plan");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -519,19 +520,7 @@ fn a_cluster_lands_verifies_bisects_re_speculates_and_takes_plans_from_branches(
         "gates:\n  - { id: files, run: 'test -f README' }\n",
     );
     let out = c
-        .cli(&[
-            "plan",
-            "--from-branches",
-            "main",
-            "--remote",
-            "origin",
-            "--repo",
-            "local",
-            "--gates",
-            "gates.yaml",
-            "-o",
-            "branches.yaml",
-        ])
+        .cli(&from_branches("branches.yaml", &[]))
         .output()
         .expect("plan");
     assert_eq!(

@@ -36,6 +36,18 @@ fn remote(root: &Path) -> (Work, std::path::PathBuf, CommitId, CommitId) {
     (w, bare, base, next)
 }
 
+/// [`remote`], and a mirror of it (as a `file://` URL) that has `main` and `next`;
+/// returns (work, bare dir, main, next, mirror).
+async fn served(root: &Path) -> (Work, std::path::PathBuf, CommitId, CommitId, Mirror) {
+    let (w, bare, base, next) = remote(root);
+    let url = RepoUrl::parse(&format!("file://{}", bare.display()), Path::new("/")).expect("url");
+    let m = mirror_of(root, url).await;
+    m.resolve(&["main".into(), "next".into()], NET)
+        .await
+        .expect("resolve");
+    (w, bare, base, next, m)
+}
+
 fn tip(dir: &Path, branch: &str) -> String {
     let out = std::process::Command::new("git")
         .current_dir(dir)
@@ -48,12 +60,7 @@ fn tip(dir: &Path, branch: &str) -> String {
 #[tokio::test]
 async fn a_push_lands_only_while_the_branch_is_where_it_was_resolved() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (w, bare, base, next) = remote(root.path());
-    let url = RepoUrl::parse(&format!("file://{}", bare.display()), Path::new("/")).expect("url");
-    let m = mirror_of(root.path(), url).await;
-    m.resolve(&["main".into(), "next".into()], NET)
-        .await
-        .expect("resolve");
+    let (w, bare, base, next, m) = served(root.path()).await;
 
     assert_eq!(
         m.update_branch("main", &base, &next, NET)
@@ -180,12 +187,7 @@ async fn a_refused_push_says_why_and_a_local_repository_moves_its_ref_atomically
 #[tokio::test]
 async fn a_branch_holds_a_commit_it_points_at_or_descends_from() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (w, bare, base, next) = remote(root.path());
-    let url = RepoUrl::parse(&format!("file://{}", bare.display()), Path::new("/")).expect("url");
-    let m = mirror_of(root.path(), url).await;
-    m.resolve(&["main".into(), "next".into()], NET)
-        .await
-        .expect("resolve");
+    let (w, bare, base, next, m) = served(root.path()).await;
     assert_eq!(
         m.branch_holds("main", &base, NET).await.expect("read"),
         Some((base.clone(), true))

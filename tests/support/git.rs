@@ -3,19 +3,21 @@
 //! ([`GitDaemon`]).
 //!
 //! The daemon runs in inetd mode, one `git daemon --inetd` process per connection, fed
-//! by a listener this process binds on port 0: no fixed port, no race for one. The
-//! accept loop is bounded (it polls a stop flag) and ends when the [`GitDaemon`] drops.
+//! by a listener this process binds on port 0: no fixed port, no race for one. One
+//! thread accepts (blocking) and hands each connection to another, which starts the
+//! daemons; both wait on events, never on a timer, and end when the [`GitDaemon`]
+//! drops.
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use super::tools;
 
@@ -82,22 +84,57 @@ impl Repo {
         self.git(&["checkout", "--quiet", name]);
     }
 
+    /// A bare copy of this repository (every branch) at `dest`: what a test serves.
+    pub fn clone_bare(&self, dest: &Path) {
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        let dest = dest.to_str().expect("utf-8");
+        self.git(&[
+            "clone",
+            "--quiet",
+            "--bare",
+            self.dir.to_str().expect("utf-8"),
+            dest,
+        ]);
+    }
+
     /// A `file://` URL of this repository.
     pub fn file_url(&self) -> String {
         format!("file://{}", self.dir.display())
     }
 }
 
+/// Installs `script` as hook `name` (`pre-receive`, `post-receive`...) of the bare
+/// repository `bare`.
+pub fn install_hook(bare: &Path, name: &str, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = bare.join("hooks").join(name);
+    std::fs::write(&hook, script).expect("write hook");
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod hook");
+}
+
 /// A real `git daemon` exporting every repository under a base directory.
 pub struct GitDaemon {
     addr: SocketAddr,
+    /// Set when it drops: the acceptor stops at the next connection.
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     served: Arc<AtomicU32>,
     /// Connections accepted from this count on are held, unanswered, until
     /// [`GitDaemon::release`] (`u32::MAX`: none is held).
     hold_from: Arc<AtomicU32>,
-    thread: Option<JoinHandle<()>>,
+    /// To the thread that serves connections.
+    wake: mpsc::Sender<Wake>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What the serving thread is told.
+enum Wake {
+    /// A connection was accepted.
+    Conn(TcpStream),
+    /// Held connections may be served.
+    Release,
+    /// The daemon is dropped.
+    Stop,
 }
 
 impl GitDaemon {
@@ -115,67 +152,49 @@ impl GitDaemon {
 
     fn start(base: &Path, writable: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind git daemon port");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU32::new(0));
         let hold_from = Arc::new(AtomicU32::new(u32::MAX));
-        let base = base.to_path_buf();
-        let git_bin = tools::find("git");
-        let thread = {
-            let (stop, served, hold_from) = (stop.clone(), served.clone(), hold_from.clone());
+        let (wake, woken) = mpsc::channel();
+        let acceptor = {
+            let (stop, wake) = (stop.clone(), wake.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    if wake.send(Wake::Conn(stream)).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let server = {
+            let (served, hold_from) = (served.clone(), hold_from.clone());
+            let daemon = Daemon {
+                git: tools::find("git"),
+                base: base.to_path_buf(),
+                writable,
+            };
             std::thread::spawn(move || {
                 let mut children = Vec::new();
                 let mut held = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let accepted = match listener.accept() {
-                        Ok((stream, _)) => {
+                for msg in woken {
+                    match msg {
+                        Wake::Conn(stream) => {
                             let n = served.fetch_add(1, Ordering::Relaxed);
                             if n >= hold_from.load(Ordering::Relaxed) {
                                 held.push(stream);
-                                continue;
+                            } else {
+                                children.push(daemon.serve(stream));
                             }
-                            Ok(stream)
                         }
-                        Err(e) => Err(e),
-                    };
-                    // Held connections are served once released.
-                    let next = if hold_from.load(Ordering::Relaxed) == u32::MAX && !held.is_empty()
-                    {
-                        Some(Ok(held.remove(0)))
-                    } else {
-                        None
-                    };
-                    for accepted in next.into_iter().chain(std::iter::once(accepted)) {
-                        match accepted {
-                            Ok(stream) => {
-                                stream.set_nonblocking(false).expect("blocking stream");
-                                let input: OwnedFd = stream.try_clone().expect("clone").into();
-                                let output: OwnedFd = stream.into();
-                                let mut daemon = Command::new(&git_bin);
-                                daemon.arg("daemon").arg("--inetd").arg("--export-all");
-                                if writable {
-                                    daemon.arg("--enable=receive-pack");
-                                }
-                                let child = daemon
-                                    .arg(format!("--base-path={}", base.display()))
-                                    .arg(&base)
-                                    .env("GIT_CONFIG_NOSYSTEM", "1")
-                                    .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                                    .stdin(Stdio::from(input))
-                                    .stdout(Stdio::from(output))
-                                    .stderr(Stdio::null())
-                                    .spawn()
-                                    .expect("spawn git daemon --inetd");
-                                children.push(child);
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                std::thread::sleep(Duration::from_millis(10));
-                            }
-                            Err(e) => panic!("git daemon accept failed: {e}"),
+                        Wake::Release => {
+                            children.extend(held.drain(..).map(|s| daemon.serve(s)));
                         }
+                        Wake::Stop => break,
                     }
                     children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
                 }
@@ -190,7 +209,8 @@ impl GitDaemon {
             stop,
             served,
             hold_from,
-            thread: Some(thread),
+            wake,
+            threads: vec![acceptor, server],
         }
     }
 
@@ -213,13 +233,46 @@ impl GitDaemon {
     /// Serves the held connections and every later one.
     pub fn release(&self) {
         self.hold_from.store(u32::MAX, Ordering::Relaxed);
+        let _ = self.wake.send(Wake::Release);
+    }
+}
+
+/// How one connection is served: a `git daemon --inetd` on it.
+struct Daemon {
+    git: PathBuf,
+    base: PathBuf,
+    writable: bool,
+}
+
+impl Daemon {
+    fn serve(&self, stream: TcpStream) -> std::process::Child {
+        let input: OwnedFd = stream.try_clone().expect("clone").into();
+        let output: OwnedFd = stream.into();
+        let mut daemon = Command::new(&self.git);
+        daemon.arg("daemon").arg("--inetd").arg("--export-all");
+        if self.writable {
+            daemon.arg("--enable=receive-pack");
+        }
+        daemon
+            .arg(format!("--base-path={}", self.base.display()))
+            .arg(&self.base)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(Stdio::from(input))
+            .stdout(Stdio::from(output))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn git daemon --inetd")
     }
 }
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        let _ = self.wake.send(Wake::Stop);
+        // The acceptor blocks in `accept`: one last connection wakes it to see `stop`.
+        let _ = TcpStream::connect(self.addr);
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
