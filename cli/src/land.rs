@@ -22,7 +22,8 @@ use crate::render::{PlanView, Renderer};
 use crate::run::{PlanRunner, Signals};
 use crate::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_LANDED, EXIT_PASSED};
 
-pub use gatehouse_common::land::{LandSpec as Landing, target_branch};
+use gatehouse_common::land::LandSpec;
+pub use gatehouse_common::land::target_branch;
 
 /// The exit code of a run that landed: 0 only when every item landed; 4 when every
 /// gate passed but nothing could be pushed; 130 when it was cancelled; 1 otherwise (a
@@ -55,7 +56,7 @@ pub enum LandEnd {
 /// One landing attempt's driver.
 pub struct LandDriver<'a> {
     pub runner: &'a PlanRunner,
-    pub landing: &'a Landing,
+    pub landing: &'a LandSpec,
     pub checkouts: &'a Arc<Checkouts>,
     pub fetch_timeout: Duration,
 }

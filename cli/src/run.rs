@@ -137,7 +137,7 @@ pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
             return EXIT_INVALID;
         };
         match land::target_branch(source.base.as_deref()) {
-            Ok(branch) => Some(land::Landing {
+            Ok(branch) => Some(gatehouse_common::land::LandSpec {
                 branch,
                 dry_run: args.dry_run,
                 retries: args.land_retries,
@@ -163,7 +163,7 @@ pub fn main(args: RunArgs, tracer: Tracer, tls: Tls) -> u8 {
 async fn run(
     args: RunArgs,
     plan: Arc<Plan>,
-    landing: Option<land::Landing>,
+    landing: Option<gatehouse_common::land::LandSpec>,
     labels: std::collections::BTreeMap<String, String>,
     tracer: Tracer,
     tls: Tls,

@@ -28,7 +28,7 @@ use quick_xml::events::{BytesRef, BytesStart, Event};
 
 use std::borrow::Cow;
 
-use super::{CaseRef, Limits, Outcome, Report, TestCase, TestId};
+use super::{CaseRef, Limits, Outcome, TestCase, TestId};
 
 /// Why a report cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -81,21 +81,6 @@ pub enum ReportError {
         /// What.
         message: String,
     },
-}
-
-/// Reads one JUnit XML report from `input` under `limits`, keeping every test case
-/// (up to [`Limits::max_cases`]).
-pub fn parse(input: impl Read, limits: &Limits) -> Result<Report, ReportError> {
-    let mut report = Report::default();
-    let max = limits.max_cases as usize;
-    read(input, limits, &mut |case| {
-        if report.cases.len() < max {
-            report.cases.push(case.to_owned());
-        } else {
-            report.dropped += 1;
-        }
-    })?;
-    Ok(report)
 }
 
 /// Reads one JUnit XML report from `input` under `limits`, handing each test case to

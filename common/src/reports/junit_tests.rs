@@ -6,6 +6,29 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// Every test case of a report, as read (up to `max_cases`), and how many more.
+#[derive(Debug)]
+struct Report {
+    cases: Vec<TestCase>,
+    dropped: u64,
+}
+
+fn parse(input: &[u8], limits: &Limits) -> Result<Report, ReportError> {
+    let mut report = Report {
+        cases: Vec::new(),
+        dropped: 0,
+    };
+    let max = limits.max_cases as usize;
+    super::read(input, limits, &mut |case| {
+        if report.cases.len() < max {
+            report.cases.push(case.to_owned());
+        } else {
+            report.dropped += 1;
+        }
+    })?;
+    Ok(report)
+}
+
 fn read(xml: &str) -> Report {
     parse(xml.as_bytes(), &Limits::default()).unwrap_or_else(|e| panic!("{e}\n{xml}"))
 }

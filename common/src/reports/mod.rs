@@ -1,15 +1,16 @@
 //! Per-test results from the report files gates write: what a JUnit XML report says of
 //! each test case, compact enough to travel with a gate's result.
 //!
-//! [`junit::parse`] reads one report as a stream (no tree of the whole file is ever
-//! built) under explicit [`Limits`]; what it yields is plain data: a [`Report`] of
-//! [`TestCase`]s, each with a stable [`TestId`] and an [`Outcome`].
+//! [`junit::read`] reads one report as a stream (no tree of the whole file is ever
+//! built) under explicit [`Limits`], handing over each test case ([`CaseRef`], or an
+//! owned [`TestCase`]) with a stable [`TestId`] and an [`Outcome`]; [`TestResults`] is
+//! what a gate keeps of them.
 
 use serde::{Deserialize, Serialize};
 
 pub mod junit;
 
-pub use junit::{ReportError, parse, read};
+pub use junit::{ReportError, read};
 
 /// Bounds on reading one report. Every one is checked while reading, so a hostile or
 /// broken file costs at most these.
@@ -184,15 +185,6 @@ impl CaseRef<'_> {
             line: self.line,
         }
     }
-}
-
-/// What one report says.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    /// The test cases, in file order, at most [`Limits::max_cases`].
-    pub cases: Vec<TestCase>,
-    /// Test cases beyond [`Limits::max_cases`]: counted, not kept.
-    pub dropped: u64,
 }
 
 /// A test's identity as 16 bytes (a keyed hash of its [`TestId`]): what is kept of a

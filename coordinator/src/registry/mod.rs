@@ -372,7 +372,7 @@ impl RegistryActor {
     /// Starts the landing of plan `id`, whose summary is logged, for its current round.
     fn start_landing(&mut self, id: &PlanId, replay: Replay) {
         let Some(r) = self.plans.get(id) else { return };
-        let (Some(summary), Some(spec)) = (r.summary.clone(), r.landing.clone()) else {
+        let (Some(summary), Some(spec)) = (r.summary.clone(), r.options.land.clone()) else {
             return;
         };
         let Some(sources) = self.sources.clone() else {
@@ -427,7 +427,7 @@ impl RegistryActor {
         if r.done() {
             return;
         }
-        let Some(spec) = r.landing.clone() else {
+        let Some(spec) = r.options.land.clone() else {
             return;
         };
         let base = r
@@ -551,7 +551,7 @@ impl RegistryActor {
                                 .collect(),
                             newest: r.newest.subscribe(),
                             finished: r.done() && durable == r.log.len(),
-                            lands: r.landing.is_some(),
+                            lands: r.options.land.is_some(),
                         })
                     }
                 };
@@ -618,7 +618,7 @@ impl RegistryActor {
             return;
         };
         let was_done = r.done();
-        let lands = matches!(event, PlanEvent::Finished(_)) && r.landing.is_some();
+        let lands = matches!(event, PlanEvent::Finished(_)) && r.options.land.is_some();
         let Some(seq) = apply(r, event, self.config.stderr_tail_bytes) else {
             return;
         };
@@ -684,7 +684,7 @@ impl RegistryActor {
             finished_unix_ms: r.finished_unix_ms,
             summary: r.summary.clone(),
             counts: r.counts,
-            land_branch: r.landing.as_ref().map(|l| l.branch.clone()),
+            land_branch: r.options.land.as_ref().map(|l| l.branch.clone()),
             land: r.land.clone(),
         })
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gatehouse_common::cache::unix_ms_now;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::PlanId;
-use gatehouse_common::land::{LandRecord, LandReport, LandSpec};
+use gatehouse_common::land::{LandRecord, LandReport};
 use gatehouse_common::plan::Plan;
 use gatehouse_common::source::Resolution;
 use tokio::sync::watch;
@@ -29,10 +29,9 @@ pub(super) struct PlanRecord {
     pub(super) durable: u64,
     /// Announces `durable`.
     pub(super) newest: watch::Sender<u64>,
-    /// Submitter options (landing asked at submission among them).
+    /// Submitter options (`land`: landing asked at submission; `None`: the plan ends
+    /// with its summary).
     pub(super) options: RunOptions,
-    /// Landing asked at submission (`None`: the plan ends with its summary).
-    pub(super) landing: Option<LandSpec>,
     /// The landing attempt: one more each time the branch moved and the plan ran again.
     pub(super) round: u32,
     /// Its landing's report, once over.
@@ -45,7 +44,7 @@ pub(super) struct PlanRecord {
 impl PlanRecord {
     /// Its gates ended and, if it lands, its landing is over: no event follows.
     pub(super) fn done(&self) -> bool {
-        self.land.is_some() || (self.summary.is_some() && self.landing.is_none())
+        self.land.is_some() || (self.summary.is_some() && self.options.land.is_none())
     }
 }
 
@@ -96,7 +95,6 @@ pub(super) fn new_record(
     options: RunOptions,
 ) -> PlanRecord {
     PlanRecord {
-        landing: options.land.clone(),
         options,
         cancel_requested: false,
         round: 0,
@@ -139,7 +137,7 @@ pub(super) fn apply(
         }
         PlanEvent::Finished(s) => {
             r.summary = Some(s.clone());
-            if r.landing.is_none() {
+            if r.options.land.is_none() {
                 r.finished_unix_ms = Some(unix_ms_now());
             }
         }
