@@ -44,8 +44,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in "" | "#"*) continue ;; esac
   read -r tool registry package check <<<"$line"
   case "$registry" in
-    debian | pypi | npm) ;;
-    *) echo "$list:$lineno: unknown registry '$registry' (debian, pypi or npm)" >&2; exit 2 ;;
+    debian | pypi | npm | crates) ;;
+    *) echo "$list:$lineno: unknown registry '$registry' (debian, pypi, npm or crates)" >&2; exit 2 ;;
   esac
   [ -n "$check" ] || { echo "$list:$lineno: '$tool' has no check command" >&2; exit 2; }
   tools+=("$tool") registries+=("$registry") packages+=("$package") checks+=("$check")
@@ -75,10 +75,11 @@ how_to() {
     debian) echo "apt-get install $p (as root)" ;;
     pypi) echo "python3 -m venv target/test-venv && target/test-venv/bin/pip install '$p'" ;;
     npm) echo "npm install --prefix target/test-node --save-exact '$p'" ;;
+    crates) echo "cargo install --locked ${p%%@*} --version ${p#*@}" ;;
   esac
 }
 # The registry's name as its users know it.
-registry_name() { case "$1" in debian) echo Debian ;; pypi) echo PyPI ;; *) echo "$1" ;; esac; }
+registry_name() { case "$1" in debian) echo Debian ;; pypi) echo PyPI ;; crates) echo crates.io ;; *) echo "$1" ;; esac; }
 
 # ---- installers: one per registry; each gets the packages and sets why[REGISTRY] on failure
 declare -A why=() tried=()
@@ -123,6 +124,16 @@ install_npm() {
   pins npm >"$(stamp_file npm)"
 }
 
+install_crates() {
+  # Built from source: minutes, so only what fails its check (a Rust image usually has it).
+  local p
+  for p in "$@"; do
+    echo "installing from crates.io: $p"
+    cargo install --locked "${p%%@*}" --version "${p#*@}" \
+      || { why[crates]="cargo install ${p%%@*} failed"; return 1; }
+  done
+}
+
 # ---- check, install what is missing, check again --------------------------------------
 # needs_install REGISTRY: the packages to install, one per line. Debian: those whose tool
 # fails its check. pypi and npm: all of them (one resolver run) if any fails or the pins
@@ -131,16 +142,20 @@ needs_install() {
   local i stale=no
   for i in "${!tools[@]}"; do
     [ "${registries[$i]}" = "$1" ] || continue
-    run_check "$i" || { [ "$1" = debian ] && echo "${packages[$i]}"; stale=yes; }
+    run_check "$i" || {
+      case "$1" in debian | crates) echo "${packages[$i]}" ;; esac
+      stale=yes
+    }
   done
-  if [ "$1" != debian ] && [ -n "$(pins "$1")" ] && ! stamp_current "$1"; then stale=yes; fi
-  if [ "$1" != debian ] && [ "$stale" = yes ]; then tr ' ' '\n' <<<"$(pins "$1")"; fi
+  case "$1" in debian | crates) return ;; esac
+  if [ -n "$(pins "$1")" ] && ! stamp_current "$1"; then stale=yes; fi
+  if [ "$stale" = yes ]; then tr ' ' '\n' <<<"$(pins "$1")"; fi
 }
 
 start=$SECONDS
 if [ "$mode" = install ]; then
   # Debian first: it provides python3-venv and npm, which the other two need.
-  for registry in debian pypi npm; do
+  for registry in debian pypi npm crates; do
     mapfile -t todo < <(needs_install "$registry")
     [ "${#todo[@]}" -gt 0 ] || continue
     tried[$registry]=yes
@@ -152,7 +167,7 @@ failed=()
 for i in "${!tools[@]}"; do
   registry=${registries[$i]}
   if run_check "$i"; then
-    if [ "$registry" != debian ] && ! stamp_current "$registry"; then
+    if [ "$registry" != debian ] && [ "$registry" != crates ] && ! stamp_current "$registry"; then
       failed+=("$i")
       why[$registry]=${why[$registry]:-"installed versions differ from the pins in $list"}
       printf '  --  %-18s %-7s %-26s OTHER VERSION\n' "${tools[$i]}" "$registry" "${packages[$i]}"

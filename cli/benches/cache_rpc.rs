@@ -94,9 +94,11 @@ fn entry(i: usize) -> CacheEntry {
                 dropped: 0,
             },
             stderr: OutputTail::default(),
+            tests: None,
         },
         producer: GateId::new(format!("pr-{i}/test")),
         created_unix_ms: unix_ms_now(),
+        flaky: None,
     }
 }
 

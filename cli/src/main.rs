@@ -2,6 +2,7 @@
 
 mod client;
 mod coordinator_cmd;
+mod history;
 mod land;
 mod plan_cmd;
 mod remote_cache;
@@ -97,6 +98,8 @@ enum Command {
     Plans(client::PlansArgs),
     /// List the workers connected to a coordinator.
     Workers(client::WorkersArgs),
+    /// List flaky tests by flake score, from the local test history or a coordinator's.
+    Flakes(client::FlakesArgs),
     /// Inspect the cluster's shared result cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => client::cancel(args, tls),
         Command::Plans(args) => client::plans(args, tls),
         Command::Workers(args) => client::workers(args, tls),
+        Command::Flakes(args) => client::flakes(args, tls),
         Command::Cache(CacheCommand::Stats(args)) => client::cache_stats(args, tls),
     };
     if let Some(traces) = traces {

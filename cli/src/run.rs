@@ -28,6 +28,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::history;
 use crate::land;
 use crate::render::{self, PlanView, Renderer};
 use crate::validate::report_invalid;
@@ -180,13 +181,23 @@ async fn run(
     let mut signals = Signals::install()?;
 
     let mut remote = None;
+    let cache_dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("cache"));
+    // The test history lives next to the cache (kept with --no-cache too: it is not
+    // a cache). An unusable one is a warning: it only costs flake scores.
+    let (history, facts) = match history::HistoryFile::open(&history::path_in(&cache_dir)) {
+        Ok((file, facts)) => (Some(std::sync::Mutex::new(file)), facts),
+        Err(e) => {
+            eprintln!("warning: {e:#}; running without the test history");
+            (None, Vec::new())
+        }
+    };
     let cache: Option<Arc<dyn ResultCache>> = if args.no_cache {
         None
     } else {
-        let dir = args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| plan.base_dir.join(".gatehouse").join("cache"));
+        let dir = cache_dir.clone();
         let cache = DiskCache::open(&dir)
             .with_context(|| format!("cannot open the result cache at {}", dir.display()))?;
         // An unreachable shared cache is not a reason to fail the run: like a cache
@@ -276,10 +287,15 @@ async fn run(
     } else {
         render::Mode::Plain
     };
+    sched
+        .load_history(facts)
+        .await
+        .context("cannot load the test history")?;
     let runner = PlanRunner {
         sched: sched.clone(),
         use_cache: !args.no_cache,
         mode,
+        history,
     };
     let mut plan = plan;
     let mut round = 0u32;
@@ -425,6 +441,8 @@ pub(crate) struct PlanRunner {
     sched: SchedulerHandle,
     use_cache: bool,
     pub(crate) mode: render::Mode,
+    /// Where the facts of the test history are appended (`None`: not kept).
+    history: Option<std::sync::Mutex<history::HistoryFile>>,
 }
 
 impl PlanRunner {
@@ -474,6 +492,11 @@ impl PlanRunner {
                     // The in-process executor keeps no results: nothing to acknowledge;
                     // and the scheduler never lands (`crate::land` does, here).
                     Some(PlanOutput::Ack { .. } | PlanOutput::Event(PlanEvent::Land { .. })) => {}
+                    Some(PlanOutput::Tests(run)) => {
+                        if let Some(file) = &self.history {
+                            file.lock().unwrap_or_else(std::sync::PoisonError::into_inner).append(&run);
+                        }
+                    }
                     None => return Ok(PlanEnd { summary: None, failed }),
                 },
                 n = signals.next() => {

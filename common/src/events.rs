@@ -132,6 +132,8 @@ pub struct GateEvent {
     /// For a dispatched attempt: how long it waited from ready to dispatch (for
     /// metrics; not published on the wire).
     pub queued: Option<Duration>,
+    /// For a finished gate with test reports: its flaky and quarantined tests.
+    pub verdict: Option<Box<crate::reports::TestVerdict>>,
 }
 
 impl GateEvent {
@@ -156,6 +158,7 @@ impl GateEvent {
             reason: None,
             cause: None,
             queued: None,
+            verdict: None,
         }
     }
 }

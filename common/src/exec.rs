@@ -50,6 +50,8 @@ pub struct GateSpec {
     /// For a gate of a source-aware plan: the tree it runs on. The attempt runs in a
     /// fresh checkout of it, with `workdir_rel` relative to the checkout's root.
     pub checkout: Option<crate::source::Checkout>,
+    /// JUnit XML report globs relative to the workdir, read after the attempt.
+    pub reports: Vec<String>,
 }
 
 /// Why an attempt ended.
@@ -115,6 +117,16 @@ pub struct GateResult {
     pub stdout: OutputTail,
     /// Tail of stderr.
     pub stderr: OutputTail,
+    /// What the gate's declared reports said (`None`: it declares none).
+    pub tests: Option<Box<crate::reports::GateTests>>,
+}
+
+impl GateResult {
+    /// A passed attempt whose reports show no flaky test: what an executor may store
+    /// in the cache on its own (anything flaky is the scheduler's to judge).
+    pub fn clean_pass(&self) -> bool {
+        self.status.passed() && self.tests.as_ref().is_none_or(|t| t.results.flaky == 0)
+    }
 }
 
 /// An assignment of one gate attempt to an executor.
@@ -131,6 +143,9 @@ pub struct Assignment {
     /// W3C `traceparent` of the gate's attempt span, when the plan is traced: the
     /// executor's `gate.execute` span continues it.
     pub traceparent: Option<String>,
+    /// Tests whose passes the result should list (they failed before; see
+    /// [`crate::reports::TestResults::watched_passed`]).
+    pub watch: Arc<[crate::reports::TestKey]>,
 }
 
 /// Scheduler -> executor.

@@ -26,6 +26,7 @@ pub fn result(status: ExitStatus, stderr: &str, dropped: u64) -> GateResult {
             bytes: stderr.as_bytes().to_vec(),
             dropped,
         },
+        tests: None,
     }
 }
 

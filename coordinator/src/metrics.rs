@@ -47,6 +47,9 @@ struct Inner {
     gates_cached: Counter,
     gates_flaky: Counter,
     retries: Counter,
+    tests: Family<L1, Counter>,
+    tests_flaky: Counter,
+    tests_quarantined: Counter,
     gate_duration: HistogramFamily,
     gate_queue: Histogram,
     ready_gates: Gauge,
@@ -78,6 +81,9 @@ impl Default for Metrics {
                 gates_cached: Counter::default(),
                 gates_flaky: Counter::default(),
                 retries: Counter::default(),
+                tests: Family::default(),
+                tests_flaky: Counter::default(),
+                tests_quarantined: Counter::default(),
                 gate_duration: Family::new_with_constructor(duration_histogram),
                 gate_queue: duration_histogram(),
                 ready_gates: Gauge::default(),
@@ -153,6 +159,21 @@ impl Metrics {
             "gate_retries",
             "Failed attempts that were retried",
             m.retries.clone(),
+        );
+        registry.register(
+            "tests",
+            "Test cases in the reports of executed attempts, by outcome (passed, failed, skipped)",
+            m.tests.clone(),
+        );
+        registry.register(
+            "tests_flaky",
+            "Tests found flaky: they failed and passed on the same inputs",
+            m.tests_flaky.clone(),
+        );
+        registry.register(
+            "tests_quarantined",
+            "Failed tests that were quarantined, so their gate passed",
+            m.tests_quarantined.clone(),
         );
         registry.register_with_unit(
             "gate_duration",
@@ -250,6 +271,30 @@ impl Metrics {
         if flaky {
             self.inner.gates_flaky.inc();
         }
+    }
+
+    /// An executed attempt's reports held these test cases.
+    pub fn tests_ran(&self, tests: &gatehouse_common::reports::TestResults) {
+        for (outcome, n) in [
+            ("passed", tests.passed),
+            ("failed", tests.failed),
+            ("skipped", tests.skipped),
+        ] {
+            if n > 0 {
+                self.inner
+                    .tests
+                    .get_or_create(&[("outcome", outcome)])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// A gate ended with these flaky and quarantined tests.
+    pub fn tests_judged(&self, verdict: &gatehouse_common::reports::TestVerdict) {
+        self.inner.tests_flaky.inc_by(verdict.flaky.len() as u64);
+        self.inner
+            .tests_quarantined
+            .inc_by(verdict.quarantined.len() as u64);
     }
 
     /// A failed attempt will be retried.

@@ -195,6 +195,9 @@ impl Observer {
                 if let (Some(r), Some(_)) = (&ev.result, &ev.worker) {
                     self.metrics
                         .attempt_ran(attempt_outcome(&r.status), r.duration);
+                    if let Some(tests) = &r.tests {
+                        self.metrics.tests_ran(&tests.results);
+                    }
                 }
                 let backoff = *backoff;
                 self.end_gate(ev, "retrying", |span| {
@@ -202,6 +205,7 @@ impl Observer {
                         "gatehouse.retry_backoff_ms",
                         backoff.as_millis() as i64,
                     ));
+                    failed_test_events(ev, span);
                 });
             }
             GateStatus::Finished(terminal) => {
@@ -212,8 +216,14 @@ impl Observer {
                 if let (Some(r), Some(_), false) = (&ev.result, &ev.worker, ev.cached) {
                     self.metrics
                         .attempt_ran(attempt_outcome(&r.status), r.duration);
+                    if let Some(tests) = &r.tests {
+                        self.metrics.tests_ran(&tests.results);
+                    }
                 }
-                self.end_gate(ev, terminal.as_str(), |_| {});
+                if let (Some(verdict), false) = (&ev.verdict, ev.cached) {
+                    self.metrics.tests_judged(verdict);
+                }
+                self.end_gate(ev, terminal.as_str(), |span| failed_test_events(ev, span));
             }
         }
     }
@@ -341,6 +351,37 @@ fn start_gate(
     }
     let span = builder.start_with_context(tracer, plan_cx);
     plan_cx.with_span(span)
+}
+
+/// Most `test failed` events on one gate span.
+const MAX_TEST_EVENTS: usize = 100;
+
+/// One `test failed` span event per failed test of the attempt (at most
+/// [`MAX_TEST_EVENTS`]), and one `test quarantined` per quarantined test.
+fn failed_test_events(ev: &GateEvent, span: &opentelemetry::trace::SpanRef<'_>) {
+    let failed = ev
+        .result
+        .as_ref()
+        .and_then(|r| r.tests.as_deref())
+        .into_iter()
+        .flat_map(|t| t.results.failures());
+    for case in failed.take(MAX_TEST_EVENTS) {
+        let mut attributes = vec![
+            KeyValue::new("test.name", case.id.name_for_humans()),
+            KeyValue::new("test.outcome", case.outcome.as_str()),
+        ];
+        if let Some(message) = &case.message {
+            attributes.push(KeyValue::new("test.message", message.clone()));
+        }
+        span.add_event("test failed", attributes);
+    }
+    let quarantined = ev.verdict.iter().flat_map(|v| v.quarantined.iter());
+    for case in quarantined.take(MAX_TEST_EVENTS) {
+        span.add_event(
+            "test quarantined",
+            vec![KeyValue::new("test.name", case.id.name_for_humans())],
+        );
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use crate::scheduler::{WorkerEvent, WorkerSnapshot};
 pub struct Term {
     /// Plans.
     pub registry: RegistryHandle,
+    /// The scheduler (for what its core knows beyond plans: the test history).
+    pub scheduler: crate::scheduler::SchedulerHandle,
     /// The scheduler's worker-event channel.
     pub reports: mpsc::Sender<WorkerEvent>,
     /// The workers' sessions (the scheduler's transport and the acks go through them).

@@ -346,6 +346,7 @@ pub(crate) async fn lead(
     let store: Arc<dyn StateStore> =
         Arc::new(crate::store::Timed::new(store, config.metrics.clone()));
     let stored = store.load().await?;
+    let history = store.load_history().await?;
     let count = stored.len();
     let restored = gatehouse_common::spawn::spawn_blocking_named("restore", move || {
         registry::restore::prepare(stored)
@@ -404,8 +405,10 @@ pub(crate) async fn lead(
     let durability = Some(Durability {
         store,
         restored,
+        history,
         term,
     });
+    let scheduler = sched.clone();
     let (registry, registry_task) = registry::spawn(
         registry_config,
         sched,
@@ -417,6 +420,7 @@ pub(crate) async fn lead(
     );
     let term = Arc::new(Term {
         registry,
+        scheduler,
         reports: reports_tx,
         sessions,
         workers,

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod land;
+pub mod reports;
 pub mod source;
 
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ impl From<&GateResult> for v1::AttemptResult {
             stdout_dropped: r.stdout.dropped,
             stderr_tail: r.stderr.bytes.clone(),
             stderr_dropped: r.stderr.dropped,
+            tests: r.tests.as_deref().map(v1::TestReport::from),
             ..Self::default()
         };
         let kind = match &r.status {
@@ -146,6 +148,10 @@ impl TryFrom<v1::AttemptResult> for GateResult {
                 bytes: r.stderr_tail,
                 dropped: r.stderr_dropped,
             },
+            tests: match r.tests {
+                Some(t) => Some(Box::new(t.try_into()?)),
+                None => None,
+            },
         })
     }
 }
@@ -174,6 +180,7 @@ impl From<&GateSpec> for v1::GateSpec {
                         .unwrap_or_default(),
                 })
             }),
+            reports: s.reports.clone(),
         }
     }
 }
@@ -238,6 +245,7 @@ pub fn gate_spec_from_wire(
         timeout: Duration::from_millis(s.timeout_ms),
         memory: s.memory_bytes,
         checkout: s.checkout.map(|c| checkout_from_wire(*c)).transpose()?,
+        reports: s.reports,
     })
 }
 
@@ -278,6 +286,7 @@ mod tests {
                     bytes: b"err".to_vec(),
                     dropped: 0,
                 },
+                tests: None,
             };
             let back = GateResult::try_from(v1::AttemptResult::from(&r)).expect("decodes");
             assert_eq!(back, r);
@@ -298,6 +307,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             memory: 42,
             checkout: None,
+            reports: Vec::new(),
         };
         let back = gate_spec_from_wire(v1::GateSpec::from(&spec), std::path::Path::new("/ws"))
             .expect("decodes");
@@ -345,6 +355,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             memory: 1,
             checkout: Some(checkout.clone()),
+            reports: Vec::new(),
         };
         let wire = v1::GateSpec::from(&spec);
         assert_eq!(

@@ -25,6 +25,7 @@ fn spec(workdir: &std::path::Path) -> GateSpec {
         timeout: Duration::from_secs(60),
         memory: 64 * 1024 * 1024,
         checkout: None,
+        reports: Vec::new(),
     }
 }
 
@@ -111,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             spec: Arc::clone(&spec),
             cache_key: None,
             traceparent: None,
+            watch: Default::default(),
         }))
     };
     let start = Instant::now();

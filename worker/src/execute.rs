@@ -65,6 +65,7 @@ impl ExecError {
             peak_memory: None,
             stdout: OutputTail::default(),
             stderr: OutputTail::default(),
+            tests: None,
         }
     }
 }
@@ -211,6 +212,7 @@ impl RunningGate {
             peak_memory,
             stdout: stdout.into_tail(),
             stderr: stderr.into_tail(),
+            tests: None,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct ExecConfig {
     /// Mirrors and checkouts for gates of source-aware plans; `None`: such a gate fails
     /// with reason `source` (this executor cannot check code out).
     pub checkouts: Option<Arc<checkout::Checkouts>>,
+    /// Bounds on reading a gate's test reports (file size, nesting, cases kept,
+    /// message bytes); see `gatehouse_common::reports::Limits` for the defaults.
+    pub report_limits: gatehouse_common::reports::Limits,
 }
 
 impl Default for ExecConfig {
@@ -71,6 +74,7 @@ impl Default for ExecConfig {
             monitor_interval: Duration::from_millis(250),
             pipe_drain: Duration::from_secs(1),
             checkouts: None,
+            report_limits: gatehouse_common::reports::Limits::default(),
         }
     }
 }

@@ -24,14 +24,15 @@
 //! and then returns the same way. The receiver of `reports` must be drained (or dropped)
 //! until the returned task ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use gatehouse_common::exec::{
     Assignment, AttemptRef, ExitStatus, FromWorker, GateResult, OutputTail, ToWorker,
 };
-use gatehouse_common::spawn::{spawn_in, spawn_named};
+use gatehouse_common::reports::{self as test_reports, GateTests, TestKey};
+use gatehouse_common::spawn::{spawn_blocking_named, spawn_in, spawn_named};
 use gatehouse_common::telemetry::{OTEL_TARGET, continue_trace};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
@@ -185,6 +186,7 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
         attempt,
         spec,
         traceparent,
+        watch,
         ..
     } = assignment;
     // Traced plans: the attempt's own span, continuing the coordinator's gate span;
@@ -213,7 +215,14 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
     };
     // The span ends before the result is reported: it lies within the coordinator's
     // attempt span, which ends when the result arrives.
-    let result = execute_attempt(&attempt, &spec, &cfg, &monitor, cancel, &reports)
+    let run = Run {
+        attempt: &attempt,
+        spec: &spec,
+        cfg: &cfg,
+        monitor: &monitor,
+        watch,
+    };
+    let result = execute_attempt(run, cancel, &reports)
         .instrument(span)
         .await;
     guard.attempt = None;
@@ -225,21 +234,29 @@ async fn run_attempt<R: From<FromWorker> + Send + 'static>(
     attempt
 }
 
+/// What one attempt runs with.
+struct Run<'a> {
+    attempt: &'a AttemptRef,
+    spec: &'a gatehouse_common::exec::GateSpec,
+    cfg: &'a ExecConfig,
+    monitor: &'a MemoryMonitorHandle,
+    /// Tests whose passes the result lists.
+    watch: Arc<[TestKey]>,
+}
+
 /// Starts and waits for one attempt (reporting `Started`), inside its span.
 async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
-    attempt: &AttemptRef,
-    spec: &gatehouse_common::exec::GateSpec,
-    cfg: &ExecConfig,
-    monitor: &MemoryMonitorHandle,
+    run: Run<'_>,
     mut cancel: CancelSignal,
     reports: &mpsc::Sender<R>,
 ) -> GateResult {
+    let (attempt, spec) = (run.attempt, run.spec);
     // A source plan's gate runs in its own checkout of its tree, removed afterwards.
     let result = match &spec.checkout {
-        None => start_and_wait(attempt, spec, cfg, monitor, cancel, reports).await,
-        Some(wanted) => match check_out(attempt, spec, wanted, cfg, &mut cancel).await {
+        None => start_and_wait(&run, spec, cancel, reports).await,
+        Some(wanted) => match check_out(attempt, spec, wanted, run.cfg, &mut cancel).await {
             Ok((dir, spec)) => {
-                let result = start_and_wait(attempt, &spec, cfg, monitor, cancel, reports).await;
+                let result = start_and_wait(&run, &spec, cancel, reports).await;
                 dir.remove().await;
                 result
             }
@@ -265,16 +282,17 @@ async fn execute_attempt<R: From<FromWorker> + Send + 'static>(
     result
 }
 
-/// Spawns the attempt's shell, reports `Started`, and waits for its end.
+/// Spawns the attempt's shell, reports `Started`, waits for its end, and reads the
+/// test reports it declares (`spec` is the run's, with its workdir in a checkout).
 async fn start_and_wait<R: From<FromWorker> + Send + 'static>(
-    attempt: &AttemptRef,
+    run: &Run<'_>,
     spec: &gatehouse_common::exec::GateSpec,
-    cfg: &ExecConfig,
-    monitor: &MemoryMonitorHandle,
     cancel: CancelSignal,
     reports: &mpsc::Sender<R>,
 ) -> GateResult {
-    match RunningGate::start(spec, attempt, cfg, monitor).await {
+    let attempt = run.attempt;
+    let since = SystemTime::now();
+    match RunningGate::start(spec, attempt, run.cfg, run.monitor).await {
         Ok(running) => {
             if let Some(pid) = running.pid() {
                 tracing::Span::current().record("process.pid", i64::from(pid));
@@ -283,11 +301,56 @@ async fn start_and_wait<R: From<FromWorker> + Send + 'static>(
                 attempt: attempt.clone(),
             };
             report(reports, started).await;
-            running.wait(cancel).await
+            let mut result = running.wait(cancel).await;
+            if !spec.reports.is_empty() && !matches!(result.status, ExitStatus::Cancelled) {
+                result.tests = read_test_reports(run, spec, since).await;
+            }
+            result
         }
         Err(error) => {
             tracing::info!(?attempt, %error, "gate failed to start");
             error.into_result()
+        }
+    }
+}
+
+/// Reads the attempt's declared reports (blocking work, off the runtime). `None` only
+/// if the reading task itself failed, which is logged.
+async fn read_test_reports(
+    run: &Run<'_>,
+    spec: &gatehouse_common::exec::GateSpec,
+    since: SystemTime,
+) -> Option<Box<GateTests>> {
+    let workdir = spec.workdir.clone();
+    let patterns = spec.reports.clone();
+    let limits = run.cfg.report_limits;
+    let watch: HashSet<TestKey> = run.watch.iter().copied().collect();
+    let started = tokio::time::Instant::now();
+    let read = spawn_blocking_named("read-reports", move || {
+        test_reports::collect(&workdir, &patterns, since, &limits, &watch)
+    })
+    .await;
+    match read {
+        Ok(tests) => {
+            tracing::debug!(
+                attempt = ?run.attempt,
+                files = tests.files,
+                tests = tests.results.passed + tests.results.failed + tests.results.skipped,
+                failed = tests.results.failed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reports read"
+            );
+            for path in &tests.missing {
+                tracing::warn!(attempt = ?run.attempt, pattern = %path, "declared report not written");
+            }
+            for bad in &tests.unreadable {
+                tracing::warn!(attempt = ?run.attempt, path = %bad.path, reason = %bad.reason, "unreadable report");
+            }
+            Some(Box::new(tests))
+        }
+        Err(error) => {
+            tracing::error!(attempt = ?run.attempt, %error, "reading the reports failed");
+            None
         }
     }
 }
@@ -350,6 +413,7 @@ fn with_status(status: ExitStatus) -> GateResult {
         peak_memory: None,
         stdout: OutputTail::default(),
         stderr: OutputTail::default(),
+        tests: None,
     }
 }
 

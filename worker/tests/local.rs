@@ -50,6 +50,7 @@ impl Harness {
             spec: Arc::new(spec),
             cache_key: None,
             traceparent: None,
+            watch: Default::default(),
         };
         self.inbox
             .send(ToWorker::Assign(assignment))

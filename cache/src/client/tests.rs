@@ -97,9 +97,11 @@ fn entry(stdout: Vec<u8>) -> CacheEntry {
                 dropped: 0,
             },
             stderr: OutputTail::default(),
+            tests: None,
         },
         producer: GateId::new("pr-1/test"),
         created_unix_ms: unix_ms_now(),
+        flaky: None,
     }
 }
 

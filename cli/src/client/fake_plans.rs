@@ -140,6 +140,14 @@ impl PlanService for Service {
         self.gate("ListWorkers", None)?;
         Ok(Response::new(v1::ListWorkersResponse::default()))
     }
+
+    async fn list_flakes(
+        &self,
+        _: Request<v1::ListFlakesRequest>,
+    ) -> Result<Response<v1::ListFlakesResponse>, Status> {
+        self.gate("ListFlakes", None)?;
+        Ok(Response::new(v1::ListFlakesResponse::default()))
+    }
 }
 
 /// A running fake coordinator.

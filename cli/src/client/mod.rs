@@ -13,6 +13,7 @@ mod connect;
 mod error;
 #[cfg(test)]
 mod fake_plans;
+mod flakes;
 mod follow;
 mod leader;
 mod submit;
@@ -38,6 +39,7 @@ use crate::validate::report_invalid;
 use crate::{EXIT_FAILED, EXIT_INVALID, EXIT_PASSED};
 use connect::{Coordinator, CoordinatorUrls, DEFAULT_COORDINATOR, RPC_TIMEOUT, parse_urls};
 use error::ClientError;
+pub use flakes::{FlakesArgs, flakes};
 use follow::{Follower, OnInterrupt, Signals};
 use gatehouse_proto::tls::Tls;
 use leader::{Cluster, FAILOVER_TIMEOUT, Resend};

@@ -23,7 +23,7 @@ pub fn now_unix_ms() -> u64 {
 }
 
 /// `2m03s` since `unix_ms`, or `-` if unknown.
-fn age(now_ms: u64, unix_ms: u64) -> String {
+pub(super) fn age(now_ms: u64, unix_ms: u64) -> String {
     if unix_ms == 0 {
         return "-".into();
     }

@@ -73,6 +73,10 @@ pub fn gate_value(view: &PlanView, ev: &GateUpdate<'_>) -> Value {
             v["stderr_dropped_bytes"] = json!(r.stderr.dropped);
         }
     }
+    let tests = ev.result.and_then(|r| r.tests.as_deref());
+    if let Some(tests) = super::reports::value(tests, ev.verdict) {
+        v["tests"] = tests;
+    }
     if let Some(reason) = &ev.reason {
         v["reason"] = json!(reason);
     }

@@ -11,6 +11,7 @@
 
 pub mod json;
 pub mod land;
+pub mod reports;
 pub mod source;
 pub mod text;
 pub mod view;

@@ -50,6 +50,9 @@ pub fn gate_line(view: &PlanView, ev: &GateUpdate<'_>) -> Option<String> {
             ExitStatus::SourceFailed(msg) => format!("checkout failed: {msg}, "),
         };
         let _ = write!(line, "  ({detail}{}", format_duration(r.duration));
+        if let Some(tests) = &r.tests {
+            line.push_str(&super::reports::counts_text(tests));
+        }
         if ev.attempt > 1 {
             let _ = write!(line, ", attempt {}", ev.attempt);
         }
@@ -70,6 +73,12 @@ pub fn gate_line(view: &PlanView, ev: &GateUpdate<'_>) -> Option<String> {
         ev.change,
         Change::Finished(Terminal::Failed | Terminal::TimedOut)
     );
+    // Which tests failed, and why, before the output they came with.
+    let tests = ev.result.and_then(|r| r.tests.as_deref());
+    for l in super::reports::lines(tests, ev.verdict, failed || ev.is_failure()) {
+        line.push('\n');
+        line.push_str(&l);
+    }
     if failed && let Some(r) = &ev.result {
         let tail = tail_str(&r.stderr.bytes, 64 * 1024);
         let lines: Vec<&str> = tail.lines().collect();

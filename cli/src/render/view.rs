@@ -178,6 +178,8 @@ pub struct GateUpdate<'a> {
     pub reason: Option<&'a str>,
     /// For a skipped gate: index of the failed gate that caused it.
     pub cause: Option<usize>,
+    /// Its flaky and quarantined tests.
+    pub verdict: Option<&'a gatehouse_common::reports::TestVerdict>,
 }
 
 impl<'a> GateUpdate<'a> {
@@ -203,6 +205,7 @@ impl<'a> GateUpdate<'a> {
             result: ev.result.as_ref(),
             reason: ev.reason,
             cause: ev.cause.map(|c| c.ix()),
+            verdict: ev.verdict.as_deref(),
         })
     }
 

@@ -12,7 +12,8 @@
 //!
 //! Versioning: an entry of another [`FORMAT_VERSION`] is [`Corrupt::Header`], which
 //! every reader treats as a miss: after an upgrade that changes the format, old entries
-//! are simply not found and are rewritten by the next run.
+//! are simply not found and are rewritten by the next run. Version 2 added per-test
+//! results and the flaky verdict of a stored flaky pass.
 
 use std::io::{self, Read};
 
@@ -21,7 +22,7 @@ use super::{CacheEntry, CacheError, CacheKey};
 /// Magic bytes at the start of every entry file.
 pub const MAGIC: [u8; 7] = *b"GHCACHE";
 /// Version of the entry format (also the `v1` directory name of a disk cache).
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Magic + version, key, checksum.
 pub const PREFIX_LEN: usize = MAGIC.len() + 1 + 32 + 32;
 /// Encoded entries larger than this are rejected (as corrupt on read, as an error on

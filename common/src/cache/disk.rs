@@ -230,9 +230,11 @@ mod tests {
                     dropped: 7,
                 },
                 stderr: OutputTail::default(),
+                tests: None,
             },
             producer: GateId::new("pr-1/test"),
             created_unix_ms: 1_700_000_000_000,
+            flaky: None,
         }
     }
 
@@ -260,7 +262,7 @@ mod tests {
         cache.put(&KEY, &entry("hello")).await.expect("put");
         assert_eq!(cache.get(&KEY).await.expect("get"), Some(entry("hello")));
         let hex = KEY.to_hex();
-        let path = dir.path().join("cache/v1").join(&hex[..2]).join(&hex);
+        let path = dir.path().join("cache/v2").join(&hex[..2]).join(&hex);
         assert_eq!(cache.entry_path(&KEY), path);
         assert!(path.is_file());
         cache.put(&KEY, &entry("again")).await.expect("overwrite");

@@ -11,7 +11,8 @@
 //! (sorted, deduplicated); every matched input file as its `/`-separated path relative
 //! to the workdir plus the BLAKE3 of its content, in sorted path order; the keys of the
 //! gates it depends on (sorted and deduplicated, so the caller's order does not matter);
-//! and the plan's `cache_salt`. The gate's id is deliberately not part of the key:
+//! the plan's `cache_salt`; and, when the gate declares any, its `reports` globs
+//! (sorted, deduplicated). The gate's id is deliberately not part of the key:
 //! identical gates under different ids share one result.
 //!
 //! Input globs (globset syntax, relative to the gate's absolute `workdir`):
@@ -224,6 +225,13 @@ fn encode(
     w.section(b'd', deps.len());
     deps.iter().for_each(|dep| w.raw(&dep.0));
     w.field(b's', plan.policy.cache_salt.as_bytes());
+    // The reports a gate declares decide what its result holds. Written only when
+    // there are some, so the keys of gates without reports are what they were.
+    if !gate.reports.is_empty() {
+        let reports: BTreeSet<&str> = gate.reports.iter().map(String::as_str).collect();
+        w.section(b'j', reports.len());
+        reports.iter().for_each(|r| w.bytes(r.as_bytes()));
+    }
     CacheKey(*w.0.finalize().as_bytes())
 }
 
@@ -422,6 +430,8 @@ mod tests {
             memory: 1 << 20,
             cache: true,
             labels: BTreeMap::new(),
+            reports: Vec::new(),
+            retry_on: Default::default(),
         }
     }
 

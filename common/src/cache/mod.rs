@@ -61,6 +61,9 @@ pub struct CacheEntry {
     pub producer: GateId,
     /// When the entry was written, as milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
+    /// Set for a gate that passed only after failing, stored because the plan said
+    /// `policy.cache_flaky`: every hit reports it flaky, with these tests.
+    pub flaky: Option<crate::reports::TestVerdict>,
 }
 
 /// Errors of a cache backend. Callers treat every one of them as a miss (for `get`) or

@@ -67,9 +67,11 @@ mod tests {
                 peak_memory: None,
                 stdout: OutputTail::default(),
                 stderr: OutputTail::default(),
+                tests: None,
             },
             producer: GateId::new("g"),
             created_unix_ms: 1,
+            flaky: None,
         }
     }
 

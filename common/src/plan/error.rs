@@ -347,12 +347,43 @@ pub enum PlanErrorKind {
         /// The value as written.
         value: String,
     },
+    /// A gate's `reports` entry is not usable.
+    #[error("gate {:?} has an invalid report pattern {pattern:?}: {reason}", .gate.as_str())]
+    InvalidReport {
+        /// The gate.
+        gate: GateId,
+        /// The pattern as written (empty when the list itself is wrong).
+        pattern: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `retry_on` is neither `any` nor `flaky`.
+    #[error("{}: invalid `retry_on` {value:?}; use `any` (every failure) or `flaky` (only failures of known flaky tests)", retry_owner(.gate))]
+    InvalidRetryOn {
+        /// The gate, or `None` for `policy.retry_on`.
+        gate: Option<GateId>,
+        /// The value as written.
+        value: String,
+    },
+    /// `policy.quarantine` is not usable.
+    #[error("invalid `policy.quarantine`: {reason}")]
+    InvalidQuarantine {
+        /// What is wrong.
+        reason: String,
+    },
     /// Validation stopped collecting errors.
     #[error("stopped after {limit} errors; fix these and validate again")]
     TooManyErrors {
         /// [`MAX_REPORTED_ERRORS`].
         limit: usize,
     },
+}
+
+fn retry_owner(gate: &Option<GateId>) -> String {
+    match gate {
+        Some(gate) => format!("gate {:?}", gate.as_str()),
+        None => "policy".to_owned(),
+    }
 }
 
 /// `a -> b -> a`.

@@ -75,7 +75,7 @@ pub enum PlanForm {
 }
 
 /// Plan-wide policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     /// Running gates of this plan at once; `None`: the number of executor slots.
     pub max_parallel: Option<u32>,
@@ -93,7 +93,97 @@ pub struct Policy {
     pub cache_salt: String,
     /// Land the items that passed when the gates end (`policy.land`; `--land` too).
     pub land: bool,
+    /// Default for gates' `retry_on`.
+    pub retry_on: RetryOn,
+    /// Tests whose failures do not fail their gate.
+    pub quarantine: Quarantine,
+    /// Store a gate that passed only after a failure, or with flaky tests, in the
+    /// cache (its hits then keep the flaky flag and the flaky tests). Off by default, so
+    /// the next run measures it again.
+    pub cache_flaky: bool,
 }
+
+/// Which failed attempts are retried (up to `retries`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryOn {
+    /// Every failure or timeout.
+    #[default]
+    Any,
+    /// Only a failure whose failed tests (from the gate's reports) are all known flaky;
+    /// any other failure fails the gate at once.
+    Flaky,
+}
+
+impl RetryOn {
+    /// As written in a plan.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::Any => "any",
+            RetryOn::Flaky => "flaky",
+        }
+    }
+}
+
+/// `policy.quarantine`: tests whose failures do not fail their gate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quarantine {
+    /// A test whose flake score is at least this is quarantined (0 < threshold <= 1).
+    pub threshold: Option<f64>,
+    /// Tests quarantined by name.
+    pub tests: Vec<QuarantinedTest>,
+}
+
+/// One test quarantined by name until a date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuarantinedTest {
+    /// A glob over the test's name (`class::name`, see `reports::TestId::name_for_humans`).
+    pub test: String,
+    /// The end of its last day (UTC), in milliseconds since the Unix epoch: a run read
+    /// after it no longer counts the test quarantined.
+    pub until_unix_ms: u64,
+}
+
+impl Quarantine {
+    /// Whether anything is quarantined at all.
+    pub fn is_set(&self) -> bool {
+        self.threshold.is_some() || !self.tests.is_empty()
+    }
+
+    /// The named tests, compiled for matching.
+    pub fn named(&self) -> NamedQuarantine {
+        let globs = self
+            .tests
+            .iter()
+            .filter_map(|t| {
+                // Validation accepted every pattern; one that does not compile is skipped.
+                let glob = globset::Glob::new(&t.test).ok()?.compile_matcher();
+                Some((glob, t.until_unix_ms))
+            })
+            .collect();
+        NamedQuarantine { globs }
+    }
+}
+
+/// `policy.quarantine.tests`, compiled.
+#[derive(Clone, Debug, Default)]
+pub struct NamedQuarantine {
+    globs: Vec<(globset::GlobMatcher, u64)>,
+}
+
+impl NamedQuarantine {
+    /// Whether the test named `name` (`TestId::name_for_humans`) is quarantined by
+    /// name in a run at `at_unix_ms`.
+    pub fn covers(&self, name: &str, at_unix_ms: u64) -> bool {
+        self.globs
+            .iter()
+            .any(|(glob, until)| at_unix_ms <= *until && glob.is_match(name))
+    }
+}
+
+/// Most `reports` patterns per gate.
+pub const MAX_REPORT_PATTERNS: usize = 32;
+/// Most `policy.quarantine.tests` entries.
+pub const MAX_QUARANTINED_TESTS: usize = 1000;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -106,6 +196,9 @@ impl Default for Policy {
             cache: true,
             cache_salt: String::new(),
             land: false,
+            retry_on: RetryOn::Any,
+            quarantine: Quarantine::default(),
+            cache_flaky: false,
         }
     }
 }
@@ -155,6 +248,10 @@ pub struct Gate {
     pub cache: bool,
     /// Worker labels this gate requires: it runs only on a worker that has every one.
     pub labels: BTreeMap<String, String>,
+    /// JUnit XML report globs relative to `workdir`, read after every attempt.
+    pub reports: Vec<String>,
+    /// Which failed attempts are retried.
+    pub retry_on: RetryOn,
 }
 
 impl Plan {

@@ -57,6 +57,33 @@ pub struct RawPolicy {
     pub cache_salt: Option<String>,
     /// Land the items that passed when the gates end (source-aware plans only).
     pub land: Option<Spanned<bool>>,
+    /// Default for gates' `retry_on` (`any` or `flaky`).
+    pub retry_on: Option<Spanned<String>>,
+    /// Tests whose failures do not fail their gate.
+    pub quarantine: Option<Spanned<RawQuarantine>>,
+    /// Cache a gate that passed only after a failure (or with flaky tests).
+    pub cache_flaky: Option<bool>,
+}
+
+/// `policy.quarantine`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantine {
+    /// Flake score at or above which a test is quarantined.
+    pub threshold: Option<Spanned<f64>>,
+    /// Tests quarantined by name, each until a date.
+    #[serde(default)]
+    pub tests: Vec<RawQuarantined>,
+}
+
+/// One entry of `policy.quarantine.tests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuarantined {
+    /// A glob over the test's name (`class::name`).
+    pub test: Spanned<String>,
+    /// The last day (UTC, `YYYY-MM-DD`) it is quarantined.
+    pub until: Spanned<Scalar>,
 }
 
 /// The `source:` block.
@@ -116,6 +143,11 @@ pub struct RawGate {
     /// Worker labels this gate requires (`arch: arm64`), in file order.
     #[serde(default)]
     pub labels: RawEnv,
+    /// JUnit XML report globs relative to `workdir`.
+    #[serde(default)]
+    pub reports: Vec<Spanned<String>>,
+    /// When a failed attempt is retried (`any` or `flaky`).
+    pub retry_on: Option<Spanned<String>>,
 }
 
 /// A scalar kept as text: a string, or a number or boolean written without quotes

@@ -285,12 +285,23 @@ proptest! {
 }
 
 #[test]
-fn results_keep_what_did_not_simply_pass_and_the_keys_of_what_did() {
+fn results_keep_what_did_not_simply_pass_and_the_keys_of_watched_passes() {
     use crate::reports::TestResults;
-    let xml = r#"<testsuite name="s"><testcase name="a"/><testcase name="b"><failure message="no"/></testcase><testcase name="c"><flakyFailure/></testcase><testcase name="d"><skipped/></testcase></testsuite>"#;
+    let xml = r#"<testsuite name="s"><testcase name="a"/><testcase name="e"/><testcase name="b"><failure message="no"/></testcase><testcase name="c"><flakyFailure/></testcase><testcase name="d"><skipped/></testcase></testsuite>"#;
+    let a = TestId {
+        suite: "s".into(),
+        class: String::new(),
+        name: "a".into(),
+    };
+    let mut unwatched = TestResults::default();
+    unwatched
+        .add_report(xml.as_bytes(), &Limits::default(), &Default::default())
+        .expect("read");
+    assert!(unwatched.watched_passed.is_empty());
     let mut results = TestResults::default();
+    let watch = [a.key()].into_iter().collect();
     results
-        .add_report(xml.as_bytes(), &Limits::default())
+        .add_report(xml.as_bytes(), &Limits::default(), &watch)
         .expect("read");
     assert_eq!(
         (
@@ -299,16 +310,13 @@ fn results_keep_what_did_not_simply_pass_and_the_keys_of_what_did() {
             results.skipped,
             results.flaky
         ),
-        (2, 1, 1, 1)
+        (3, 1, 1, 1)
     );
     let notable: Vec<&str> = results.notable.iter().map(|c| c.id.name.as_str()).collect();
     assert_eq!(notable, ["b", "c"]);
-    let a = TestId {
-        suite: "s".into(),
-        class: String::new(),
-        name: "a".into(),
-    };
-    assert_eq!(results.passed_keys, vec![a.key()]);
+    let failures: Vec<&str> = results.failures().map(|c| c.id.name.as_str()).collect();
+    assert_eq!(failures, ["b"]);
+    assert_eq!(results.watched_passed, vec![a.key()]);
     // Keys tell identities apart, and do not let parts run together.
     let other = TestId {
         suite: "s".into(),

@@ -6,10 +6,15 @@
 //! owned [`TestCase`]) with a stable [`TestId`] and an [`Outcome`]; [`TestResults`] is
 //! what a gate keeps of them.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
+pub mod collect;
+pub mod history;
 pub mod junit;
 
+pub use collect::{MAX_REPORT_FILES, collect};
 pub use junit::{ReportError, read};
 
 /// Bounds on reading one report. Every one is checked while reading, so a hostile or
@@ -189,10 +194,122 @@ impl CaseRef<'_> {
 
 /// A test's identity as 16 bytes (a keyed hash of its [`TestId`]): what is kept of a
 /// passing test, so a suite of a million passing tests costs 16 MB, not its names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Serialized as 32 hex digits in human-readable formats (JSON), as bytes otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TestKey(pub [u8; 16]);
 
+impl Serialize for TestKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        hex_bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TestKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        hex_bytes::deserialize(d).map(TestKey)
+    }
+}
+
+/// Fixed-size byte arrays as hex text in human-readable formats, as a tuple of bytes
+/// otherwise (`#[serde(with = "hex_bytes")]`).
+pub mod hex_bytes {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `bytes`.
+    pub fn serialize<const N: usize, S: Serializer>(
+        bytes: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            s.serialize_str(&hex)
+        } else {
+            serde::Serialize::serialize(&tuple::Array(*bytes), s)
+        }
+    }
+
+    /// Deserializes what [`serialize`] wrote.
+    pub fn deserialize<'de, const N: usize, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let invalid = || D::Error::custom(format!("expected {} hex digits", 2 * N));
+            if text.len() != 2 * N {
+                return Err(invalid());
+            }
+            let mut out = [0u8; N];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2).ok_or_else(invalid)?, 16)
+                    .map_err(|_| invalid())?;
+            }
+            Ok(out)
+        } else {
+            tuple::Array::deserialize(d).map(|a| a.0)
+        }
+    }
+
+    /// `[u8; N]` as a serde tuple for any `N` (serde's own impls stop at 32).
+    mod tuple {
+        use serde::de::{Error as _, SeqAccess, Visitor};
+        use serde::ser::SerializeTuple;
+
+        pub struct Array<const N: usize>(pub [u8; N]);
+
+        impl<const N: usize> serde::Serialize for Array<N> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut t = s.serialize_tuple(N)?;
+                for b in &self.0 {
+                    t.serialize_element(b)?;
+                }
+                t.end()
+            }
+        }
+
+        impl<'de, const N: usize> serde::Deserialize<'de> for Array<N> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<const N: usize>;
+                impl<'de, const N: usize> Visitor<'de> for V<N> {
+                    type Value = Array<N>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "{N} bytes")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Array<N>, A::Error> {
+                        let mut out = [0u8; N];
+                        for (i, b) in out.iter_mut().enumerate() {
+                            *b = seq
+                                .next_element()?
+                                .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+                        }
+                        Ok(Array(out))
+                    }
+                }
+                d.deserialize_tuple(N, V::<N>)
+            }
+        }
+    }
+}
+
 impl TestId {
+    /// How people name it: `class::name`, or `suite::name` when it has no class (the
+    /// form `policy.quarantine.tests` patterns match and `gatehouse flakes` prints).
+    pub fn name_for_humans(&self) -> String {
+        let owner = if self.class.is_empty() {
+            &self.suite
+        } else {
+            &self.class
+        };
+        if owner.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{owner}::{}", self.name)
+        }
+    }
+
     /// Its [`TestKey`].
     pub fn key(&self) -> TestKey {
         test_key(&self.suite, &self.class, &self.name)
@@ -229,8 +346,10 @@ fn test_key(suite: &str, class: &str, name: &str) -> TestKey {
 }
 
 /// What a gate keeps of its reports: counts, every test that did not simply pass
-/// (failed, errored, or passed after failed reruns) in full, and the keys of the ones
-/// that passed (to tell a flip from a failure later).
+/// (failed, errored, or passed after failed reruns) in full, and the keys of the
+/// *watched* tests that passed: those the scheduler asked about because they failed
+/// before on the same inputs, so a flip can be told from a failure while a suite of
+/// passing tests costs nothing per test.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestResults {
     /// Test cases that passed (flaky ones included).
@@ -244,18 +363,20 @@ pub struct TestResults {
     /// Failed, errored and flaky test cases, in report order, at most
     /// [`Limits::max_cases`].
     pub notable: Vec<TestCase>,
-    /// Keys of the test cases that passed, at most [`Limits::max_cases`].
-    pub passed_keys: Vec<TestKey>,
-    /// Test cases beyond the limits: counted above, not kept.
+    /// Keys of the watched test cases that passed.
+    pub watched_passed: Vec<TestKey>,
+    /// Failed or flaky test cases beyond [`Limits::max_cases`]: counted above, not kept.
     pub dropped: u64,
 }
 
 impl TestResults {
-    /// Reads one report into these results.
+    /// Reads one report into these results; `watch` names the tests whose passes are
+    /// kept (by key) in [`TestResults::watched_passed`].
     pub fn add_report(
         &mut self,
         input: impl std::io::Read,
         limits: &Limits,
+        watch: &HashSet<TestKey>,
     ) -> Result<(), ReportError> {
         let max = limits.max_cases as usize;
         read(input, limits, &mut |case: CaseRef<'_>| {
@@ -267,14 +388,67 @@ impl TestResults {
             if case.flaky() {
                 self.flaky += 1;
             }
-            let notable = case.outcome.is_failure() || case.flaky();
-            if notable && self.notable.len() < max {
-                self.notable.push(case.to_owned());
-            } else if case.outcome == Outcome::Passed && self.passed_keys.len() < max {
-                self.passed_keys.push(case.key());
-            } else if notable || case.outcome == Outcome::Passed {
-                self.dropped += 1;
+            if case.outcome.is_failure() || case.flaky() {
+                if self.notable.len() < max {
+                    self.notable.push(case.to_owned());
+                } else {
+                    self.dropped += 1;
+                }
+            } else if case.outcome == Outcome::Passed && !watch.is_empty() {
+                // Hashing only when something is watched keeps a passing suite cheap.
+                let key = case.key();
+                if watch.contains(&key) {
+                    self.watched_passed.push(key);
+                }
             }
         })
+    }
+
+    /// The failed and errored test cases kept.
+    pub fn failures(&self) -> impl Iterator<Item = &TestCase> {
+        self.notable.iter().filter(|c| c.outcome.is_failure())
+    }
+}
+
+/// A report file that could not be read, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// Its path, relative to the gate's workdir.
+    pub path: String,
+    /// Why ([`ReportError`]'s message).
+    pub reason: String,
+}
+
+/// What one attempt's declared reports said: the facts an executor sends with the
+/// attempt's result. The gate's own exit status is never changed by them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateTests {
+    /// Per-test results of every report read.
+    pub results: TestResults,
+    /// Report files read.
+    pub files: u32,
+    /// Declared patterns that matched no file written during the attempt (a warning).
+    pub missing: Vec<String>,
+    /// Matched files that could not be read.
+    pub unreadable: Vec<Unreadable>,
+    /// When the reports were read, in milliseconds since the Unix epoch (the time of
+    /// the run in the test history).
+    pub read_unix_ms: u64,
+}
+
+/// The scheduler's reading of a gate's tests, beyond what its last attempt reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestVerdict {
+    /// Tests that both failed and passed on the gate's inputs: in an earlier attempt,
+    /// in an earlier plan, or within one report (reruns). Each as it failed.
+    pub flaky: Vec<TestCase>,
+    /// Failed tests that were quarantined, so they did not fail the gate.
+    pub quarantined: Vec<TestCase>,
+}
+
+impl TestVerdict {
+    /// Whether it says nothing.
+    pub fn is_empty(&self) -> bool {
+        self.flaky.is_empty() && self.quarantined.is_empty()
     }
 }

@@ -94,11 +94,19 @@ impl Scheduler {
             },
         );
         let spec = gate_spec(&run.plan, g);
-        // The key its result is stored under, by whichever side stores it.
+        // The key its result is stored under by the executor: only a first attempt's
+        // (a pass after a failure is flaky, and flaky passes are the core's to store).
         let cache_key = run
             .gate(g)
             .key
-            .filter(|_| run.options.use_cache && run.plan.gate(g).cache);
+            .filter(|_| run.options.use_cache && run.plan.gate(g).cache)
+            .filter(|_| run.gate(g).failures == 0);
+        // Tests that failed before in gates of this name: the result says if they pass.
+        let watch = if spec.reports.is_empty() {
+            Default::default()
+        } else {
+            self.history.watch(spec.gate.as_str())
+        };
         let mut ev = gate_event(
             run,
             g,
@@ -114,6 +122,7 @@ impl Scheduler {
                 spec: Arc::new(spec),
                 cache_key,
                 traceparent: None,
+                watch,
             },
             queued,
         });

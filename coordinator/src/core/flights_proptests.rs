@@ -17,6 +17,7 @@ fn hit() -> Box<CacheEntry> {
         result: result(ExitStatus::Exited(0)),
         producer: GateId::new("x"),
         created_unix_ms: 0,
+        flaky: None,
     })
 }
 
@@ -184,14 +185,16 @@ proptest! {
                 }
             }
         }
-        // Dispatches: prerequisites passed first; never once the gate's key passed.
+        // Dispatches: prerequisites passed first; never once the gate's key passed (a
+        // flaky pass is not shared unless the plan caches flaky passes: it runs again).
         let mut passed: HashSet<(PlanId, GateIdx)> = HashSet::new();
         let mut executed_passes: HashSet<CacheKey> = HashSet::new();
         for cmd in &sim.log {
             match cmd {
                 Command::Emit(PlanEvent::Gate(e)) if e.status == GateStatus::Finished(Terminal::Passed) => {
                     passed.insert((e.plan.clone(), e.gate));
-                    if let (false, Some(k)) = (e.cached, answered_key.get(&(e.plan.clone(), e.gate))) {
+                    let shared = !e.flaky || policy.cache_flaky;
+                    if let (false, true, Some(k)) = (e.cached, shared, answered_key.get(&(e.plan.clone(), e.gate))) {
                         executed_passes.insert(*k);
                     }
                 }

@@ -19,6 +19,7 @@
 //! gate's `memory`; when none fits, the plan's queue waits (no overcommit).
 
 mod dispatch;
+mod flakes;
 mod flights;
 mod graph;
 mod plan_run;
@@ -48,7 +49,8 @@ use std::time::Duration;
 use gatehouse_common::cache::{CacheEntry, CacheKey};
 use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult};
 use gatehouse_common::ids::{GateIdx, PlanId, SessionKey};
-use gatehouse_common::plan::Plan;
+use gatehouse_common::plan::{Plan, RetryOn};
+use gatehouse_common::reports::history::History;
 
 use flights::Flights;
 use plan_run::{GateState, Landed, PlanRun, Stopping};
@@ -134,6 +136,8 @@ pub struct Scheduler {
     throttled: u64,
     /// Cache keys being computed, their leaders and waiters.
     flights: Flights,
+    /// What is known of tests across attempts and plans (flake scores, watch lists).
+    history: History,
     sink: Sink,
 }
 
@@ -148,6 +152,7 @@ impl Scheduler {
             last_served: None,
             throttled: 0,
             flights: Flights::default(),
+            history: History::new(),
             sink: Sink::default(),
         }
     }
@@ -217,6 +222,11 @@ impl Scheduler {
         })
     }
 
+    /// The test history (for `gatehouse flakes` and metrics).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     /// The plan of a live plan run.
     pub fn plan(&self, id: &PlanId) -> Option<&Arc<Plan>> {
         self.plans.get(id).map(|r| &r.plan)
@@ -267,6 +277,11 @@ impl Scheduler {
                 age,
                 keys,
             } => self.on_restored(now, id, plan, options, &gates, cancel, age, keys),
+            Event::HistoryLoaded(runs) => {
+                for run in &runs {
+                    self.history.apply(run);
+                }
+            }
             Event::AttemptsReported {
                 worker,
                 running,
@@ -322,6 +337,8 @@ impl Scheduler {
             (Some(entry), _) => {
                 let mut done = Done::new(Terminal::Passed, 0);
                 done.cached = true;
+                done.flaky = entry.flaky.is_some();
+                done.verdict = entry.flaky.map(Box::new);
                 done.result = Some(entry.result);
                 finish_gate(run, &mut self.sink, &self.config, gate, done);
             }
@@ -384,20 +401,35 @@ impl Scheduler {
         };
         run.running -= 1;
         let a = attempt.attempt;
+        let judged = match then {
+            None if !matches!(result.status, ExitStatus::Cancelled) => {
+                flakes::judge(&mut self.history, run, g, &result)
+            }
+            _ => flakes::Judged::default(),
+        };
+        if let Some(fact) = judged.fact {
+            self.sink.cmds.push(Command::RecordTests(Arc::new(fact)));
+        }
         let gate = run.plan.gate(g);
-        if result.status.passed() {
+        if result.status.passed() || (judged.quarantined && then.is_none()) {
             let key = run.gate(g).key;
             let mut done = Done::new(Terminal::Passed, a);
             done.worker = Some(worker);
-            done.flaky = run.gate(g).failures > 0;
-            if let (true, true, Some(key)) = (run.options.use_cache, gate.cache, key) {
+            done.flaky = run.gate(g).failures > 0 || judged.flaky_in_report || judged.quarantined;
+            let verdict = judged.verdict;
+            // A quarantined pass is never stored; a flaky one only if the plan says so.
+            let store = !judged.quarantined && (!done.flaky || run.plan.policy.cache_flaky);
+            if let (true, true, true, Some(key)) = (store, run.options.use_cache, gate.cache, key) {
                 self.sink.cmds.push(Command::StoreResult {
                     plan: attempt.plan.clone(),
                     gate: g,
                     key,
                     result: result.clone(),
+                    flaky: done.flaky.then(|| verdict.clone()),
                 });
             }
+            done.share = store;
+            done.verdict = (!verdict.is_empty()).then(|| Box::new(verdict));
             done.result = Some(result);
             finish_gate(run, &mut self.sink, &self.config, g, done);
             return;
@@ -419,17 +451,25 @@ impl Scheduler {
             return;
         }
         let retries = gate.retries;
+        let retry_on = gate.retry_on;
         let timeout = matches!(result.status, ExitStatus::TimedOut);
+        flakes::remember(run, g, &result, &judged.verdict);
         let gr = run.gate_mut(g);
         gr.failures += 1;
         let failures = gr.failures;
-        if failures <= retries && run.stopping == Stopping::No {
+        let worth_retrying = match retry_on {
+            RetryOn::Any => true,
+            RetryOn::Flaky => judged.only_flaky_failures,
+        };
+        if failures <= retries && worth_retrying && run.stopping == Stopping::No {
             let backoff = retry_backoff(run.plan.policy.retry_backoff, failures);
             run.set_state(g, GateState::Backoff { attempt: a + 1 });
             run.gate_mut(g).last_failure = Some(result.clone());
             let mut ev = gate_event(run, g, GateStatus::Retrying { backoff }, a, Some(worker));
             ev.reason = Some(result.status.reason());
             ev.result = Some(result);
+            let verdict = judged.verdict;
+            ev.verdict = (!verdict.is_empty()).then(|| Box::new(verdict));
             self.sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
             self.sink.cmds.push(Command::SetTimer {
                 at: now + backoff,
@@ -449,6 +489,8 @@ impl Scheduler {
         let mut done = Done::new(terminal, a).reason(result.status.reason());
         done.worker = Some(worker);
         done.result = Some(result);
+        let verdict = judged.verdict;
+        done.verdict = (!verdict.is_empty()).then(|| Box::new(verdict));
         finish_gate(run, &mut self.sink, &self.config, g, done);
     }
 

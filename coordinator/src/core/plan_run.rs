@@ -95,6 +95,17 @@ pub(crate) struct GateRun {
     /// It leads the single flight of its key: it runs it for every gate that waits
     /// (those are in [`GateState::AwaitingLeader`]).
     pub(crate) leads: bool,
+    /// What its earlier attempts' reports said. Boxed: most gates have none.
+    pub(crate) tests: Option<Box<GateTestsSoFar>>,
+}
+
+/// What a gate's earlier attempts' reports said, for the attempts after them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GateTestsSoFar {
+    /// Tests that failed, so a later flip can say how it failed.
+    pub(crate) failed: Vec<gatehouse_common::reports::TestCase>,
+    /// Tests found flaky so far: every later event of the gate names them.
+    pub(crate) flaky: Vec<gatehouse_common::reports::TestCase>,
 }
 
 /// Why a plan stops early.
@@ -138,11 +149,14 @@ pub(crate) struct PlanRun {
     pub(crate) submitted_at: Now,
     /// How long the plan had run before it was restored here (0 unless restored).
     pub(crate) earlier: std::time::Duration,
+    /// `policy.quarantine.tests`, compiled once.
+    pub(crate) quarantine: gatehouse_common::plan::NamedQuarantine,
 }
 
 impl PlanRun {
     pub(crate) fn new(id: PlanId, plan: Arc<Plan>, options: RunOptions, now: Now) -> Self {
         let graph = PlanGraph::new(&plan);
+        let plan_quarantine = plan.policy.quarantine.named();
         let gates = graph
             .indegree
             .iter()
@@ -159,6 +173,7 @@ impl PlanRun {
                 throttled: false,
                 key: None,
                 leads: false,
+                tests: None,
             })
             .collect();
         let item_remaining: Vec<u32> = plan.items.iter().map(|i| i.gates.len() as u32).collect();
@@ -183,6 +198,7 @@ impl PlanRun {
             stopping: Stopping::No,
             submitted_at: now,
             earlier: std::time::Duration::ZERO,
+            quarantine: plan_quarantine,
         }
     }
 

@@ -169,8 +169,7 @@ proptest! {
                 let hit = rng.random_bool(0.3).then(|| Box::new(CacheEntry {
                     result: result(ExitStatus::Exited(0)),
                     producer: GateId::new("x"),
-                    created_unix_ms: 0,
-                }));
+                    created_unix_ms: 0, flaky: None, }));
                 sim.feed(Event::CacheChecked { plan: sim.plan.clone(), gate, key: None, hit });
             } else if !sim.running.is_empty() && choice < 9 {
                 let i = rng.random_range(0..sim.running.len());

@@ -58,6 +58,8 @@ fn gate(id: String, item: Option<ItemIdx>, spec: &G) -> Gate {
         memory: spec.memory,
         cache: true,
         labels: spec.labels.clone(),
+        reports: Vec::new(),
+        retry_on: Default::default(),
     }
 }
 
@@ -115,6 +117,7 @@ pub(crate) fn result(status: ExitStatus) -> GateResult {
         peak_memory: None,
         stdout: OutputTail::default(),
         stderr: OutputTail::default(),
+        tests: None,
     }
 }
 
@@ -194,7 +197,7 @@ impl Sim {
                 Command::Emit(PlanEvent::Gate(ev)) => self.events.push(ev.clone()),
                 Command::Emit(PlanEvent::Finished(s)) => self.summary = Some(s.clone()),
                 Command::Emit(PlanEvent::Land { .. }) => panic!("the core never lands"),
-                Command::StoreResult { .. } => {}
+                Command::StoreResult { .. } | Command::RecordTests(_) => {}
                 Command::AckResults { worker, attempts } => {
                     let at = self.log.len() + i;
                     for a in attempts {

@@ -347,6 +347,7 @@ fn cache_hit_passes_without_dispatch_and_unblocks_dependents() {
         result: result(ExitStatus::Exited(0)),
         producer: GateId::new("a"),
         created_unix_ms: 0,
+        flaky: None,
     };
     sim.feed(Event::CacheChecked {
         plan: sim.plan.clone(),

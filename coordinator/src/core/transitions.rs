@@ -31,6 +31,11 @@ pub(super) struct Done {
     pub(super) result: Option<GateResult>,
     pub(super) reason: Option<&'static str>,
     pub(super) cause: Option<GateIdx>,
+    /// Its flaky and quarantined tests.
+    pub(super) verdict: Option<Box<gatehouse_common::reports::TestVerdict>>,
+    /// Whether gates waiting on the same key may take its pass (`false` for a flaky
+    /// pass that is not cached: they run and measure it again).
+    pub(super) share: bool,
 }
 
 impl Done {
@@ -44,6 +49,8 @@ impl Done {
             result: None,
             reason: None,
             cause: None,
+            verdict: None,
+            share: true,
         }
     }
 
@@ -80,6 +87,7 @@ pub(super) fn gate_spec(plan: &Plan, g: GateIdx) -> GateSpec {
             let resolution = source.resolution.as_ref()?;
             resolution.checkout(plan, &source.repo, g)
         }),
+        reports: gate.reports.clone(),
     }
 }
 
@@ -160,7 +168,7 @@ pub(super) fn finish_gate(
         g,
         done.terminal,
         (done.cached, done.flaky),
-        done.result.as_ref(),
+        done.result.as_ref().filter(|_| done.share),
     );
     let mut ev = gate_event(
         run,
@@ -174,6 +182,7 @@ pub(super) fn finish_gate(
     ev.result = done.result;
     ev.reason = done.reason;
     ev.cause = done.cause;
+    ev.verdict = done.verdict;
     sink.cmds.push(Command::Emit(PlanEvent::Gate(ev)));
     match done.terminal {
         Terminal::Passed => propagate_pass(run, sink, g),

@@ -134,6 +134,9 @@ pub enum Event {
         /// takeover are never looked up again, and the gates keyed on them need them.
         keys: Vec<Option<CacheKey>>,
     },
+    /// The durable test history, read at start (or by a new leader): folded into the
+    /// core's in order, before any plan runs.
+    HistoryLoaded(Vec<gatehouse_common::reports::history::TestRun>),
     /// A (re)connected worker re-reported attempts it kept from an earlier session:
     /// still running, or finished and not yet acknowledged. Arrives right after its
     /// [`Event::WorkerJoined`]; every result of a remote worker comes this way. Each
@@ -252,7 +255,14 @@ pub enum Command {
         key: CacheKey,
         /// The passing result.
         result: GateResult,
+        /// For a flaky pass stored under `policy.cache_flaky`: its flaky tests. Such a
+        /// pass is never written by the executor that ran it, so the driver writes it
+        /// even where executors store their own results.
+        flaky: Option<gatehouse_common::reports::TestVerdict>,
     },
+    /// Record this fact in the durable test history (the core has already folded it
+    /// into its own).
+    RecordTests(Arc<gatehouse_common::reports::history::TestRun>),
     /// `worker` may forget these results. Comes after every event that records one of
     /// them, so the driver delivers it once those events are durable.
     AckResults {

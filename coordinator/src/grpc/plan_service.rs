@@ -301,6 +301,31 @@ impl PlanService for PlanServiceImpl {
             workers: term.sessions.list(&term.workers.borrow()),
         }))
     }
+
+    async fn list_flakes(
+        &self,
+        request: Request<v1::ListFlakesRequest>,
+    ) -> Result<Response<v1::ListFlakesResponse>, Status> {
+        let term = current_term(&self.role)?;
+        let filter = flake_filter(request.into_inner());
+        let rows = term
+            .scheduler
+            .flakes()
+            .await
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        Ok(Response::new(v1::ListFlakesResponse {
+            tests: filter.apply(rows).iter().map(v1::FlakyTest::from).collect(),
+        }))
+    }
+}
+
+fn flake_filter(r: v1::ListFlakesRequest) -> gatehouse_common::reports::history::FlakeFilter {
+    gatehouse_common::reports::history::FlakeFilter {
+        gate: Some(r.gate).filter(|g| !g.is_empty()),
+        since_unix_ms: r.since_unix_ms,
+        all: r.all,
+        limit: r.limit as usize,
+    }
 }
 
 /// The caller's `traceparent` header, if it is a valid one (used as the plan's parent

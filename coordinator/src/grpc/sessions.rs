@@ -18,6 +18,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use gatehouse_common::exec::{AttemptRef, ToWorker};
 use gatehouse_common::ids::{SessionKey, WorkerId};
+use gatehouse_proto::convert::reports;
 use gatehouse_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -176,6 +177,7 @@ impl WorkerTransport for GrpcTransport {
                     deadline_unix_ms: deadline,
                     traceparent: a.traceparent.clone().unwrap_or_default(),
                     cache_key: a.cache_key.map(|k| k.0.to_vec()).unwrap_or_default(),
+                    watch: a.watch.iter().map(reports::key_to_wire).collect(),
                 })
             }
             ToWorker::Cancel { attempt, grace } => Msg::Cancel(v1::CancelAttempt {

@@ -22,8 +22,9 @@ use crate::core::{
 };
 
 /// Format version of event chunks, written in the first byte of each. Version 2 added
-/// landing's records (a new event variant); version 1 chunks are still read.
-const EVENTS_VERSION: u8 = 2;
+/// landing's records (a new event variant), version 3 per-test results (a `Tests`
+/// entry after the gate event they belong to); older chunks are still read.
+const EVENTS_VERSION: u8 = 3;
 /// Format version of plan records, written in the first byte of each. Version 2 added
 /// the trace context, version 3 a source plan's resolution, version 4 landing; older
 /// records are still read (as having none of what came later).
@@ -118,7 +119,7 @@ enum EventV1 {
         worker: Option<String>,
         cached: bool,
         flaky: bool,
-        result: Option<GateResult>,
+        result: Option<ResultV1>,
         reason: Option<String>,
         cause: Option<u32>,
     },
@@ -130,6 +131,47 @@ enum EventV1 {
     },
     /// A landing step, as JSON (`LandRecord`'s own serde shape).
     Land(String),
+    /// Per-test results of the gate event just before it, as JSON (their own serde
+    /// shapes, which tolerate added fields): the attempt's reports (`GateTests`) and
+    /// the scheduler's verdict (`TestVerdict`).
+    Tests {
+        result: Option<String>,
+        verdict: Option<String>,
+    },
+}
+
+/// A gate result as version 1 and 2 chunks hold it (the shape of `GateResult` before
+/// per-test results), so those chunks keep decoding.
+#[derive(Serialize, Deserialize)]
+struct ResultV1 {
+    status: gatehouse_common::exec::ExitStatus,
+    duration: Duration,
+    peak_memory: Option<u64>,
+    stdout: gatehouse_common::exec::OutputTail,
+    stderr: gatehouse_common::exec::OutputTail,
+}
+
+impl ResultV1 {
+    fn of(r: &GateResult) -> Self {
+        Self {
+            status: r.status.clone(),
+            duration: r.duration,
+            peak_memory: r.peak_memory,
+            stdout: r.stdout.clone(),
+            stderr: r.stderr.clone(),
+        }
+    }
+
+    fn into_result(self) -> GateResult {
+        GateResult {
+            status: self.status,
+            duration: self.duration,
+            peak_memory: self.peak_memory,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            tests: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -241,23 +283,54 @@ pub fn decode_record(bytes: &[u8]) -> Result<PlanRecord, CodecError> {
 /// Encodes consecutive events of one plan, written in leadership term `term` (the
 /// leader's election-key create revision; 0 for a standalone coordinator).
 pub fn encode_events<'a>(term: i64, events: impl IntoIterator<Item = &'a PlanEvent>) -> Vec<u8> {
-    let events: Vec<EventV1> = events.into_iter().map(event_to_v1).collect();
+    let mut encoded = Vec::new();
+    for event in events {
+        encoded.push(event_to_v1(event));
+        if let PlanEvent::Gate(g) = event {
+            let result = g.result.as_ref().and_then(|r| r.tests.as_deref());
+            if result.is_some() || g.verdict.is_some() {
+                encoded.push(EventV1::Tests {
+                    result: result.map(to_json),
+                    verdict: g.verdict.as_deref().map(to_json),
+                });
+            }
+        }
+    }
+    let events = encoded;
     frame(EVENTS_VERSION, &ChunkV1 { term, events })
 }
 
 /// Decodes a chunk of events of plan `plan`.
 pub fn decode_events(plan: &PlanId, bytes: &[u8]) -> Result<Vec<PlanEvent>, CodecError> {
-    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, EVENTS_VERSION])?.1)?;
-    chunk
-        .events
-        .into_iter()
-        .map(|e| event_from_v1(plan, e))
-        .collect()
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, 2, EVENTS_VERSION])?.1)?;
+    let mut events: Vec<PlanEvent> = Vec::with_capacity(chunk.events.len());
+    for e in chunk.events {
+        if let EventV1::Tests { result, verdict } = e {
+            let Some(PlanEvent::Gate(g)) = events.last_mut() else {
+                return Err(CodecError("test results that follow no gate event".into()));
+            };
+            let bad = |e: serde_json::Error| CodecError(format!("test results do not decode: {e}"));
+            if let (Some(text), Some(r)) = (result, g.result.as_mut()) {
+                r.tests = Some(Box::new(serde_json::from_str(&text).map_err(bad)?));
+            }
+            if let Some(text) = verdict {
+                g.verdict = Some(Box::new(serde_json::from_str(&text).map_err(bad)?));
+            }
+            continue;
+        }
+        events.push(event_from_v1(plan, e)?);
+    }
+    Ok(events)
+}
+
+/// JSON of a plain data type (no maps with non-string keys), which cannot fail.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data always serializes")
 }
 
 /// The term that wrote a chunk, and how many events it holds (for audits and tests).
 pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
-    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, EVENTS_VERSION])?.1)?;
+    let chunk: ChunkV1 = decode(&unframe(bytes, &[1, 2, EVENTS_VERSION])?.1)?;
     Ok((chunk.term, chunk.events.len()))
 }
 
@@ -369,7 +442,7 @@ fn event_to_v1(event: &PlanEvent) -> EventV1 {
             worker: g.worker.as_ref().map(|w| w.to_string()),
             cached: g.cached,
             flaky: g.flaky,
-            result: g.result.clone(),
+            result: g.result.as_ref().map(ResultV1::of),
             reason: g.reason.map(str::to_owned),
             cause: g.cause.map(|c| c.0),
         },
@@ -438,13 +511,14 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
             worker: worker.map(|w| WorkerId::new(worker_id_of(w))),
             cached,
             flaky,
-            result,
+            result: result.map(ResultV1::into_result),
             reason: reason
                 .as_deref()
                 .map(gatehouse_common::events::known_reason),
             cause: cause.map(GateIdx),
             // An observation for metrics and traces at dispatch time; not journaled.
             queued: None,
+            verdict: None,
         }),
         EventV1::Finished {
             outcome,
@@ -472,6 +546,9 @@ fn event_from_v1(plan: &PlanId, event: EventV1) -> Result<PlanEvent, CodecError>
             merge_order: merge_order.into_iter().map(ItemIdx).collect(),
             duration: Duration::from_millis(duration_ms),
         }),
+        EventV1::Tests { .. } => {
+            return Err(CodecError("test results that follow no gate event".into()));
+        }
         EventV1::Land(text) => PlanEvent::Land {
             plan: plan.clone(),
             record: serde_json::from_str(&text)
@@ -501,6 +578,7 @@ mod tests {
             reason: Some("exit_code"),
             cause: Some(GateIdx(3)),
             queued: None,
+            verdict: None,
         })
     }
 
@@ -537,6 +615,76 @@ mod tests {
         assert_eq!(chunk_term(&bytes).expect("term"), (7, 4));
         let back = decode_events(&plan, &bytes).expect("decodes");
         assert_eq!(format!("{back:?}"), format!("{events:?}"));
+    }
+
+    #[test]
+    fn test_results_ride_after_their_gate_event() {
+        use gatehouse_common::reports::{GateTests, TestCase, TestId, TestVerdict};
+        let plan = PlanId::new("p-1");
+        let case = TestCase {
+            id: TestId {
+                suite: "s".into(),
+                class: "c".into(),
+                name: "t".into(),
+            },
+            outcome: gatehouse_common::reports::Outcome::Failed,
+            duration_ms: 1,
+            message: Some("no".into()),
+            reruns_failed: 0,
+            file: None,
+            line: None,
+        };
+        let mut with_tests = gate_event(GateStatus::Finished(Terminal::Passed), 10);
+        let PlanEvent::Gate(g) = &mut with_tests else {
+            unreachable!("a gate event")
+        };
+        let mut tests = GateTests::default();
+        tests.results.failed = 1;
+        tests.results.notable = vec![case.clone()];
+        tests.missing = vec!["x.xml".into()];
+        if let Some(r) = g.result.as_mut() {
+            r.tests = Some(Box::new(tests));
+        }
+        g.verdict = Some(Box::new(TestVerdict {
+            flaky: vec![],
+            quarantined: vec![case],
+        }));
+        let events = vec![
+            gate_event(GateStatus::Running, 0),
+            with_tests,
+            gate_event(GateStatus::Finished(Terminal::Failed), 0),
+        ];
+        let bytes = encode_events(3, &events);
+        assert_eq!(bytes[0], EVENTS_VERSION);
+        // Four entries (the tests ride as one), three events back.
+        assert_eq!(chunk_term(&bytes).expect("term"), (3, 4));
+        let back = decode_events(&plan, &bytes).expect("decodes");
+        assert_eq!(format!("{back:?}"), format!("{events:?}"));
+        // A chunk of the previous version, written before results had tests, still reads.
+        let old: Vec<EventV1> = [gate_event(GateStatus::Running, 5)]
+            .iter()
+            .map(event_to_v1)
+            .collect();
+        let old = frame(
+            2,
+            &ChunkV1 {
+                term: 1,
+                events: old,
+            },
+        );
+        assert_eq!(decode_events(&plan, &old).expect("decodes").len(), 1);
+        // Tests that follow nothing are damage, not a panic.
+        let orphan = frame(
+            EVENTS_VERSION,
+            &ChunkV1 {
+                term: 1,
+                events: vec![EventV1::Tests {
+                    result: None,
+                    verdict: None,
+                }],
+            },
+        );
+        assert!(decode_events(&plan, &orphan).is_err());
     }
 
     fn resolution() -> Resolution {

@@ -385,6 +385,9 @@ mod tests {
         async fn load(&self) -> Result<Vec<StoredPlan>, StoreError> {
             Ok(Vec::new())
         }
+        async fn load_history(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            Ok(Vec::new())
+        }
         fn limits(&self) -> StoreLimits {
             StoreLimits {
                 max_ops: 64,

@@ -451,6 +451,10 @@ impl LandJob {
                         // Nothing of a verify run is logged: its results may be forgotten.
                         let _ = edges.outputs.send(ack);
                     }
+                    // Its tests' facts are history like any other.
+                    Some(tests @ PlanOutput::Tests(_)) => {
+                        let _ = edges.outputs.send(tests);
+                    }
                     Some(PlanOutput::Event(_)) => {}
                     None => return Err(Stop::Gone),
                 },

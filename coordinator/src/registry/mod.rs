@@ -31,6 +31,7 @@
 
 pub mod codec;
 mod handle;
+mod history;
 pub mod journal;
 mod landing;
 mod record;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 use gatehouse_common::cache::unix_ms_now;
 use gatehouse_common::ids::PlanId;
+use gatehouse_common::reports::history::TestRun;
 use gatehouse_common::spawn::spawn_named;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
@@ -51,6 +53,7 @@ use crate::scheduler::{PlanOutput, RestoredPlan, SchedulerError, SchedulerHandle
 use crate::sources::Sources;
 use crate::store::{StateStore, StoreOp};
 use codec::PlanRecord as StoredRecord;
+use history::HistoryLog;
 pub use journal::{AckSink, JournalError};
 use journal::{Journal, Waiter};
 use landing::{LandEdges, LandJob, LandMsg, Replay};
@@ -131,6 +134,8 @@ pub struct Durability {
     pub store: Arc<dyn StateStore>,
     /// Plans read back from the store.
     pub restored: Vec<Restored>,
+    /// Test-history records read back from the store, ascending.
+    pub history: Vec<(u64, Vec<u8>)>,
     /// The leadership term written into log chunks (0 when standalone).
     pub term: i64,
 }
@@ -151,7 +156,7 @@ pub fn spawn(
 ) -> (RegistryHandle, JoinHandle<Result<(), JournalError>>) {
     let (tx, mailbox) = mpsc::channel(MAILBOX_CAPACITY);
     let (events_tx, events) = outputs;
-    let (journal, restored) = match durability {
+    let (journal, restored, stored_history) = match durability {
         Some(d) => (
             Some(Journal::new(
                 d.store,
@@ -160,9 +165,11 @@ pub fn spawn(
                 config.commit_linger,
             )),
             d.restored,
+            d.history,
         ),
-        None => (None, Vec::new()),
+        None => (None, Vec::new(), Vec::new()),
     };
+    let (history, runs) = HistoryLog::restore(stored_history);
     let (land_tx, land_rx) = mpsc::unbounded_channel();
     let actor = RegistryActor {
         config,
@@ -180,15 +187,16 @@ pub fn spawn(
         order: VecDeque::new(),
         finished: VecDeque::new(),
         journal,
+        history,
         acks,
         shutdown,
     };
-    let actor = (actor, restored);
+    let actor = (actor, restored, runs);
     (
         RegistryHandle { tx },
         spawn_named("plan-registry", async move {
-            let (actor, restored) = actor;
-            actor.run(restored).await
+            let (actor, restored, runs) = actor;
+            actor.run(restored, runs).await
         }),
     )
 }
@@ -218,13 +226,24 @@ struct RegistryActor {
     finished: VecDeque<PlanId>,
     /// Group commit to the state store (`None`: memory only).
     journal: Option<Journal>,
+    /// The test-history records in the store.
+    history: HistoryLog,
     /// Acknowledges workers' results (after the journal made them durable).
     acks: Option<Arc<dyn AckSink>>,
     shutdown: CancellationToken,
 }
 
 impl RegistryActor {
-    async fn run(mut self, restored: Vec<Restored>) -> Result<(), JournalError> {
+    async fn run(
+        mut self,
+        restored: Vec<Restored>,
+        history: Vec<TestRun>,
+    ) -> Result<(), JournalError> {
+        // The history first: resumed plans' results are judged against it.
+        let facts = history.len();
+        if self.scheduler.load_history(history).await.is_ok() && facts > 0 {
+            tracing::info!(records = facts, "test history read back");
+        }
         let resumed = self.restore(restored).await;
         if resumed > 0 {
             tracing::info!(
@@ -604,6 +623,12 @@ impl RegistryActor {
                 (None, Some(sink)) => sink.ack(&worker, attempts),
                 (None, None) => {}
             },
+            // Memory only: the core's own history is all there is.
+            PlanOutput::Tests(run) => {
+                if let Some(j) = &mut self.journal {
+                    self.history.record(&run, j);
+                }
+            }
         }
     }
 

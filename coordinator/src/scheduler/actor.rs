@@ -226,6 +226,13 @@ impl SchedulerActor {
                 self.feed(Event::PlanSubmitted { id, plan, options });
             }
             SchedulerMsg::Cancel { plan, force } => self.feed(Event::Cancel { plan, force }),
+            SchedulerMsg::LoadHistory { runs, reply } => {
+                self.feed(Event::HistoryLoaded(runs));
+                let _ = reply.send(Ok(()));
+            }
+            SchedulerMsg::Flakes { reply } => {
+                let _ = reply.send(Ok(self.core.history().rows()));
+            }
             SchedulerMsg::Restore {
                 restored,
                 events,
@@ -370,12 +377,26 @@ impl SchedulerActor {
                 gate,
                 key,
                 result,
+                flaky,
             } => {
-                // In the cluster the executor that ran the gate writes it.
-                if let (false, Some(driver)) = (self.config.executors_store, self.plans.get(&plan))
-                {
+                // In the cluster the executor that ran the gate writes a clean pass; a
+                // flaky one (stored under `policy.cache_flaky`) is written here.
+                let here = !self.config.executors_store || flaky.is_some();
+                if let (true, Some(driver)) = (here, self.plans.get(&plan)) {
                     let producer = driver.plan.gate(gate).id.clone();
-                    self.cache.store(key, entry(result, producer));
+                    let mut entry = entry(result, producer);
+                    entry.flaky = flaky;
+                    self.cache.store(key, entry);
+                }
+            }
+            Command::RecordTests(run) => {
+                let plan = PlanId::new(run.plan.clone());
+                // The plan's reader records it durably (the registry), or keeps it in
+                // the local history (`gatehouse run`).
+                match (self.plans.get(&plan), &self.late_acks) {
+                    (Some(driver), _) => drop(driver.events.send(PlanOutput::Tests(run))),
+                    (None, Some(late)) => drop(late.send(PlanOutput::Tests(run))),
+                    (None, None) => {}
                 }
             }
             Command::SetTimer { at, timer } => {

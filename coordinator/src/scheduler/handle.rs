@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gatehouse_common::ids::PlanId;
 use gatehouse_common::plan::Plan;
+use gatehouse_common::reports::history::{FlakeRow, TestRun};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{PlanOutput, SchedulerError};
@@ -44,6 +45,13 @@ pub(super) enum SchedulerMsg {
         restored: RestoredPlan,
         events: mpsc::UnboundedSender<PlanOutput>,
         reply: oneshot::Sender<Result<(), SchedulerError>>,
+    },
+    LoadHistory {
+        runs: Vec<TestRun>,
+        reply: oneshot::Sender<Result<(), SchedulerError>>,
+    },
+    Flakes {
+        reply: oneshot::Sender<Result<Vec<FlakeRow>, SchedulerError>>,
     },
 }
 
@@ -91,6 +99,18 @@ impl SchedulerHandle {
             reply,
         })
         .await
+    }
+
+    /// Folds the durable test history into the core's, before plans run (at start, or
+    /// when this coordinator becomes the leader).
+    pub async fn load_history(&self, runs: Vec<TestRun>) -> Result<(), SchedulerError> {
+        self.ask(|reply| SchedulerMsg::LoadHistory { runs, reply })
+            .await
+    }
+
+    /// The tests the history tracks, highest flake score first.
+    pub async fn flakes(&self) -> Result<Vec<FlakeRow>, SchedulerError> {
+        self.ask(|reply| SchedulerMsg::Flakes { reply }).await
     }
 
     /// Sends a request and waits for its answer.

@@ -328,5 +328,6 @@ pub(super) fn entry(result: gatehouse_common::exec::GateResult, producer: GateId
         result,
         producer,
         created_unix_ms: unix_ms_now(),
+        flaky: None,
     }
 }

@@ -103,6 +103,9 @@ pub enum SchedulerError {
 
 /// What a plan's subscriber receives, in the order the core produced it.
 #[derive(Clone, Debug)]
+// The event is the variant sent for nearly every message: boxing it would cost an
+// allocation each time to shrink the rare ones.
+#[allow(clippy::large_enum_variant)]
 pub enum PlanOutput {
     /// A published event of the plan.
     Event(PlanEvent),
@@ -115,6 +118,9 @@ pub enum PlanOutput {
         /// Their attempts.
         attempts: Vec<AttemptRef>,
     },
+    /// A fact for the durable test history (the core already folded it into its own).
+    /// The registry writes it to the state store; `gatehouse run` to its history file.
+    Tests(Arc<gatehouse_common::reports::history::TestRun>),
 }
 
 /// The workers as the core accounts them, at one moment.

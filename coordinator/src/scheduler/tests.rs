@@ -22,7 +22,7 @@ async fn next_event(rx: &mut mpsc::UnboundedReceiver<PlanOutput>) -> Option<Plan
     loop {
         match rx.recv().await? {
             PlanOutput::Event(ev) => return Some(ev),
-            PlanOutput::Ack { .. } => continue,
+            PlanOutput::Ack { .. } | PlanOutput::Tests(_) => continue,
         }
     }
 }
@@ -800,6 +800,7 @@ async fn acks_follow_the_events_that_record_them_and_late_ones_take_the_late_pat
             PlanOutput::Event(PlanEvent::Gate(_)) => "event".to_string(),
             PlanOutput::Event(PlanEvent::Finished(_)) => "summary".to_string(),
             PlanOutput::Event(PlanEvent::Land { .. }) => "land".to_string(),
+            PlanOutput::Tests(_) => "tests".to_string(),
             PlanOutput::Ack { worker, attempts } => {
                 assert_eq!(
                     (worker, attempts),

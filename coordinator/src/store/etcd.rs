@@ -38,8 +38,8 @@ use gatehouse_common::ids::PlanId;
 use tonic::Code;
 
 use super::{
-    Loader, PLANS, StateStore, StoreError, StoreLimits, StoreOp, StoredPlan, Write, check_batch,
-    plan_prefix, prefix_end,
+    Loader, PLANS, StateStore, StoreError, StoreLimits, StoreOp, StoredPlan, TESTS, Write,
+    check_batch, plan_prefix, prefix_end, tests_seq,
 };
 
 /// Keys per load request (halved while a page is too large for one message).
@@ -264,8 +264,26 @@ pub(crate) fn net_writes(prefix: &str, ops: &[StoreOp]) -> Vec<NetWrite> {
         puts: BTreeMap<String, &'a [u8]>,
     }
     let mut plans: BTreeMap<&PlanId, Net<'_>> = BTreeMap::new();
+    let full = |key: &str| format!("{prefix}{key}").into_bytes();
+    let mut out = Vec::new();
     for op in ops {
-        let net = plans.entry(op.plan()).or_default();
+        let Some(plan) = op.plan() else {
+            // Test-history records: one key each, never put and deleted in one batch.
+            match op.write() {
+                Write::Put { key, value } => out.push(NetWrite::Put {
+                    key: full(&key),
+                    value: value.to_vec(),
+                }),
+                Write::DeletePrefix(key) => {
+                    let start = full(&key);
+                    let mut end = start.clone();
+                    end.push(0);
+                    out.push(NetWrite::DeleteRange { start, end });
+                }
+            }
+            continue;
+        };
+        let net = plans.entry(plan).or_default();
         match op.write() {
             Write::Put { key, value } => {
                 net.puts.insert(key, value);
@@ -276,8 +294,6 @@ pub(crate) fn net_writes(prefix: &str, ops: &[StoreOp]) -> Vec<NetWrite> {
             }
         }
     }
-    let full = |key: &str| format!("{prefix}{key}").into_bytes();
-    let mut out = Vec::new();
     for (plan, net) in plans {
         if net.deleted {
             let start = full(&plan_prefix(plan));
@@ -349,9 +365,42 @@ impl StateStore for EtcdStore {
     }
 
     async fn load(&self) -> Result<Vec<StoredPlan>, StoreError> {
-        let start = format!("{}{PLANS}", self.prefix).into_bytes();
-        let end = prefix_end(&start);
         let mut loader = Loader::new(&self.prefix);
+        self.read_range(PLANS, &mut |key, value| loader.add(&key, value))
+            .await?;
+        Ok(loader.finish())
+    }
+
+    async fn load_history(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let prefix_len = self.prefix.len();
+        self.read_range(TESTS, &mut |key, value| {
+            out.push((tests_seq(&key[prefix_len.min(key.len())..])?, value));
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    fn limits(&self) -> StoreLimits {
+        Self::LIMITS
+    }
+
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+impl EtcdStore {
+    /// Reads every key under `logical` (a prefix of the layout) from one snapshot, in
+    /// pages, handing each to `take` in key order.
+    async fn read_range(
+        &self,
+        logical: &str,
+        take: &mut (dyn FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError> + Send),
+    ) -> Result<(), StoreError> {
+        let start = format!("{}{logical}", self.prefix).into_bytes();
+        let end = prefix_end(&start);
         let mut from = start;
         // 0 (newest) for the first page, then the first page's revision.
         let mut revision = 0;
@@ -395,21 +444,13 @@ impl StateStore for EtcdStore {
             from.push(0);
             for kv in kvs {
                 let (key, value) = kv.into_key_value();
-                loader.add(&key, value)?;
+                take(key, value)?;
             }
             if !more {
                 break;
             }
         }
-        Ok(loader.finish())
-    }
-
-    fn limits(&self) -> StoreLimits {
-        Self::LIMITS
-    }
-
-    fn kind(&self) -> &'static str {
-        "etcd"
+        Ok(())
     }
 }
 

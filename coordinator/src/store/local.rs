@@ -20,8 +20,8 @@ use std::sync::Arc;
 use redb::{Database, DatabaseError, Durability, ReadableDatabase, TableDefinition};
 
 use super::{
-    Loader, PLANS, StateStore, StoreError, StoreLimits, StoreOp, StoredPlan, Write, check_batch,
-    prefix_end,
+    Loader, PLANS, StateStore, StoreError, StoreLimits, StoreOp, StoredPlan, TESTS, Write,
+    check_batch, prefix_end, tests_seq,
 };
 
 /// The one table: logical key -> value.
@@ -124,6 +124,19 @@ fn write_batch(db: &Database, ops: &[StoreOp]) -> Result<(), redb::Error> {
     Ok(())
 }
 
+fn read_history(db: &Database, path: &Path) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let io = |e: redb::Error| StoreError::Io(format!("failed to read {}: {e}", path.display()));
+    let txn = db.begin_read().map_err(|e| io(e.into()))?;
+    let table = txn.open_table(TABLE).map_err(|e| io(e.into()))?;
+    let end = String::from_utf8(prefix_end(TESTS.as_bytes())).expect("ASCII");
+    let mut out = Vec::new();
+    for entry in table.range(TESTS..end.as_str()).map_err(|e| io(e.into()))? {
+        let (key, value) = entry.map_err(|e| io(e.into()))?;
+        out.push((tests_seq(key.value().as_bytes())?, value.value().to_vec()));
+    }
+    Ok(out)
+}
+
 fn read_all(db: &Database, path: &Path) -> Result<Vec<StoredPlan>, StoreError> {
     let io = |e: redb::Error| StoreError::Io(format!("failed to read {}: {e}", path.display()));
     let txn = db.begin_read().map_err(|e| io(e.into()))?;
@@ -156,6 +169,11 @@ impl StateStore for LocalStore {
     async fn load(&self) -> Result<Vec<StoredPlan>, StoreError> {
         let path = self.path.clone();
         self.blocking(move |db| read_all(db, &path)).await
+    }
+
+    async fn load_history(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let path = self.path.clone();
+        self.blocking(move |db| read_history(db, &path)).await
     }
 
     fn limits(&self) -> StoreLimits {

@@ -14,7 +14,12 @@
 //! plans/<plan_id>/record                  the plan record
 //! plans/<plan_id>/cancel                  `force` or `graceful`
 //! plans/<plan_id>/log/<first_seq>         one event chunk; first_seq as 20 zero-padded digits
+//! tests/<seq>                             one test-history record; seq as 20 digits
 //! ```
+//!
+//! The test history is a sequence of opaque records that [`StateStore::load_history`]
+//! reads back in order; its writer bounds it by deleting the oldest
+//! ([`StoreOp::DeleteTests`]).
 //!
 //! [`StoreOp::DeletePlan`] deletes the prefix `plans/<plan_id>/`, trailing slash
 //! included, so forgetting `p-1` never touches `p-10`. Plan ids must satisfy
@@ -60,16 +65,21 @@ pub enum StoreOp {
     PutCancel { plan: PlanId, force: bool },
     /// Forget the plan entirely (record, chunks, cancel).
     DeletePlan { plan: PlanId },
+    /// Test-history record number `seq` (opaque bytes).
+    PutTests { seq: u64, record: Vec<u8> },
+    /// Forget test-history record `seq`.
+    DeleteTests { seq: u64 },
 }
 
 impl StoreOp {
-    /// The plan this op is about.
-    pub fn plan(&self) -> &PlanId {
+    /// The plan this op is about (`None` for the test history's ops).
+    pub fn plan(&self) -> Option<&PlanId> {
         match self {
             StoreOp::PutPlan { plan, .. }
             | StoreOp::AppendEvents { plan, .. }
             | StoreOp::PutCancel { plan, .. }
-            | StoreOp::DeletePlan { plan } => plan,
+            | StoreOp::DeletePlan { plan } => Some(plan),
+            StoreOp::PutTests { .. } | StoreOp::DeleteTests { .. } => None,
         }
     }
 
@@ -103,6 +113,12 @@ impl StoreOp {
                 value: cancel_value(*force),
             },
             StoreOp::DeletePlan { plan } => Write::DeletePrefix(plan_prefix(plan)),
+            StoreOp::PutTests { seq, record } => Write::Put {
+                key: tests_key(*seq),
+                value: record,
+            },
+            // Keys are fixed-width: the prefix is exactly the one key.
+            StoreOp::DeleteTests { seq } => Write::DeletePrefix(tests_key(*seq)),
         }
     }
 }
@@ -160,6 +176,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// a warning.
     async fn load(&self) -> Result<Vec<StoredPlan>, StoreError>;
 
+    /// Every test-history record, ascending by sequence number.
+    async fn load_history(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
     /// The largest batch [`StateStore::apply`] accepts.
     fn limits(&self) -> StoreLimits;
 
@@ -193,6 +212,13 @@ impl StateStore for Timed {
         let start = std::time::Instant::now();
         let loaded = self.inner.load().await;
         self.metrics.store_op("load", start.elapsed());
+        loaded
+    }
+
+    async fn load_history(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let start = std::time::Instant::now();
+        let loaded = self.inner.load_history().await;
+        self.metrics.store_op("load_history", start.elapsed());
         loaded
     }
 
@@ -246,8 +272,12 @@ pub enum StoreError {
 
 /// Refuses a batch with an invalid plan id or over `limits`.
 pub(crate) fn check_batch(ops: &[StoreOp], limits: StoreLimits) -> Result<(), StoreError> {
-    if let Some(op) = ops.iter().find(|op| !is_valid_id(op.plan().as_str())) {
-        return Err(StoreError::InvalidPlanId(op.plan().clone()));
+    if let Some(plan) = ops
+        .iter()
+        .filter_map(StoreOp::plan)
+        .find(|plan| !is_valid_id(plan.as_str()))
+    {
+        return Err(StoreError::InvalidPlanId(plan.clone()));
     }
     let bytes = batch_size(ops);
     if !limits.admits(ops.len(), bytes) {
@@ -285,6 +315,25 @@ fn cancel_key(plan: &PlanId) -> String {
 /// The 20-digit padding makes the lexical key order the numeric order.
 fn log_key(plan: &PlanId, first_seq: u64) -> String {
     format!("{PLANS}{plan}/{LOG}{first_seq:020}")
+}
+
+pub(crate) const TESTS: &str = "tests/";
+
+fn tests_key(seq: u64) -> String {
+    format!("{TESTS}{seq:020}")
+}
+
+/// The sequence number of a test-history key (relative to the backend's prefix).
+pub(crate) fn tests_seq(key: &[u8]) -> Result<u64, StoreError> {
+    std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.strip_prefix(TESTS))
+        .filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "not a test-history key (tests/<20 digits>)".into(),
+        })
 }
 
 fn cancel_value(force: bool) -> &'static [u8] {

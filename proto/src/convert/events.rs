@@ -26,7 +26,9 @@ use gatehouse_common::events::{
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, ItemIdx, PlanId, WorkerId};
 use gatehouse_common::plan::Plan;
+use gatehouse_common::reports::TestVerdict;
 
+use super::reports::{cases_from_wire, cases_to_wire};
 use super::{WireError, ms};
 use crate::v1;
 
@@ -235,6 +237,16 @@ impl From<InPlan<'_, Plan, &GateEvent>> for v1::GateEvent {
             result: ev.result.as_ref().map(v1::AttemptResult::from),
             backoff_ms,
             waiting_for,
+            flaky_tests: ev
+                .verdict
+                .as_ref()
+                .map(|v| cases_to_wire(&v.flaky))
+                .unwrap_or_default(),
+            quarantined_tests: ev
+                .verdict
+                .as_ref()
+                .map(|v| cases_to_wire(&v.quarantined))
+                .unwrap_or_default(),
         }
     }
 }
@@ -268,6 +280,10 @@ impl<P: PlanIndex + ?Sized> TryFrom<InPlan<'_, P, v1::GateEvent>> for GateEvent 
             .map(|id| find("cause", id))
             .transpose()?;
         let result = ev.result.map(GateResult::try_from).transpose()?;
+        let verdict = TestVerdict {
+            flaky: cases_from_wire(ev.flaky_tests)?,
+            quarantined: cases_from_wire(ev.quarantined_tests)?,
+        };
         Ok(Self {
             plan: plan.plan_id().clone(),
             gate,
@@ -280,6 +296,7 @@ impl<P: PlanIndex + ?Sized> TryFrom<InPlan<'_, P, v1::GateEvent>> for GateEvent 
             reason: non_empty(ev.reason).map(|r| known_reason(&r)),
             cause,
             queued: None,
+            verdict: (!verdict.is_empty()).then(|| Box::new(verdict)),
         })
     }
 }

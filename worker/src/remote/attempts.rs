@@ -128,16 +128,18 @@ impl Attempts {
     }
 
     /// Keeps a finished attempt's result until a coordinator acknowledges it.
-    /// A passed result that carries a cache key is also written to the shared cache
-    /// (in the background; see `gatehouse_cache::client`).
+    /// A clean pass (no flaky test in its reports) that carries a cache key is also
+    /// written to the shared cache (in the background; see `gatehouse_cache::client`);
+    /// a flaky one is the coordinator's to judge and store.
     pub(crate) fn keep_result(&mut self, attempt: AttemptRef, result: GateResult) {
         if let Some((key, gate)) = self.cache_keys.remove(&attempt)
-            && result.status.passed()
+            && result.clean_pass()
         {
             let entry = CacheEntry {
                 result: result.clone(),
                 producer: gate,
                 created_unix_ms: unix_ms_now(),
+                flaky: None,
             };
             if let Err(e) = self.cache.put_detached(&key, &entry) {
                 tracing::warn!(?attempt, error = %e, "cannot cache the result");

@@ -35,6 +35,9 @@ pub(crate) struct Welcome {
 }
 
 /// A decoded coordinator frame.
+// Assignments are most of the frames a worker receives: boxing them would cost an
+// allocation each to shrink the rare ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Inbound {
     Welcome(Welcome),
@@ -46,6 +49,8 @@ pub(crate) enum Inbound {
         cache_key: Option<CacheKey>,
         /// The coordinator's gate span, when the plan is traced.
         traceparent: Option<String>,
+        /// Tests whose passes the result lists (malformed keys are dropped).
+        watch: std::sync::Arc<[gatehouse_common::reports::TestKey]>,
     },
     Cancel {
         attempt: AttemptRef,
@@ -75,6 +80,13 @@ pub(crate) fn decode(msg: v1::CoordinatorMessage) -> Result<Inbound, WireError> 
                 false => key_from_wire(&a.cache_key).ok(),
             },
             traceparent: Some(a.traceparent).filter(|t| !t.is_empty()),
+            watch: a
+                .watch
+                .iter()
+                .filter_map(|k| {
+                    gatehouse_proto::convert::reports::key_from_wire(k, "assign.watch").ok()
+                })
+                .collect(),
         }),
         coordinator_message::Msg::CacheMembers(m) => {
             Ok(Inbound::CacheMembers(Membership::from_wire(&m)?))
@@ -122,6 +134,7 @@ pub(crate) fn prepare_assignment(
             spec: spec.into(),
             cache_key: None,
             traceparent,
+            watch: Default::default(),
         },
         memory,
         scratch: dir.scratch,
@@ -210,6 +223,7 @@ pub(crate) fn not_run(status: ExitStatus) -> GateResult {
         peak_memory: None,
         stdout: Default::default(),
         stderr: Default::default(),
+        tests: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn wire_spec(workdir: &str) -> v1::GateSpec {
         timeout_ms: 60_000,
         memory_bytes: 512,
         checkout: None,
+        reports: Vec::new(),
     }
 }
 
@@ -73,6 +74,7 @@ fn assignments_and_cancels_decode_and_bad_frames_are_errors() {
             spec: Some(wire_spec("sub")),
             cache_key: None,
             traceparent: None,
+            watch: Default::default(),
         }
     );
     // A cache key travels as 32 bytes; anything else is dropped, not an error.

@@ -43,10 +43,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::{AttemptRef, ExitStatus, FromWorker};
+use gatehouse_common::reports::TestKey;
 use gatehouse_proto::leader::{is_not_leader, leader_hint};
 use gatehouse_proto::v1::worker_service_client::WorkerServiceClient;
 use gatehouse_proto::v1::{self, CoordinatorMessage, WorkerMessage};
@@ -413,7 +415,8 @@ impl Worker {
                 spec,
                 cache_key,
                 traceparent,
-            } => self.on_assign(live, attempt, spec, cache_key, traceparent),
+                watch,
+            } => self.on_assign(live, attempt, spec, cache_key, (traceparent, watch)),
             Inbound::CacheMembers(members) => {
                 self.cache.set_members(members);
                 Ok(None)
@@ -440,7 +443,7 @@ impl Worker {
         attempt: AttemptRef,
         spec: Option<v1::GateSpec>,
         cache_key: Option<CacheKey>,
-        traceparent: Option<String>,
+        (traceparent, watch): (Option<String>, Arc<[TestKey]>),
     ) -> Result<Option<SessionEnd>, RemoteWorkerError> {
         if self.attempts.is_running(&attempt) {
             tracing::warn!(
@@ -468,7 +471,8 @@ impl Worker {
             );
         }
         match frames::prepare_assignment(&self.workspace, attempt.clone(), spec, traceparent) {
-            Ok(prepared) => {
+            Ok(mut prepared) => {
+                prepared.assignment.watch = watch;
                 tracing::debug!(?attempt, gate = %prepared.assignment.spec.gate, "assigned");
                 self.attempts.assign(prepared, cache_key)?;
                 Ok(None)

@@ -201,6 +201,7 @@ mod tests {
                 dropped: 0,
             },
             stderr: OutputTail::default(),
+            tests: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub fn spec(run: &str, workdir: &Path) -> GateSpec {
         timeout: Duration::from_secs(120),
         memory: 0,
         checkout: None,
+        reports: Vec::new(),
     }
 }
 

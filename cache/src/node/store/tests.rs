@@ -28,9 +28,11 @@ fn encoded(k: &CacheKey, size: usize) -> Arc<[u8]> {
                 dropped: 0,
             },
             stderr: OutputTail::default(),
+            tests: None,
         },
         producer: GateId::new("g"),
         created_unix_ms: unix_ms_now(),
+        flaky: None,
     };
     encode_entry(k, &entry).expect("encode").into()
 }

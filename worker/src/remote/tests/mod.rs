@@ -42,6 +42,7 @@ fn spec(gate: &str, run: &str, workdir: &str) -> v1::GateSpec {
         timeout_ms: 60_000,
         memory_bytes: 100 * MIB,
         checkout: None,
+        reports: Vec::new(),
     }
 }
 

@@ -1,0 +1,130 @@
+//! The durable test history: the facts ([`TestRun`]) the scheduler reports, written to
+//! the state store as numbered records (`tests/<seq>`), and read back by the next
+//! leader, which folds them into its core before any plan resumes.
+//!
+//! Bounded: at most [`history::MAX_RECORDS`] records are kept, and none older than
+//! [`history::MAX_AGE`] before the newest; each write that goes beyond deletes the
+//! oldest. A record is written in the same commits as the plan events around it, so a
+//! worker's result is acknowledged only once the facts drawn from it are durable.
+//!
+//! Encoding: `[version 1][JSON of the TestRun]`, JSON being its own serde shape that
+//! tolerates added fields. A record that does not decode is skipped with a warning (the
+//! history is advisory: losing a fact costs a score, never a plan).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use gatehouse_common::reports::history::{self, MAX_RECORDS, TestRun};
+
+use super::journal::Journal;
+use crate::store::StoreOp;
+
+/// Format version of a history record, its first byte.
+const VERSION: u8 = 1;
+
+/// The records written, and the next number.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryLog {
+    /// Kept records, oldest first: (seq, fact time).
+    kept: VecDeque<(u64, u64)>,
+    /// The next record's number.
+    next: u64,
+}
+
+impl HistoryLog {
+    /// The log of records read back from the store (ascending), and their facts.
+    pub(crate) fn restore(stored: Vec<(u64, Vec<u8>)>) -> (Self, Vec<TestRun>) {
+        let mut log = HistoryLog::default();
+        let mut runs = Vec::with_capacity(stored.len());
+        for (seq, bytes) in stored {
+            log.next = log.next.max(seq + 1);
+            match decode(&bytes) {
+                Ok(run) => {
+                    log.kept.push_back((seq, run.unix_ms));
+                    runs.push(run);
+                }
+                Err(reason) => {
+                    tracing::warn!(seq, %reason, "skipping a test-history record that does not decode");
+                    log.kept.push_back((seq, 0));
+                }
+            }
+        }
+        (log, runs)
+    }
+
+    /// Queues `run` for the store, and the deletes that keep the history bounded.
+    pub(crate) fn record(&mut self, run: &Arc<TestRun>, journal: &mut Journal) {
+        let mut record = encode(run);
+        if record.len() > journal.max_value_bytes() {
+            // Keep the failures; the watched passes are what grows.
+            let mut smaller = TestRun::clone(run);
+            smaller.passed.clear();
+            record = encode(&smaller);
+            if record.len() > journal.max_value_bytes() {
+                tracing::warn!(plan_id = %run.plan, gate = %run.gate, bytes = record.len(),
+                    "a test-history record is too large for the state store; not kept");
+                return;
+            }
+        }
+        let seq = self.next;
+        self.next += 1;
+        journal.push_op(StoreOp::PutTests { seq, record }, None);
+        self.kept.push_back((seq, run.unix_ms));
+        let newest = self.kept.iter().map(|(_, at)| *at).max().unwrap_or(0);
+        let horizon = newest.saturating_sub(history::MAX_AGE.as_millis() as u64);
+        while let Some(&(seq, at)) = self.kept.front() {
+            if self.kept.len() <= MAX_RECORDS && at >= horizon {
+                break;
+            }
+            self.kept.pop_front();
+            journal.push_op(StoreOp::DeleteTests { seq }, None);
+        }
+    }
+
+    /// Records kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+/// The stored form of a fact.
+pub(crate) fn encode(run: &TestRun) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    out.extend(serde_json::to_vec(run).expect("a test run always serializes"));
+    out
+}
+
+/// A stored fact.
+pub(crate) fn decode(bytes: &[u8]) -> Result<TestRun, String> {
+    match bytes.split_first() {
+        Some((&VERSION, json)) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown test-history record version {v}")),
+        None => Err("an empty test-history record".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damage_is_skipped() {
+        let run = TestRun {
+            plan: "p-1".into(),
+            gate: "test".into(),
+            unix_ms: 5,
+            passed: vec![gatehouse_common::reports::TestKey([7; 16])],
+            ..TestRun::default()
+        };
+        let stored = vec![(3, encode(&run)), (4, vec![9, 1]), (7, Vec::new())];
+        let (log, runs) = HistoryLog::restore(stored);
+        assert_eq!(runs, vec![run]);
+        assert_eq!(log.next, 8);
+        assert_eq!(
+            log.len(),
+            3,
+            "damaged records are still counted, to be deleted in turn"
+        );
+    }
+}
