@@ -341,10 +341,10 @@ async fn read_test_reports(
                 "reports read"
             );
             for path in &tests.missing {
-                tracing::warn!(attempt = ?run.attempt, pattern = %path, "declared report not written");
+                tracing::debug!(attempt = ?run.attempt, pattern = %path, "declared report not written");
             }
             for bad in &tests.unreadable {
-                tracing::warn!(attempt = ?run.attempt, path = %bad.path, reason = %bad.reason, "unreadable report");
+                tracing::debug!(attempt = ?run.attempt, path = %bad.path, reason = %bad.reason, "unreadable report");
             }
             Some(Box::new(tests))
         }

@@ -32,6 +32,7 @@ use graph::{DepGraph, group_levels};
 
 mod fields;
 mod graph;
+mod reports;
 
 /// Largest plan input accepted, in bytes; larger input is rejected before parsing.
 pub const MAX_PLAN_BYTES: usize = 64 * 1024 * 1024;

@@ -364,8 +364,14 @@ impl<'l, R: BufRead> Parser<'l, R> {
                 }
             }
             "flakyFailure" | "flakyError" | "rerunFailure" | "rerunError" => {
+                let message = self.attr(e, "message")?.filter(|m| !m.trim().is_empty());
+                let max = self.limits.max_message_bytes;
                 if let Some(case) = self.case.as_mut() {
                     case.case.reruns_failed += 1;
+                    // How the first failed rerun failed, unless a final failure says more.
+                    if case.case.message.is_none() {
+                        case.case.message = message.as_deref().map(|m| first_line(m, max));
+                    }
                 }
             }
             _ => {}

@@ -105,7 +105,8 @@ pub struct TestCase {
     /// Its `time`, in milliseconds (0 when absent or unreadable).
     pub duration_ms: u64,
     /// For a failure: its message attribute, else the first line of its text, cut to
-    /// [`Limits::max_message_bytes`].
+    /// [`Limits::max_message_bytes`]. For a test that passed after failed reruns: its
+    /// first failed rerun's message attribute.
     pub message: Option<String>,
     /// Reruns in the same report that failed before its final outcome (Surefire's
     /// `flakyFailure`, `flakyError`, `rerunFailure`, `rerunError`): a test that passed

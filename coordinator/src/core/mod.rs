@@ -32,6 +32,8 @@ mod workers;
 #[cfg(test)]
 mod decisions_tests;
 #[cfg(test)]
+mod flakes_tests;
+#[cfg(test)]
 mod flights_proptests;
 #[cfg(test)]
 mod proptests;

@@ -217,16 +217,32 @@ impl Sim {
 
     /// Finishes the running attempt of gate `g` with `status`.
     pub fn finish(&mut self, g: u32, status: ExitStatus) -> Vec<Command> {
+        self.finish_with(g, result(status))
+    }
+
+    /// The assignment of the running attempt of gate `g`.
+    pub fn assignment(&self, g: u32) -> &gatehouse_common::exec::Assignment {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Command::Dispatch { assignment, .. } if assignment.attempt.gate.0 == g => {
+                    Some(assignment)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("gate {g} was never dispatched"))
+    }
+
+    /// Finishes the running attempt of gate `g` with `result`.
+    pub fn finish_with(&mut self, g: u32, result: GateResult) -> Vec<Command> {
         let pos = self
             .running
             .iter()
             .position(|(_, a)| a.gate.0 == g)
             .unwrap_or_else(|| panic!("gate {g} is not running: {:?}", self.running_gates()));
         let (_, attempt) = self.running.remove(pos);
-        self.feed(Event::GateFinished {
-            attempt,
-            result: result(status),
-        })
+        self.feed(Event::GateFinished { attempt, result })
     }
 
     pub fn pass(&mut self, g: u32) -> Vec<Command> {

@@ -14,11 +14,8 @@ use serde_saphyr::Spanned;
 use super::line;
 use crate::ids::{GateId, ItemId, ItemIdx};
 use crate::plan::error::{Collector, PlanErrorKind};
-use crate::plan::raw::{RawGate, RawPolicy, RawQuarantine, RawSource, Scalar};
-use crate::plan::{
-    DEFAULT_MEMORY, Gate, MAX_ENV_VARS, MAX_LABELS, MAX_QUARANTINED_TESTS, MAX_REPORT_PATTERNS,
-    MAX_RUN_BYTES, Policy, Quarantine, QuarantinedTest, RetryOn,
-};
+use crate::plan::raw::{RawGate, RawPolicy, RawSource, Scalar};
+use crate::plan::{DEFAULT_MEMORY, Gate, MAX_ENV_VARS, MAX_LABELS, MAX_RUN_BYTES, Policy};
 use crate::source::{PlanSource, RepoUrl};
 use crate::units::{parse_duration, parse_size};
 
@@ -42,144 +39,15 @@ pub(super) fn policy(raw: &RawPolicy, errs: &mut Collector) -> Policy {
         cache: raw.cache.unwrap_or(defaults.cache),
         cache_salt: raw.cache_salt.clone().unwrap_or_default(),
         land: raw.land.as_ref().is_some_and(|l| l.value),
-        retry_on: retry_on(raw.retry_on.as_ref(), None, errs).unwrap_or(defaults.retry_on),
+        retry_on: super::reports::retry_on(raw.retry_on.as_ref(), None, errs)
+            .unwrap_or(defaults.retry_on),
         quarantine: raw
             .quarantine
             .as_ref()
-            .map(|q| quarantine(q, errs))
+            .map(|q| super::reports::quarantine(q, errs))
             .unwrap_or_default(),
         cache_flaky: raw.cache_flaky.unwrap_or(defaults.cache_flaky),
     }
-}
-
-/// A `retry_on` value (of the policy when `gate` is `None`).
-fn retry_on(
-    raw: Option<&Spanned<String>>,
-    gate: Option<&GateId>,
-    errs: &mut Collector,
-) -> Option<RetryOn> {
-    let raw = raw?;
-    match raw.value.as_str() {
-        "any" => Some(RetryOn::Any),
-        "flaky" => Some(RetryOn::Flaky),
-        other => {
-            let kind = PlanErrorKind::InvalidRetryOn {
-                gate: gate.cloned(),
-                value: other.to_owned(),
-            };
-            errs.push(line(raw), kind);
-            None
-        }
-    }
-}
-
-/// `policy.quarantine`: a threshold in (0, 1] and named tests, each a valid glob with a
-/// `YYYY-MM-DD` end date.
-fn quarantine(raw: &Spanned<RawQuarantine>, errs: &mut Collector) -> Quarantine {
-    let invalid = |reason: String| PlanErrorKind::InvalidQuarantine { reason };
-    let threshold = raw.value.threshold.as_ref().and_then(|t| {
-        if t.value > 0.0 && t.value <= 1.0 {
-            Some(t.value)
-        } else {
-            let reason = format!(
-                "`threshold` is {}; use a flake score above 0 and at most 1 (for example 0.2)",
-                t.value
-            );
-            errs.push(line(t), invalid(reason));
-            None
-        }
-    });
-    if raw.value.tests.len() > MAX_QUARANTINED_TESTS {
-        let reason = format!(
-            "{} tests are listed, more than the limit of {MAX_QUARANTINED_TESTS}; use a threshold or a pattern",
-            raw.value.tests.len()
-        );
-        errs.push(line(raw), invalid(reason));
-    }
-    let mut tests = Vec::new();
-    for entry in raw.value.tests.iter().take(MAX_QUARANTINED_TESTS) {
-        if let Err(e) = globset::Glob::new(&entry.test.value) {
-            let reason = format!(
-                "test pattern {:?} is invalid: {}",
-                entry.test.value,
-                e.kind()
-            );
-            errs.push(line(&entry.test), invalid(reason));
-            continue;
-        }
-        match end_of_day_unix_ms(&entry.until.value.0) {
-            Some(until_unix_ms) => tests.push(QuarantinedTest {
-                test: entry.test.value.clone(),
-                until_unix_ms,
-            }),
-            None => {
-                let reason = format!(
-                    "`until` {:?} is not a date; write it as YYYY-MM-DD",
-                    entry.until.value.0
-                );
-                errs.push(line(&entry.until), invalid(reason));
-            }
-        }
-    }
-    Quarantine { threshold, tests }
-}
-
-/// The last millisecond of the UTC day `YYYY-MM-DD`.
-fn end_of_day_unix_ms(date: &str) -> Option<u64> {
-    let bytes = date.as_bytes();
-    let digits = |r: std::ops::Range<usize>| bytes[r].iter().all(u8::is_ascii_digit);
-    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' || !digits(0..4) {
-        return None;
-    }
-    if !digits(5..7) || !digits(8..10) {
-        return None;
-    }
-    let end = humantime::parse_rfc3339(&format!("{date}T23:59:59Z")).ok()?;
-    let ms = end.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
-    Some(ms + 999)
-}
-
-/// A gate's `reports` patterns: at most [`MAX_REPORT_PATTERNS`], each a valid glob
-/// relative to the gate's workdir that stays inside it.
-fn reports(raw: &RawGate, id: &GateId, errs: &mut Collector) -> Vec<String> {
-    if raw.reports.len() > MAX_REPORT_PATTERNS {
-        let kind = PlanErrorKind::InvalidReport {
-            gate: id.clone(),
-            pattern: String::new(),
-            reason: format!(
-                "{} patterns, more than the limit of {MAX_REPORT_PATTERNS}; use `**` to match more files with one",
-                raw.reports.len()
-            ),
-        };
-        errs.push(line(&raw.reports[MAX_REPORT_PATTERNS]), kind);
-    }
-    let mut out = Vec::new();
-    for pattern in &raw.reports {
-        let value = pattern.value.as_str();
-        let reason = if value.is_empty() {
-            Some("it is empty".to_owned())
-        } else if value.starts_with('/') {
-            Some("it is absolute; write it relative to the gate's workdir".to_owned())
-        } else if value.split('/').any(|c| c == "..") {
-            Some("`..` is not allowed: reports are read inside the gate's workdir".to_owned())
-        } else {
-            globset::Glob::new(value)
-                .err()
-                .map(|e| e.kind().to_string())
-        };
-        match reason {
-            Some(reason) => {
-                let kind = PlanErrorKind::InvalidReport {
-                    gate: id.clone(),
-                    pattern: value.to_owned(),
-                    reason,
-                };
-                errs.push(line(pattern), kind);
-            }
-            None => out.push(value.to_owned()),
-        }
-    }
-    out
 }
 
 /// The `source:` block: the repository parsed (a path resolved against `base_dir` and
@@ -330,8 +198,9 @@ pub(super) fn gate(
         memory: memory(raw, &id, errs),
         cache: raw.cache.unwrap_or(policy.cache),
         labels: labels(raw, &id, errs),
-        reports: reports(raw, &id, errs),
-        retry_on: retry_on(raw.retry_on.as_ref(), Some(&id), errs).unwrap_or(policy.retry_on),
+        reports: super::reports::reports(raw, &id, errs),
+        retry_on: super::reports::retry_on(raw.retry_on.as_ref(), Some(&id), errs)
+            .unwrap_or(policy.retry_on),
         id,
         item,
         needs: Vec::new(),

@@ -1,0 +1,303 @@
+//! Test reports and flakiness with real test runners: a pytest suite (`--junitxml`) and a
+//! cargo-nextest crate (its JUnit output, retries included) run as gates by the real
+//! `gatehouse` binary; their reports are read, flaky tests are flagged and remembered,
+//! `retry_on: flaky` and quarantine decide, and `gatehouse flakes` lists the history.
+
+mod support;
+
+use serde_json::Value;
+use support::Workspace;
+use support::tools;
+
+/// A pytest suite: one test that passes, one that always fails, and one that fails on
+/// a gate's first attempt only (`GATEHOUSE_ATTEMPT` is the attempt number).
+const SUITE: &str = r#"
+import os
+
+def test_ok():
+    assert 1 + 1 == 2
+
+def test_broken():
+    assert 2 * 2 == 5, "arithmetic is broken"
+
+def test_flaky():
+    assert os.environ.get("GATEHOUSE_ATTEMPT") != "1", "fails on the first attempt"
+"#;
+
+/// A plan of one gate running pytest on `tests/` with `-k select`, and `policy` lines.
+fn pytest_plan(name: &str, select: &str, policy: &str) -> String {
+    let python = tools::venv().join("bin/python");
+    format!(
+        "version: 1\nname: {name}\npolicy:\n  retry_backoff: 10ms\n{policy}\ngates:\n  - id: test\n    \
+         run: {} -m pytest -q -p no:cacheprovider -k '{select}' --junitxml=out/junit.xml tests\n    \
+         reports: [out/*.xml]\n",
+        python.display()
+    )
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|t| t["test"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn pytest_failures_flakes_retries_and_quarantine_end_to_end() {
+    let ws = Workspace::new();
+    ws.write("tests/test_math.py", SUITE);
+
+    // 1. Every test, one retry: the first attempt fails two tests; the retry passes the
+    //    flaky one, which is flagged, and still fails the broken one.
+    ws.write("all.yaml", &pytest_plan("all", "test_", "  retries: 1"));
+    let run = ws.run_json("all.yaml", &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let retrying = run
+        .lines
+        .iter()
+        .find(|l| l["state"] == "retrying")
+        .expect("a retrying line");
+    assert_eq!(
+        names(&retrying["tests"]["failed_tests"]),
+        ["test_broken", "test_flaky"]
+    );
+    let end = run.terminal("test");
+    assert_eq!(end["state"], "failed");
+    assert_eq!(end["attempt"], 2);
+    let tests = &end["tests"];
+    assert_eq!(
+        (tests["passed"].as_u64(), tests["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(names(&tests["failed_tests"]), ["test_broken"]);
+    assert_eq!(
+        tests["failed_tests"][0]["message"],
+        "AssertionError: arithmetic is broken"
+    );
+    assert_eq!(tests["failed_tests"][0]["class"], "tests.test_math");
+    assert_eq!(names(&tests["flaky_tests"]), ["test_flaky"]);
+
+    // `gatehouse flakes` lists the flaky test, not the broken one (unless --all).
+    let out = ws.cmd(&["flakes", "--json"]).output().expect("flakes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = listed["tests"].as_array().expect("tests");
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["test"], "tests.test_math::test_flaky");
+    assert_eq!(rows[0]["gate"], "test");
+    let score = rows[0]["score"].as_f64().expect("score");
+    assert!(score > 0.2 && score < 1.0, "{score}");
+    assert_eq!(
+        (rows[0]["fails"].as_u64(), rows[0]["runs"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let text = ws.cmd(&["flakes", "--all"]).output().expect("flakes");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("SCORE") && text.contains("test_broken"),
+        "{text}"
+    );
+
+    // 2. retry_on: flaky. Only the flaky test fails: it is known flaky, so the gate is
+    //    retried and passes, flaky, and that pass is not cached.
+    let flaky_only = "  retries: 2\n  retry_on: flaky";
+    ws.write(
+        "flaky.yaml",
+        &pytest_plan("flaky", "test_flaky or test_ok", flaky_only),
+    );
+    let run = ws.run_json("flaky.yaml", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let end = run.terminal("test");
+    assert_eq!(
+        (end["state"].as_str(), end["attempt"].as_u64()),
+        (Some("passed"), Some(2))
+    );
+    assert_eq!(end["flaky"], true);
+    assert_eq!(names(&end["tests"]["flaky_tests"]), ["test_flaky"]);
+    let again = ws.run_json("flaky.yaml", &[]);
+    assert_eq!(
+        again.terminal("test")["cached"],
+        false,
+        "a flaky pass is measured again"
+    );
+
+    //    A real failure next to it: no retry, one attempt.
+    ws.write("real.yaml", &pytest_plan("real", "test_", flaky_only));
+    let run = ws.run_json("real.yaml", &[]);
+    let end = run.terminal("test");
+    assert_eq!(
+        (end["state"].as_str(), end["attempt"].as_u64()),
+        (Some("failed"), Some(1))
+    );
+    assert!(run.lines.iter().all(|l| l["state"] != "retrying"));
+
+    // 3. Quarantine: the broken test by name, the flaky one by its score. The gate fails
+    //    only through them, so it passes, flaky, with both quarantined, uncached.
+    let quarantine = "  quarantine:\n    threshold: 0.2\n    tests:\n      \
+                      - { test: \"*::test_broken\", until: 2099-12-31 }";
+    ws.write("quarantine.yaml", &pytest_plan("q", "test_", quarantine));
+    let run = ws.run_json("quarantine.yaml", &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let end = run.terminal("test");
+    assert_eq!(
+        (end["state"].as_str(), end["exit_code"].as_i64()),
+        (Some("passed"), Some(1))
+    );
+    assert_eq!(end["flaky"], true);
+    assert_eq!(
+        names(&end["tests"]["quarantined_tests"]),
+        ["test_broken", "test_flaky"]
+    );
+    let again = ws.run_json("quarantine.yaml", &[]);
+    assert_eq!(
+        again.terminal("test")["cached"],
+        false,
+        "a quarantined pass is not cached"
+    );
+    //    Expired: the same failure fails the gate.
+    let expired = quarantine
+        .replace("2099-12-31", "2020-01-01")
+        .replace("0.2", "1");
+    ws.write("expired.yaml", &pytest_plan("q", "test_", &expired));
+    assert_eq!(ws.run_json("expired.yaml", &[]).state("test"), "failed");
+
+    // The text output lists the failed tests before the output tail.
+    let out = ws
+        .cmd(&["run", "--no-cache", "real.yaml"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed_at = text
+        .find("x tests.test_math::test_broken: AssertionError")
+        .expect(&text);
+    let gate_at = text.find("failed    test").expect(&text);
+    assert!(gate_at < failed_at, "{text}");
+}
+
+#[test]
+fn a_declared_report_that_is_missing_or_broken_is_a_warning_not_a_failure() {
+    let ws = Workspace::new();
+    ws.write(
+        "plan.yaml",
+        "version: 1\nname: r\ngates:\n  - id: none\n    run: \"true\"\n    reports: [\"none/*.xml\"]\n\
+         \x20 - id: broken\n    run: \"mkdir -p out && printf '<testsuite><testcase' > out/cut.xml\"\n    \
+         reports: [\"out/*.xml\"]\n\
+         \x20 - id: stale\n    run: \"true\"\n    reports: [old.xml]\n",
+    );
+    ws.write(
+        "old.xml",
+        "<testsuite name='s'><testcase name='t'/></testsuite>",
+    );
+    // The stale report is older than the attempt.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let run = ws.run_json("plan.yaml", &["--no-cache"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for gate in ["none", "broken", "stale"] {
+        assert_eq!(run.state(gate), "passed", "{gate}");
+    }
+    assert_eq!(
+        run.terminal("none")["tests"]["missing_reports"][0],
+        "none/*.xml"
+    );
+    let broken = &run.terminal("broken")["tests"]["unreadable_reports"][0];
+    assert_eq!(broken["path"], "out/cut.xml");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("truncated")
+            || broken["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid XML"),
+        "{broken}"
+    );
+    assert_eq!(
+        run.terminal("stale")["tests"]["missing_reports"][0],
+        "old.xml"
+    );
+}
+
+/// A crate with a passing test, a failing one and one that fails on its first run only,
+/// which nextest retries (its JUnit report then says `flakyFailure`).
+fn nextest_crate(ws: &Workspace) {
+    ws.write(
+        "crate/Cargo.toml",
+        "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    );
+    ws.write(
+        "crate/src/lib.rs",
+        r#"
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passes() {}
+
+    #[test]
+    fn fails() {
+        assert_eq!(1 + 1, 3, "one and one");
+    }
+
+    #[test]
+    fn flaky_once() {
+        let marker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ran-once");
+        if !marker.exists() {
+            std::fs::write(&marker, b"").unwrap();
+            panic!("first run fails");
+        }
+    }
+}
+"#,
+    );
+    ws.write(
+        "crate/.config/nextest.toml",
+        "[profile.ci]\nretries = 1\nfail-fast = false\n[profile.ci.junit]\npath = \"junit.xml\"\n",
+    );
+}
+
+#[test]
+fn cargo_nextest_junit_reports_are_read_with_their_retries() {
+    let ws = Workspace::new();
+    nextest_crate(&ws);
+    ws.write(
+        "plan.yaml",
+        "version: 1\nname: n\ngates:\n  - id: nextest\n    workdir: crate\n    \
+         run: cargo nextest run --profile ci --offline\n    env: { CARGO_TARGET_DIR: target }\n    \
+         timeout: 10m\n    reports: [target/nextest/ci/junit.xml]\n",
+    );
+    let run = ws.run_json("plan.yaml", &[]);
+    let end = run.terminal("nextest");
+    assert_eq!(end["state"], "failed", "{}", run.stderr);
+    let tests = &end["tests"];
+    assert_eq!(tests["files"], 1, "{end}");
+    assert_eq!(
+        (tests["passed"].as_u64(), tests["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(tests["flaky_reruns"], 1);
+    let failed = &tests["failed_tests"][0];
+    assert_eq!(failed["name"], "tiny::tests::fails");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("one and one")
+            || failed["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("panicked"),
+        "{failed}"
+    );
+    // The rerun flake is flaky within the report, with how its first run failed.
+    assert_eq!(names(&tests["flaky_tests"]), ["tests::flaky_once"]);
+    let flaky = &tests["flaky_tests"][0];
+    assert!(
+        flaky["message"].as_str().unwrap_or("").contains("panicked"),
+        "{flaky}"
+    );
+}
