@@ -301,3 +301,79 @@ fn cargo_nextest_junit_reports_are_read_with_their_retries() {
         "{flaky}"
     );
 }
+
+#[test]
+fn a_cluster_judges_tests_the_same_and_its_history_survives_a_leader_failover() {
+    let Some(mut c) = support::ha::HaCluster::start(3, "2s") else {
+        return;
+    };
+    c.ws.write("tests/test_math.py", SUITE);
+    let workspace = c.ws.path().to_str().expect("utf-8").to_string();
+    c.add_worker("w1", &["--workspace", &workspace]);
+    let submit = |c: &support::ha::HaCluster, plan: &str| {
+        let out = c
+            .cli(&["submit", "--watch", "--json", plan])
+            .output()
+            .expect("submit");
+        support::RunResult::from_output(out)
+    };
+
+    // The flaky test is flagged on the worker's retry, as in `gatehouse run`.
+    c.ws.write("all.yaml", &pytest_plan("all", "test_", "  retries: 1"));
+    let run = submit(&c, "all.yaml");
+    let end = run.terminal("test");
+    assert_eq!(end["state"], "failed", "{}", run.stderr);
+    assert_eq!(names(&end["tests"]["failed_tests"]), ["test_broken"]);
+    assert_eq!(names(&end["tests"]["flaky_tests"]), ["test_flaky"]);
+
+    // The leader dies; the next one reads the history back from etcd.
+    let leader = c.wait_leader(None);
+    c.coordinators[leader].signal("KILL");
+    c.wait_leader(Some(leader));
+    let out = c.cli(&["flakes", "--json"]).output().expect("flakes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed["tests"][0]["test"], "tests.test_math::test_flaky",
+        "{listed}"
+    );
+    assert!(
+        listed["tests"][0]["score"].as_f64().unwrap_or(0.0) > 0.2,
+        "{listed}"
+    );
+
+    // It knows the test flaky: retry_on: flaky retries it, and quarantine by score holds.
+    let flaky_only = "  retries: 2\n  retry_on: flaky";
+    c.ws.write(
+        "flaky.yaml",
+        &pytest_plan("flaky", "test_flaky or test_ok", flaky_only),
+    );
+    let end = submit(&c, "flaky.yaml").terminal("test").clone();
+    assert_eq!(
+        (end["state"].as_str(), end["attempt"].as_u64()),
+        (Some("passed"), Some(2))
+    );
+    assert_eq!(end["flaky"], true);
+    let quarantine = "  quarantine:\n    threshold: 0.2";
+    c.ws.write(
+        "q.yaml",
+        &pytest_plan("q", "test_flaky or test_ok", quarantine),
+    );
+    let run = submit(&c, "q.yaml");
+    let end = run.terminal("test");
+    assert_eq!(
+        (end["state"].as_str(), end["attempt"].as_u64()),
+        (Some("passed"), Some(1))
+    );
+    assert_eq!(names(&end["tests"]["quarantined_tests"]), ["test_flaky"]);
+    let again = submit(&c, "q.yaml");
+    assert_eq!(
+        again.terminal("test")["cached"],
+        false,
+        "a quarantined pass is not cached"
+    );
+}
