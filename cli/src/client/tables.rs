@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_common::exec::{ExitStatus, GateResult};
 use gatehouse_common::units::{format_duration, format_size};
+use gatehouse_proto::convert::reports::cases_from_wire;
 use gatehouse_proto::v1;
 use serde_json::{Value, json};
 
@@ -79,7 +80,12 @@ fn result_text(r: &Option<v1::AttemptResult>) -> String {
         ExitStatus::SpawnFailed(_) => "could not start".into(),
         ExitStatus::SourceFailed(_) => "checkout failed".into(),
     };
-    format!("{detail}, {}", format_duration(r.duration))
+    let tests = r
+        .tests
+        .as_deref()
+        .map(crate::render::reports::counts_text)
+        .unwrap_or_default();
+    format!("{detail}, {}{tests}", format_duration(r.duration))
 }
 
 /// `gatehouse status` as text.
@@ -189,7 +195,13 @@ pub fn status_json(p: &v1::GetPlanResponse) -> Value {
                 Some(ExitStatus::Exited(code)) => Some(*code),
                 _ => None,
             };
-            json!({
+            let verdict = gatehouse_common::reports::TestVerdict {
+                flaky: cases_from_wire(g.flaky_tests.clone()).unwrap_or_default(),
+                quarantined: cases_from_wire(g.quarantined_tests.clone()).unwrap_or_default(),
+            };
+            let verdict = (!verdict.is_empty()).then_some(verdict);
+            let tests = result.as_ref().and_then(|r| r.tests.as_deref());
+            let mut v = json!({
                 "gate": g.gate_id,
                 "item": (!g.item_id.is_empty()).then_some(g.item_id.as_str()),
                 "state": gate_state_str(g.state),
@@ -199,8 +211,12 @@ pub fn status_json(p: &v1::GetPlanResponse) -> Value {
                 "worker": (!g.worker_id.is_empty()).then_some(g.worker_id.as_str()),
                 "reason": (!g.reason.is_empty()).then_some(g.reason.as_str()),
                 "exit_code": exit_code,
-                "duration_ms": result.map(|r| r.duration.as_millis() as u64),
-            })
+                "duration_ms": result.as_ref().map(|r| r.duration.as_millis() as u64),
+            });
+            if let Some(t) = crate::render::reports::value(tests, verdict.as_ref()) {
+                v["tests"] = t;
+            }
+            v
         })
         .collect();
     let c = counts(

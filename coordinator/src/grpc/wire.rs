@@ -71,6 +71,8 @@ pub fn get_plan_response(s: &PlanSnapshot) -> v1::GetPlanResponse {
                             e.waiting_for
                         },
                         result: e.result,
+                        flaky_tests: e.flaky_tests,
+                        quarantined_tests: e.quarantined_tests,
                     }
                 }
             }
