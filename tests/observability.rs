@@ -96,7 +96,8 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
             .expect("the plan id in submit's output")
     };
     let plan_id = submit(TRACE_ID);
-    // Again, in another trace: lint and flaky passed, so they are cached now.
+    // Again, in another trace: lint passed, so it is cached now; flaky passed only on
+    // its retry, and a flaky pass is not cached, so it runs again.
     let again = submit(TRACE_ID_2);
     // Every process's spans are in the receiver before the second plan's span is: the
     // submit processes exported theirs before they exited; stopping the worker makes it
@@ -283,7 +284,17 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
             .filter(|s| s["name"] == "gate" && attr(s, "gatehouse.gate.id") == Some(id))
             .collect()
     };
-    for cached in ["lint", "flaky"] {
+    let flaky = gate_spans("flaky");
+    assert_eq!(flaky.len(), 1, "{flaky:#?}");
+    assert_eq!(flaky[0]["attributes"]["gatehouse.cached"], false);
+    assert_eq!(attr(flaky[0], "gatehouse.outcome"), Some("passed"));
+    assert!(
+        second
+            .iter()
+            .any(|s| s["name"] == "gate.execute" && attr(s, "gatehouse.gate.id") == Some("flaky")),
+        "the flaky pass was measured again"
+    );
+    for cached in ["lint"] {
         let spans = gate_spans(cached);
         assert_eq!(spans.len(), 1, "{cached}: {spans:#?}");
         let g = spans[0];

@@ -51,20 +51,17 @@ fn retained(mut runs: Vec<TestRun>) -> Vec<TestRun> {
     runs
 }
 
-/// The history file, open for appending.
+/// The history file, appended to (created with its directory on the first fact, so a
+/// plan without reports leaves no file behind).
 pub struct HistoryFile {
     path: PathBuf,
-    file: File,
+    file: Option<File>,
 }
 
 impl HistoryFile {
-    /// Opens (creating it and its directory) the file at `path`, compacting it when
-    /// retention drops anything; returns it with its facts.
+    /// Reads the file at `path` (if any), compacting it when retention drops anything;
+    /// returns it, ready to append, with its facts.
     pub fn open(path: &Path) -> anyhow::Result<(Self, Vec<TestRun>)> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
         let lines = count_lines(path);
         let runs = read(path)?;
         if lines > runs.len() {
@@ -79,15 +76,10 @@ impl HistoryFile {
             std::fs::rename(&tmp, path)
                 .with_context(|| format!("cannot replace {}", path.display()))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
         Ok((
             Self {
                 path: path.to_path_buf(),
-                file,
+                file: None,
             },
             runs,
         ))
@@ -98,12 +90,33 @@ impl HistoryFile {
     pub fn append(&mut self, run: &TestRun) {
         let mut text = line(run);
         text.push('\n');
-        if let Err(e) = self.file.write_all(text.as_bytes()) {
+        let written = self
+            .file()
+            .and_then(|f| f.write_all(text.as_bytes()).map_err(anyhow::Error::from));
+        if let Err(e) = written {
             eprintln!(
-                "warning: cannot write the test history {}: {e}",
+                "warning: cannot write the test history {}: {e:#}",
                 self.path.display()
             );
         }
+    }
+
+    fn file(&mut self) -> anyhow::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .with_context(|| format!("cannot open {}", self.path.display()))?;
+            self.file = Some(file);
+        }
+        self.file
+            .as_mut()
+            .context("the history file was just opened")
     }
 }
 
@@ -136,6 +149,7 @@ mod tests {
         let path = path_in(dir.path());
         let (mut file, runs) = HistoryFile::open(&path).expect("open");
         assert!(runs.is_empty());
+        assert!(!path.exists(), "created on the first fact only");
         file.append(&run(1));
         file.append(&run(2));
         drop(file);
