@@ -326,8 +326,49 @@ fn a_cluster_judges_tests_the_same_and_its_history_survives_a_leader_failover() 
     assert_eq!(names(&end["tests"]["failed_tests"]), ["test_broken"]);
     assert_eq!(names(&end["tests"]["flaky_tests"]), ["test_flaky"]);
 
-    // The leader dies; the next one reads the history back from etcd.
+    // The API and `status --json` say the same; the leader's metrics count the tests.
+    let plan_id = run
+        .lines
+        .iter()
+        .find_map(|l| l["plan_id"].as_str())
+        .expect("submit names the plan")
+        .to_string();
+    let out = c
+        .cli(&["status", "--json", &plan_id])
+        .output()
+        .expect("status");
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let gate = &status["gates"][0];
+    assert_eq!(
+        names(&gate["tests"]["failed_tests"]),
+        ["test_broken"],
+        "{status}"
+    );
+    assert_eq!(
+        names(&gate["tests"]["flaky_tests"]),
+        ["test_flaky"],
+        "{status}"
+    );
     let leader = c.wait_leader(None);
+    let metrics = support::scrape(&c.http[leader]);
+    let tests = |outcome: &str| {
+        support::sample(
+            &metrics,
+            &format!("gatehouse_tests_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    // Two attempts of three tests: 2 + 1 failed, 1 + 2 passed.
+    assert_eq!(
+        (tests("failed"), tests("passed")),
+        (Some(3.0), Some(3.0)),
+        "{metrics}"
+    );
+    assert_eq!(
+        support::sample(&metrics, "gatehouse_tests_flaky_total"),
+        Some(1.0)
+    );
+
+    // The leader dies; the next one reads the history back from etcd.
     c.coordinators[leader].signal("KILL");
     c.wait_leader(Some(leader));
     let out = c.cli(&["flakes", "--json"]).output().expect("flakes");
