@@ -31,9 +31,10 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<TestRun>> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut runs = Vec::new();
-    for line in BufReader::new(file).lines() {
+    // By bytes, not text lines: a line cut mid-character (a full disk) is one bad line.
+    for line in BufReader::new(file).split(b'\n') {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if let Ok(run) = serde_json::from_str::<TestRun>(&line) {
+        if let Ok(run) = serde_json::from_slice::<TestRun>(&line) {
             runs.push(run);
         }
     }
@@ -65,7 +66,8 @@ impl HistoryFile {
         let lines = count_lines(path);
         let runs = read(path)?;
         if lines > runs.len() {
-            let tmp = path.with_extension("ndjson.tmp");
+            // A name of its own, so two runs compacting at once do not mix their files.
+            let tmp = path.with_extension(format!("ndjson.{}.tmp", std::process::id()));
             let mut out =
                 File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
             for run in &runs {
@@ -126,7 +128,7 @@ fn line(run: &TestRun) -> String {
 
 fn count_lines(path: &Path) -> usize {
     File::open(path)
-        .map(|f| BufReader::new(f).lines().count())
+        .map(|f| BufReader::new(f).split(b'\n').count())
         .unwrap_or(0)
 }
 
@@ -156,7 +158,7 @@ mod tests {
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(b"{\"plan\": \"cut"))
+            .and_then(|mut f| f.write_all(b"{\"plan\": \"cut \xc3\n"))
             .expect("damage");
         assert_eq!(read(&path).expect("read"), vec![run(1), run(2)]);
         let (mut file, _) = HistoryFile::open(&path).expect("reopen compacts");

@@ -131,8 +131,9 @@ impl LandDriver<'_> {
                     let prepared = Arc::new(prepared);
                     verify_round += 1;
                     let id = PlanId::new(format!(
-                        "run-{}-{round}-verify-{verify_round}",
-                        std::process::id()
+                        "run-{}-{}-{round}-verify-{verify_round}",
+                        std::process::id(),
+                        gatehouse_common::cache::unix_ms_now()
                     ));
                     let mut renderer =
                         Renderer::new(self.runner.mode, PlanView::from_plan(&prepared));

@@ -299,11 +299,14 @@ async fn run(
     };
     let mut plan = plan;
     let mut round = 0u32;
+    let started_ms = gatehouse_common::cache::unix_ms_now();
     let code = loop {
+        // Unique across runs, not only within this one: the test history tells the
+        // attempts of a gate without a cache key apart by their plan's id.
         let id = if round == 0 {
-            format!("run-{}", std::process::id())
+            format!("run-{}-{started_ms}", std::process::id())
         } else {
-            format!("run-{}-{round}", std::process::id())
+            format!("run-{}-{started_ms}-{round}", std::process::id())
         };
         let mut renderer = Renderer::new(mode, PlanView::from_plan(&plan));
         renderer.source(gatehouse_proto::convert::source::source_info(&plan).as_ref());

@@ -152,7 +152,7 @@ impl Metrics {
         );
         registry.register(
             "gates_flaky",
-            "Gates that passed after at least one failed attempt",
+            "Gates that passed flaky: after a failed attempt, with a test that passed only on a rerun, or through quarantined tests",
             m.gates_flaky.clone(),
         );
         registry.register(

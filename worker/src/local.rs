@@ -291,7 +291,8 @@ async fn start_and_wait<R: From<FromWorker> + Send + 'static>(
     reports: &mpsc::Sender<R>,
 ) -> GateResult {
     let attempt = run.attempt;
-    let since = SystemTime::now();
+    // Read before the spawn, by the clock file times use: what the gate writes is newer.
+    let since = test_reports::collect::file_clock_now();
     match RunningGate::start(spec, attempt, run.cfg, run.monitor).await {
         Ok(running) => {
             if let Some(pid) = running.pid() {

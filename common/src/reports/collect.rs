@@ -28,13 +28,10 @@ use super::{GateTests, Limits, TestKey, TestResults, Unreadable};
 /// unreadable.
 pub const MAX_REPORT_FILES: usize = 1000;
 
-/// How much older than the attempt's start a file's modification time may be and still
-/// count as written by the attempt: file times come from a coarser clock than the one
-/// the start is read from.
-const CLOCK_SLACK: Duration = Duration::from_millis(20);
-
-/// Reads the reports `patterns` match under `workdir` that were modified since
-/// `since`, keeping the passes of the `watch`ed tests.
+/// Reads the reports `patterns` match under `workdir` that were modified at or after
+/// `since`, keeping the passes of the `watch`ed tests. `since` should come from the clock
+/// file times are stamped with (on Linux the coarse real-time clock, see
+/// [`file_clock_now`]), read before the attempt started.
 pub fn collect(
     workdir: &Path,
     patterns: &[String],
@@ -42,21 +39,25 @@ pub fn collect(
     limits: &Limits,
     watch: &HashSet<TestKey>,
 ) -> GateTests {
-    let fresh_after = since.checked_sub(CLOCK_SLACK).unwrap_or(UNIX_EPOCH);
     let mut tests = GateTests::default();
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
     for pattern in patterns {
         match matches(workdir, pattern) {
             Ok(found) => {
-                let before = files.len();
-                files.extend(found.into_iter().filter(|rel| {
-                    fs::metadata(workdir.join(rel))
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t >= fresh_after)
-                }));
-                if files.len() == before {
+                let fresh: Vec<PathBuf> = found
+                    .into_iter()
+                    .filter(|rel| {
+                        fs::metadata(workdir.join(rel))
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t >= since)
+                    })
+                    .collect();
+                // Missing means this pattern matched no fresh file, whatever the others
+                // matched (a file matched twice is read once).
+                if fresh.is_empty() {
                     tests.missing.push(pattern.clone());
                 }
+                files.extend(fresh);
             }
             Err(reason) => tests.unreadable.push(Unreadable {
                 path: pattern.clone(),
@@ -90,6 +91,20 @@ pub fn collect(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     tests
+}
+
+/// Now, by the clock the kernel stamps file times with: on Linux the coarse real-time
+/// clock (a file written after this reads has a modification time at or after it, which
+/// the precise clock does not promise); elsewhere the system clock.
+pub fn file_clock_now() -> SystemTime {
+    #[cfg(target_os = "linux")]
+    {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        if let (Ok(secs), Ok(nanos)) = (u64::try_from(ts.tv_sec), u32::try_from(ts.tv_nsec)) {
+            return UNIX_EPOCH + Duration::new(secs, nanos);
+        }
+    }
+    SystemTime::now()
 }
 
 /// The regular files under `workdir` that `pattern` matches, relative to it.
@@ -148,7 +163,7 @@ mod tests {
     #[test]
     fn reads_what_the_patterns_match_once_each() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let since = SystemTime::now();
+        let since = file_clock_now();
         write(dir.path(), "a/junit.xml", PASS);
         write(dir.path(), "b/deep/junit.xml", FAIL);
         write(dir.path(), "b/other.txt", "not a report");
@@ -164,6 +179,26 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_whose_files_another_matched_is_not_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let since = file_clock_now();
+        write(dir.path(), "out/junit.xml", PASS);
+        let tests = read(dir.path(), &["out/junit.xml", "out/*.xml"], since);
+        assert_eq!(tests.files, 1);
+        assert!(tests.missing.is_empty(), "{:?}", tests.missing);
+    }
+
+    #[test]
+    fn a_file_written_after_the_file_clock_read_is_fresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..200 {
+            let since = file_clock_now();
+            write(dir.path(), "r.xml", PASS);
+            assert!(read(dir.path(), &["r.xml"], since).missing.is_empty());
+        }
+    }
+
+    #[test]
     fn stale_and_absent_reports_are_missing() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "old.xml", PASS);
@@ -176,7 +211,7 @@ mod tests {
     #[test]
     fn a_broken_report_is_unreadable_and_the_rest_still_counts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let since = SystemTime::now();
+        let since = file_clock_now();
         write(dir.path(), "r/1.xml", "<testsuite><testcase name=");
         write(dir.path(), "r/2.xml", FAIL);
         let tests = read(dir.path(), &["r/*.xml", "r/[.xml"], since);

@@ -26,8 +26,9 @@
 //!
 //! Bounds: at most [`MAX_TESTS`] tests are tracked (the least recently run are
 //! forgotten first), a test not run for [`MAX_AGE`] (measured from the newest fact) is
-//! forgotten, and a fact keeps at most [`MAX_RUN_FAILURES`] failed tests, each message
-//! cut to [`MESSAGE_BYTES`].
+//! forgotten, only runs from the last [`MAX_RECORDS`] facts count (what a durable history
+//! keeps, so a history folded from it equals the live one), and a fact keeps at most
+//! [`MAX_RUN_FAILURES`] failed tests, each message cut to [`MESSAGE_BYTES`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -131,32 +132,33 @@ pub fn gate_name(gate: &str) -> &str {
 }
 
 /// One run of a tracked test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Run {
     /// The first 8 bytes of [`TestRun::inputs`].
     inputs: u64,
     failed: bool,
     flip: bool,
+    /// The number of the fact it came from (facts are numbered as they are folded).
+    fact: u64,
+    unix_ms: u64,
 }
 
 #[derive(Clone, Debug)]
 struct Tracked {
     id: TestId,
     gate: String,
+    /// Its last [`WINDOW`] runs, oldest first; runs of facts beyond the last
+    /// [`MAX_RECORDS`] are dropped, so a history folded from the durable records alone
+    /// (a new leader's) is the same as one folded from every fact.
     runs: VecDeque<Run>,
-    /// Runs and failures since it was first tracked (beyond the window too).
-    total_runs: u64,
-    fails: u64,
-    flips: u64,
-    last_flip_ms: Option<u64>,
-    last_run_ms: u64,
     message: Option<String>,
     quarantined: bool,
 }
 
 impl Tracked {
     /// Records a run; whether it flipped.
-    fn push(&mut self, inputs: u64, failed: bool, flaky_in_report: bool, unix_ms: u64) -> bool {
+    fn push(&mut self, run: (u64, u64), failed: bool, flaky_in_report: bool, unix_ms: u64) -> bool {
+        let (inputs, fact) = run;
         let contradicts = self
             .runs
             .iter()
@@ -171,15 +173,14 @@ impl Tracked {
             inputs,
             failed,
             flip,
+            fact,
+            unix_ms,
         });
-        self.total_runs += 1;
-        self.fails += u64::from(failed);
-        if flip {
-            self.flips += 1;
-            self.last_flip_ms = Some(unix_ms);
-        }
-        self.last_run_ms = self.last_run_ms.max(unix_ms);
         flip
+    }
+
+    fn last_run_ms(&self) -> u64 {
+        self.runs.back().map_or(0, |r| r.unix_ms)
     }
 
     fn score(&self) -> f64 {
@@ -200,18 +201,12 @@ fn track<'a>(
     tests: &'a mut HashMap<TestKey, Tracked>,
     f: &FailedTest,
     gate: &str,
-    at: u64,
 ) -> (TestKey, &'a mut Tracked) {
     let key = f.id.key();
     let tracked = tests.entry(key).or_insert_with(|| Tracked {
         id: f.id.clone(),
         gate: String::new(),
         runs: VecDeque::new(),
-        total_runs: 0,
-        fails: 0,
-        flips: 0,
-        last_flip_ms: None,
-        last_run_ms: at,
         message: None,
         quarantined: false,
     });
@@ -228,11 +223,11 @@ pub struct FlakeRow {
     pub gate: String,
     /// Its flake score (0..=1).
     pub score: f64,
-    /// Failures recorded.
+    /// Failures among its recorded runs (the last [`WINDOW`]).
     pub fails: u64,
-    /// Runs recorded (since its first failure).
+    /// Its recorded runs (the last [`WINDOW`], since its first failure).
     pub runs: u64,
-    /// Flips recorded.
+    /// Flips among them.
     pub flips: u64,
     /// When it last flipped (milliseconds since the Unix epoch).
     pub last_flip_unix_ms: Option<u64>,
@@ -284,6 +279,8 @@ pub struct History {
     tests: HashMap<TestKey, Tracked>,
     /// The newest fact's time: "now" for retention.
     newest_ms: u64,
+    /// Facts folded so far (their numbers).
+    facts: u64,
     /// Watch lists by gate name, built on demand and dropped on every change.
     watch: HashMap<String, Arc<[TestKey]>>,
 }
@@ -307,28 +304,31 @@ impl History {
     /// Folds one fact in; returns the tests that flipped in it.
     pub fn apply(&mut self, run: &TestRun) -> Vec<TestKey> {
         let inputs = u64::from_le_bytes(run.inputs[..8].try_into().unwrap_or([0; 8]));
+        self.facts += 1;
+        let this = (inputs, self.facts);
         let at = run.unix_ms;
         self.newest_ms = self.newest_ms.max(at);
         self.watch.clear();
+        let quarantined: std::collections::HashSet<&TestKey> = run.quarantined.iter().collect();
         let mut flipped = Vec::new();
         for f in &run.failed {
-            let (key, t) = track(&mut self.tests, f, &run.gate, at);
+            let (key, t) = track(&mut self.tests, f, &run.gate);
             t.message.clone_from(&f.message);
-            t.quarantined = run.quarantined.contains(&key);
-            if t.push(inputs, true, false, at) {
+            t.quarantined = quarantined.contains(&key);
+            if t.push(this, true, false, at) {
                 flipped.push(key);
             }
         }
         for f in &run.flaky {
-            let (key, t) = track(&mut self.tests, f, &run.gate, at);
+            let (key, t) = track(&mut self.tests, f, &run.gate);
             t.message.clone_from(&f.message);
-            t.push(inputs, false, true, at);
+            t.push(this, false, true, at);
             flipped.push(key);
         }
         for key in &run.passed {
             if let Some(t) = self.tests.get_mut(key) {
                 t.gate.clone_from(&run.gate);
-                if t.push(inputs, false, false, at) {
+                if t.push(this, false, false, at) {
                     flipped.push(*key);
                 }
             }
@@ -337,15 +337,22 @@ impl History {
         flipped
     }
 
-    /// Forgets what is too old, then the least recently run beyond [`MAX_TESTS`].
+    /// Forgets runs of facts beyond the last [`MAX_RECORDS`], tests with no run left or
+    /// not run within [`MAX_AGE`], then the least recently run beyond [`MAX_TESTS`].
     fn retain(&mut self) {
         let horizon = self.newest_ms.saturating_sub(MAX_AGE.as_millis() as u64);
-        self.tests.retain(|_, t| t.last_run_ms >= horizon);
+        let oldest_fact = self.facts.saturating_sub(MAX_RECORDS as u64);
+        self.tests.retain(|_, t| {
+            while t.runs.front().is_some_and(|r| r.fact <= oldest_fact) {
+                t.runs.pop_front();
+            }
+            !t.runs.is_empty() && t.last_run_ms() >= horizon
+        });
         if self.tests.len() > MAX_TESTS {
             let mut by_age: Vec<(u64, TestKey)> = self
                 .tests
                 .iter()
-                .map(|(k, t)| (t.last_run_ms, *k))
+                .map(|(k, t)| (t.last_run_ms(), *k))
                 .collect();
             by_age.sort_unstable();
             let excess = self.tests.len() - MAX_TESTS;
@@ -403,11 +410,11 @@ impl History {
                 test: t.id.clone(),
                 gate: t.gate.clone(),
                 score: t.score(),
-                fails: t.fails,
-                runs: t.total_runs,
-                flips: t.flips,
-                last_flip_unix_ms: t.last_flip_ms,
-                last_run_unix_ms: t.last_run_ms,
+                fails: t.runs.iter().filter(|r| r.failed).count() as u64,
+                runs: t.runs.len() as u64,
+                flips: t.runs.iter().filter(|r| r.flip).count() as u64,
+                last_flip_unix_ms: t.runs.iter().rev().find(|r| r.flip).map(|r| r.unix_ms),
+                last_run_unix_ms: t.last_run_ms(),
                 message: t.message.clone(),
                 quarantined: t.quarantined,
             })
@@ -537,6 +544,35 @@ mod tests {
         r.failed = (0..MAX_TESTS + 5).map(|i| failed(&i.to_string())).collect();
         h.apply(&r);
         assert_eq!(h.len(), MAX_TESTS);
+    }
+
+    #[test]
+    fn the_newest_records_alone_fold_to_the_same_history() {
+        // A test that fails now and then, over more facts than a durable history keeps.
+        let facts: Vec<TestRun> = (0..MAX_RECORDS as u64 + 300)
+            .map(|i| {
+                let mut r = run((i % 7) as u8, 1_000 + i);
+                if i % 50 == 0 {
+                    r.failed = vec![failed("t"), failed(&format!("once-{i}"))];
+                } else {
+                    r.passed = vec![id("t").key()];
+                }
+                r
+            })
+            .collect();
+        let mut all = History::new();
+        for f in &facts {
+            all.apply(f);
+        }
+        let mut recent = History::new();
+        for f in &facts[facts.len() - MAX_RECORDS..] {
+            recent.apply(f);
+        }
+        assert_eq!(all.rows(), recent.rows());
+        assert!(
+            all.rows().iter().all(|r| r.test.name != "once-0"),
+            "its only run is gone"
+        );
     }
 
     #[test]

@@ -267,7 +267,7 @@ proptest! {
     /// Arbitrary bytes never panic, and never yield more than the limits allow.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let limits = Limits { max_bytes: 1024, max_depth: 8, max_cases: 4, max_message_bytes: 16 };
+        let limits = Limits { max_bytes: 1024, max_depth: 8, max_cases: 4, max_message_bytes: 16, ..Limits::default() };
         if let Ok(r) = parse(bytes.as_slice(), &limits) {
             prop_assert!(r.cases.len() <= 4);
             prop_assert!(r.cases.iter().all(|c| c.message.as_ref().is_none_or(|m| m.len() <= 16)));
@@ -314,6 +314,21 @@ fn results_keep_what_did_not_simply_pass_and_the_keys_of_watched_passes() {
     );
     let notable: Vec<&str> = results.notable.iter().map(|c| c.id.name.as_str()).collect();
     assert_eq!(notable, ["b", "c"]);
+    // Listing stops at its byte budget: the rest is counted.
+    let tight = Limits {
+        max_listed_bytes: 100,
+        ..Limits::default()
+    };
+    let mut few = TestResults::default();
+    let many = format!(
+        "<testsuite name='s'>{}</testsuite>",
+        (0..10)
+            .map(|i| format!("<testcase name='t{i}'><failure message='boom'/></testcase>"))
+            .collect::<String>()
+    );
+    few.add_report(many.as_bytes(), &tight, &Default::default())
+        .expect("read");
+    assert_eq!((few.failed, few.notable.len(), few.dropped), (10, 1, 9));
     let failures: Vec<&str> = results.failures().map(|c| c.id.name.as_str()).collect();
     assert_eq!(failures, ["b"]);
     assert_eq!(results.watched_passed, vec![a.key()]);

@@ -29,6 +29,10 @@ pub struct Limits {
     pub max_cases: u32,
     /// Bytes kept of each failure's message and text.
     pub max_message_bytes: usize,
+    /// Bytes of failed and flaky test cases listed per attempt (names, messages, files;
+    /// the rest are counted, not listed): what keeps a result small enough for the wire,
+    /// the state store and the cache.
+    pub max_listed_bytes: usize,
 }
 
 /// Default [`Limits::max_bytes`]: 100 MiB.
@@ -39,6 +43,8 @@ pub const DEFAULT_MAX_DEPTH: u32 = 50;
 pub const DEFAULT_MAX_CASES: u32 = 1_000_000;
 /// Default [`Limits::max_message_bytes`]: 4 KiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
+/// Default [`Limits::max_listed_bytes`]: 256 KiB.
+pub const DEFAULT_MAX_LISTED_BYTES: usize = 256 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -47,6 +53,7 @@ impl Default for Limits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_cases: DEFAULT_MAX_CASES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_listed_bytes: DEFAULT_MAX_LISTED_BYTES,
         }
     }
 }
@@ -118,7 +125,15 @@ pub struct TestCase {
     pub line: Option<u32>,
 }
 
+/// What a listed case costs, roughly: its strings and a fixed overhead.
+const CASE_OVERHEAD: usize = 64;
+
 impl TestCase {
+    /// Its size as it travels and is stored, roughly.
+    pub fn approx_bytes(&self) -> usize {
+        self.as_ref().approx_bytes()
+    }
+
     /// Passed after a failed rerun in the same report.
     pub fn flaky(&self) -> bool {
         self.outcome == Outcome::Passed && self.reruns_failed > 0
@@ -165,6 +180,16 @@ pub struct CaseRef<'a> {
 }
 
 impl CaseRef<'_> {
+    /// Its size as it travels and is stored, roughly.
+    pub fn approx_bytes(&self) -> usize {
+        CASE_OVERHEAD
+            + self.suite.len()
+            + self.class.len()
+            + self.name.len()
+            + self.message.map_or(0, str::len)
+            + self.file.map_or(0, str::len)
+    }
+
     /// Passed after a failed rerun in the same report.
     pub fn flaky(&self) -> bool {
         self.outcome == Outcome::Passed && self.reruns_failed > 0
@@ -380,6 +405,7 @@ impl TestResults {
         watch: &HashSet<TestKey>,
     ) -> Result<(), ReportError> {
         let max = limits.max_cases as usize;
+        let mut listed: usize = self.notable.iter().map(TestCase::approx_bytes).sum();
         read(input, limits, &mut |case: CaseRef<'_>| {
             match case.outcome {
                 Outcome::Passed => self.passed += 1,
@@ -390,7 +416,9 @@ impl TestResults {
                 self.flaky += 1;
             }
             if case.outcome.is_failure() || case.flaky() {
-                if self.notable.len() < max {
+                let bytes = case.approx_bytes();
+                if self.notable.len() < max && listed + bytes <= limits.max_listed_bytes {
+                    listed += bytes;
                     self.notable.push(case.to_owned());
                 } else {
                     self.dropped += 1;
@@ -420,6 +448,27 @@ pub struct Unreadable {
     pub reason: String,
 }
 
+impl GateTests {
+    /// Its size as it travels and is stored, roughly.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+        CASE_OVERHEAD
+            + self
+                .results
+                .notable
+                .iter()
+                .map(TestCase::approx_bytes)
+                .sum::<usize>()
+            + 16 * self.results.watched_passed.len()
+            + strings(&self.missing)
+            + self
+                .unreadable
+                .iter()
+                .map(|u| u.path.len() + u.reason.len())
+                .sum::<usize>()
+    }
+}
+
 /// What one attempt's declared reports said: the facts an executor sends with the
 /// attempt's result. The gate's own exit status is never changed by them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,8 +481,9 @@ pub struct GateTests {
     pub missing: Vec<String>,
     /// Matched files that could not be read.
     pub unreadable: Vec<Unreadable>,
-    /// When the reports were read, in milliseconds since the Unix epoch (the time of
-    /// the run in the test history).
+    /// When the reports were read, in milliseconds since the Unix epoch; the scheduler
+    /// replaces it with the time it received the result (its own clock), which is the
+    /// time of the run in the test history.
     pub read_unix_ms: u64,
 }
 

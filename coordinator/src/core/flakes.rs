@@ -40,11 +40,14 @@ pub(super) fn judge(
         return Judged::default();
     };
     let gate = run.plan.gate(g);
-    let inputs = history::inputs(
-        run.gate(g).key.map(|k| k.0),
-        run.id.as_str(),
-        gate.id.as_str(),
-    );
+    // Only a cached gate's key stands for its code: an uncached gate's key (which its
+    // dependents still use) covers its command, not what it ran on, so two runs of
+    // different code would compare as the same inputs.
+    let key = run
+        .gate(g)
+        .key
+        .filter(|_| run.options.use_cache && gate.cache);
+    let inputs = history::inputs(key.map(|k| k.0), run.id.as_str(), gate.id.as_str());
     let failed: Vec<&TestCase> = tests.results.failures().collect();
     let rerun_flaky: Vec<&TestCase> = tests.results.notable.iter().filter(|c| c.flaky()).collect();
     let complete = complete(tests);
@@ -56,8 +59,11 @@ pub(super) fn judge(
                 .threshold
                 .is_some_and(|t| history.score(&case.id.key()) >= t)
     };
+    // Only a test run that ended on its own, by failing, is explained by its tests: a
+    // timeout, a signal or a kill may have cut the reports short.
+    let failed_by_tests = matches!(result.status, ExitStatus::Exited(code) if code != 0);
     let quarantined = quarantine.is_set()
-        && matches!(result.status, ExitStatus::Exited(code) if code != 0)
+        && failed_by_tests
         && complete
         && !failed.is_empty()
         && failed.iter().all(|c| is_quarantined(c));
@@ -78,7 +84,11 @@ pub(super) fn judge(
             .collect(),
         passed: tests.results.watched_passed.clone(),
         quarantined: if quarantined {
-            failed.iter().map(|c| c.id.key()).collect()
+            failed
+                .iter()
+                .take(MAX_RUN_FAILURES)
+                .map(|c| c.id.key())
+                .collect()
         } else {
             Vec::new()
         },
@@ -105,8 +115,10 @@ pub(super) fn judge(
             Vec::new()
         },
     };
-    let only_flaky_failures =
-        complete && !failed.is_empty() && failed.iter().all(|c| history.is_flaky(&c.id.key()));
+    let only_flaky_failures = failed_by_tests
+        && complete
+        && !failed.is_empty()
+        && failed.iter().all(|c| history.is_flaky(&c.id.key()));
     Judged {
         fact: (!fact.is_empty()).then_some(fact),
         verdict,

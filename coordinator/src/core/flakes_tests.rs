@@ -270,3 +270,89 @@ fn a_flake_score_over_the_threshold_quarantines() {
     sim.finish_with(0, with_tests(1, &["flaky"], &[]));
     assert_eq!(sim.state(0), Terminal::Failed);
 }
+
+#[test]
+fn a_timeout_is_not_retried_under_retry_on_flaky_even_with_flaky_reports() {
+    let mut sim = one_gate(policy(), 2, RetryOn::Flaky);
+    sim.feed(flaky_history("flaky"));
+    let mut timed_out = with_tests(1, &["flaky"], &[]);
+    timed_out.status = ExitStatus::TimedOut;
+    sim.finish_with(0, timed_out);
+    assert_eq!(sim.state(0), Terminal::TimedOut);
+}
+
+#[test]
+fn an_uncached_gates_key_is_not_its_inputs() {
+    // "t" failed on key(1) before; an uncached gate keyed key(1) (its key covers its
+    // command, not its code) passes it: that is no flip.
+    let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 1, 4096 * MI)]);
+    let mut plan = Arc::unwrap_or_clone(flat(policy(), &[g("test", &[])]));
+    plan.gates[0].reports = vec!["junit.xml".into()];
+    plan.gates[0].cache = false;
+    sim.submit(Arc::new(plan), true);
+    sim.feed(Event::HistoryLoaded(vec![TestRun {
+        plan: "earlier".into(),
+        gate: "test".into(),
+        inputs: key(1).0,
+        unix_ms: 10,
+        failed: vec![FailedTest::of(&failed("t"))],
+        ..TestRun::default()
+    }]));
+    sim.feed(Event::CacheChecked {
+        plan: sim.plan.clone(),
+        gate: GateIdx(0),
+        key: Some(key(1)),
+        hit: None,
+    });
+    assert!(
+        sim.assignment(0).watch.contains(&id("t").key()),
+        "still watched"
+    );
+    sim.finish_with(0, with_tests(0, &[], &["t"]));
+    let ev = sim.terminal(0);
+    assert!(ev.verdict.is_none(), "{:?}", ev.verdict);
+    assert!(!sim.core.history().is_flaky(&id("t").key()));
+}
+
+#[test]
+fn a_flaky_pass_is_shared_with_waiters_only_when_cached_and_then_as_flaky() {
+    for cache_flaky in [false, true] {
+        let mut sim = Sim::new(CoreConfig::default(), &[worker("w", 2, 4096 * MI)]);
+        let mut leader = g("a", &[]);
+        leader.retries = 1;
+        let mut plan = Arc::unwrap_or_clone(flat(
+            Policy {
+                cache_flaky,
+                ..policy()
+            },
+            &[leader, g("b", &[])],
+        ));
+        for gate in &mut plan.gates {
+            gate.reports = vec!["junit.xml".into()];
+        }
+        sim.submit(Arc::new(plan), true);
+        for gate in [0, 1] {
+            sim.feed(Event::CacheChecked {
+                plan: sim.plan.clone(),
+                gate: GateIdx(gate),
+                key: Some(key(1)),
+                hit: None,
+            });
+        }
+        assert_eq!(
+            sim.running_gates(),
+            [0],
+            "b waits for a, which leads key(1)"
+        );
+        sim.finish_with(0, with_tests(1, &["flaky"], &[]));
+        sim.fire_timer();
+        sim.finish_with(0, with_tests(0, &[], &["flaky"]));
+        if cache_flaky {
+            let b = sim.terminal(1);
+            assert!(b.cached && b.flaky, "served as a flaky pass");
+            assert_eq!(b.verdict.as_deref().map(|v| v.flaky.len()), Some(1));
+        } else {
+            assert_eq!(sim.running_gates(), [1], "not shared: b runs itself");
+        }
+    }
+}

@@ -35,7 +35,7 @@ use gatehouse_common::cache::CacheKey;
 use gatehouse_common::exec::GateResult;
 use gatehouse_common::ids::{GateIdx, PlanId};
 
-use super::plan_run::{GateState, PlanRun};
+use super::plan_run::{GateState, PlanRun, SharedPass};
 use super::transitions::{Done, finish_gate};
 use super::{Now, Scheduler, Terminal};
 
@@ -49,7 +49,7 @@ pub(super) struct Flights {
 /// Passes of leaders, by key, oldest first, bounded by age and by bytes.
 #[derive(Debug, Default)]
 struct RecentPasses {
-    by_key: HashMap<CacheKey, (Now, GateResult)>,
+    by_key: HashMap<CacheKey, (Now, SharedPass)>,
     /// Insertion order (a key passed again has a newer entry; the older is skipped).
     order: VecDeque<(Now, CacheKey)>,
     /// Weight of what `by_key` holds.
@@ -58,21 +58,22 @@ struct RecentPasses {
 
 /// What a remembered pass weighs: its output tails plus a fixed overhead.
 fn weight(result: &GateResult) -> u64 {
-    (result.stdout.bytes.len() + result.stderr.bytes.len() + 256) as u64
+    let tests = result.tests.as_ref().map_or(0, |t| t.approx_bytes());
+    (result.stdout.bytes.len() + result.stderr.bytes.len() + tests + 256) as u64
 }
 
 impl RecentPasses {
-    fn insert(&mut self, now: Now, key: CacheKey, result: GateResult, max_bytes: u64) {
-        self.bytes += weight(&result);
-        if let Some((_, old)) = self.by_key.insert(key, (now, result)) {
-            self.bytes -= weight(&old);
+    fn insert(&mut self, now: Now, key: CacheKey, pass: SharedPass, max_bytes: u64) {
+        self.bytes += weight(&pass.result);
+        if let Some((_, old)) = self.by_key.insert(key, (now, pass)) {
+            self.bytes -= weight(&old.result);
         }
         self.order.push_back((now, key));
         while self.bytes > max_bytes && self.pop_oldest() {}
     }
 
     /// The pass of `key` if remembered and younger than `keep` at `now`.
-    fn get(&mut self, now: Now, keep: std::time::Duration, key: &CacheKey) -> Option<&GateResult> {
+    fn get(&mut self, now: Now, keep: std::time::Duration, key: &CacheKey) -> Option<&SharedPass> {
         while self
             .order
             .front()
@@ -91,7 +92,7 @@ impl RecentPasses {
         if self.by_key.get(&key).is_some_and(|(t, _)| *t == at)
             && let Some((_, old)) = self.by_key.remove(&key)
         {
-            self.bytes -= weight(&old);
+            self.bytes -= weight(&old.result);
         }
         true
     }
@@ -144,10 +145,10 @@ impl Scheduler {
     /// and is queued, or waits for the leader.
     pub(super) fn on_missed(&mut self, plan: &PlanId, g: GateIdx, key: CacheKey) {
         let (now, keep) = (self.sink.now, self.config.recent_passes);
-        if let Some(result) = self.flights.recent.get(now, keep, &key).cloned() {
+        if let Some(pass) = self.flights.recent.get(now, keep, &key).cloned() {
             tracing::debug!(plan_id = %plan, gate = g.0, key = %key,
                 "an identical gate passed moments ago; using its result");
-            self.serve(plan, g, result);
+            self.serve(plan, g, pass);
             return;
         }
         let leads = self.flights.join(key, (plan.clone(), g));
@@ -180,13 +181,13 @@ impl Scheduler {
                 continue;
             };
             match landed.passed {
-                Some(result) => {
+                Some(pass) => {
                     for (plan, g) in flight.waiters {
-                        self.serve_waiter(&plan, g, landed.key, &result);
+                        self.serve_waiter(&plan, g, landed.key, &pass);
                     }
                     let max_bytes = self.config.recent_passes_bytes;
                     let now = self.sink.now;
-                    (self.flights.recent).insert(now, landed.key, result, max_bytes);
+                    (self.flights.recent).insert(now, landed.key, pass, max_bytes);
                 }
                 None => self.promote(landed.key, flight.waiters),
             }
@@ -194,7 +195,7 @@ impl Scheduler {
     }
 
     /// Ends a waiter with its leader's passing result.
-    fn serve_waiter(&mut self, plan: &PlanId, g: GateIdx, key: CacheKey, result: &GateResult) {
+    fn serve_waiter(&mut self, plan: &PlanId, g: GateIdx, key: CacheKey, pass: &SharedPass) {
         let Some(run) = self.plans.get_mut(plan) else {
             return;
         };
@@ -202,17 +203,20 @@ impl Scheduler {
             return;
         }
         tracing::debug!(plan_id = %plan, gate = g.0, key = %key, "served by an identical gate");
-        self.serve(plan, g, result.clone());
+        self.serve(plan, g, pass.clone());
     }
 
-    /// Ends `g` as passed from the cache with an identical gate's `result`.
-    fn serve(&mut self, plan: &PlanId, g: GateIdx, result: GateResult) {
+    /// Ends `g` as passed from the cache with an identical gate's pass (flaky, with its
+    /// flaky tests, if that pass was).
+    fn serve(&mut self, plan: &PlanId, g: GateIdx, pass: SharedPass) {
         let Some(run) = self.plans.get_mut(plan) else {
             return;
         };
         let mut done = Done::new(Terminal::Passed, 0);
         done.cached = true;
-        done.result = Some(result);
+        done.flaky = pass.flaky.is_some();
+        done.verdict = pass.flaky.filter(|v| !v.is_empty()).map(Box::new);
+        done.result = Some(pass.result);
         finish_gate(run, &mut self.sink, &self.config, g, done);
     }
 

@@ -403,11 +403,11 @@ impl Scheduler {
         };
         run.running -= 1;
         let a = attempt.attempt;
-        let judged = match then {
-            None if !matches!(result.status, ExitStatus::Cancelled) => {
-                flakes::judge(&mut self.history, run, g, &result)
-            }
-            _ => flakes::Judged::default(),
+        // Every attempt that ran to its end is judged (a pass while the plan stops too:
+        // its facts count, and a flaky one must not be cached).
+        let judged = match result.status {
+            ExitStatus::Cancelled => flakes::Judged::default(),
+            _ => flakes::judge(&mut self.history, run, g, &result),
         };
         if let Some(fact) = judged.fact {
             self.sink.cmds.push(Command::RecordTests(Arc::new(fact)));

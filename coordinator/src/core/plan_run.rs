@@ -59,8 +59,17 @@ pub(crate) struct Landed {
     pub(crate) plan: PlanId,
     pub(crate) gate: GateIdx,
     pub(crate) key: CacheKey,
-    /// Its result if it passed.
-    pub(crate) passed: Option<GateResult>,
+    /// Its pass, if it passed and its pass may be shared.
+    pub(crate) passed: Option<SharedPass>,
+}
+
+/// A pass that gates waiting on the same key take as their own: the result, and for a
+/// flaky pass (shared only when the plan caches flaky passes) its flaky tests.
+#[derive(Clone, Debug)]
+pub(crate) struct SharedPass {
+    pub(crate) result: GateResult,
+    /// `Some` for a flaky pass.
+    pub(crate) flaky: Option<gatehouse_common::reports::TestVerdict>,
 }
 
 /// Per-gate bookkeeping.

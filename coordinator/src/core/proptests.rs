@@ -42,6 +42,8 @@ pub(super) fn arb_plan() -> impl Strategy<Value = (Policy, bool, Vec<ItemSpec>)>
                     fail_fast,
                     retries,
                     max_parallel,
+                    // Flaky passes shared through single flight, or run again.
+                    cache_flaky: seed % 2 == 0,
                     ..Policy::default()
                 };
                 let mut spec = Vec::new();

@@ -8,7 +8,7 @@ use gatehouse_common::exec::{AttemptRef, ExitStatus, GateResult, GateSpec};
 use gatehouse_common::ids::{GateIdx, SessionKey};
 use gatehouse_common::plan::{MAX_RETRY_BACKOFF, Plan};
 
-use super::plan_run::{GateState, Landed, PlanRun, Stopping};
+use super::plan_run::{GateState, Landed, PlanRun, SharedPass, Stopping};
 use super::types::*;
 use super::{CoreConfig, Sink};
 
@@ -132,14 +132,14 @@ pub(super) fn make_ready(run: &mut PlanRun, sink: &mut Sink, g: GateIdx) {
 
 /// Every gate ends here: its terminal state and count and, if it led a single flight,
 /// the landing that settles the flight's waiters (see [`super::flights`]). `passed`:
-/// its result, when it passed by running.
+/// its pass, when it passed by running and its pass may be shared.
 pub(super) fn end_gate(
     run: &mut PlanRun,
     sink: &mut Sink,
     g: GateIdx,
     terminal: Terminal,
     (cached, flaky): (bool, bool),
-    passed: Option<&GateResult>,
+    passed: Option<SharedPass>,
 ) {
     run.set_state(g, GateState::Done(terminal));
     run.count(terminal, cached, flaky);
@@ -149,7 +149,7 @@ pub(super) fn end_gate(
             plan: run.id.clone(),
             gate: g,
             key,
-            passed: passed.filter(|_| terminal == Terminal::Passed).cloned(),
+            passed: passed.filter(|_| terminal == Terminal::Passed),
         });
     }
 }
@@ -168,7 +168,15 @@ pub(super) fn finish_gate(
         g,
         done.terminal,
         (done.cached, done.flaky),
-        done.result.as_ref().filter(|_| done.share),
+        done.result
+            .clone()
+            .filter(|_| done.share)
+            .map(|result| SharedPass {
+                result,
+                flaky: done
+                    .flaky
+                    .then(|| done.verdict.as_deref().cloned().unwrap_or_default()),
+            }),
     );
     let mut ev = gate_event(
         run,

@@ -328,7 +328,8 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data always serializes")
 }
 
-/// The term that wrote a chunk, and how many events it holds (for audits and tests).
+/// The term that wrote a chunk, and how many entries it holds (for audits and tests;
+/// a gate event's test results are an entry of their own).
 pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
     let chunk: ChunkV1 = decode(&unframe(bytes, &[1, 2, EVENTS_VERSION])?.1)?;
     Ok((chunk.term, chunk.events.len()))

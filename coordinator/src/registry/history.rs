@@ -2,14 +2,14 @@
 //! the state store as numbered records (`tests/<seq>`), and read back by the next
 //! leader, which folds them into its core before any plan resumes.
 //!
-//! Bounded: at most [`history::MAX_RECORDS`] records are kept, and none older than
-//! [`history::MAX_AGE`] before the newest; each write that goes beyond deletes the
-//! oldest. A record is written in the same commits as the plan events around it, so a
-//! worker's result is acknowledged only once the facts drawn from it are durable.
+//! Bounded: at most [`history::MAX_RECORDS`] records and [`MAX_BYTES`] are kept, and
+//! none older than [`history::MAX_AGE`] before the newest; each write that goes beyond
+//! deletes the oldest. A record is written in the same commits as the plan events around
+//! it, so a worker's result is acknowledged only once the facts drawn from it are durable.
 //!
-//! Encoding: `[version 1][JSON of the TestRun]`, JSON being its own serde shape that
-//! tolerates added fields. A record that does not decode is skipped with a warning (the
-//! history is advisory: losing a fact costs a score, never a plan).
+//! Encoding: `[version 2][zstd of the bincode of the TestRun]` (version 1, JSON, is still
+//! read). A record that does not decode is skipped with a warning (the history is
+//! advisory: losing a fact costs a score, never a plan).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,13 +20,21 @@ use super::journal::Journal;
 use crate::store::StoreOp;
 
 /// Format version of a history record, its first byte.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The first version: JSON.
+const VERSION_JSON: u8 = 1;
+/// Most bytes of history records kept in the state store.
+pub const MAX_BYTES: usize = 64 << 20;
+/// Largest decoded record accepted (guards against a corrupt length).
+const MAX_DECODED: usize = 16 << 20;
 
 /// The records written, and the next number.
 #[derive(Debug, Default)]
 pub(crate) struct HistoryLog {
-    /// Kept records, oldest first: (seq, fact time).
-    kept: VecDeque<(u64, u64)>,
+    /// Kept records, oldest first: (seq, fact time, stored bytes).
+    kept: VecDeque<(u64, u64, usize)>,
+    /// Their bytes.
+    bytes: usize,
     /// The next record's number.
     next: u64,
 }
@@ -38,14 +46,15 @@ impl HistoryLog {
         let mut runs = Vec::with_capacity(stored.len());
         for (seq, bytes) in stored {
             log.next = log.next.max(seq + 1);
+            log.bytes += bytes.len();
             match decode(&bytes) {
                 Ok(run) => {
-                    log.kept.push_back((seq, run.unix_ms));
+                    log.kept.push_back((seq, run.unix_ms, bytes.len()));
                     runs.push(run);
                 }
                 Err(reason) => {
                     tracing::warn!(seq, %reason, "skipping a test-history record that does not decode");
-                    log.kept.push_back((seq, 0));
+                    log.kept.push_back((seq, 0, bytes.len()));
                 }
             }
         }
@@ -66,18 +75,33 @@ impl HistoryLog {
                 return;
             }
         }
+        let newest = self
+            .kept
+            .iter()
+            .map(|(_, at, _)| *at)
+            .max()
+            .unwrap_or(0)
+            .max(run.unix_ms);
+        let horizon = newest.saturating_sub(history::MAX_AGE.as_millis() as u64);
+        if run.unix_ms < horizon {
+            // Older than what is kept (a clock stepped back): it would go at once.
+            return;
+        }
         let seq = self.next;
         self.next += 1;
+        self.bytes += record.len();
+        self.kept.push_back((seq, run.unix_ms, record.len()));
         journal.push_op(StoreOp::PutTests { seq, record }, None);
-        self.kept.push_back((seq, run.unix_ms));
-        let newest = self.kept.iter().map(|(_, at)| *at).max().unwrap_or(0);
-        let horizon = newest.saturating_sub(history::MAX_AGE.as_millis() as u64);
-        while let Some(&(seq, at)) = self.kept.front() {
-            if self.kept.len() <= MAX_RECORDS && at >= horizon {
+        // The new record is the newest and within the byte budget alone: it is never
+        // deleted in the batch that puts it.
+        while let Some(&(old, at, bytes)) = self.kept.front() {
+            let over = self.kept.len() > MAX_RECORDS || self.bytes > MAX_BYTES;
+            if old == seq || (!over && at >= horizon) {
                 break;
             }
             self.kept.pop_front();
-            journal.push_op(StoreOp::DeleteTests { seq }, None);
+            self.bytes -= bytes;
+            journal.push_op(StoreOp::DeleteTests { seq: old }, None);
         }
     }
 
@@ -90,15 +114,29 @@ impl HistoryLog {
 
 /// The stored form of a fact.
 pub(crate) fn encode(run: &TestRun) -> Vec<u8> {
+    let plain = bincode::serde::encode_to_vec(run, bincode::config::standard())
+        .expect("a test run always encodes");
     let mut out = vec![VERSION];
-    out.extend(serde_json::to_vec(run).expect("a test run always serializes"));
+    // Compressing memory does not fail; if it did, the empty record is skipped on read.
+    out.extend(zstd::bulk::compress(&plain, 1).unwrap_or_default());
     out
 }
 
 /// A stored fact.
 pub(crate) fn decode(bytes: &[u8]) -> Result<TestRun, String> {
     match bytes.split_first() {
-        Some((&VERSION, json)) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+        Some((&VERSION, compressed)) => {
+            let plain =
+                zstd::bulk::decompress(compressed, MAX_DECODED).map_err(|e| e.to_string())?;
+            let (run, used) =
+                bincode::serde::decode_from_slice(&plain, bincode::config::standard())
+                    .map_err(|e| e.to_string())?;
+            if used != plain.len() {
+                return Err(format!("{} trailing bytes", plain.len() - used));
+            }
+            Ok(run)
+        }
+        Some((&VERSION_JSON, json)) => serde_json::from_slice(json).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unknown test-history record version {v}")),
         None => Err("an empty test-history record".into()),
     }
@@ -117,13 +155,23 @@ mod tests {
             passed: vec![gatehouse_common::reports::TestKey([7; 16])],
             ..TestRun::default()
         };
-        let stored = vec![(3, encode(&run)), (4, vec![9, 1]), (7, Vec::new())];
+        let json = {
+            let mut v = vec![VERSION_JSON];
+            v.extend(serde_json::to_vec(&run).expect("json"));
+            v
+        };
+        let stored = vec![
+            (2, json),
+            (3, encode(&run)),
+            (4, vec![9, 1]),
+            (7, Vec::new()),
+        ];
         let (log, runs) = HistoryLog::restore(stored);
-        assert_eq!(runs, vec![run]);
+        assert_eq!(runs, vec![run.clone(), run]);
         assert_eq!(log.next, 8);
         assert_eq!(
             log.len(),
-            3,
+            4,
             "damaged records are still counted, to be deleted in turn"
         );
     }

@@ -174,6 +174,10 @@ pub(super) fn apply(
 fn trim(result: &mut GateResult, keep: usize) {
     result.stdout.dropped += result.stdout.bytes.len() as u64;
     result.stdout.bytes = Vec::new();
+    // Which watched tests passed is the test history's (its own records), not the log's.
+    if let Some(tests) = result.tests.as_mut() {
+        tests.results.watched_passed = Vec::new();
+    }
     let len = result.stderr.bytes.len();
     if len > keep {
         result.stderr.bytes.drain(..len - keep);

@@ -452,7 +452,11 @@ impl SchedulerActor {
 fn core_event(event: WorkerEvent) -> Event {
     match event {
         WorkerEvent::Report(FromWorker::Started { attempt }) => Event::GateStarted { attempt },
-        WorkerEvent::Report(FromWorker::Finished { attempt, result }) => {
+        WorkerEvent::Report(FromWorker::Finished {
+            attempt,
+            mut result,
+        }) => {
+            stamp(&mut result);
             Event::GateFinished { attempt, result }
         }
         WorkerEvent::Joined(info) => Event::WorkerJoined(info),
@@ -470,12 +474,26 @@ fn core_event(event: WorkerEvent) -> Event {
         WorkerEvent::Reported {
             worker,
             running,
-            finished,
-        } => Event::AttemptsReported {
-            worker,
-            running,
-            finished,
-        },
+            mut finished,
+        } => {
+            for (_, result) in &mut finished {
+                stamp(result);
+            }
+            Event::AttemptsReported {
+                worker,
+                running,
+                finished,
+            }
+        }
+    }
+}
+
+/// Times a result's test facts by this coordinator's clock, as it receives them: the
+/// test history's retention and a quarantine's end date then never depend on a
+/// worker's clock.
+fn stamp(result: &mut gatehouse_common::exec::GateResult) {
+    if let Some(tests) = result.tests.as_mut() {
+        tests.read_unix_ms = gatehouse_common::cache::unix_ms_now();
     }
 }
 

@@ -264,23 +264,16 @@ pub(crate) fn net_writes(prefix: &str, ops: &[StoreOp]) -> Vec<NetWrite> {
         puts: BTreeMap<String, &'a [u8]>,
     }
     let mut plans: BTreeMap<&PlanId, Net<'_>> = BTreeMap::new();
+    let mut tests: BTreeMap<String, Option<&[u8]>> = BTreeMap::new();
     let full = |key: &str| format!("{prefix}{key}").into_bytes();
     let mut out = Vec::new();
     for op in ops {
         let Some(plan) = op.plan() else {
-            // Test-history records: one key each, never put and deleted in one batch.
+            // Test-history records, one key each: the last write of a key wins.
             match op.write() {
-                Write::Put { key, value } => out.push(NetWrite::Put {
-                    key: full(&key),
-                    value: value.to_vec(),
-                }),
-                Write::DeletePrefix(key) => {
-                    let start = full(&key);
-                    let mut end = start.clone();
-                    end.push(0);
-                    out.push(NetWrite::DeleteRange { start, end });
-                }
-            }
+                Write::Put { key, value } => tests.insert(key, Some(value)),
+                Write::DeletePrefix(key) => tests.insert(key, None),
+            };
             continue;
         };
         let net = plans.entry(plan).or_default();
@@ -318,6 +311,20 @@ pub(crate) fn net_writes(prefix: &str, ops: &[StoreOp]) -> Vec<NetWrite> {
             key: full(&key),
             value: value.to_vec(),
         }));
+    }
+    for (key, value) in tests {
+        let key = full(&key);
+        match value {
+            Some(value) => out.push(NetWrite::Put {
+                key,
+                value: value.to_vec(),
+            }),
+            None => {
+                let mut end = key.clone();
+                end.push(0);
+                out.push(NetWrite::DeleteRange { start: key, end });
+            }
+        }
     }
     out
 }

@@ -34,7 +34,7 @@ macro_rules! state_store_suite {
         $crate::state_store_suite!(@checks $fixture;
             store: round_trip, chunks_load_in_numeric_order, delete_removes_only_that_plan,
                 batch_is_atomic_when_too_large, batch_at_the_limits_is_accepted, cancel_is_kept,
-                many_plans, large_logs_load, ops_apply_in_order;
+                many_plans, large_logs_load, ops_apply_in_order, test_history_records;
             fixture: survives_reopen);
     };
     (@checks $fixture:expr; store: $($store:ident),*; fixture: $($fix:ident),*) => {
@@ -68,6 +68,7 @@ pub async fn run_all(fixture: &impl Fixture) {
     many_plans(&fixture.open("many_plans").await).await;
     large_logs_load(&fixture.open("large_logs_load").await).await;
     ops_apply_in_order(&fixture.open("ops_apply_in_order").await).await;
+    test_history_records(&fixture.open("test_history_records").await).await;
     survives_reopen(fixture).await;
 }
 
@@ -415,6 +416,44 @@ pub async fn large_logs_load(store: &dyn StateStore) {
 }
 
 /// Ops take effect in batch order, including repeated keys and delete/put mixes.
+/// Test-history records: put, deleted one by one, loaded in numeric order, kept apart
+/// from plans; within one batch the last write of a record wins.
+pub async fn test_history_records(store: &dyn StateStore) {
+    let put = |seq, record: &[u8]| StoreOp::PutTests {
+        seq,
+        record: record.to_vec(),
+    };
+    apply(
+        store,
+        &[
+            put(9, b"nine"),
+            put(10, b"ten"),
+            put_plan("p", b"p"),
+            put(100, b"x"),
+        ],
+    )
+    .await;
+    apply(
+        store,
+        &[
+            StoreOp::DeleteTests { seq: 9 },
+            put(11, b"gone"),
+            StoreOp::DeleteTests { seq: 11 },
+            StoreOp::DeleteTests { seq: 12 },
+            put(100, b"hundred"),
+        ],
+    )
+    .await;
+    let history = store.load_history().await.expect("load history");
+    assert_eq!(
+        history,
+        [(10, b"ten".to_vec()), (100, b"hundred".to_vec())],
+        "numeric order, deletes and the last write of each record applied"
+    );
+    let plans = load(store).await;
+    assert_eq!(plans.len(), 1, "history records are not plans: {plans:?}");
+}
+
 pub async fn ops_apply_in_order(store: &dyn StateStore) {
     // Put then delete: gone.
     apply(

@@ -172,6 +172,7 @@ fn approx_size(attempt: &AttemptRef, result: &GateResult) -> usize {
         + result.stdout.bytes.len()
         + result.stderr.bytes.len()
         + status_text
+        + result.tests.as_ref().map_or(0, |t| t.approx_bytes())
 }
 
 #[cfg(test)]
