@@ -418,3 +418,34 @@ fn a_cluster_judges_tests_the_same_and_its_history_survives_a_leader_failover() 
         "a quarantined pass is not cached"
     );
 }
+
+#[test]
+fn the_example_plan_shows_a_flake_and_a_real_failure() {
+    let ws = Workspace::new();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/test-reports");
+    for file in ["plan.yaml", "fake-suite.sh"] {
+        let text = std::fs::read_to_string(format!("{example}/{file}")).expect("example");
+        ws.write(file, &text);
+    }
+    let run = ws.run_json("plan.yaml", &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let unit = run.terminal("unit");
+    assert_eq!(
+        (unit["state"].as_str(), unit["flaky"].as_bool()),
+        (Some("passed"), Some(true))
+    );
+    assert_eq!(
+        names(&unit["tests"]["flaky_tests"]),
+        ["test_retry_on_timeout"]
+    );
+    let math = run.terminal("math");
+    assert_eq!(
+        (math["state"].as_str(), math["attempt"].as_u64()),
+        (Some("failed"), Some(1))
+    );
+    assert_eq!(
+        names(&math["tests"]["failed_tests"]),
+        ["test_retry_on_timeout", "test_divide"]
+    );
+    assert_eq!(math["tests"]["failed_tests"][1]["line"], 12);
+}

@@ -146,7 +146,11 @@ struct Run {
 #[derive(Clone, Debug)]
 struct Tracked {
     id: TestId,
+    /// The gate it last ran in (full id).
     gate: String,
+    /// The names of the gates it ran in (without items; the newest last, at most
+    /// [`MAX_GATE_NAMES`]): attempts of gates of these names watch it.
+    gate_names: Vec<String>,
     /// Its last [`WINDOW`] runs, oldest first; runs of facts beyond the last
     /// [`MAX_RECORDS`] are dropped, so a history folded from the durable records alone
     /// (a new leader's) is the same as one folded from every fact.
@@ -155,7 +159,25 @@ struct Tracked {
     quarantined: bool,
 }
 
+/// Most gate names remembered per test.
+const MAX_GATE_NAMES: usize = 8;
+
 impl Tracked {
+    /// It ran in `gate` (a full gate id).
+    fn ran_in(&mut self, gate: &str) {
+        gate.clone_into(&mut self.gate);
+        let name = gate_name(gate);
+        if let Some(at) = self.gate_names.iter().position(|n| n == name) {
+            let n = self.gate_names.remove(at);
+            self.gate_names.push(n);
+        } else {
+            if self.gate_names.len() == MAX_GATE_NAMES {
+                self.gate_names.remove(0);
+            }
+            self.gate_names.push(name.to_owned());
+        }
+    }
+
     /// Records a run; whether it flipped.
     fn push(&mut self, run: (u64, u64), failed: bool, flaky_in_report: bool, unix_ms: u64) -> bool {
         let (inputs, fact) = run;
@@ -206,11 +228,12 @@ fn track<'a>(
     let tracked = tests.entry(key).or_insert_with(|| Tracked {
         id: f.id.clone(),
         gate: String::new(),
+        gate_names: Vec::new(),
         runs: VecDeque::new(),
         message: None,
         quarantined: false,
     });
-    gate.clone_into(&mut tracked.gate);
+    tracked.ran_in(gate);
     (key, tracked)
 }
 
@@ -327,7 +350,7 @@ impl History {
         }
         for key in &run.passed {
             if let Some(t) = self.tests.get_mut(key) {
-                t.gate.clone_from(&run.gate);
+                t.ran_in(&run.gate);
                 if t.push(this, false, false, at) {
                     flipped.push(*key);
                 }
@@ -383,7 +406,7 @@ impl History {
     }
 
     /// The tests whose passes an attempt of a gate named like `gate` should report:
-    /// every tracked test last seen in a gate of that name.
+    /// every tracked test that ran in a gate of that name.
     pub fn watch(&mut self, gate: &str) -> Arc<[TestKey]> {
         let name = gate_name(gate);
         if let Some(list) = self.watch.get(name) {
@@ -392,7 +415,7 @@ impl History {
         let mut keys: Vec<TestKey> = self
             .tests
             .iter()
-            .filter(|(_, t)| gate_name(&t.gate) == name)
+            .filter(|(_, t)| t.gate_names.iter().any(|n| n == name))
             .map(|(k, _)| *k)
             .collect();
         keys.sort_unstable();
@@ -491,6 +514,24 @@ mod tests {
         assert_eq!((rows[0].fails, rows[0].runs, rows[0].flips), (2, 4, 1));
         assert_eq!(rows[0].last_flip_unix_ms, Some(2));
         assert_eq!(rows[1].score, 0.0);
+    }
+
+    #[test]
+    fn a_test_that_ran_in_two_gates_is_watched_by_both() {
+        let mut h = History::new();
+        let mut unit = run(1, 1);
+        unit.gate = "unit".into();
+        unit.failed = vec![failed("shared")];
+        h.apply(&unit);
+        let mut math = run(2, 2);
+        math.gate = "pr-1/math".into();
+        math.failed = vec![failed("shared")];
+        h.apply(&math);
+        let key = id("shared").key();
+        assert!(h.watch("unit").contains(&key));
+        assert!(h.watch("pr-2/math").contains(&key));
+        assert!(!h.watch("lint").contains(&key));
+        assert_eq!(h.rows()[0].gate, "pr-1/math", "the gate it last ran in");
     }
 
     #[test]
