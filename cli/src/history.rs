@@ -109,17 +109,30 @@ impl HistoryFile {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let file = OpenOptions::new()
+            let mut file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(&self.path)
                 .with_context(|| format!("cannot open {}", self.path.display()))?;
+            // A last line cut short (a run killed mid-write) must not swallow the next.
+            if ends_unterminated(&mut file) {
+                file.write_all(b"\n")
+                    .with_context(|| format!("cannot write {}", self.path.display()))?;
+            }
             self.file = Some(file);
         }
         self.file
             .as_mut()
             .context("the history file was just opened")
     }
+}
+
+/// Whether the file's last byte is not a newline (false when empty or unreadable).
+fn ends_unterminated(file: &mut File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_ok() && last[0] != b'\n'
 }
 
 fn line(run: &TestRun) -> String {
@@ -161,8 +174,18 @@ mod tests {
             .and_then(|mut f| f.write_all(b"{\"plan\": \"cut \xc3\n"))
             .expect("damage");
         assert_eq!(read(&path).expect("read"), vec![run(1), run(2)]);
-        let (mut file, _) = HistoryFile::open(&path).expect("reopen compacts");
+        let (file, _) = HistoryFile::open(&path).expect("reopen compacts");
         assert_eq!(count_lines(&path), 2);
+        // A cut line does not swallow the next fact.
+        drop(file);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"{\"cut"))
+            .expect("cut");
+        let (mut file, _) = HistoryFile::open(&path).expect("reopen");
+        file.append(&run(3));
+        assert_eq!(read(&path).expect("read"), vec![run(1), run(2), run(3)]);
         let month = history::MAX_AGE.as_millis() as u64;
         file.append(&run(month + 10));
         assert_eq!(read(&path).expect("read"), vec![run(month + 10)]);

@@ -49,7 +49,7 @@ pub fn collect(
                     .filter(|rel| {
                         fs::metadata(workdir.join(rel))
                             .and_then(|m| m.modified())
-                            .is_ok_and(|t| t >= since)
+                            .is_ok_and(|t| fresh(t, since))
                     })
                     .collect();
                 // Missing means this pattern matched no fresh file, whatever the others
@@ -91,6 +91,24 @@ pub fn collect(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     tests
+}
+
+/// Whether a file modified at `mtime` was written at or after `since`. A file system
+/// that keeps whole seconds only (FAT, ext3, ext4 with small inodes) stamps a file
+/// written in the same second as `since` with that second: a time with no fraction
+/// counts from the second `since` falls in.
+fn fresh(mtime: SystemTime, since: SystemTime) -> bool {
+    if mtime >= since {
+        return true;
+    }
+    let whole = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| (d.as_secs(), d.subsec_nanos()))
+    };
+    match (whole(mtime), whole(since)) {
+        (Ok((m, 0)), Ok((s, _))) => m >= s,
+        _ => false,
+    }
 }
 
 /// Now, by the clock the kernel stamps file times with: on Linux the coarse real-time
@@ -196,6 +214,21 @@ mod tests {
             write(dir.path(), "r.xml", PASS);
             assert!(read(dir.path(), &["r.xml"], since).missing.is_empty());
         }
+    }
+
+    #[test]
+    fn whole_second_file_times_count_from_their_second() {
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        assert!(fresh(at(10, 5), at(10, 5)));
+        assert!(
+            fresh(at(10, 0), at(10, 700_000_000)),
+            "a whole-second stamp"
+        );
+        assert!(
+            !fresh(at(10, 3), at(10, 700_000_000)),
+            "a precise stamp before"
+        );
+        assert!(!fresh(at(9, 0), at(10, 700_000_000)), "the second before");
     }
 
     #[test]

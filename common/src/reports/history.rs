@@ -26,9 +26,11 @@
 //!
 //! Bounds: at most [`MAX_TESTS`] tests are tracked (the least recently run are
 //! forgotten first), a test not run for [`MAX_AGE`] (measured from the newest fact) is
-//! forgotten, only runs from the last [`MAX_RECORDS`] facts count (what a durable history
-//! keeps, so a history folded from it equals the live one), and a fact keeps at most
-//! [`MAX_RUN_FAILURES`] failed tests, each message cut to [`MESSAGE_BYTES`].
+//! forgotten, only runs from the last [`MAX_RECORDS`] facts count (about what a durable
+//! history keeps, so a history folded from it is close to the live one; a run's flip is
+//! decided when it is folded, so the two can differ where a flip's counterpart is older
+//! than the records kept), and a fact keeps at most [`MAX_RUN_FAILURES`] failed tests,
+//! each message cut to [`MESSAGE_BYTES`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -152,8 +154,8 @@ struct Tracked {
     /// [`MAX_GATE_NAMES`]): attempts of gates of these names watch it.
     gate_names: Vec<String>,
     /// Its last [`WINDOW`] runs, oldest first; runs of facts beyond the last
-    /// [`MAX_RECORDS`] are dropped, so a history folded from the durable records alone
-    /// (a new leader's) is the same as one folded from every fact.
+    /// [`MAX_RECORDS`] are dropped, as a history folded from the durable records alone
+    /// (a new leader's) never had them.
     runs: VecDeque<Run>,
     message: Option<String>,
     quarantined: bool,
@@ -348,7 +350,15 @@ impl History {
             t.push(this, false, true, at);
             flipped.push(key);
         }
-        for key in &run.passed {
+        // A test that also failed in this attempt (another report of the same run, a
+        // test matrix) did not pass it: the failure wins.
+        let failed_here: std::collections::HashSet<TestKey> = run
+            .failed
+            .iter()
+            .chain(&run.flaky)
+            .map(|f| f.id.key())
+            .collect();
+        for key in run.passed.iter().filter(|k| !failed_here.contains(k)) {
             if let Some(t) = self.tests.get_mut(key) {
                 t.ran_in(&run.gate);
                 if t.push(this, false, false, at) {
@@ -532,6 +542,19 @@ mod tests {
         assert!(h.watch("pr-2/math").contains(&key));
         assert!(!h.watch("lint").contains(&key));
         assert_eq!(h.rows()[0].gate, "pr-1/math", "the gate it last ran in");
+    }
+
+    #[test]
+    fn a_test_that_failed_and_passed_in_one_attempt_did_not_flip() {
+        let mut h = History::new();
+        let mut r = run(1, 1);
+        r.failed = vec![failed("matrix")];
+        h.apply(&r);
+        let mut both = run(1, 2);
+        both.failed = vec![failed("matrix")];
+        both.passed = vec![id("matrix").key()];
+        assert!(h.apply(&both).is_empty());
+        assert!(!h.is_flaky(&id("matrix").key()));
     }
 
     #[test]

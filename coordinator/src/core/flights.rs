@@ -62,11 +62,23 @@ fn weight(result: &GateResult) -> u64 {
     (result.stdout.bytes.len() + result.stderr.bytes.len() + tests + 256) as u64
 }
 
+/// What a remembered pass weighs, its flaky tests included.
+fn pass_weight(pass: &SharedPass) -> u64 {
+    let flaky = pass.flaky.as_ref().map_or(0, |v| {
+        v.flaky
+            .iter()
+            .chain(&v.quarantined)
+            .map(|c| c.approx_bytes())
+            .sum::<usize>()
+    });
+    weight(&pass.result) + flaky as u64
+}
+
 impl RecentPasses {
     fn insert(&mut self, now: Now, key: CacheKey, pass: SharedPass, max_bytes: u64) {
-        self.bytes += weight(&pass.result);
+        self.bytes += pass_weight(&pass);
         if let Some((_, old)) = self.by_key.insert(key, (now, pass)) {
-            self.bytes -= weight(&old.result);
+            self.bytes -= pass_weight(&old);
         }
         self.order.push_back((now, key));
         while self.bytes > max_bytes && self.pop_oldest() {}
@@ -92,7 +104,7 @@ impl RecentPasses {
         if self.by_key.get(&key).is_some_and(|(t, _)| *t == at)
             && let Some((_, old)) = self.by_key.remove(&key)
         {
-            self.bytes -= weight(&old.result);
+            self.bytes -= pass_weight(&old);
         }
         true
     }

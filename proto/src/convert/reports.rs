@@ -116,20 +116,25 @@ impl TryFrom<v1::TestReport> for GateTests {
     type Error = WireError;
 
     fn try_from(t: v1::TestReport) -> Result<Self, WireError> {
+        let sent = t.notable.len();
+        let notable = cases_from_wire(t.notable)?;
+        // Cases left out are counted as not listed, so nothing is judged on a list that
+        // lacks a failure.
+        let left_out = (sent - notable.len()) as u64;
         Ok(Self {
             results: TestResults {
                 passed: t.passed,
                 failed: t.failed,
                 skipped: t.skipped,
                 flaky: t.flaky,
-                notable: cases_from_wire(t.notable)?,
+                notable,
                 // A malformed key names no test: left out, like an unknown case.
                 watched_passed: t
                     .watched_passed
                     .iter()
                     .filter_map(|k| key_from_wire(k, "result.tests.watched_passed").ok())
                     .collect(),
-                dropped: t.dropped,
+                dropped: t.dropped.saturating_add(left_out),
             },
             files: t.files,
             missing: t.missing,
@@ -232,6 +237,13 @@ mod tests {
         unknown.outcome = 99;
         assert!(TestCase::try_from(unknown.clone()).is_err());
         odd.notable.push(unknown);
-        assert_eq!(GateTests::try_from(odd).expect("decodes"), tests);
+        let read = GateTests::try_from(odd).expect("decodes");
+        assert_eq!(read.results.notable, tests.results.notable);
+        assert_eq!(read.results.watched_passed, tests.results.watched_passed);
+        assert_eq!(
+            read.results.dropped,
+            tests.results.dropped + 1,
+            "counted, not listed"
+        );
     }
 }
