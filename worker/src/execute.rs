@@ -84,6 +84,28 @@ pub async fn execute(
     }
 }
 
+/// The attempt's process: `program` with `args`, in the gate's workdir and environment,
+/// in a process group of its own, with no stdin and both outputs piped.
+fn command(spec: &GateSpec, attempt: &AttemptRef, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(&spec.env)
+        .env("GATEHOUSE_PLAN", &spec.plan_name)
+        .env(
+            "GATEHOUSE_ITEM",
+            spec.item.as_ref().map_or("", |item| item.as_str()),
+        )
+        .env("GATEHOUSE_GATE", spec.gate.as_str())
+        .env("GATEHOUSE_ATTEMPT", attempt.attempt.to_string())
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
 /// Why Gatehouse stopped an attempt before its shell exited on its own.
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -112,36 +134,28 @@ pub struct RunningGate {
 }
 
 impl RunningGate {
-    /// Spawns the attempt's shell and registers its tree with the memory monitor.
+    /// Spawns the attempt (its program, or the shell) and registers its tree with the
+    /// memory monitor.
     pub async fn start(
         spec: &GateSpec,
         attempt: &AttemptRef,
         cfg: &ExecConfig,
         monitor: &MemoryMonitorHandle,
     ) -> Result<Self, ExecError> {
-        let mut cmd = Command::new(SHELL);
-        cmd.arg("-c")
-            .arg(&spec.run)
-            .envs(&spec.env)
-            .env("GATEHOUSE_PLAN", &spec.plan_name)
-            .env(
-                "GATEHOUSE_ITEM",
-                spec.item.as_ref().map_or("", |item| item.as_str()),
-            )
-            .env("GATEHOUSE_GATE", spec.gate.as_str())
-            .env("GATEHOUSE_ATTEMPT", attempt.attempt.to_string())
-            .current_dir(&spec.workdir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let spawn_error = |source| ExecError::Spawn {
+        // A plain command runs without the shell (see `argv`); if it cannot be started
+        // that way, the shell runs it and reports why, as it would have.
+        let mut child = match crate::argv::direct(&spec.run) {
+            Some(words) => match command(spec, attempt, words[0], &words[1..]).spawn() {
+                Ok(child) => Ok(child),
+                Err(_) => command(spec, attempt, SHELL, &["-c", &spec.run]).spawn(),
+            },
+            None => command(spec, attempt, SHELL, &["-c", &spec.run]).spawn(),
+        }
+        .map_err(|source| ExecError::Spawn {
             gate: spec.gate.clone(),
             workdir: spec.workdir.clone(),
             source,
-        };
-        let mut child = cmd.spawn().map_err(spawn_error)?;
+        })?;
         let started = Instant::now();
         let no_pid = || ExecError::NoPid {
             gate: spec.gate.clone(),
@@ -173,7 +187,7 @@ impl RunningGate {
         })
     }
 
-    /// The shell's pid (also its process-group id).
+    /// The gate's pid (also its process-group id).
     pub fn pid(&self) -> Option<u32> {
         self.group.as_ref().and_then(|g| u32::try_from(g.id()).ok())
     }

@@ -24,6 +24,7 @@
 //! This crate owns no global state. Every process it starts is owned by exactly one
 //! [`RunningGate`], which kills the process group if it is dropped before the gate ended.
 
+pub mod argv;
 pub mod cancel;
 pub mod checkout;
 pub mod execute;
