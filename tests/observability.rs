@@ -69,7 +69,8 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
         "version: 1\nname: traced\npolicy:\n  retry_backoff: 50ms\ngates:\n\
          \x20 - id: lint\n    run: \"true\"\n\
          \x20 - id: flaky\n    needs: [lint]\n    retries: 1\n    run: test -f {m} || {{ touch {m}; exit 1; }}\n\
-         \x20 - id: unit\n    needs: [lint]\n    run: exit 3\n\
+         \x20 - id: unit\n    needs: [lint]\n    reports: [u.xml]\n    \
+         run: \"printf '<testsuite name=\\\"s\\\"><testcase classname=\\\"pkg.T\\\" name=\\\"t\\\"><failure message=\\\"boom\\\"/></testcase></testsuite>' > u.xml; exit 3\"\n\
          \x20 - id: deploy\n    needs: [unit]\n    run: \"true\"\n",
         m = marker.display()
     );
@@ -201,6 +202,19 @@ fn one_plan_is_one_trace_with_plan_gate_and_execute_spans() {
         .expect("unit");
     assert_eq!(attr_i(unit, "process.exit.code"), Some(3));
     assert_eq!(unit["status"]["code"], "STATUS_CODE_ERROR");
+    // Its report's failed test is an event of its span.
+    let failed_tests: Vec<&Value> = unit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["name"] == "test failed")
+        .collect();
+    assert_eq!(failed_tests.len(), 1, "{unit}");
+    let test_attrs = failed_tests[0]["attributes"].to_string();
+    assert!(
+        test_attrs.contains("pkg.T::t") && test_attrs.contains("boom"),
+        "{test_attrs}"
+    );
     for g in &gates {
         // Worker ids carry the session's incarnation (`w1#1`).
         assert!(attr(g, "gatehouse.worker.id").is_some_and(|w| w.starts_with("w1#")));
