@@ -86,7 +86,12 @@ pub async fn execute(
 
 /// The attempt's process: `program` with `args`, in the gate's workdir and environment,
 /// in a process group of its own, with no stdin and both outputs piped.
-fn command(spec: &GateSpec, attempt: &AttemptRef, program: &str, args: &[&str]) -> Command {
+fn command(
+    spec: &GateSpec,
+    attempt: &AttemptRef,
+    program: &std::ffi::OsStr,
+    args: &[&str],
+) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(&spec.env)
@@ -145,11 +150,18 @@ impl RunningGate {
         // A plain command runs without the shell (see `argv`); if it cannot be started
         // that way, the shell runs it and reports why, as it would have.
         let mut child = match crate::argv::direct(&spec.run) {
-            Some(words) => match command(spec, attempt, words[0], &words[1..]).spawn() {
-                Ok(child) => Ok(child),
-                Err(_) => command(spec, attempt, SHELL, &["-c", &spec.run]).spawn(),
-            },
-            None => command(spec, attempt, SHELL, &["-c", &spec.run]).spawn(),
+            Some(words) => {
+                // A relative path with a slash is the shell's: relative to the workdir.
+                let program = match words[0].contains('/') && !words[0].starts_with('/') {
+                    true => spec.workdir.join(words[0]).into_os_string(),
+                    false => words[0].into(),
+                };
+                match command(spec, attempt, &program, &words[1..]).spawn() {
+                    Ok(child) => Ok(child),
+                    Err(_) => command(spec, attempt, SHELL.as_ref(), &["-c", &spec.run]).spawn(),
+                }
+            }
+            None => command(spec, attempt, SHELL.as_ref(), &["-c", &spec.run]).spawn(),
         }
         .map_err(|source| ExecError::Spawn {
             gate: spec.gate.clone(),

@@ -86,6 +86,34 @@ proptest! {
 }
 
 #[test]
+fn a_relative_program_path_is_relative_to_the_workdir() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let monitor = rt.block_on(async { Monitor::start(Duration::from_millis(250)) });
+    // The gate's directory has bin/hello; it runs from there, as the shell runs it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("bin/hello");
+    std::fs::create_dir_all(script.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&script, "#!/bin/sh\necho hello from the workdir\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert!(gatehouse_worker::argv::direct("bin/hello").is_some());
+    let spec = spec("bin/hello", dir.path());
+    let result = rt.block_on(execute(
+        &spec,
+        &attempt(0, 1),
+        &ExecConfig::default(),
+        CancelSignal::never(),
+        &monitor.handle,
+    ));
+    assert_eq!(result.status, ExitStatus::Exited(0));
+    assert_eq!(result.stdout.bytes, b"hello from the workdir\n");
+    rt.block_on(monitor.stop());
+}
+
+#[test]
 fn a_program_that_cannot_start_directly_gets_the_shells_status() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
