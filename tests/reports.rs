@@ -189,12 +189,17 @@ fn a_declared_report_that_is_missing_or_broken_is_a_warning_not_a_failure() {
          reports: [\"out/*.xml\"]\n\
          \x20 - id: stale\n    run: \"true\"\n    reports: [old.xml]\n",
     );
-    ws.write(
+    let old = ws.write(
         "old.xml",
         "<testsuite name='s'><testcase name='t'/></testsuite>",
     );
-    // The stale report is older than the attempt.
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // The stale report is older than the attempt: written an hour ago.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("age the report");
     let run = ws.run_json("plan.yaml", &["--no-cache"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     for gate in ["none", "broken", "stale"] {

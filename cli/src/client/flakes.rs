@@ -11,9 +11,8 @@ use gatehouse_proto::v1;
 use serde_json::{Value, json};
 
 use super::connect::{CoordinatorUrls, parse_urls};
-use super::leader::{Cluster, FAILOVER_TIMEOUT};
 use super::tables::{age, now_unix_ms, table};
-use super::{ClientError, block_on, emit, print_text, read};
+use super::{ClientError, block_on, cluster_of, emit, print_text, read};
 use crate::{EXIT_FAILED, EXIT_PASSED};
 
 #[derive(clap::Args)]
@@ -68,8 +67,7 @@ pub fn flakes(args: FlakesArgs, tls: Tls) -> u8 {
     };
     let rows = match &args.coordinator {
         Some(urls) => {
-            let budget = args.failover_timeout.unwrap_or(FAILOVER_TIMEOUT);
-            let cluster = Cluster::new(urls.clone(), budget, tls);
+            let cluster = cluster_of(urls.clone(), args.failover_timeout, &tls);
             let request = v1::ListFlakesRequest {
                 gate: filter.gate.clone().unwrap_or_default(),
                 since_unix_ms: filter.since_unix_ms,

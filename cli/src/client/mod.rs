@@ -70,9 +70,18 @@ pub struct CoordinatorOpts {
 
 impl CoordinatorOpts {
     fn cluster(&self, tls: &Tls) -> Cluster {
-        let budget = self.failover_timeout.unwrap_or(FAILOVER_TIMEOUT);
-        Cluster::new(self.urls.clone(), budget, tls.clone())
+        cluster_of(self.urls.clone(), self.failover_timeout, tls)
     }
+}
+
+/// The coordinators at `urls`, looked for the leader for `failover_timeout` (default
+/// [`FAILOVER_TIMEOUT`]).
+fn cluster_of(urls: CoordinatorUrls, failover_timeout: Option<Duration>, tls: &Tls) -> Cluster {
+    Cluster::new(
+        urls,
+        failover_timeout.unwrap_or(FAILOVER_TIMEOUT),
+        tls.clone(),
+    )
 }
 
 /// Makes an idempotent call (a read, a cancel) on the leader, re-sent on any failover.

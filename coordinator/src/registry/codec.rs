@@ -335,6 +335,26 @@ pub fn chunk_term(bytes: &[u8]) -> Result<(i64, usize), CodecError> {
     Ok((chunk.term, chunk.events.len()))
 }
 
+/// Format version of a test-history record: the registry's framing of the bincode of
+/// a `TestRun`. Version 1, JSON after the version byte, is still read.
+const TESTS_VERSION: u8 = 2;
+const TESTS_VERSION_JSON: u8 = 1;
+
+/// Encodes a test-history fact.
+pub fn encode_test_run(run: &gatehouse_common::reports::history::TestRun) -> Vec<u8> {
+    frame(TESTS_VERSION, run)
+}
+
+/// Decodes a test-history fact.
+pub fn decode_test_run(
+    bytes: &[u8],
+) -> Result<gatehouse_common::reports::history::TestRun, CodecError> {
+    if let Some((&TESTS_VERSION_JSON, json)) = bytes.split_first() {
+        return serde_json::from_slice(json).map_err(|e| CodecError(format!("cannot decode: {e}")));
+    }
+    decode(&unframe(bytes, &[TESTS_VERSION])?.1)
+}
+
 fn frame<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
         .expect("the stored shapes contain only serializable data");
@@ -469,9 +489,7 @@ fn event_to_v1(event: &PlanEvent) -> EventV1 {
                 duration_ms: s.duration.as_millis() as u64,
             }
         }
-        PlanEvent::Land { record, .. } => EventV1::Land(
-            serde_json::to_string(record).expect("a landing record always serializes"),
-        ),
+        PlanEvent::Land { record, .. } => EventV1::Land(to_json(record)),
     }
 }
 

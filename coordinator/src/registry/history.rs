@@ -7,26 +7,21 @@
 //! deletes the oldest. A record is written in the same commits as the plan events around
 //! it, so a worker's result is acknowledged only once the facts drawn from it are durable.
 //!
-//! Encoding: `[version 2][zstd of the bincode of the TestRun]` (version 1, JSON, is still
-//! read). A record that does not decode is skipped with a warning (the history is
-//! advisory: losing a fact costs a score, never a plan).
+//! Encoding: the registry's framing ([`codec::encode_test_run`]). A record that does not
+//! decode is skipped with a warning (the history is advisory: losing a fact costs a
+//! score, never a plan).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use gatehouse_common::reports::history::{self, MAX_RECORDS, TestRun};
 
+use super::codec;
 use super::journal::Journal;
 use crate::store::StoreOp;
 
-/// Format version of a history record, its first byte.
-const VERSION: u8 = 2;
-/// The first version: JSON.
-const VERSION_JSON: u8 = 1;
 /// Most bytes of history records kept in the state store.
 pub const MAX_BYTES: usize = 64 << 20;
-/// Largest decoded record accepted (guards against a corrupt length).
-const MAX_DECODED: usize = 16 << 20;
 
 /// The records written, and the next number.
 #[derive(Debug, Default)]
@@ -47,7 +42,7 @@ impl HistoryLog {
         for (seq, bytes) in stored {
             log.next = log.next.max(seq + 1);
             log.bytes += bytes.len();
-            match decode(&bytes) {
+            match codec::decode_test_run(&bytes) {
                 Ok(run) => {
                     log.kept.push_back((seq, run.unix_ms, bytes.len()));
                     runs.push(run);
@@ -63,12 +58,12 @@ impl HistoryLog {
 
     /// Queues `run` for the store, and the deletes that keep the history bounded.
     pub(crate) fn record(&mut self, run: &Arc<TestRun>, journal: &mut Journal) {
-        let mut record = encode(run);
+        let mut record = codec::encode_test_run(run);
         if record.len() > journal.max_value_bytes() {
             // Keep the failures; the watched passes are what grows.
             let mut smaller = TestRun::clone(run);
             smaller.passed.clear();
-            record = encode(&smaller);
+            record = codec::encode_test_run(&smaller);
             if record.len() > journal.max_value_bytes() {
                 tracing::warn!(plan_id = %run.plan, gate = %run.gate, bytes = record.len(),
                     "a test-history record is too large for the state store; not kept");
@@ -112,36 +107,6 @@ impl HistoryLog {
     }
 }
 
-/// The stored form of a fact.
-pub(crate) fn encode(run: &TestRun) -> Vec<u8> {
-    let plain = bincode::serde::encode_to_vec(run, bincode::config::standard())
-        .expect("a test run always encodes");
-    let mut out = vec![VERSION];
-    // Compressing memory does not fail; if it did, the empty record is skipped on read.
-    out.extend(zstd::bulk::compress(&plain, 1).unwrap_or_default());
-    out
-}
-
-/// A stored fact.
-pub(crate) fn decode(bytes: &[u8]) -> Result<TestRun, String> {
-    match bytes.split_first() {
-        Some((&VERSION, compressed)) => {
-            let plain =
-                zstd::bulk::decompress(compressed, MAX_DECODED).map_err(|e| e.to_string())?;
-            let (run, used) =
-                bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-                    .map_err(|e| e.to_string())?;
-            if used != plain.len() {
-                return Err(format!("{} trailing bytes", plain.len() - used));
-            }
-            Ok(run)
-        }
-        Some((&VERSION_JSON, json)) => serde_json::from_slice(json).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unknown test-history record version {v}")),
-        None => Err("an empty test-history record".into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,13 +121,13 @@ mod tests {
             ..TestRun::default()
         };
         let json = {
-            let mut v = vec![VERSION_JSON];
+            let mut v = vec![1];
             v.extend(serde_json::to_vec(&run).expect("json"));
             v
         };
         let stored = vec![
             (2, json),
-            (3, encode(&run)),
+            (3, codec::encode_test_run(&run)),
             (4, vec![9, 1]),
             (7, Vec::new()),
         ];
